@@ -1,0 +1,38 @@
+# Lethe — two commands on a fresh machine: `make run` and `make test`.
+SHELL := /bin/bash
+PY ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+LETHE_PORT ?= 8000
+export LETHE_PORT
+
+.PHONY: run test install lint bench clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+
+# torch is pinned to the local CPU wheel first so nothing pulls a CUDA build.
+$(STAMP): pyproject.toml $(BIN)/python
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/python -m app.cli run
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/hadolint Dockerfile
+	$(BIN)/docker-compose config -q
+
+bench: $(STAMP)
+	$(BIN)/python -m app.cli bench unlearning
+
+clean:
+	rm -rf var .pytest_cache

@@ -1,0 +1,50 @@
+"""Dependencies as ``Annotated`` aliases (anchor: full-stack-fastapi-template ``api/deps.py``)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Annotated
+
+from fastapi import Depends, Header, Request
+from sqlmodel import Session
+
+from app.core.config import Settings, get_settings
+from app.core.db import get_session
+from app.core.errors import Unavailable
+from app.db.models import ApiKey
+from app.serving.holder import ModelHolder, UpdateListener
+from app.services import keys as key_service
+
+SessionDep = Annotated[Session, Depends(get_session)]
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+
+
+def _current_key(authorization: Annotated[str | None, Header()] = None) -> ApiKey:
+    # Own short session + a small TTL cache: predict must not hold a DB connection.
+    return key_service.authenticate_cached(authorization=authorization)
+
+
+CurrentKey = Annotated[ApiKey, Depends(_current_key)]
+
+
+def require(scope: str) -> Callable[[ApiKey], ApiKey]:
+    def _check(key: CurrentKey) -> ApiKey:
+        key_service.require_scope(key, scope)
+        return key
+
+    return _check
+
+
+def _holder(request: Request) -> ModelHolder:
+    return request.app.state.holder
+
+
+def _listener(request: Request) -> UpdateListener:
+    listener = request.app.state.listener
+    if listener is None:
+        raise Unavailable("Model serving is not running in this process.", code="serving_disabled")
+    return listener
+
+
+HolderDep = Annotated[ModelHolder, Depends(_holder)]
+ListenerDep = Annotated[UpdateListener, Depends(_listener)]

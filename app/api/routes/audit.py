@@ -1,0 +1,38 @@
+"""Operator audit API: query the hash-chained log and verify it."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query
+
+from app.api.deps import SessionDep, SettingsDep, require
+from app.core.errors import Unprocessable
+from app.core.security import subject_key
+from app.db.models import ApiKey, as_utc
+from app.services import audit
+
+router = APIRouter(prefix="/v1/audit", tags=["audit"])
+Auditor = Annotated[ApiKey, Depends(require("audit:read"))]
+
+
+@router.get("/events")
+def list_events(session: SessionDep, settings: SettingsDep, _: Auditor, request_id: str | None = None,
+                subject_id: str | None = None, type: str | None = None, actor: str | None = None,
+                since: datetime | None = None, until: datetime | None = None, cursor: str | None = None,
+                limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> dict[str, Any]:
+    """Events in chain order; ``cursor`` is the last seq of the previous page."""
+    if cursor is not None and not cursor.isdigit():
+        raise Unprocessable("cursor must be the next_cursor value of a previous page.", code="bad_cursor")
+    key = subject_key(settings.subject_key_secret, subject_id) if subject_id else None
+    rows = audit.list_events(session, request_id=request_id, subject_key=key, type=type, actor=actor,
+                             since=as_utc(since), until=as_utc(until), after_seq=int(cursor or 0), limit=limit)
+    return {"items": [audit.public_view(e) for e in rows],
+            "next_cursor": str(rows[-1].seq) if len(rows) == limit else None}
+
+
+@router.get("/verify")
+def verify_chain(session: SessionDep, _: Auditor) -> dict[str, Any]:
+    """Recompute the hash chain; report the first broken link and the head."""
+    return audit.verify(session)

@@ -1,0 +1,70 @@
+"""Erasure requests: submit, poll, list, cancel."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Header, Query, Response
+
+from app.api.deps import SessionDep, SettingsDep, require
+from app.api.schemas import ErasureCreate
+from app.core.errors import Unprocessable
+from app.core.queue import enqueue_unlearn
+from app.core.security import subject_key
+from app.db.models import ApiKey
+from app.services import erasure
+
+router = APIRouter(prefix="/v1/erasure-requests", tags=["erasure"])
+Writer = Annotated[ApiKey, Depends(require("erasure:write"))]
+Reader = Annotated[ApiKey, Depends(require("erasure:read"))]
+KNOWN_POLICIES = ("auto", "retrain", "sisa", "finetune", "neggrad_plus", "scrub", "ssd", "salun", "amnesiac",
+                  "reinit_repair")
+
+
+@router.post("", status_code=202)
+def create_erasure_request(body: ErasureCreate, session: SessionDep, settings: SettingsDep, key: Writer,
+                           response: Response,
+                           idempotency_key: Annotated[str | None, Header(max_length=200)] = None) -> dict[str, Any]:
+    """Record an erasure request; unlearning runs in the background. Poll the status URL."""
+    policy = body.policy or settings.default_policy
+    if policy not in KNOWN_POLICIES:
+        raise Unprocessable(f"Unknown policy {policy!r}; known: {list(KNOWN_POLICIES)}.", code="unknown_policy")
+    req, created = erasure.create_request(
+        session, subject_key=subject_key(settings.subject_key_secret, body.subject_id), reason=body.reason,
+        callback_url=str(body.callback_url) if body.callback_url else None, policy=policy,
+        idempotency_key=idempotency_key, api_key_id=key.id, actor=f"key:{key.name}")
+    to_enqueue = erasure.models_to_enqueue(session, req.id) if created else []
+    session.commit()
+    for model_name in to_enqueue:  # only after commit (STYLE.md principle 5)
+        enqueue_unlearn(model_name)
+    view = erasure.public_view(req, erasure.targets_of(session, req.id), settings.base_url)
+    response.headers["Location"] = view["status_url"]
+    if not created:
+        response.headers["Idempotent-Replayed"] = "true"
+    return view
+
+
+@router.get("/{request_id}")
+def get_erasure_request(request_id: str, session: SessionDep, settings: SettingsDep, _: Reader) -> dict[str, Any]:
+    """Status, stage, percent and (when done) the result of one request."""
+    req = erasure.get_request(session, request_id=request_id)
+    return erasure.public_view(req, erasure.targets_of(session, req.id), settings.base_url)
+
+
+@router.get("")
+def list_erasure_requests(session: SessionDep, settings: SettingsDep, _: Reader,
+                          status: str | None = None, subject_id: str | None = None, overdue: bool | None = None,
+                          cursor: str | None = None, limit: Annotated[int, Query(ge=1, le=500)] = 50) -> dict[str, Any]:
+    """List requests, newest first, with a cursor."""
+    key = subject_key(settings.subject_key_secret, subject_id) if subject_id else None
+    rows = erasure.list_requests(session, status=status, subject_key=key, overdue=overdue, after=cursor, limit=limit)
+    items = [erasure.public_view(r, erasure.targets_of(session, r.id), settings.base_url) for r in rows]
+    return {"items": items, "next_cursor": rows[-1].id if len(rows) == limit else None}
+
+
+@router.delete("/{request_id}", status_code=202)
+def cancel_erasure_request(request_id: str, session: SessionDep, settings: SettingsDep, key: Writer) -> dict[str, Any]:
+    """Cancel a request that no job has started yet."""
+    req = erasure.cancel_request(session, request_id=request_id, actor=f"key:{key.name}")
+    session.commit()
+    return erasure.public_view(req, erasure.targets_of(session, req.id), settings.base_url)

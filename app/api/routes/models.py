@@ -1,0 +1,64 @@
+"""Models: list, describe (versions, replicas, input schema), predict, rollback."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Response
+from starlette.concurrency import run_in_threadpool
+
+from app.api.deps import HolderDep, ListenerDep, SessionDep, SettingsDep, require
+from app.api.schemas import PredictBody, RollbackBody
+from app.core.errors import NotFound, Unavailable, Unprocessable
+from app.db.models import ApiKey
+from app.ml.specs import SPEC_NAMES
+from app.services import models as model_service
+
+router = APIRouter(prefix="/v1/models", tags=["models"])
+Predictor = Annotated[ApiKey, Depends(require("predict"))]
+Admin = Annotated[ApiKey, Depends(require("admin"))]
+
+
+@router.get("")
+def list_models(session: SessionDep, _: Predictor) -> dict[str, Any]:
+    """Registered models and the version each serves."""
+    return {"items": [{"name": m.name, "description": m.description, "serving_version": m.serving_version}
+                      for m in model_service.list_models(session)]}
+
+
+@router.get("/{name}")
+def get_model(name: str, session: SessionDep, settings: SettingsDep, _: Predictor) -> dict[str, Any]:
+    """One model: input schema with an example, live replicas, version history and metrics."""
+    return model_service.describe(session, name=name, ttl_s=settings.replica_ttl_s)
+
+
+@router.post("/{name}/predict")
+async def predict(name: str, body: PredictBody, holder: HolderDep, listener: ListenerDep, response: Response,
+                  _: Predictor) -> dict[str, Any]:
+    """Predictions from the version this replica serves (also in the X-Model-Version header)."""
+    from app.ml.train import predict as run_predict
+
+    if name not in SPEC_NAMES:
+        raise NotFound(f"No model named {name!r}.")
+    loaded = holder.get(name)  # one snapshot for the whole call: a swap cannot split it
+    if loaded is None or not listener.fresh():
+        raise Unavailable("This replica has no current version of the model loaded yet.", code="model_not_ready",
+                          headers={"Retry-After": "1"})
+    features = []
+    for i, item in enumerate(body.inputs):
+        try:
+            features.append(loaded.spec.validate_input(item))
+        except (ValueError, TypeError) as exc:
+            raise Unprocessable(f"inputs[{i}]: {exc}", code="invalid_input") from exc
+    preds = await run_in_threadpool(run_predict, loaded.spec, loaded.model, loaded.meta, features, device="cpu")
+    response.headers["X-Model-Version"] = str(loaded.version)
+    return {"model": name, "model_version": loaded.version,
+            "predictions": [{"label": int(label), "probability": round(float(p), 6)} for label, p in preds]}
+
+
+@router.post("/{name}/rollback")
+def rollback(name: str, body: RollbackBody, session: SessionDep, _: Admin) -> dict[str, Any]:
+    """Serve an earlier version again; refused (409) if it carries any completed erasure."""
+    version = model_service.rollback(session, name=name, number=body.version, actor=f"key:{_.name}")
+    session.commit()
+    return {"model": name, "serving_version": version.number}

@@ -1,0 +1,43 @@
+"""Request bodies (pydantic). Responses are plain dicts built by the services' public views."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, HttpUrl
+
+
+class ErasureCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    subject_id: str = Field(min_length=1, max_length=256, description="The data subject's ID, e.g. a MovieLens userId.")
+    reason: str | None = Field(None, max_length=2000, description="Free text kept with the request.")
+    callback_url: HttpUrl | None = Field(None, description="POSTed on every status change.")
+    policy: str | None = Field(None, max_length=64, description="Unlearning policy: auto (default) or a method name.")
+
+
+class PredictBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    inputs: list[dict[str, Any]] = Field(min_length=1, max_length=1024)
+
+
+class SampleIn(BaseModel):
+    features: dict[str, Any]
+    label: int
+    split: str = "train"
+
+
+class IngestBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    model: str = Field(min_length=1, max_length=128)
+    samples: list[SampleIn] = Field(min_length=1, max_length=10000)
+
+
+class KeyCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(min_length=1, max_length=128)
+    scopes: list[str] = Field(min_length=1)
+
+
+class RollbackBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    version: int = Field(ge=1)

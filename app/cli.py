@@ -1,0 +1,150 @@
+"""``lethe`` command line: run the embedded stack, bootstrap, benchmarks.
+
+``lethe run`` (what ``make run`` calls): create the DB, train and register the demo models
+on first start, make sure an admin key exists, then start a real Celery worker process and
+the API (uvicorn), and print the URL and the admin key.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from app.core.config import Settings, get_settings
+
+
+def bootstrap(settings: Settings, *, quiet: bool = False) -> str:
+    """Create schema, register demo models, ensure an admin key. Returns the admin key."""
+    from tqdm import tqdm
+
+    from app.core.db import create_schema, session_scope
+    from app.core.security import SCOPES
+    from app.services import keys, models
+
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    create_schema()
+    for name in [n.strip() for n in settings.demo_models.split(",") if n.strip()]:
+        with session_scope() as session:
+            if models.get_model_or_none(session, name) is not None:
+                continue
+            bar = tqdm(total=100, desc=f"training demo model {name}", disable=quiet, unit="%")
+
+            def progress(fraction: float, bar: tqdm = bar) -> None:
+                bar.update(round(fraction * 100) - bar.n)
+
+            t0 = time.monotonic()
+            version = models.register_demo_model(session, name=name, secret=settings.subject_key_secret,
+                                                 artifacts_dir=settings.artifacts_dir, device=settings.device,
+                                                 progress=progress)
+            session.commit()
+            bar.close()
+            if not quiet and version is not None:
+                print(f"  {name}: v{version.number} in {time.monotonic() - t0:.1f}s, "
+                      f"test accuracy {version.metrics.get('test_acc', float('nan')):.3f}")
+    key_file = settings.data_dir / "admin.key"
+    key = settings.bootstrap_admin_key or (key_file.read_text().strip() if key_file.exists() else None)
+    with session_scope() as session:
+        if key is None:
+            row, key = keys.create_key(session, name="admin", scopes=list(SCOPES))
+            key_file.write_text(key + "\n")
+            key_file.chmod(0o600)
+        else:
+            keys.ensure_key(session, name="admin", scopes=list(SCOPES), key=key)
+        session.commit()
+    return key
+
+
+def child_env(settings: Settings) -> dict[str, str]:
+    from app.core.queue import resolve_broker
+
+    env = dict(os.environ)
+    # Resolve once so the API and the worker agree on the broker.
+    env["LETHE_BROKER_URL"] = resolve_broker(settings)
+    env["LETHE_DATA_DIR"] = str(settings.data_dir.resolve())
+    return env
+
+
+def start_stack(settings: Settings, *, log_dir: Path | None = None) -> list[subprocess.Popen]:
+    env = child_env(settings)
+    out = (lambda name: open(log_dir / f"{name}.log", "ab")) if log_dir else (lambda name: None)  # noqa: E731
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "celery", "-A", "workers.celery_app", "worker", "-Q", "unlearn", "-c", "1", "-B",
+         "--loglevel", "INFO", "-s", str(settings.data_dir.resolve() / "celerybeat-schedule")],
+        env=env, stdout=out("worker"), stderr=subprocess.STDOUT if log_dir else None)
+    api = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "app.main:app", "--host", settings.host, "--port", str(settings.port),
+         "--workers", str(settings.api_workers), "--log-level", "warning"],
+        env=env, stdout=out("api"), stderr=subprocess.STDOUT if log_dir else None)
+    return [worker, api]
+
+
+def wait_ready(url: str, timeout: float = 120.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                return True
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    return False
+
+
+def cmd_run(settings: Settings) -> int:
+    print(f"Lethe: preparing {settings.db_url.split('://')[0]} database and demo models ...")
+    key = bootstrap(settings)
+    procs = start_stack(settings)
+    url = settings.base_url
+    try:
+        if wait_ready(url):
+            print(f"\nLethe is serving at {url}  (docs: {url}/docs)")
+            print(f"Admin API key: {key}")
+            print(f'Try: curl -s -H "Authorization: Bearer {key}" {url}/v1/models\n')
+        else:
+            print("Lethe did not become ready in time; see the logs above.", file=sys.stderr)
+        while all(p.poll() is None for p in procs):
+            time.sleep(1)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in procs:
+            try:
+                p.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                p.kill()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="lethe", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    sub.add_parser("run", help="bootstrap, then start API + worker (embedded default)")
+    sub.add_parser("bootstrap", help="create the DB, train demo models, print the admin key")
+    bench = sub.add_parser("bench", help="run a benchmark from bench/")
+    bench.add_argument("name", help="benchmark name, e.g. unlearning")
+    bench.add_argument("args", nargs=argparse.REMAINDER)
+    args = parser.parse_args(argv)
+    settings = get_settings()
+    if args.cmd == "run":
+        return cmd_run(settings)
+    if args.cmd == "bootstrap":
+        print(bootstrap(settings))
+        return 0
+    script = Path(__file__).resolve().parent.parent / "bench" / f"{args.name}.py"
+    if not script.exists():
+        parser.error(f"no benchmark {args.name!r} in bench/")
+    return subprocess.call([sys.executable, str(script), *args.args])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,75 @@
+"""One typed settings object, read from ``LETHE_*`` environment variables.
+
+Anchor: full-stack-fastapi-template ``core/config.py``; Polar's ``env_prefix``.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEV_SECRET = "lethe-dev-secret-change-me"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="LETHE_", env_file=None, extra="ignore")
+
+    env: Literal["development", "production", "test"] = Field(
+        "development", description="production refuses default secrets and generated certificates."
+    )
+    data_dir: Path = Field(Path("var"), description="Embedded default: SQLite DB, broker DB, artifacts, keys.")
+    database_url: str | None = Field(
+        None, description="SQLAlchemy URL; default sqlite:///<data_dir>/lethe.db. PostgreSQL in production."
+    )
+    redis_url: str = Field("redis://127.0.0.1:6379/0", description="Broker and model-update pub/sub when reachable.")
+    broker_url: str | None = Field(
+        None,
+        description="Celery broker; default: redis_url when Redis answers, else kombu's SQLAlchemy transport "
+        "on SQLite (single-worker embedded default only).",
+    )
+    subject_key_secret: str = Field(DEV_SECRET, description="HMAC key that pseudonymises subject IDs.")
+    host: str = Field("127.0.0.1", description="API bind address for `lethe run`.")
+    port: int = Field(8000, description="API port for `lethe run`.")
+    api_workers: int = Field(1, description="uvicorn worker processes (replicas) for `lethe run`.")
+    public_url: str | None = Field(None, description="Base URL used in status links; default http://host:port.")
+    bootstrap_admin_key: str | None = Field(None, description="Use this admin API key instead of generating one.")
+    demo_models: str = Field("movielens,digits", description="Comma list of demo models trained on first start.")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Worker device: CUDA when present.")
+    default_policy: str = Field("auto", description="Unlearning policy when a request names none.")
+    batch_window_s: float = Field(2.0, description="Wait this long for more requests before starting a job.")
+    batch_max: int = Field(500, description="Most erasure requests folded into one job.")
+    max_job_attempts: int = Field(3, description="A job re-delivered more often than this fails visibly.")
+    job_lease_s: float = Field(900.0, description="A running job whose lease is older is considered dead.")
+    replica_ttl_s: float = Field(10.0, description="A replica silent for longer drops out of the live set.")
+    heartbeat_interval_s: float = Field(1.0, description="How often a replica reports its serving version.")
+    poll_interval_s: float = Field(2.0, description="DB poll for model updates (fallback to pub/sub).")
+    deploy_timeout_s: float = Field(120.0, description="How long a job waits for live replicas to swap.")
+    reconcile_interval_s: float = Field(30.0, description="How often queued work whose message vanished is re-sent.")
+    log_level: str = Field("INFO", description="Python log level.")
+
+    @model_validator(mode="after")
+    def _refuse_default_secrets(self) -> Settings:
+        if self.env == "production" and self.subject_key_secret == DEV_SECRET:
+            raise ValueError("LETHE_SUBJECT_KEY_SECRET must be set in production")
+        return self
+
+    @property
+    def db_url(self) -> str:
+        return self.database_url or f"sqlite:///{(self.data_dir / 'lethe.db').resolve()}"
+
+    @property
+    def artifacts_dir(self) -> Path:
+        return self.data_dir / "artifacts"
+
+    @property
+    def base_url(self) -> str:
+        return (self.public_url or f"http://{self.host}:{self.port}").rstrip("/")
+
+
+@functools.lru_cache
+def get_settings() -> Settings:
+    return Settings()

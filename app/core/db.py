@@ -1,0 +1,72 @@
+"""Engine and sessions. SQLite (embedded default, WAL) or PostgreSQL (production).
+
+One engine per process (fides ``DatabaseTask`` reuses one engine per worker process).
+SQLite transactions start with ``BEGIN IMMEDIATE`` so that two processes never both read
+the audit chain head and then race to append (the unique ``prev_hash`` is the backstop).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from collections.abc import Iterator
+
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, SQLModel, create_engine
+
+from app.core.config import get_settings
+
+
+def make_engine(url: str) -> Engine:
+    if url.startswith("sqlite"):
+        path = url.split("///", 1)[-1]
+        if path and path != ":memory:":
+            import pathlib
+
+            pathlib.Path(path).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_conn, _record):  # noqa: ANN001
+            dbapi_conn.isolation_level = None  # we issue BEGIN ourselves
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA busy_timeout=30000")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.close()
+
+        @event.listens_for(engine, "begin")
+        def _sqlite_begin(conn):  # noqa: ANN001
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+        return engine
+    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+
+
+@functools.lru_cache
+def get_engine() -> Engine:
+    return make_engine(get_settings().db_url)
+
+
+def create_schema(engine: Engine | None = None) -> None:
+    import app.db.models  # noqa: F401  (registers the tables)
+
+    SQLModel.metadata.create_all(engine or get_engine())
+
+
+def new_session() -> Session:
+    """Every session of the app comes from here (tests rebind it to a rolled-back connection)."""
+    return Session(get_engine())
+
+
+def get_session() -> Iterator[Session]:
+    with new_session() as session:
+        yield session
+
+
+@contextlib.contextmanager
+def session_scope(engine: Engine | None = None) -> Iterator[Session]:
+    """A session for workers and background threads; the caller commits."""
+    with (Session(engine) if engine is not None else new_session()) as session:
+        yield session

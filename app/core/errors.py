@@ -1,0 +1,106 @@
+"""One error hierarchy, rendered once as RFC 9457 problem+json (anchor: Polar ``exceptions.py``).
+
+Services raise these; ``install_error_handlers`` renders them. No route catches them.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+log = logging.getLogger("lethe.errors")
+PROBLEM = "application/problem+json"
+
+
+class LetheError(Exception):
+    status = 500
+    code = "internal_error"
+    title = "Internal error"
+
+    def __init__(self, detail: str, *, code: str | None = None, errors: list[dict[str, Any]] | None = None,
+                 headers: dict[str, str] | None = None) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.code = code or self.code
+        self.errors = errors
+        self.headers = headers
+
+
+class BadRequest(LetheError):
+    status, code, title = 400, "bad_request", "Bad request"
+
+
+class Unauthorized(LetheError):
+    status, code, title = 401, "unauthorized", "Unauthorized"
+
+
+class Forbidden(LetheError):
+    status, code, title = 403, "forbidden", "Forbidden"
+
+
+class NotFound(LetheError):
+    status, code, title = 404, "not_found", "Not found"
+
+
+class Conflict(LetheError):
+    status, code, title = 409, "conflict", "Conflict"
+
+
+class Gone(LetheError):
+    status, code, title = 410, "gone", "Gone"
+
+
+class Unprocessable(LetheError):
+    status, code, title = 422, "validation_error", "Invalid input"
+
+
+class Unavailable(LetheError):
+    status, code, title = 503, "unavailable", "Service unavailable"
+
+
+def problem(status: int, title: str, detail: str, code: str, instance: str,
+            errors: list[dict[str, Any]] | None = None, headers: dict[str, str] | None = None) -> JSONResponse:
+    body: dict[str, Any] = {
+        "type": f"https://lethe.dev/problems/{code}",
+        "title": title,
+        "status": status,
+        "detail": detail,
+        "code": code,
+        "instance": instance,
+    }
+    if errors:
+        body["errors"] = errors
+    return JSONResponse(body, status_code=status, media_type=PROBLEM, headers=headers)
+
+
+def _clean_validation_errors(exc: RequestValidationError) -> list[dict[str, Any]]:
+    # Drop the offending input values: they may carry personal data.
+    return [{"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")} for e in exc.errors()]
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(LetheError)
+    async def _lethe(request: Request, exc: LetheError) -> JSONResponse:
+        return problem(exc.status, exc.title, exc.detail, exc.code, request.url.path, exc.errors, exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return problem(422, "Invalid input", "The request failed validation.", "validation_error",
+                       request.url.path, _clean_validation_errors(exc))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return problem(exc.status_code, str(exc.detail), str(exc.detail), code, request.url.path,
+                       headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s", request.url.path)
+        return problem(500, "Internal error", "An unexpected error occurred; it has been logged.",
+                       "internal_error", request.url.path)

@@ -1,0 +1,88 @@
+"""The Celery application, configured from settings (shared by API and workers).
+
+The API only *sends* tasks by name (it never imports ``workers.unlearning``). Broker:
+Redis when it answers, otherwise kombu's SQLAlchemy transport on SQLite, which needs no
+server and is meant for the single-worker embedded default only. That transport polls
+every second by default; passing ``polling_interval`` in transport options crashes it,
+so the class attribute is set instead.
+
+Reliability settings follow DESIGN.md section 7: late acks + reject on worker loss so a
+killed worker's message is re-delivered (attempts are counted in the DB, not trusted to
+the broker), prefetch 1, a visibility timeout above the longest job.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+
+from celery import Celery
+
+from app.core.config import Settings, get_settings
+
+log = logging.getLogger("lethe.queue")
+UNLEARN_QUEUE = "unlearn"
+TASK_UNLEARN = "lethe.unlearn_model"
+TASK_RECONCILE = "lethe.reconcile"
+
+
+def redis_reachable(url: str, timeout: float = 0.5) -> bool:
+    import redis
+
+    try:
+        return bool(redis.Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout).ping())
+    except Exception:  # noqa: BLE001 - any failure means "not reachable"
+        return False
+
+
+def resolve_broker(settings: Settings) -> str:
+    if settings.broker_url:
+        return settings.broker_url
+    if redis_reachable(settings.redis_url):
+        return settings.redis_url
+    path = (settings.data_dir / "broker.db").resolve()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return f"sqla+sqlite:///{path}"
+
+
+def make_celery(settings: Settings) -> Celery:
+    broker = resolve_broker(settings)
+    if broker.startswith("sqla+"):
+        from kombu.transport import sqlalchemy as kombu_sqla
+
+        kombu_sqla.Transport.polling_interval = 0.2
+    app = Celery("lethe", broker=broker)
+    app.conf.update(
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        worker_cancel_long_running_tasks_on_connection_loss=True,
+        broker_connection_retry_on_startup=True,
+        broker_transport_options={"visibility_timeout": 6 * 3600},
+        task_ignore_result=True,
+        task_default_queue=UNLEARN_QUEUE,
+        task_routes={TASK_UNLEARN: {"queue": UNLEARN_QUEUE}, TASK_RECONCILE: {"queue": UNLEARN_QUEUE}},
+        beat_schedule={"reconcile": {"task": TASK_RECONCILE, "schedule": settings.reconcile_interval_s}},
+        worker_hijack_root_logger=False,
+    )
+    return app
+
+
+@functools.lru_cache
+def get_celery() -> Celery:
+    return make_celery(get_settings())
+
+
+def enqueue_unlearn(model_name: str) -> bool:
+    """Send "look at this model's queued erasures". Call only after commit.
+
+    A failure is logged, not raised: the request is already durable in the DB and the
+    reconciler re-sends work whose message never arrived.
+    """
+    try:
+        get_celery().send_task(TASK_UNLEARN, args=[model_name], queue=UNLEARN_QUEUE)
+        return True
+    except Exception:  # noqa: BLE001
+        log.warning("could not enqueue unlearning for model %s; the reconciler will retry", model_name,
+                    exc_info=True)
+        return False

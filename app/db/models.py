@@ -1,0 +1,163 @@
+"""SQLModel tables (DESIGN.md section 2). Times are timezone-aware UTC.
+
+The DB, not the queue, is the source of truth: every request, job attempt and model
+version is a row; Celery messages only say "look at model X now".
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import JSON, Column, Index, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def as_utc(dt: datetime | None) -> datetime | None:
+    """API input -> aware UTC; a naive value is taken to be UTC already."""
+    if dt is None:
+        return dt
+    return dt.replace(tzinfo=UTC) if dt.tzinfo is None else dt.astimezone(UTC)
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
+
+
+class ApiKey(SQLModel, table=True):
+    id: str = Field(default_factory=new_id, primary_key=True)
+    name: str
+    key_hash: str = Field(index=True, unique=True)
+    scopes: str  # space separated
+    created_at: datetime = Field(default_factory=utcnow)
+    revoked: bool = False
+
+
+class Model(SQLModel, table=True):
+    name: str = Field(primary_key=True)
+    description: str = ""
+    serving_version: int | None = None
+    # Per-model settings the unlearning engine reads: method chain, reference MIA figures.
+    config: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    created_at: datetime = Field(default_factory=utcnow)
+    # One job at a time per model: a lease, so a dead worker's lock expires.
+    lock_owner: str | None = None
+    lock_until: datetime | None = None
+
+
+class ModelVersion(SQLModel, table=True):
+    __table_args__ = (UniqueConstraint("model_name", "number"),)
+    id: int | None = Field(default=None, primary_key=True)
+    model_name: str = Field(foreign_key="model.name", index=True)
+    number: int
+    parent: int | None = None
+    artifact_path: str
+    sha256: str
+    method: str
+    state: str = "verified"  # candidate, verified, serving, retired, purged
+    metrics: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    # Erasure request IDs whose subjects this version is free of (inherited from its parent).
+    free_of: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class Sample(SQLModel, table=True):
+    __table_args__ = (Index("ix_sample_model_subject", "model_name", "subject_key"),)
+    id: int | None = Field(default=None, primary_key=True)
+    model_name: str = Field(foreign_key="model.name")
+    subject_key: str
+    split: str  # train, test, holdout
+    # Raw features, which may name the subject (MovieLens user_id feeds the user embedding);
+    # rows are hard-deleted once the erasure completes.
+    features: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
+    label: int
+    deleted: bool = False
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class Suppression(SQLModel, table=True):
+    subject_key: str = Field(primary_key=True)
+    request_id: str | None = None
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class ErasureRequest(SQLModel, table=True):
+    id: str = Field(default_factory=new_id, primary_key=True)
+    subject_key: str = Field(index=True)
+    source: str = "api"
+    external_id: str | None = None
+    idempotency_key: str | None = Field(default=None, unique=True)
+    api_key_id: str | None = None
+    reason: str | None = None
+    policy: str = "auto"
+    status: str = Field(default="received", index=True)
+    stage: str = "received"
+    percent: float = 0.0
+    received_at: datetime = Field(default_factory=utcnow, index=True)
+    due_at: datetime
+    completed_at: datetime | None = None
+    callback_url: str | None = None
+    error: str | None = None
+    result: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+
+
+class ErasureTarget(SQLModel, table=True):
+    """One (request, model) pair: a request touches every model holding the subject's data."""
+
+    __table_args__ = (Index("ix_target_model_status", "model_name", "status"),)
+    id: int | None = Field(default=None, primary_key=True)
+    request_id: str = Field(foreign_key="erasurerequest.id", index=True)
+    model_name: str = Field(foreign_key="model.name")
+    status: str = "queued"  # queued, running, done, failed, cancelled
+    job_id: str | None = None
+    queued_at: datetime = Field(default_factory=utcnow)
+
+
+class UnlearningJob(SQLModel, table=True):
+    id: str = Field(default_factory=new_id, primary_key=True)
+    model_name: str = Field(foreign_key="model.name", index=True)
+    status: str = "running"  # running, deploying, completed, failed
+    stage: str = "collecting"
+    request_ids: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    deliveries: int = 1
+    policy: str = "auto"
+    method: str | None = None
+    attempts: list[dict[str, Any]] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    timings: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    version_before: int | None = None
+    version_after: int | None = None
+    worker_host: str | None = None
+    device: str | None = None
+    error: str | None = None
+    started_at: datetime = Field(default_factory=utcnow)
+    lease_until: datetime | None = None
+    finished_at: datetime | None = None
+
+
+class AuditEvent(SQLModel, table=True):
+    """Append-only, hash-chained: hash = sha256(prev_hash || canonical JSON of the event)."""
+
+    seq: int = Field(primary_key=True)
+    ts: datetime = Field(default_factory=utcnow, index=True)
+    type: str = Field(index=True)
+    actor: str
+    request_id: str | None = Field(default=None, index=True)
+    subject_key: str | None = Field(default=None, index=True)
+    payload: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    prev_hash: str = Field(unique=True)  # two appends on the same head cannot both land
+    hash: str = Field(unique=True)
+
+
+class Replica(SQLModel, table=True):
+    """Heartbeat of one API process: which version of which model it serves."""
+
+    replica_id: str = Field(primary_key=True)
+    model_name: str = Field(primary_key=True)
+    version: int | None = None
+    loaded_at: datetime | None = None
+    last_seen: datetime = Field(default_factory=utcnow)

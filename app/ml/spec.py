@@ -1,0 +1,95 @@
+"""The contract between Lethe and a servable model.
+
+A ``ModelSpec`` says how to get a model's data (as per-subject samples), how to build
+the network from a JSON-able ``meta`` dict, how to turn stored sample features (or
+predict inputs) into tensors, and the training recipe. Everything here is plain
+PyTorch: the API (serving) and the workers (training, unlearning) both use it; neither
+the DB nor Celery is imported here.
+
+Samples are ``Example(subject_id, split, features, label)``; ``features`` is a small
+JSON-able dict (what the data registry stores). Splits:
+  - ``train``: trained on;
+  - ``test``: never trained on, used for test accuracy (may belong to training subjects);
+  - ``holdout``: samples of held-out *subjects*, never trained on: the MIA population
+    (DESIGN.md section 4: a model that forgot a person treats them like one it never saw).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+SPLITS = ("train", "test", "holdout")
+
+
+@dataclass(frozen=True)
+class Example:
+    subject_id: str
+    split: str
+    features: dict[str, Any]
+    label: int
+
+
+@dataclass(frozen=True)
+class TrainRecipe:
+    """How the model is trained from scratch; ``retrain`` uses exactly this."""
+
+    epochs: int
+    batch_size: int
+    lr: float
+    weight_decay: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class ModelSpec:
+    """Base class; one subclass per model in ``app/ml/specs``."""
+
+    name: ClassVar[str]
+    description: ClassVar[str]
+    num_classes: ClassVar[int]
+    recipe: ClassVar[TrainRecipe]
+    # JSON schema of one predict input and an example, shown by GET /v1/models/{name}.
+    input_schema: ClassVar[dict[str, Any]]
+    input_example: ClassVar[dict[str, Any]]
+    # Feature that carries the subject's own ID when the network has per-subject
+    # parameters (MovieLens: "user_id" -> a user embedding row); None otherwise.
+    subject_feature: ClassVar[str | None] = None
+
+    def load_examples(self) -> list[Example]:
+        """All examples of the bundled data set, deterministic (no downloads)."""
+        raise NotImplementedError
+
+    def make_meta(self, train_features: list[dict[str, Any]]) -> dict[str, Any]:
+        """JSON-able description the network is built from (sizes, id -> row maps)."""
+        raise NotImplementedError
+
+    def build(self, meta: dict[str, Any]) -> nn.Module:
+        """A freshly initialised network for ``meta`` (seed set by the caller)."""
+        raise NotImplementedError
+
+    def collate(self, features: list[dict[str, Any]], meta: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """Features -> keyword tensors for ``model(**batch)`` -> logits [B, num_classes]."""
+        raise NotImplementedError
+
+    def validate_input(self, item: dict[str, Any]) -> dict[str, Any]:
+        """Check one predict input; return its features dict or raise ValueError(message)."""
+        raise NotImplementedError
+
+    def subject_id_of(self, features: dict[str, Any]) -> str | None:
+        """The raw subject ID a stored sample carries (for ``forget_subjects``), if any."""
+        key = self.subject_feature
+        return str(features[key]) if key and key in features else None
+
+    def forget_subjects(self, model: nn.Module, meta: dict[str, Any], subject_ids: list[str]) -> dict[str, Any]:
+        """Remove per-subject parameters (e.g. a user embedding row) in place; return new meta.
+
+        Models without per-subject parameters return ``meta`` unchanged.
+        """
+        return meta
+
+    def subject_params_cleared(self, model: nn.Module, meta: dict[str, Any], subject_ids: list[str]) -> bool:
+        """True when no per-subject parameter of these subjects remains (checked by the gate)."""
+        return True

@@ -1,0 +1,141 @@
+"""Erasure intake and status (plain functions; the caller commits, then enqueues).
+
+Intake, in one transaction: the request row, a suppression entry (nothing of this subject
+may be ingested from now on), one target per model that holds the subject's samples, and
+the audit events. A subject with no data completes at once as ``no_data``.
+"""
+
+from __future__ import annotations
+
+import calendar
+from datetime import datetime
+from typing import Any
+
+from sqlmodel import Session, col, select
+
+from app.core.errors import Conflict, NotFound
+from app.db.models import ErasureRequest, ErasureTarget, Sample, Suppression, utcnow
+from app.services import audit
+
+OPEN_STATUSES = ("received", "queued", "running", "verifying", "deploying")
+
+
+def add_one_month(dt: datetime) -> datetime:
+    """GDPR Art. 12(3): one month, to the same date next month (clamped to its last day)."""
+    year, month = (dt.year + 1, 1) if dt.month == 12 else (dt.year, dt.month + 1)
+    day = min(dt.day, calendar.monthrange(year, month)[1])
+    return dt.replace(year=year, month=month, day=day)
+
+
+def suppress(session: Session, *, subject_key: str, request_id: str | None) -> None:
+    if session.get(Suppression, subject_key) is None:
+        session.add(Suppression(subject_key=subject_key, request_id=request_id))
+
+
+def create_request(session: Session, *, subject_key: str, reason: str | None = None,
+                   callback_url: str | None = None, policy: str = "auto", idempotency_key: str | None = None,
+                   api_key_id: str | None = None, source: str = "api", external_id: str | None = None,
+                   actor: str = "api") -> tuple[ErasureRequest, bool]:
+    """Record an erasure request. Returns (request, created); created is False on an idempotent replay."""
+    if idempotency_key:
+        existing = session.exec(select(ErasureRequest).where(ErasureRequest.idempotency_key == idempotency_key)).first()
+        if existing:
+            if existing.subject_key != subject_key:
+                raise Conflict("This Idempotency-Key was already used for a different request.",
+                               code="idempotency_key_reused")
+            return existing, False
+    now = utcnow()
+    req = ErasureRequest(subject_key=subject_key, source=source, external_id=external_id,
+                         idempotency_key=idempotency_key, api_key_id=api_key_id, reason=reason, policy=policy,
+                         received_at=now, due_at=add_one_month(now), callback_url=callback_url)
+    session.add(req)
+    session.flush()
+    models = session.exec(select(Sample.model_name).where(Sample.subject_key == subject_key,
+                                                          col(Sample.deleted).is_(False)).distinct()).all()
+    suppress(session, subject_key=subject_key, request_id=req.id)
+    audit.append(session, type="erasure_requested", actor=actor, request_id=req.id, subject_key=subject_key,
+                 payload={"source": source, "policy": policy, "models": sorted(models)})
+    if not models:
+        req.status, req.stage, req.percent, req.completed_at = "no_data", "completed", 100.0, now
+        req.result = {"models": {}, "note": "no samples of this subject are held; no model was changed"}
+        audit.append(session, type="erasure_completed", actor="lethe", request_id=req.id,
+                     subject_key=subject_key, payload={"status": "no_data"})
+    else:
+        req.status, req.stage = "queued", "queued"
+        for name in sorted(models):
+            session.add(ErasureTarget(request_id=req.id, model_name=name))
+        audit.append(session, type="erasure_queued", actor="lethe", request_id=req.id,
+                     subject_key=subject_key, payload={"models": sorted(models)})
+    session.add(req)
+    session.flush()
+    return req, True
+
+
+def models_to_enqueue(session: Session, request_id: str) -> list[str]:
+    return list(session.exec(select(ErasureTarget.model_name).where(ErasureTarget.request_id == request_id,
+                                                                    ErasureTarget.status == "queued")).all())
+
+
+def get_request(session: Session, *, request_id: str) -> ErasureRequest:
+    req = session.get(ErasureRequest, request_id)
+    if req is None:
+        raise NotFound(f"No erasure request {request_id}.")
+    return req
+
+
+def targets_of(session: Session, request_id: str) -> list[ErasureTarget]:
+    return list(session.exec(select(ErasureTarget).where(ErasureTarget.request_id == request_id)
+                             .order_by(col(ErasureTarget.model_name))).all())
+
+
+def list_requests(session: Session, *, status: str | None = None, subject_key: str | None = None,
+                  overdue: bool | None = None, after: str | None = None, limit: int = 50) -> list[ErasureRequest]:
+    """Newest first; ``after`` is the id of the last row of the previous page."""
+    q = select(ErasureRequest)
+    if status:
+        q = q.where(ErasureRequest.status == status)
+    if subject_key:
+        q = q.where(ErasureRequest.subject_key == subject_key)
+    if overdue:
+        q = q.where(col(ErasureRequest.status).in_(OPEN_STATUSES), col(ErasureRequest.due_at) < utcnow())
+    if after:
+        last = session.get(ErasureRequest, after)
+        if last is not None:
+            q = q.where((col(ErasureRequest.received_at) < last.received_at)
+                        | ((ErasureRequest.received_at == last.received_at) & (col(ErasureRequest.id) < last.id)))
+    q = q.order_by(col(ErasureRequest.received_at).desc(), col(ErasureRequest.id).desc()).limit(limit)
+    return list(session.exec(q).all())
+
+
+def cancel_request(session: Session, *, request_id: str, actor: str) -> ErasureRequest:
+    """Cancel before any job has picked it up. The suppression entry stays (the subject asked)."""
+    req = get_request(session, request_id=request_id)
+    targets = targets_of(session, request_id)
+    if req.status != "queued" or any(t.status != "queued" for t in targets):
+        raise Conflict(f"Request is {req.status}; only a queued request can be cancelled.", code="not_cancellable")
+    for t in targets:
+        t.status = "cancelled"
+        session.add(t)
+    req.status, req.stage = "cancelled", "cancelled"
+    session.add(req)
+    audit.append(session, type="erasure_cancelled", actor=actor, request_id=req.id, subject_key=req.subject_key)
+    return req
+
+
+def public_view(req: ErasureRequest, targets: list[ErasureTarget], base_url: str) -> dict[str, Any]:
+    return {
+        "id": req.id,
+        "status": req.status,
+        "stage": req.stage,
+        "percent": round(req.percent, 1),
+        "subject_key": req.subject_key,
+        "source": req.source,
+        "policy": req.policy,
+        "received_at": req.received_at,
+        "due_at": req.due_at,
+        "completed_at": req.completed_at,
+        "status_url": f"{base_url}/v1/erasure-requests/{req.id}",
+        "models": [{"model": t.model_name, "status": t.status, "job_id": t.job_id} for t in targets],
+        "result": req.result or None,
+        "error": req.error,
+    }

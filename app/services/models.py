@@ -1,0 +1,173 @@
+"""Model registry: demo-model registration, versions, taint checks, replicas, rollback.
+
+A version is *tainted* for a model when an erasure of that model has completed (or is
+being deployed) and the version is not free of it. Tainted versions are never loaded,
+served or rolled back to (DESIGN.md section 5).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import insert
+from sqlmodel import Session, col, select
+
+from app.core.errors import Conflict, NotFound
+from app.core.security import subject_key
+from app.db.models import ErasureTarget, Model, ModelVersion, Replica, Sample, utcnow
+from app.ml.specs import get_spec
+from app.services import audit
+
+log = logging.getLogger("lethe.models")
+
+
+def get_model(session: Session, name: str) -> Model:
+    model = session.get(Model, name)
+    if model is None:
+        raise NotFound(f"No model named {name!r}.")
+    return model
+
+
+def get_model_or_none(session: Session, name: str) -> Model | None:
+    return session.get(Model, name)
+
+
+def get_version(session: Session, name: str, number: int) -> ModelVersion:
+    v = session.exec(select(ModelVersion).where(ModelVersion.model_name == name, ModelVersion.number == number)).first()
+    if v is None:
+        raise NotFound(f"Model {name!r} has no version {number}.")
+    return v
+
+
+def serving_version(session: Session, name: str) -> ModelVersion | None:
+    model = get_model(session, name)
+    return None if model.serving_version is None else get_version(session, name, model.serving_version)
+
+
+def erased_request_ids(session: Session, name: str) -> set[str]:
+    """Requests whose erasure from this model completed or is being deployed."""
+    rows = session.exec(select(ErasureTarget.request_id).where(ErasureTarget.model_name == name,
+                                                                col(ErasureTarget.status).in_(("done",)))).all()
+    return set(rows)
+
+
+def taint_of(session: Session, version: ModelVersion) -> list[str]:
+    """Completed erasures this version still carries (empty list: clean)."""
+    return sorted(erased_request_ids(session, version.model_name) - set(version.free_of))
+
+
+def register_trained(session: Session, *, name: str, model_obj: Any, meta: dict[str, Any],
+                     metrics: dict[str, Any], artifacts_dir: Path, method: str = "train",
+                     parent: int | None = None, free_of: list[str] | None = None, actor: str = "lethe") -> ModelVersion:
+    """Write a verified network as the next version of ``name`` (safetensors + sha256)."""
+    from app.ml.checkpoint import save_checkpoint
+
+    last = session.exec(select(ModelVersion).where(ModelVersion.model_name == name)
+                        .order_by(col(ModelVersion.number).desc())).first()
+    number = (last.number + 1) if last else 1
+    path = artifacts_dir / name / f"v{number}.safetensors"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    info = {"model": name, "version": number, "parent": parent, "method": method, "metrics": metrics}
+    sha = save_checkpoint(path, model_obj, meta, info)
+    version = ModelVersion(model_name=name, number=number, parent=parent, artifact_path=str(path.resolve()),
+                           sha256=sha, method=method, metrics=metrics, free_of=sorted(free_of or []))
+    session.add(version)
+    session.flush()
+    audit.append(session, type="model_version_created", actor=actor,
+                 payload={"model": name, "version": number, "parent": parent, "method": method, "sha256": sha,
+                          "metrics": metrics})
+    return version
+
+
+def set_serving(session: Session, *, name: str, number: int, actor: str, event: str = "model_version_published") -> None:
+    model = get_model(session, name)
+    previous = model.serving_version
+    model.serving_version = number
+    session.add(model)
+    audit.append(session, type=event, actor=actor, payload={"model": name, "version": number, "previous": previous})
+
+
+def register_demo_model(session: Session, *, name: str, secret: str, artifacts_dir: Path, device: str = "auto",
+                        seed: int = 0, progress: Callable[[float], None] | None = None) -> ModelVersion | None:
+    """Load the bundled data into the registry, train v1, serve it. No-op when registered."""
+    from app.ml.device import pick_device
+    from app.ml.train import evaluate, train_from_scratch
+
+    if session.get(Model, name) is not None:
+        return None
+    spec = get_spec(name)
+    examples = spec.load_examples()
+    session.add(Model(name=name, description=spec.description, config={}))
+    session.flush()
+    keys: dict[str, str] = {}
+    rows = [{"model_name": name, "subject_key": keys.setdefault(e.subject_id, subject_key(secret, e.subject_id)),
+             "split": e.split, "features": e.features, "label": e.label, "deleted": False,
+             "created_at": utcnow()} for e in examples]
+    for i in range(0, len(rows), 20000):
+        session.execute(insert(Sample), rows[i:i + 20000])
+    dev = pick_device(device)
+    train = [e for e in examples if e.split == "train"]
+    model_obj, meta = train_from_scratch(spec, train, device=dev, seed=seed, progress=progress)
+    metrics = {"train_acc": evaluate(spec, model_obj, meta, train, device=dev),
+               "test_acc": evaluate(spec, model_obj, meta, [e for e in examples if e.split == "test"], device=dev),
+               "n_train": len(train), "n_subjects": len(keys)}
+    audit.append(session, type="model_registered", actor="lethe",
+                 payload={"model": name, "samples": len(rows), "subjects": len(keys)})
+    version = register_trained(session, name=name, model_obj=model_obj, meta=meta, metrics=metrics,
+                               artifacts_dir=artifacts_dir, method="train")
+    set_serving(session, name=name, number=version.number, actor="lethe")
+    return version
+
+
+def live_replicas(session: Session, *, name: str, ttl_s: float) -> list[Replica]:
+    cutoff = utcnow() - timedelta(seconds=ttl_s)
+    return list(session.exec(select(Replica).where(Replica.model_name == name, col(Replica.last_seen) >= cutoff)
+                             .order_by(col(Replica.replica_id))).all())
+
+
+def heartbeat(session: Session, *, replica_id: str, model_name: str, version: int | None, loaded_at) -> None:  # noqa: ANN001
+    row = session.get(Replica, (replica_id, model_name))
+    if row is None:
+        row = Replica(replica_id=replica_id, model_name=model_name)
+    row.version, row.loaded_at, row.last_seen = version, loaded_at, utcnow()
+    session.add(row)
+
+
+def describe(session: Session, *, name: str, ttl_s: float) -> dict[str, Any]:
+    model = get_model(session, name)
+    spec = get_spec(name)
+    versions = session.exec(select(ModelVersion).where(ModelVersion.model_name == name)
+                            .order_by(col(ModelVersion.number))).all()
+    return {
+        "name": name,
+        "description": model.description,
+        "serving_version": model.serving_version,
+        "input_schema": spec.input_schema,
+        "input_example": spec.input_example,
+        "predict_example": {"inputs": [spec.input_example]},
+        "replicas": [{"replica_id": r.replica_id, "version": r.version, "loaded_at": r.loaded_at,
+                      "last_seen": r.last_seen} for r in live_replicas(session, name=name, ttl_s=ttl_s)],
+        "versions": [{"version": v.number, "parent": v.parent, "method": v.method, "state": v.state,
+                      "sha256": v.sha256, "metrics": v.metrics, "free_of_requests": len(v.free_of),
+                      "created_at": v.created_at} for v in versions],
+    }
+
+
+def list_models(session: Session) -> list[Model]:
+    return list(session.exec(select(Model).order_by(col(Model.name))).all())
+
+
+def rollback(session: Session, *, name: str, number: int, actor: str) -> ModelVersion:
+    version = get_version(session, name, number)
+    if version.state == "purged":
+        raise Conflict(f"Version {number} was purged.", code="version_purged")
+    taint = taint_of(session, version)
+    if taint:
+        raise Conflict(f"Version {number} still carries {len(taint)} completed erasure(s); it may never be "
+                       "served again.", code="tainted_version")
+    set_serving(session, name=name, number=number, actor=actor, event="model_rolled_back")
+    return version

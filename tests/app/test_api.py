@@ -1,0 +1,151 @@
+"""API behaviour over a real DB (SQLite and PostgreSQL), rolled back per test."""
+
+from __future__ import annotations
+
+from fastapi.testclient import TestClient
+from sqlmodel import Session, select
+
+from app.db.models import AuditEvent, ErasureTarget, Suppression
+from app.serving.holder import UpdateListener
+from tests.conftest import make_key
+
+PROBLEM = "application/problem+json"
+TRAIN_SUBJECT = "toy-02"  # i % 5 == 2: a training subject of the toy data set
+
+
+def test_missing_key_is_401_problem(client: TestClient) -> None:
+    r = client.post("/v1/erasure-requests", json={"subject_id": "x"})
+    assert r.status_code == 401
+    assert r.headers["content-type"].startswith(PROBLEM)
+    assert r.json()["code"] == "missing_api_key"
+    assert client.get("/v1/audit/events", headers={"Authorization": "Bearer nope"}).json()["code"] == "invalid_api_key"
+
+
+def test_wrong_scope_is_403(client: TestClient, session: Session) -> None:
+    reader = {"Authorization": f"Bearer {make_key(session, ['erasure:read'])}"}
+    r = client.post("/v1/erasure-requests", json={"subject_id": "x"}, headers=reader)
+    assert r.status_code == 403 and r.json()["code"] == "insufficient_scope"
+    assert client.get("/v1/audit/verify", headers=reader).status_code == 403
+
+
+def test_validation_errors_are_problem_json_without_input_echo(client: TestClient, admin_headers: dict) -> None:
+    for body in ({}, {"subject_id": ""}, {"subject_id": "a", "extra": 1}, {"subject_id": 5}):
+        r = client.post("/v1/erasure-requests", json=body, headers=admin_headers)
+        assert r.status_code == 422, body
+        assert r.headers["content-type"].startswith(PROBLEM)
+        problem = r.json()
+        assert problem["status"] == 422 and problem["errors"]
+        assert all("input" not in e for e in problem["errors"])
+    r = client.post("/v1/erasure-requests", content=b"{not json", headers={**admin_headers,
+                                                                          "content-type": "application/json"})
+    assert r.status_code == 422
+    r = client.post("/v1/erasure-requests", json={"subject_id": "a", "policy": "magic"}, headers=admin_headers)
+    assert r.status_code == 422 and r.json()["code"] == "unknown_policy"
+
+
+def test_unknown_things_are_404_problem(client: TestClient, admin_headers: dict) -> None:
+    assert client.get("/v1/erasure-requests/nope", headers=admin_headers).json()["code"] == "not_found"
+    assert client.get("/v1/models/nope", headers=admin_headers).status_code == 404
+    assert client.get("/v1/no-such-route").headers["content-type"].startswith(PROBLEM)
+
+
+def test_subject_without_data_completes_as_no_data(client: TestClient, admin_headers: dict) -> None:
+    r = client.post("/v1/erasure-requests", json={"subject_id": "nobody"}, headers=admin_headers)
+    assert r.status_code == 202
+    body = r.json()
+    assert body["status"] == "no_data" and body["percent"] == 100 and body["models"] == []
+    assert body["due_at"] > body["received_at"]
+    assert r.headers["location"].endswith(body["id"])
+
+
+def test_idempotency_key_returns_same_request(client: TestClient, admin_headers: dict, toy_model) -> None:  # noqa: ANN001
+    h = {**admin_headers, "Idempotency-Key": "k-1"}
+    a = client.post("/v1/erasure-requests", json={"subject_id": TRAIN_SUBJECT}, headers=h)
+    b = client.post("/v1/erasure-requests", json={"subject_id": TRAIN_SUBJECT}, headers=h)
+    assert a.status_code == b.status_code == 202
+    assert a.json()["id"] == b.json()["id"]
+    assert b.headers.get("idempotent-replayed") == "true"
+    c = client.post("/v1/erasure-requests", json={"subject_id": "toy-03"}, headers=h)
+    assert c.status_code == 409 and c.json()["code"] == "idempotency_key_reused"
+
+
+def test_erasure_is_queued_suppressed_and_audited(client: TestClient, admin_headers: dict, session: Session,
+                                                  toy_model, settings) -> None:  # noqa: ANN001
+    r = client.post("/v1/erasure-requests", json={"subject_id": TRAIN_SUBJECT, "reason": "Art. 17"},
+                    headers=admin_headers)
+    body = r.json()
+    assert body["status"] == "queued" and body["models"] == [{"model": "toy", "status": "queued", "job_id": None}]
+    targets = session.exec(select(ErasureTarget).where(ErasureTarget.request_id == body["id"])).all()
+    assert [t.model_name for t in targets] == ["toy"]
+    assert session.get(Suppression, body["subject_key"]) is not None
+    # Re-ingesting the subject is refused.
+    r = client.post(f"/v1/subjects/{TRAIN_SUBJECT}/samples", headers=admin_headers,
+                    json={"model": "toy", "samples": [{"features": {"x": [0.0] * 16}, "label": 0}]})
+    assert r.status_code == 409 and r.json()["code"] == "subject_suppressed"
+    # The audit log names the request, pseudonymises the subject and never stores the raw ID.
+    events = client.get("/v1/audit/events", params={"request_id": body["id"]}, headers=admin_headers).json()
+    assert [e["type"] for e in events["items"]] == ["erasure_requested", "erasure_queued"]
+    assert all(e["subject_key"] == body["subject_key"] != TRAIN_SUBJECT for e in events["items"])
+    by_subject = client.get("/v1/audit/events", params={"subject_id": TRAIN_SUBJECT}, headers=admin_headers).json()
+    assert {e["request_id"] for e in by_subject["items"]} == {body["id"]}
+    raw = " ".join(str(e.payload) + str(e.subject_key) for e in session.exec(select(AuditEvent)).all())
+    assert TRAIN_SUBJECT not in raw
+
+
+def test_ingest_validates_samples(client: TestClient, admin_headers: dict, toy_model) -> None:  # noqa: ANN001
+    ok = client.post("/v1/subjects/new-person/samples", headers=admin_headers,
+                     json={"model": "toy", "samples": [{"features": {"x": [0.1] * 16}, "label": 1}]})
+    assert ok.status_code == 201 and ok.json()["ingested"] == 1
+    bad = client.post("/v1/subjects/new-person/samples", headers=admin_headers,
+                      json={"model": "toy", "samples": [{"features": {"x": [0.1] * 3}, "label": 1}]})
+    assert bad.status_code == 422 and bad.json()["code"] == "invalid_sample"
+    info = client.get("/v1/subjects/new-person", headers=admin_headers).json()
+    assert info["samples"] == {"toy": {"train": 1}} and info["suppressed"] is False
+
+
+def test_cancel_only_while_queued(client: TestClient, admin_headers: dict, toy_model) -> None:  # noqa: ANN001
+    rid = client.post("/v1/erasure-requests", json={"subject_id": TRAIN_SUBJECT}, headers=admin_headers).json()["id"]
+    r = client.delete(f"/v1/erasure-requests/{rid}", headers=admin_headers)
+    assert r.status_code == 202 and r.json()["status"] == "cancelled"
+    assert client.delete(f"/v1/erasure-requests/{rid}", headers=admin_headers).status_code == 409
+
+
+def test_audit_pagination_and_tamper_detection(client: TestClient, admin_headers: dict, session: Session) -> None:
+    for i in range(5):
+        client.post("/v1/erasure-requests", json={"subject_id": f"nobody-{i}"}, headers=admin_headers)
+    seen, cursor = [], None
+    while True:
+        page = client.get("/v1/audit/events", params={"limit": 3, **({"cursor": cursor} if cursor else {})},
+                          headers=admin_headers).json()
+        seen += [e["seq"] for e in page["items"]]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert seen == sorted(set(seen)) and len(seen) == 10
+    assert client.get("/v1/audit/verify", headers=admin_headers).json()["ok"] is True
+    ev = session.exec(select(AuditEvent).where(AuditEvent.seq == 4)).one()
+    ev.payload = {**ev.payload, "status": "completed"}
+    session.add(ev)
+    session.commit()
+    report = client.get("/v1/audit/verify", headers=admin_headers).json()
+    assert report["ok"] is False and report["first_broken_seq"] == 4
+
+
+def test_predict_serves_loaded_version(app, client: TestClient, admin_headers: dict, toy_model, settings) -> None:  # noqa: ANN001
+    r = client.post("/v1/models/toy/predict", json={"inputs": [{"x": [0.0] * 16}]}, headers=admin_headers)
+    assert r.status_code == 503 and r.json()["code"] in ("serving_disabled", "model_not_ready")
+    listener = UpdateListener(app.state.holder, settings)
+    app.state.listener = listener
+    assert listener.sync_once() == ["toy"]
+    r = client.post("/v1/models/toy/predict", json={"inputs": [{"x": [0.0] * 16}, {"x": [1.0] * 16}]},
+                    headers=admin_headers)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["model_version"] == 1 and r.headers["x-model-version"] == "1"
+    assert len(body["predictions"]) == 2
+    assert all(0 <= p["label"] < 4 and 0.25 <= p["probability"] <= 1 for p in body["predictions"])
+    bad = client.post("/v1/models/toy/predict", json={"inputs": [{"x": [0.0] * 2}]}, headers=admin_headers)
+    assert bad.status_code == 422 and bad.json()["code"] == "invalid_input"
+    desc = client.get("/v1/models/toy", headers=admin_headers).json()
+    assert desc["serving_version"] == 1 and desc["input_example"] == {"x": [0.0] * 16}
+    assert [v["version"] for v in desc["versions"]] == [1]

@@ -1,0 +1,12 @@
+"""Celery application for the unlearning worker: ``celery -A workers.celery_app worker -Q unlearn -B``."""
+
+from __future__ import annotations
+
+from app.core.config import get_settings
+from app.core.logging import configure_logging
+from app.core.queue import get_celery
+
+configure_logging(get_settings().log_level)
+celery = get_celery()
+celery.conf.include = ["workers.tasks"]
+import workers.tasks  # noqa: E402,F401  (registers the tasks)

@@ -1,0 +1,40 @@
+"""Thin Celery tasks: pass names and IDs, call one pipeline function (STYLE.md principle 6)."""
+
+from __future__ import annotations
+
+import functools
+import logging
+
+from app.core.config import get_settings
+from app.core.db import create_schema, get_engine
+from app.core.queue import TASK_RECONCILE, TASK_UNLEARN, enqueue_unlearn, get_celery
+from app.serving.holder import publish_update
+from workers import pipeline
+
+log = logging.getLogger("lethe.tasks")
+celery = get_celery()
+
+
+@functools.lru_cache
+def worker() -> pipeline.Worker:
+    """One engine and device per worker process."""
+    from app.ml.device import pick_device
+
+    settings = get_settings()
+    create_schema()
+    return pipeline.Worker(settings=settings, engine=get_engine(), device=pick_device(settings.device),
+                           publish=functools.partial(publish_update, settings.redis_url))
+
+
+@celery.task(name=TASK_UNLEARN, acks_late=True, reject_on_worker_lost=True)
+def unlearn_model(model_name: str) -> list[str]:
+    """Run every queued erasure of one model (batched, one job at a time per model)."""
+    jobs = pipeline.drain(worker(), model_name)
+    log.info("model %s: ran %d job(s)", model_name, len(jobs))
+    return jobs
+
+
+@celery.task(name=TASK_RECONCILE, ignore_result=True)
+def reconcile() -> list[str]:
+    """Re-send work whose message vanished: the DB, not the queue, is the source of truth."""
+    return pipeline.reconcile(worker(), send=enqueue_unlearn)

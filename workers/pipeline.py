@@ -27,11 +27,12 @@ from sqlalchemy import delete, or_, update
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
+from app.core import db
 from app.core.config import Settings
 from app.db.models import ErasureRequest, ErasureTarget, Model, ModelVersion, Sample, UnlearningJob, utcnow
 from app.ml.spec import Example
 from app.ml.specs import get_spec
-from app.services import audit
+from app.services import audit, notify
 from app.services import models as model_service
 
 log = logging.getLogger("lethe.pipeline")
@@ -46,14 +47,14 @@ class Worker:
     """What a job needs from its process."""
 
     settings: Settings
-    engine: Engine
+    engine: Engine | None  # None: the app's default session factory (tests rebind it)
     device: Any  # torch.device
     owner: str = f"{socket.gethostname()}:{os.getpid()}"
     publish: Callable[[str, int], Any] = lambda name, version: None
     sleep: Callable[[float], None] = time.sleep
 
     def session(self) -> Session:
-        return Session(self.engine)
+        return Session(self.engine) if self.engine is not None else db.new_session()
 
 
 # ---------------------------------------------------------------- per-model lease
@@ -160,9 +161,9 @@ def next_job(w: Worker, model_name: str) -> str | None:
             t.status, t.job_id = "running", job.id
             s.add(t)
         for req in _requests(s, job):
-            req.policy = req.policy or "auto"
             req.status, req.stage, req.percent = "running", "collecting", 0.0
             s.add(req)
+            notify.status_changed(s, req)
         job.policy = _job_policy(s, job)
         audit.append(s, type="job_started", actor=ACTOR,
                      payload={"job_id": job.id, "model": model_name, "requests": job.request_ids,
@@ -211,9 +212,15 @@ def set_progress(w: Worker, job_id: str, stage: str, fraction: float = 0.0) -> N
         job = s.get(UnlearningJob, job_id)
         job.stage = stage
         s.add(job)
-        s.exec(update(ErasureRequest).where(col(ErasureRequest.id).in_(job.request_ids),
-                                            col(ErasureRequest.status).in_(("running", "verifying", "deploying")))
-               .values(stage=stage, status=status, percent=lo + (hi - lo) * max(0.0, min(1.0, fraction))))
+        for req in _requests(s, job):
+            if req.status not in ("running", "verifying", "deploying"):
+                continue
+            changed = req.status != status
+            req.status, req.stage = status, stage
+            req.percent = lo + (hi - lo) * max(0.0, min(1.0, fraction))
+            s.add(req)
+            if changed:
+                notify.status_changed(s, req)
         s.commit()
 
 
@@ -221,6 +228,8 @@ def throttled_progress(w: Worker, job_id: str, every_s: float = 0.5) -> Callable
     last = {"t": 0.0, "stage": ""}
 
     def progress(stage: str, fraction: float) -> None:
+        # The engine reports "unlearn:<method>" and "verify:<method>".
+        stage = {"unlearn": "unlearning", "verify": "verifying"}.get(stage.split(":")[0], stage)
         now = time.monotonic()
         if stage != last["stage"] or now - last["t"] >= every_s:
             last.update(t=now, stage=stage)
@@ -354,6 +363,7 @@ def fail_job(s: Session, job: UnlearningJob, error: str) -> None:
     for req in _requests(s, job):
         req.status, req.error = "failed", error
         s.add(req)
+        notify.status_changed(s, req)
         audit.append(s, type="erasure_failed", actor=ACTOR, request_id=req.id, subject_key=req.subject_key,
                      payload={"job_id": job.id, "model": job.model_name, "error": error})
 
@@ -411,6 +421,7 @@ def complete_job(s: Session, job: UnlearningJob, settings: Settings, *, deploy_s
             audit.append(s, type="erasure_completed", actor=ACTOR, request_id=req.id, subject_key=req.subject_key,
                          payload={"models": sorted(result["models"]), "version_after": job.version_after,
                                   "method": job.method})
+            notify.status_changed(s, req)
         s.add(req)
 
 

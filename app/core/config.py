@@ -50,6 +50,31 @@ class Settings(BaseSettings):
     deploy_timeout_s: float = Field(120.0, description="How long a job waits for live replicas to swap.")
     reconcile_interval_s: float = Field(30.0, description="How often queued work whose message vanished is re-sent.")
     log_level: str = Field("INFO", description="Python log level.")
+    # --- signatures, callbacks, deadlines, audit checkpoints (issue 5) ---
+    signing_key_path: Path | None = Field(
+        None, description="Ed25519 private key (PEM) signing erasure certificates and audit checkpoints; default "
+        "<data_dir>/keys/ed25519.pem, generated only outside production.")
+    processor_key_path: Path | None = Field(
+        None, description="RSA private key (PEM) for OpenDSR response/callback signatures; default "
+        "<data_dir>/keys/processor-rsa.pem, generated only outside production.")
+    processor_cert_path: Path | None = Field(
+        None, description="X.509 certificate (PEM) of the processor key, CA-issued in production (OpenDSR 4.1); "
+        "default <data_dir>/keys/processor-cert.pem, self-signed and generated only outside production.")
+    processor_domain: str | None = Field(
+        None, description="X-OpenDSR-Processor-Domain (and OpenGDPR/OpenCompliance) value; default: public URL host.")
+    opendsr_identity_types: str = Field(
+        "controller_customer_id", description="Comma list of OpenDSR identity_type values (format raw) that carry "
+        "Lethe's subject ID.")
+    callback_hmac_secret: str = Field(DEV_SECRET, description="HMAC-SHA256 key signing native status callbacks.")
+    callback_timeout_s: float = Field(5.0, description="HTTP timeout of one callback delivery attempt.")
+    callback_max_attempts: int = Field(12, description="A callback failing this often is given up (audited).")
+    callback_backoff_s: float = Field(10.0, description="First retry delay; doubles per attempt, capped at 1 h.")
+    housekeeping_interval_s: float = Field(5.0, description="Beat period of callback delivery.")
+    deadline_check_interval_s: float = Field(300.0, description="Beat period of the GDPR deadline check.")
+    audit_checkpoint_interval_s: float = Field(300.0, description="Beat period of signed audit-chain checkpoints.")
+    audit_checkpoint_path: Path | None = Field(
+        None, description="JSONL file of signed audit-chain heads, outside the DB; default "
+        "<data_dir>/audit-checkpoints.jsonl.")
 
     @model_validator(mode="after")
     def _refuse_default_secrets(self) -> Settings:

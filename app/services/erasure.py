@@ -15,7 +15,7 @@ from sqlmodel import Session, col, select
 
 from app.core.errors import Conflict, NotFound
 from app.db.models import ErasureRequest, ErasureTarget, Sample, Suppression, utcnow
-from app.services import audit
+from app.services import audit, notify
 
 OPEN_STATUSES = ("received", "queued", "running", "verifying", "deploying")
 
@@ -68,6 +68,7 @@ def create_request(session: Session, *, subject_key: str, reason: str | None = N
                      subject_key=subject_key, payload={"models": sorted(models)})
     session.add(req)
     session.flush()
+    notify.status_changed(session, req)
     return req, True
 
 
@@ -119,6 +120,7 @@ def cancel_request(session: Session, *, request_id: str, actor: str) -> ErasureR
     req.status, req.stage = "cancelled", "cancelled"
     session.add(req)
     audit.append(session, type="erasure_cancelled", actor=actor, request_id=req.id, subject_key=req.subject_key)
+    notify.status_changed(session, req)
     return req
 
 

@@ -112,7 +112,8 @@ def register_demo_model(session: Session, *, name: str, secret: str, artifacts_d
     dev = pick_device(device)
     train = [e for e in examples if e.split == "train"]
     model_obj, meta = train_from_scratch(spec, train, device=dev, seed=seed, progress=progress)
-    metrics = {"train_acc": evaluate(spec, model_obj, meta, train, device=dev),
+    train_acc = evaluate(spec, model_obj, meta, train, device=dev)
+    metrics = {"train_acc": train_acc, "retain_acc": train_acc,
                "test_acc": evaluate(spec, model_obj, meta, [e for e in examples if e.split == "test"], device=dev),
                "n_train": len(train), "n_subjects": len(keys)}
     audit.append(session, type="model_registered", actor="lethe",

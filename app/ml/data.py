@@ -1,0 +1,46 @@
+"""Examples -> a deterministic ``DataLoader`` of ``(batch_kwargs, labels)``.
+
+Features are collated once into tensors and batches are tensor slices, so an epoch costs no
+per-sample Python work; order comes from a ``torch.Generator`` seeded by the caller.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
+
+from app.ml.spec import Example, ModelSpec
+
+
+class TensorBatches(Dataset):
+    """Indexed by a list of positions; returns the batch directly (no per-item collation)."""
+
+    def __init__(self, tensors: dict[str, torch.Tensor], labels: torch.Tensor) -> None:
+        self.tensors, self.labels = tensors, labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, idx: list[int]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        index = torch.as_tensor(idx, dtype=torch.long)
+        return {k: v[index] for k, v in self.tensors.items()}, self.labels[index]
+
+
+def collate_examples(spec: ModelSpec, meta: dict[str, Any], examples: list[Example]) -> TensorBatches:
+    tensors = spec.collate([e.features for e in examples], meta)
+    labels = torch.tensor([e.label for e in examples], dtype=torch.long)
+    return TensorBatches(tensors, labels)
+
+
+def make_loader(
+    spec: ModelSpec, meta: dict[str, Any], examples: list[Example], *, batch_size: int, shuffle: bool, seed: int = 0
+) -> DataLoader:
+    data = collate_examples(spec, meta, examples)
+    positions = range(len(data))
+    if shuffle:
+        order = RandomSampler(positions, generator=torch.Generator().manual_seed(seed))
+    else:
+        order = SequentialSampler(positions)
+    return DataLoader(data, sampler=BatchSampler(order, batch_size, drop_last=False), batch_size=None)

@@ -1,0 +1,123 @@
+"""Training, evaluation and prediction for any ``ModelSpec`` (plain PyTorch, explicit device).
+
+Optimiser: AdamW (Loshchilov & Hutter, "Decoupled Weight Decay Regularization", ICLR 2019) with
+the spec's ``TrainRecipe``; cross-entropy on ``num_classes`` logits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader
+
+from app.ml.data import make_loader
+from app.ml.spec import Example, ModelSpec, TrainRecipe
+
+Progress = Callable[[float], None]
+# Inference batch: large enough to amortise Python overhead, small enough for any model here.
+EVAL_BATCH = 4096
+
+
+def train_from_scratch(
+    spec: ModelSpec,
+    examples: list[Example],
+    *,
+    device: torch.device | str,
+    seed: int = 0,
+    recipe: TrainRecipe | None = None,
+    progress: Progress | None = None,
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Build meta from the ``train``-split examples, initialise with ``seed`` and train.
+
+    Only examples whose split is ``train`` are used: ``test`` and ``holdout`` are never trained on.
+    """
+    recipe = recipe or spec.recipe
+    train = [e for e in examples if e.split == "train"]
+    if not train:
+        raise ValueError("no examples with split 'train' to train on")
+    torch.manual_seed(seed)
+    meta = spec.make_meta([e.features for e in train])
+    model = spec.build(meta).to(device)
+    loader = make_loader(spec, meta, train, batch_size=recipe.batch_size, shuffle=True, seed=seed)
+    train_epochs(
+        spec, model, meta, loader, epochs=recipe.epochs, lr=recipe.lr, weight_decay=recipe.weight_decay,
+        device=device, progress=progress,
+    )
+    model.eval()
+    return model, meta
+
+
+def train_epochs(
+    spec: ModelSpec,
+    model: nn.Module,
+    meta: dict[str, Any],
+    loader: DataLoader,
+    *,
+    epochs: int,
+    lr: float,
+    weight_decay: float,
+    device: torch.device | str,
+    progress: Progress | None = None,
+) -> nn.Module:
+    """``epochs`` passes of AdamW over ``loader``, in place; returns ``model`` in train mode."""
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    for epoch in range(epochs):
+        for batch, labels in loader:
+            batch = {k: v.to(device) for k, v in batch.items()}
+            loss = F.cross_entropy(model(**batch), labels.to(device))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        if progress is not None:
+            progress((epoch + 1) / epochs)
+    return model
+
+
+@torch.no_grad()
+def predict_logits(
+    spec: ModelSpec, model: nn.Module, meta: dict[str, Any], features: list[dict[str, Any]], *, device: torch.device | str
+) -> torch.Tensor:
+    """Logits ``[N, num_classes]`` on the CPU, in eval mode, batched."""
+    was_training = model.training
+    model.eval()
+    out = []
+    for start in range(0, len(features), EVAL_BATCH):
+        batch = spec.collate(features[start : start + EVAL_BATCH], meta)
+        out.append(model(**{k: v.to(device) for k, v in batch.items()}).float().cpu())
+    model.train(was_training)
+    return torch.cat(out) if out else torch.zeros(0, spec.num_classes)
+
+
+def evaluate(
+    spec: ModelSpec, model: nn.Module, meta: dict[str, Any], examples: list[Example], *, device: torch.device | str
+) -> float:
+    """Accuracy on ``examples``; ``nan`` when there are none."""
+    if not examples:
+        return float("nan")
+    logits = predict_logits(spec, model, meta, [e.features for e in examples], device=device)
+    labels = torch.tensor([e.label for e in examples])
+    return float((logits.argmax(-1) == labels).float().mean())
+
+
+def predict(
+    spec: ModelSpec, model: nn.Module, meta: dict[str, Any], features: list[dict[str, Any]], *, device: torch.device | str
+) -> list[tuple[int, float]]:
+    """``(label, probability of that label)`` per (already validated) input."""
+    probs = predict_logits(spec, model, meta, features, device=device).softmax(-1)
+    p, label = probs.max(-1)
+    return [(int(y), float(q)) for y, q in zip(label.tolist(), p.tolist())]
+
+
+def per_example_loss(
+    spec: ModelSpec, model: nn.Module, meta: dict[str, Any], examples: list[Example], *, device: torch.device | str
+) -> np.ndarray:
+    """Cross-entropy of each example (float64 numpy array, the MIA signal)."""
+    logits = predict_logits(spec, model, meta, [e.features for e in examples], device=device)
+    labels = torch.tensor([e.label for e in examples], dtype=torch.long)
+    return F.cross_entropy(logits, labels, reduction="none").double().numpy()

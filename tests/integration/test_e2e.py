@@ -1,0 +1,57 @@
+"""End to end on real services: HTTP erasure -> Celery worker -> MIA gate -> hot swap -> audit."""
+
+from __future__ import annotations
+
+import pytest
+import sqlalchemy as sa
+
+from tests.integration.conftest import Stack
+
+pytestmark = pytest.mark.integration
+
+
+def test_erasure_end_to_end(stack: Stack) -> None:
+    with stack.client() as c:
+        before = c.post("/v1/models/toy/predict", json={"inputs": [{"x": [0.5] * 16}]})
+        assert before.status_code == 200 and before.json()["model_version"] == 1
+        held = c.get("/v1/subjects/toy-02").json()
+        assert held["samples"]["toy"]["train"] > 0
+
+        created = c.post("/v1/erasure-requests", json={"subject_id": "toy-02", "reason": "Art. 17"},
+                         headers={"Idempotency-Key": "e2e-1"})
+        assert created.status_code == 202, created.text
+        rid = created.json()["id"]
+        done = stack.wait_status(rid, ("completed", "failed"))
+        assert done["status"] == "completed", done
+        assert done["percent"] == 100
+
+        # The subject's raw samples are gone, and the subject is suppressed.
+        held = c.get("/v1/subjects/toy-02").json()
+        assert held["samples"] == {} and held["suppressed"] is True
+        # Completion means the API already serves the new version.
+        after = c.post("/v1/models/toy/predict", json={"inputs": [{"x": [0.5] * 16}]})
+        assert after.json()["model_version"] == 2 and after.headers["x-model-version"] == "2"
+        # The MIA report is stored with the result.
+        result = done["result"]["models"]["toy"]
+        report = result["attempts"][-1]["report"]
+        assert result["version_after"] == 2 and result["attempts"][-1]["passed"]
+        assert 0.0 <= report["mia_auc"] <= 1.0
+        model = c.get("/v1/models/toy").json()
+        assert model["serving_version"] == 2
+        assert all(r["version"] == 2 for r in model["replicas"]) and model["replicas"]
+        assert done["result"]["time_to_forget_s"] > 0
+
+        # The audit chain verifies and tells the story of the request.
+        assert c.get("/v1/audit/verify").json()["ok"] is True
+        types = [e["type"] for e in c.get("/v1/audit/events", params={"request_id": rid}).json()["items"]]
+        assert types[0] == "erasure_requested" and types[-1] == "erasure_completed"
+        assert "samples_deleted" in types
+
+    # Tampering with one stored event makes verification fail.
+    engine = sa.create_engine(stack.db_url)
+    with engine.begin() as conn:
+        conn.execute(sa.text("UPDATE auditevent SET actor = 'someone-else' WHERE seq = 2"))
+    engine.dispose()
+    with stack.client() as c:
+        report = c.get("/v1/audit/verify").json()
+    assert report["ok"] is False and report["first_broken_seq"] == 2

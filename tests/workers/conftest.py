@@ -1,0 +1,28 @@
+"""Fixtures for the unlearning and verification tests: a memorising toy model per session."""
+
+from __future__ import annotations
+
+import pytest
+
+from app.ml.specs import get_spec
+from app.ml.train import train_from_scratch
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "slow: takes more than a few seconds")
+
+
+@pytest.fixture(scope="session")
+def toy():
+    return get_spec("toy")
+
+
+@pytest.fixture(scope="session")
+def toy_examples(toy):
+    return toy.load_examples()
+
+
+@pytest.fixture(scope="session")
+def toy_trained(toy, toy_examples):
+    """(model, meta) trained on the toy train split; tests must not mutate it."""
+    return train_from_scratch(toy, toy_examples, device="cpu", seed=0)

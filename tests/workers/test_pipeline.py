@@ -1,0 +1,98 @@
+"""The worker pipeline called directly (no Celery) on a real DB, rolled back per test."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from sqlmodel import Session, select
+
+from app.db.models import ErasureRequest, ModelVersion, Replica, Sample, UnlearningJob, utcnow
+from app.services import audit, erasure
+from app.core.security import subject_key
+from workers import pipeline
+
+
+@pytest.fixture
+def worker(settings):  # noqa: ANN001, ANN201
+    import torch
+
+    published: list[tuple[str, int]] = []
+    w = pipeline.Worker(settings=settings.model_copy(update={"job_lease_s": 3600, "deploy_timeout_s": 2}),
+                        engine=None, device=torch.device("cpu"), owner="test-worker",
+                        publish=lambda n, v: published.append((n, v)), sleep=lambda s: None)
+    w.published = published  # type: ignore[attr-defined]
+    return w
+
+
+def _request(session: Session, settings, subject: str, policy: str = "auto") -> str:  # noqa: ANN001
+    req, _ = erasure.create_request(session, subject_key=subject_key(settings.subject_key_secret, subject),
+                                    policy=policy)
+    session.commit()
+    return req.id
+
+
+def test_job_forgets_publishes_and_completes(session: Session, settings, toy_model, worker) -> None:  # noqa: ANN001
+    key = subject_key(settings.subject_key_secret, "toy-02")
+    assert session.exec(select(Sample).where(Sample.subject_key == key)).all()
+    rid = _request(session, settings, "toy-02")
+    jobs = pipeline.drain(worker, "toy")
+    assert len(jobs) == 1
+    req = session.get(ErasureRequest, rid)
+    session.refresh(req)
+    assert req.status == "completed" and req.percent == 100
+    assert session.exec(select(Sample).where(Sample.subject_key == key)).all() == []  # raw samples purged
+    v2 = session.exec(select(ModelVersion).where(ModelVersion.model_name == "toy", ModelVersion.number == 2)).one()
+    assert rid in v2.free_of and Path(v2.artifact_path).exists()
+    assert worker.published == [("toy", 2)]
+    v1 = session.exec(select(ModelVersion).where(ModelVersion.model_name == "toy", ModelVersion.number == 1)).one()
+    assert v1.state == "purged" and not Path(v1.artifact_path).exists()  # tainted weights are gone
+    result = req.result["models"]["toy"]
+    assert result["version_before"] == 1 and result["version_after"] == 2
+    assert result["attempts"] and result["attempts"][-1]["passed"]
+    assert "mia_auc" in result["attempts"][-1]["report"]
+    types = [e.type for e in audit.list_events(session, request_id=rid, limit=100)]
+    assert types[:2] == ["erasure_requested", "erasure_queued"]
+    assert "samples_deleted" in types and types[-1] == "erasure_completed"
+    assert audit.verify(session)["ok"]
+
+
+def test_batch_gathers_queued_requests_into_one_job(session: Session, settings, toy_model, worker) -> None:  # noqa: ANN001
+    ids = [_request(session, settings, s) for s in ("toy-02", "toy-03", "toy-04")]
+    assert len(pipeline.drain(worker, "toy")) == 1
+    job = session.exec(select(UnlearningJob)).one()
+    assert sorted(job.request_ids) == sorted(ids)
+    assert all(session.get(ErasureRequest, i).status == "completed" for i in ids)
+
+
+def test_completion_waits_for_live_replicas(session: Session, settings, toy_model, worker) -> None:  # noqa: ANN001
+    session.add(Replica(replica_id="r1", model_name="toy", version=1, loaded_at=utcnow()))
+    session.commit()
+    rid = _request(session, settings, "toy-02")
+    pipeline.drain(worker, "toy")
+    req = session.get(ErasureRequest, rid)
+    session.refresh(req)
+    # The replica never loaded v2 within the deploy timeout: failed visibly, not completed.
+    assert req.status == "failed" and "did not load" in req.error
+    v1 = session.exec(select(ModelVersion).where(ModelVersion.number == 1, ModelVersion.model_name == "toy")).one()
+    assert v1.state != "purged"  # still served by r1: never purged under a live replica
+
+
+def test_interrupted_job_resumes_then_fails_after_max_attempts(session: Session, settings, toy_model, worker) -> None:  # noqa: ANN001
+    rid = _request(session, settings, "toy-02")
+    job_id = pipeline.next_job(worker, "toy")  # started ... and the worker "dies" here
+    assert pipeline.next_job(worker, "toy") == job_id  # re-delivery resumes the same job
+    for _ in range(worker.settings.max_job_attempts):
+        pipeline.next_job(worker, "toy")
+    job = session.get(UnlearningJob, job_id)
+    session.refresh(job)
+    assert job.status == "failed"
+    req = session.get(ErasureRequest, rid)
+    session.refresh(req)
+    assert req.status == "failed" and "interrupted" in req.error
+
+
+def test_reconciler_resends_queued_work(session: Session, settings, toy_model, worker) -> None:  # noqa: ANN001
+    _request(session, settings, "toy-02")
+    sent: list[str] = []
+    assert pipeline.reconcile(worker, send=sent.append) == ["toy"] and sent == ["toy"]

@@ -1,0 +1,20 @@
+"""``retrain``: exact unlearning, a fresh model trained on the retain set with the original recipe.
+
+The reference every approximate method must approach (Cao & Yang, "Towards Making Systems
+Forget with Machine Unlearning", S&P 2015, call it the exact baseline). Meta is rebuilt from the
+retain set, so erased subjects have no per-subject row at all.
+"""
+
+from __future__ import annotations
+
+from app.ml.train import train_from_scratch
+from workers.unlearning import register
+from workers.unlearning.base import UnlearnContext, UnlearnResult, finish
+
+
+@register("retrain", exact=True)
+def unlearn(ctx: UnlearnContext) -> UnlearnResult:
+    model, meta = train_from_scratch(
+        ctx.spec, ctx.retain, device=ctx.device, seed=ctx.seed, recipe=ctx.recipe, progress=ctx.progress
+    )
+    return finish(ctx, model, meta)

@@ -1,0 +1,1 @@
+"""Quick verification of an unlearning candidate: membership inference + utility gates (DESIGN.md 4)."""

@@ -13,6 +13,7 @@ from app.core.db import create_schema, get_engine
 from app.core.errors import install_error_handlers
 from app.core.logging import configure_logging
 from app.serving.holder import ModelHolder, UpdateListener
+from app.services import metrics
 
 
 def create_app(*, serve_models: bool = True) -> FastAPI:
@@ -31,6 +32,7 @@ def create_app(*, serve_models: bool = True) -> FastAPI:
 
     app = FastAPI(title="Lethe", version="0.1.0", lifespan=lifespan,
                   description="Machine unlearning for the GDPR right to be forgotten (Art. 17).")
+    metrics.register()
     app.state.holder = ModelHolder()
     app.state.listener = None
     install_error_handlers(app)

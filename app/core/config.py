@@ -43,7 +43,8 @@ class Settings(BaseSettings):
     batch_window_s: float = Field(2.0, description="Wait this long for more requests before starting a job.")
     batch_max: int = Field(500, description="Most erasure requests folded into one job.")
     max_job_attempts: int = Field(3, description="A job re-delivered more often than this fails visibly.")
-    job_lease_s: float = Field(900.0, description="A running job whose lease is older is considered dead.")
+    job_lease_s: float = Field(
+        120.0, description="Per-model job lease, renewed every third of it; a dead worker's lease expires after this.")
     replica_ttl_s: float = Field(10.0, description="A replica silent for longer drops out of the live set.")
     heartbeat_interval_s: float = Field(1.0, description="How often a replica reports its serving version.")
     poll_interval_s: float = Field(2.0, description="DB poll for model updates (fallback to pub/sub).")

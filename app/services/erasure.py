@@ -11,6 +11,7 @@ import calendar
 from datetime import datetime
 from typing import Any
 
+from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
 from app.core.errors import Conflict, NotFound
@@ -32,24 +33,32 @@ def suppress(session: Session, *, subject_key: str, request_id: str | None) -> N
         session.add(Suppression(subject_key=subject_key, request_id=request_id))
 
 
+def _replay(session: Session, idempotency_key: str, subject_key: str) -> ErasureRequest | None:
+    existing = session.exec(select(ErasureRequest).where(ErasureRequest.idempotency_key == idempotency_key)).first()
+    if existing is not None and existing.subject_key != subject_key:
+        raise Conflict("This Idempotency-Key was already used for a different request.", code="idempotency_key_reused")
+    return existing
+
+
 def create_request(session: Session, *, subject_key: str, reason: str | None = None,
                    callback_url: str | None = None, policy: str = "auto", idempotency_key: str | None = None,
                    api_key_id: str | None = None, source: str = "api", external_id: str | None = None,
                    actor: str = "api") -> tuple[ErasureRequest, bool]:
     """Record an erasure request. Returns (request, created); created is False on an idempotent replay."""
-    if idempotency_key:
-        existing = session.exec(select(ErasureRequest).where(ErasureRequest.idempotency_key == idempotency_key)).first()
-        if existing:
-            if existing.subject_key != subject_key:
-                raise Conflict("This Idempotency-Key was already used for a different request.",
-                               code="idempotency_key_reused")
-            return existing, False
+    if idempotency_key and (existing := _replay(session, idempotency_key, subject_key)):
+        return existing, False
     now = utcnow()
     req = ErasureRequest(subject_key=subject_key, source=source, external_id=external_id,
                          idempotency_key=idempotency_key, api_key_id=api_key_id, reason=reason, policy=policy,
                          received_at=now, due_at=add_one_month(now), callback_url=callback_url)
-    session.add(req)
-    session.flush()
+    try:
+        with session.begin_nested():  # a concurrent request with the same key may win the insert
+            session.add(req)
+            session.flush()
+    except IntegrityError:
+        if idempotency_key and (existing := _replay(session, idempotency_key, subject_key)):
+            return existing, False
+        raise
     models = session.exec(select(Sample.model_name).where(Sample.subject_key == subject_key,
                                                           col(Sample.deleted).is_(False)).distinct()).all()
     suppress(session, subject_key=subject_key, request_id=req.id)

@@ -55,3 +55,18 @@ def test_erasure_end_to_end(stack: Stack) -> None:
     with stack.client() as c:
         report = c.get("/v1/audit/verify").json()
     assert report["ok"] is False and report["first_broken_seq"] == 2
+
+
+def test_concurrent_retries_with_one_idempotency_key_make_one_request(stack: Stack) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    def post(_: int) -> tuple[int, str]:
+        with stack.client() as c:
+            r = c.post("/v1/erasure-requests", json={"subject_id": "nobody-at-all"},
+                       headers={"Idempotency-Key": "same-key"})
+            return r.status_code, r.json().get("id", r.text)
+
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(post, range(16)))
+    assert {code for code, _ in results} == {202}, results
+    assert len({rid for _, rid in results}) == 1

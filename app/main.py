@@ -7,11 +7,12 @@ from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
 
-from app.api.routes import audit, erasure_requests, health, keys, models, subjects
+from app.api.routes import audit, certificates, erasure_requests, health, keys, models, opendsr, subjects
 from app.core.config import get_settings
 from app.core.db import create_schema, get_engine
 from app.core.errors import install_error_handlers
 from app.core.logging import configure_logging
+from app.ml.device import set_cpu_threads
 from app.serving.holder import ModelHolder, UpdateListener
 from app.services import metrics
 
@@ -23,6 +24,7 @@ def create_app(*, serve_models: bool = True) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         create_schema()
+        set_cpu_threads(settings.torch_threads)
         if serve_models:
             app.state.listener = UpdateListener(app.state.holder, settings, get_engine())
             app.state.listener.start()
@@ -36,7 +38,7 @@ def create_app(*, serve_models: bool = True) -> FastAPI:
     app.state.holder = ModelHolder()
     app.state.listener = None
     install_error_handlers(app)
-    for module in (erasure_requests, models, subjects, audit, keys, health):
+    for module in (erasure_requests, certificates, models, subjects, audit, keys, health, opendsr):
         app.include_router(module.router)
     return app
 

@@ -18,9 +18,10 @@ celery = get_celery()
 @functools.lru_cache
 def worker() -> pipeline.Worker:
     """One engine and device per worker process."""
-    from app.ml.device import pick_device
+    from app.ml.device import pick_device, set_cpu_threads
 
     settings = get_settings()
+    set_cpu_threads(settings.torch_threads)
     create_schema()
     return pipeline.Worker(settings=settings, engine=get_engine(), device=pick_device(settings.device),
                            publish=functools.partial(publish_update, settings.redis_url))

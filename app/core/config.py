@@ -39,6 +39,7 @@ class Settings(BaseSettings):
     bootstrap_admin_key: str | None = Field(None, description="Use this admin API key instead of generating one.")
     demo_models: str = Field("movielens,digits", description="Comma list of demo models trained on first start.")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Worker device: CUDA when present.")
+    torch_threads: int = Field(1, description="CPU threads per process for torch (API and worker share the cores).")
     default_policy: str = Field("auto", description="Unlearning policy when a request names none.")
     batch_window_s: float = Field(2.0, description="Wait this long for more requests before starting a job.")
     batch_max: int = Field(500, description="Most erasure requests folded into one job.")

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import pytest
 
+from app.ml.device import set_cpu_threads
 from app.ml.specs import get_spec
 from app.ml.train import train_from_scratch
 
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "slow: takes more than a few seconds")
+    set_cpu_threads(1)  # tiny models on shared cores: see set_cpu_threads
 
 
 @pytest.fixture(scope="session")

@@ -72,7 +72,7 @@ def test_loader_is_seeded(toy, toy_examples, toy_trained):
 def test_digits_quick_training():
     spec = get_spec("digits")
     examples = spec.load_examples()
-    recipe = TrainRecipe(epochs=5, batch_size=64, lr=2e-3)
+    recipe = TrainRecipe(epochs=8, batch_size=64, lr=2e-3)
     model, meta = train_from_scratch(spec, examples, device="cpu", recipe=recipe)
     assert evaluate(spec, model, meta, split(examples, "test"), device="cpu") > 0.9
 

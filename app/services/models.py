@@ -8,6 +8,7 @@ served or rolled back to (DESIGN.md section 5).
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
@@ -110,7 +111,9 @@ def register_demo_model(session: Session, *, name: str, secret: str, artifacts_d
     for i in range(0, len(rows), 20000):
         session.execute(insert(Sample), rows[i:i + 20000])
     dev = pick_device(device)
-    train = [e for e in examples if e.split == "train"]
+    # Workers only ever see subject keys; train on the same IDs so that anything derived from
+    # them at training time (e.g. SISA shard assignment) matches at unlearning time.
+    train = [replace(e, subject_id=keys[e.subject_id]) for e in examples if e.split == "train"]
     model_obj, meta = train_from_scratch(spec, train, device=dev, seed=seed, progress=progress)
     train_acc = evaluate(spec, model_obj, meta, train, device=dev)
     metrics = {"train_acc": train_acc, "retain_acc": train_acc,

@@ -46,4 +46,14 @@ def get_method(name: str) -> Method:
         raise KeyError(f"unknown unlearning method {name!r}; known: {', '.join(sorted(METHODS))}") from None
 
 
-from workers.unlearning import finetune, neggrad_plus, retrain  # noqa: E402,F401  (registers them)
+def _register_all() -> None:
+    """Import every method module of this package: each registers itself (one file per method)."""
+    import importlib
+    import pkgutil
+
+    for info in pkgutil.iter_modules(__path__):
+        if info.name not in ("base", "engine"):
+            importlib.import_module(f"{__name__}.{info.name}")
+
+
+_register_all()

@@ -133,7 +133,12 @@ def main(argv: list[str] | None = None) -> int:
     bench = sub.add_parser("bench", help="run a benchmark from bench/")
     bench.add_argument("name", help="benchmark name, e.g. unlearning")
     bench.add_argument("args", nargs=argparse.REMAINDER)
+    from app.services.certificates import add_verify_command  # `lethe verify-certificate` (issue 5)
+
+    add_verify_command(sub)
     args = parser.parse_args(argv)
+    if args.cmd == "verify-certificate":
+        return args.run(args)
     settings = get_settings()
     if args.cmd == "run":
         return cmd_run(settings)

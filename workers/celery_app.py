@@ -8,5 +8,6 @@ from app.core.queue import get_celery
 
 configure_logging(get_settings().log_level)
 celery = get_celery()
-celery.conf.include = ["workers.tasks"]
+celery.conf.include = ["workers.tasks", "workers.housekeeping"]
+import workers.housekeeping  # noqa: E402,F401  (registers the tasks)
 import workers.tasks  # noqa: E402,F401  (registers the tasks)

@@ -24,6 +24,12 @@ log = logging.getLogger("lethe.queue")
 UNLEARN_QUEUE = "unlearn"
 TASK_UNLEARN = "lethe.unlearn_model"
 TASK_RECONCILE = "lethe.reconcile"
+# Housekeeping (workers/housekeeping.py): on the unlearn queue so the single embedded worker runs them;
+# a long unlearning job delays them (prefetch 1), which callbacks and checkpoints tolerate.
+TASK_DELIVER_CALLBACKS = "lethe.deliver_callbacks"
+TASK_CHECK_DEADLINES = "lethe.check_deadlines"
+TASK_AUDIT_CHECKPOINT = "lethe.audit_checkpoint"
+HOUSEKEEPING_TASKS = (TASK_DELIVER_CALLBACKS, TASK_CHECK_DEADLINES, TASK_AUDIT_CHECKPOINT)
 
 
 def redis_reachable(url: str, timeout: float = 0.5) -> bool:
@@ -61,8 +67,19 @@ def make_celery(settings: Settings) -> Celery:
         broker_transport_options={"visibility_timeout": 6 * 3600},
         task_ignore_result=True,
         task_default_queue=UNLEARN_QUEUE,
-        task_routes={TASK_UNLEARN: {"queue": UNLEARN_QUEUE}, TASK_RECONCILE: {"queue": UNLEARN_QUEUE}},
-        beat_schedule={"reconcile": {"task": TASK_RECONCILE, "schedule": settings.reconcile_interval_s}},
+        task_routes={TASK_UNLEARN: {"queue": UNLEARN_QUEUE}, TASK_RECONCILE: {"queue": UNLEARN_QUEUE},
+                     **{t: {"queue": UNLEARN_QUEUE} for t in HOUSEKEEPING_TASKS}},
+        beat_schedule={"reconcile": {"task": TASK_RECONCILE, "schedule": settings.reconcile_interval_s},
+                       # expires: a beat tick that waited behind a long job is dropped, not piled up
+                       "deliver-callbacks": {"task": TASK_DELIVER_CALLBACKS,
+                                             "schedule": settings.housekeeping_interval_s,
+                                             "options": {"expires": settings.housekeeping_interval_s}},
+                       "check-deadlines": {"task": TASK_CHECK_DEADLINES,
+                                           "schedule": settings.deadline_check_interval_s,
+                                           "options": {"expires": settings.deadline_check_interval_s}},
+                       "audit-checkpoint": {"task": TASK_AUDIT_CHECKPOINT,
+                                            "schedule": settings.audit_checkpoint_interval_s,
+                                            "options": {"expires": settings.audit_checkpoint_interval_s}}},
         worker_hijack_root_logger=False,
     )
     return app

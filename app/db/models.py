@@ -161,3 +161,44 @@ class Replica(SQLModel, table=True):
     version: int | None = None
     loaded_at: datetime | None = None
     last_seen: datetime = Field(default_factory=utcnow)
+
+
+class OpenDsrRequest(SQLModel, table=True):
+    """An OpenDSR/OpenGDPR/OpenCompliance subject request (issue 5), keyed by the controller's UUID.
+
+    The identities themselves are not stored: an erasure links to its ``ErasureRequest`` (which
+    holds the pseudonymous subject key), an access request keeps only the subject key.
+    """
+
+    subject_request_id: str = Field(primary_key=True)
+    dialect: str  # opengdpr, opendsr, opencompliance
+    subject_request_type: str  # erasure, access
+    regulation: str = "gdpr"
+    controller_id: str = Field(index=True)  # the API key id of the controller
+    subject_key: str
+    erasure_request_id: str | None = Field(default=None, index=True)
+    api_version: str | None = None
+    submitted_time: datetime
+    received_time: datetime = Field(default_factory=utcnow)
+    expected_completion_time: datetime
+    status_callback_urls: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    last_request_status: str | None = None  # last status announced by callback
+
+
+class CallbackDelivery(SQLModel, table=True):
+    """Durable outbox of status callbacks: written with the status change, delivered by housekeeping."""
+
+    __table_args__ = (Index("ix_callback_due", "status", "next_attempt_at"),)
+    id: int | None = Field(default=None, primary_key=True)
+    kind: str  # native (HMAC) or opendsr (RSA)
+    dialect: str | None = None  # OpenDSR header family: opengdpr, opendsr, opencompliance
+    request_id: str = Field(index=True)  # ErasureRequest.id
+    url: str
+    body: str  # the exact bytes that are signed and sent
+    status: str = "pending"  # pending, delivered, failed (gave up), superseded
+    attempts: int = 0
+    next_attempt_at: datetime = Field(default_factory=utcnow)
+    lease_until: datetime | None = None
+    last_error: str | None = None
+    created_at: datetime = Field(default_factory=utcnow)
+    delivered_at: datetime | None = None

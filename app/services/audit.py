@@ -4,20 +4,28 @@
 Appends are serialised: PostgreSQL takes a transaction-scoped advisory lock, SQLite runs
 every transaction as ``BEGIN IMMEDIATE``; a unique ``prev_hash`` makes a fork impossible
 even if both failed. ``verify`` recomputes the whole chain and names the first bad link;
-a deleted middle row shows as a broken link, a deleted tail needs the head published
-outside the DB (signed checkpoints, a later issue).
+a deleted middle row shows as a broken link; a deleted tail is caught by signed
+checkpoints: the chain head (size, hash, time), Ed25519-signed and appended to a file
+outside the DB, which ``verify_against_checkpoint`` compares the chain with.
 """
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import io
 import json
+import os
+from collections.abc import Callable, Iterator
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import func, text
 from sqlmodel import Session, col, select
 
+from app.core.config import Settings
+from app.core.signing import Keys, sign_ed25519, verify_ed25519
 from app.db.models import AuditEvent, as_utc, utcnow
 
 GENESIS = "0" * 64
@@ -117,3 +125,100 @@ def count(session: Session) -> int:
 def public_view(ev: AuditEvent) -> dict[str, Any]:
     return {"seq": ev.seq, "ts": ts_str(ev.ts), "type": ev.type, "actor": ev.actor, "request_id": ev.request_id,
             "subject_key": ev.subject_key, "payload": ev.payload, "prev_hash": ev.prev_hash, "hash": ev.hash}
+
+
+# ---------------------------------------------------------------- export
+
+
+EXPORT_FIELDS = ("seq", "ts", "type", "actor", "request_id", "subject_key", "payload", "prev_hash", "hash")
+
+
+def export(session_factory: Callable[[], Session], *, format: str, batch: int = 1000,
+           **filters: Any) -> Iterator[str]:
+    """Stream events as JSON lines or CSV, in chain order, a batch per short-lived session."""
+    after = 0
+    if format == "csv":
+        buf = io.StringIO()
+        csv.writer(buf).writerow(EXPORT_FIELDS)
+        yield buf.getvalue()
+    while True:
+        with session_factory() as s:
+            rows = [public_view(e) for e in list_events(s, after_seq=after, limit=batch, **filters)]
+        if not rows:
+            return
+        buf = io.StringIO()
+        if format == "csv":
+            w = csv.writer(buf)
+            for r in rows:
+                w.writerow([json.dumps(r[f], sort_keys=True) if f == "payload" else r[f] for f in EXPORT_FIELDS])
+        else:
+            for r in rows:
+                buf.write(json.dumps(r, sort_keys=True, separators=(",", ":")) + "\n")
+        yield buf.getvalue()
+        after = rows[-1]["seq"]
+
+
+# ---------------------------------------------------------------- signed checkpoints
+
+
+def checkpoint_path(settings: Settings) -> Path:
+    return settings.audit_checkpoint_path or settings.data_dir / "audit-checkpoints.jsonl"
+
+
+def _checkpoint_message(size: int, hash: str, time: str) -> bytes:
+    return json.dumps({"size": size, "hash": hash, "time": time}, sort_keys=True, separators=(",", ":")).encode()
+
+
+def latest_checkpoint(path: Path) -> dict[str, Any] | None:
+    if not path.exists():
+        return None
+    last = None
+    with path.open() as f:
+        for line in f:
+            try:
+                last = json.loads(line)
+            except ValueError:
+                continue  # a torn last line from a crash; earlier ones still count
+    return last
+
+
+def write_checkpoint(session: Session, *, keys: Keys, path: Path) -> dict[str, Any] | None:
+    """Append the signed chain head to ``path`` (skipped when the head did not move)."""
+    h = head(session)
+    last = latest_checkpoint(path)
+    if last and last.get("size") == h["size"] and last.get("hash") == h["hash"]:
+        return None
+    time = ts_str(utcnow())
+    cp = {"size": h["size"], "hash": h["hash"], "time": time, "alg": "Ed25519", "key_id": keys.key_id,
+          "signature": sign_ed25519(keys, _checkpoint_message(h["size"], h["hash"], time))}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        os.write(fd, (json.dumps(cp, sort_keys=True) + "\n").encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return cp
+
+
+def verify_against_checkpoint(session: Session, *, path: Path, public_key_pem: str) -> dict[str, Any]:
+    """``verify`` plus the latest checkpoint: the chain must still reach it with the same hash."""
+    report = verify(session)
+    cp = latest_checkpoint(path)
+    report.update(truncated=False, checkpoint=None)
+    if cp is None:
+        return report
+    report["checkpoint"] = {k: cp.get(k) for k in ("size", "hash", "time", "key_id")}
+    if not verify_ed25519(public_key_pem, _checkpoint_message(cp.get("size"), cp.get("hash"), cp.get("time")),
+                          cp.get("signature", "")):
+        report.update(ok=False, checkpoint_valid=False,
+                      reason=report["reason"] or "the latest checkpoint's signature is invalid")
+        return report
+    report["checkpoint_valid"] = True
+    at = session.exec(select(AuditEvent).where(AuditEvent.seq == cp["size"])).first() if cp["size"] else None
+    last_seq = head(session)["size"]
+    if last_seq < cp["size"] or (cp["size"] and (at is None or at.hash != cp["hash"])):
+        report.update(ok=False, truncated=True,
+                      reason=report["reason"] or f"the chain no longer reaches the checkpoint at size {cp['size']} "
+                      "with the same hash (events deleted or rewritten)")
+    return report

@@ -6,10 +6,13 @@ from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query
+from fastapi.responses import StreamingResponse
 
 from app.api.deps import SessionDep, SettingsDep, require
+from app.core import db
 from app.core.errors import Unprocessable
 from app.core.security import subject_key
+from app.core.signing import get_keys
 from app.db.models import ApiKey, as_utc
 from app.services import audit
 
@@ -33,6 +36,23 @@ def list_events(session: SessionDep, settings: SettingsDep, _: Auditor, request_
 
 
 @router.get("/verify")
-def verify_chain(session: SessionDep, _: Auditor) -> dict[str, Any]:
-    """Recompute the hash chain; report the first broken link and the head."""
-    return audit.verify(session)
+def verify_chain(session: SessionDep, settings: SettingsDep, _: Auditor) -> dict[str, Any]:
+    """Recompute the hash chain and compare it with the latest signed checkpoint (head, truncation)."""
+    return audit.verify_against_checkpoint(session, path=audit.checkpoint_path(settings),
+                                           public_key_pem=get_keys(settings).ed25519_public_pem)
+
+
+EXPORT_TYPES = {"jsonl": "application/x-ndjson", "csv": "text/csv"}
+
+
+@router.get("/export")
+def export_events(settings: SettingsDep, _: Auditor, format: Annotated[str, Query(pattern="^(jsonl|csv)$")] = "jsonl",
+                  request_id: str | None = None, subject_id: str | None = None, type: str | None = None,
+                  actor: str | None = None, since: datetime | None = None,
+                  until: datetime | None = None) -> StreamingResponse:
+    """Stream the (filtered) log as JSON lines or CSV, in chain order."""
+    key = subject_key(settings.subject_key_secret, subject_id) if subject_id else None
+    lines = audit.export(lambda: db.new_session(), format=format, request_id=request_id, subject_key=key,
+                         type=type, actor=actor, since=as_utc(since), until=as_utc(until))
+    return StreamingResponse(lines, media_type=EXPORT_TYPES[format],
+                             headers={"Content-Disposition": f'attachment; filename="lethe-audit.{format}"'})

@@ -1,0 +1,143 @@
+"""OpenDSR family under ``/opendsr``: OpenGDPR v1, OpenDSR v2 and OpenCompliance, one service.
+
+Errors on these routes render as the spec's error object (section 7.6), not problem+json:
+``SpecErrorRoute`` converts Lethe's domain errors (and the auth dependency's) raised here.
+Discovery, status and the certificate are public (callers authenticate callbacks with
+them, spec 8.8); creating, reading and cancelling requests need an API key.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Coroutine
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
+
+from app.api.deps import SessionDep, SettingsDep, require
+from app.core.errors import LetheError
+from app.core.queue import enqueue_unlearn
+from app.core.signing import get_keys
+from app.db.models import ApiKey, utcnow
+from app.services import opendsr
+from app.services.opendsr import CERT_PATH, DIALECTS, Dialect
+
+Writer = Annotated[ApiKey, Depends(require("erasure:write"))]
+Reader = Annotated[ApiKey, Depends(require("erasure:read"))]
+NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+
+
+def spec_error(status: int, message: str, errors: list[dict[str, Any]] | None,
+               headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": {"code": status, "message": message, "errors": errors or []}}, status_code=status,
+                        headers={**NO_STORE, **(headers or {})})
+
+
+class SpecErrorRoute(APIRoute):
+    """The error handler of the OpenDSR routes only (the rest of the API keeps problem+json)."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def handle(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except LetheError as exc:
+                errors = exc.errors if isinstance(exc, opendsr.OpenDsrError) else [
+                    {"domain": "Request", "reason": exc.code, "message": exc.detail}]
+                return spec_error(exc.status, exc.detail, errors, exc.headers)
+            except RequestValidationError as exc:
+                errors = [{"domain": "Validation", "reason": e.get("type", ""),
+                           "message": f"{'.'.join(map(str, e.get('loc', ())))}: {e.get('msg', '')}"}
+                          for e in exc.errors()]
+                return spec_error(400, "The request failed validation.", errors)
+
+        return handle
+
+
+async def raw_body(request: Request) -> bytes:
+    return await request.body()
+
+
+RawBody = Annotated[bytes, Depends(raw_body)]
+
+
+def signed(body: dict[str, Any], d: Dialect, settings: Any, status: int = 200, *, processor_signature: bool = False,
+           headers: dict[str, str] | None = None) -> Response:
+    raw, sig_headers = opendsr.sign(body, dialect=d, keys=get_keys(settings), settings=settings,
+                                    processor_signature=processor_signature)
+    return Response(raw, status_code=status, media_type="application/json", headers={**sig_headers, **(headers or {})})
+
+
+def _admin(key: ApiKey) -> bool:
+    return "admin" in key.scopes.split()
+
+
+def dialect_router(d: Dialect, *, base: str | None = None, meta: bool = True) -> APIRouter:
+    router = APIRouter(prefix=base or d.base, tags=["opendsr"], route_class=SpecErrorRoute)
+    n = f"{d.name}{'' if base is None else '_alias'}"
+
+    if meta:
+        @router.get("/discovery", operation_id=f"{n}_discovery")
+        def discovery(settings: SettingsDep) -> Response:
+            """Spec section 6: API version, supported identities and request types, certificate URL."""
+            return signed(opendsr.discovery(d, settings), d, settings)
+
+        @router.get("/status", operation_id=f"{n}_status")
+        def service_status(settings: SettingsDep) -> Response:
+            """The service is up (spec section 3.1 lists the endpoint without a body; Lethe answers this)."""
+            return signed(opendsr.service_status(d), d, settings)
+
+    @router.post(f"/{d.collection}", status_code=201, operation_id=f"{n}_create")
+    def create(raw: RawBody, session: SessionDep, settings: SettingsDep, key: Writer) -> Response:
+        """Spec section 7: accept an erasure or access request; 201 with a signed receipt."""
+        row, to_enqueue = opendsr.create(session, dialect=d, raw=raw, controller_id=key.id,
+                                         actor=f"key:{key.name}", settings=settings)
+        session.commit()
+        for model_name in to_enqueue:  # only after commit (STYLE.md principle 5)
+            enqueue_unlearn(model_name)
+        return signed(opendsr.create_response(row, raw=raw), d, settings, 201, processor_signature=True)
+
+    @router.get(f"/{d.collection}/{{subject_request_id}}", operation_id=f"{n}_get")
+    def get_request(subject_request_id: str, session: SessionDep, settings: SettingsDep, key: Reader) -> Response:
+        """Spec section 8: request status (pending, in_progress, completed, cancelled)."""
+        row = opendsr.get(session, subject_request_id=subject_request_id, controller_id=key.id, admin=_admin(key))
+        return signed(opendsr.status_view(session, row, dialect=d, settings=settings), d, settings)
+
+    @router.delete(f"/{d.collection}/{{subject_request_id}}", status_code=202, operation_id=f"{n}_cancel")
+    def cancel(subject_request_id: str, raw: RawBody, session: SessionDep, settings: SettingsDep,
+               key: Writer) -> Response:
+        """Spec section 9: cancel while pending; 202 with a signed receipt."""
+        row = opendsr.get(session, subject_request_id=subject_request_id, controller_id=key.id, admin=_admin(key))
+        opendsr.cancel(session, row=row, actor=f"key:{key.name}")
+        session.commit()
+        body = opendsr.cancel_response(row, dialect=d, received=utcnow(), raw=raw)
+        return signed(body, d, settings, 202, processor_signature=True)
+
+    @router.get(f"/{d.collection}/{{subject_request_id}}/results", operation_id=f"{n}_results")
+    def access_results(subject_request_id: str, session: SessionDep, settings: SettingsDep, key: Reader) -> Response:
+        """The ``results_url`` of an access request: what Lethe holds about the subject, read live."""
+        row = opendsr.get(session, subject_request_id=subject_request_id, controller_id=key.id, admin=_admin(key))
+        return signed(opendsr.access_results(session, row=row), d, settings, headers=NO_STORE)
+
+    return router
+
+
+cert_router = APIRouter(tags=["opendsr"])
+
+
+@cert_router.get(CERT_PATH, response_class=Response)
+def processor_certificate(settings: SettingsDep) -> Response:
+    """The X.509 certificate (PEM) whose key signs OpenDSR responses and callbacks."""
+    return Response(get_keys(settings).cert_pem, media_type="application/x-pem-file")
+
+
+router = APIRouter()
+router.include_router(cert_router)
+for _d in DIALECTS.values():
+    router.include_router(dialect_router(_d))
+# Spec 3.4 wants the major version in the URL: OpenCompliance 1.0 also at /opendsr/v1/opencompliance_requests
+# (its discovery there is the OpenGDPR one, which shares every field).
+router.include_router(dialect_router(DIALECTS["opencompliance"], base="/opendsr/v1", meta=False))

@@ -281,6 +281,8 @@ def unlearn_and_publish(w: Worker, job_id: str) -> bool:
             Sample.model_name == job.model_name, Sample.split == split, col(Sample.deleted).is_(False))).all()))
         retain, test, holdout = live("train"), live("test"), live("holdout")
         forget_train = _examples([r for r in forget_rows if r.split == "train"])
+        # The same subjects' never-trained samples: the cleanest non-member population.
+        forget_unseen = _examples([r for r in forget_rows if r.split == "test"])
         subject_ids = sorted({sid for r in forget_rows if (sid := spec.subject_id_of(r.features))})
         model = s.get(Model, job.model_name)
         serving = model_service.get_version(s, model.name, model.serving_version)
@@ -308,7 +310,8 @@ def unlearn_and_publish(w: Worker, job_id: str) -> bool:
     progress("unlearning", 0.0)
     served, meta, _ = load_checkpoint(path, spec, expected_sha256=sha, device=w.device)
     outcome = forget(spec=spec, model=served, meta=meta, forget=forget_train, retain=retain, test=test,
-                     holdout=holdout, forget_subject_ids=subject_ids, policy=policy, device=w.device,
+                     holdout=holdout, forget_subject_ids=subject_ids, forget_unseen=forget_unseen,
+                     policy=policy, device=w.device,
                      seed=0, progress=progress, baseline=metrics, reference=config.get("reference"),
                      config=config.get("methods"))
     seconds = time.monotonic() - t0

@@ -46,14 +46,29 @@ class ForgetOutcome:
     attempts: list[dict[str, Any]]
 
 
-def method_chain(spec_name: str, policy: str, chains: dict[str, tuple[str, ...]] | None = None) -> list[str]:
-    """Methods to try in order for ``policy`` (``auto`` or a method name); always ends in retrain."""
+def method_chain(
+    spec_name: str, policy: str, chains: dict[str, tuple[str, ...]] | None = None, *, meta: dict[str, Any] | None = None
+) -> list[str]:
+    """Methods to try in order for ``policy`` (``auto`` or a method name); always ends in an exact one.
+
+    ``meta`` is the served model's: ``sisa`` runs only on a SISA ensemble (``meta["sisa"]``) and
+    ``amnesiac`` only with an update log (``meta["update_log"]``); otherwise they are dropped.
+    On a SISA ensemble only exact methods run and the fallback is ``sisa`` (``retrain`` only when
+    named): an approximate candidate would be served beside slice checkpoints that still hold
+    the subject, and a later ``sisa`` would restart from them.
+    """
+    meta = meta or {}
+    sisa = isinstance(meta.get("sisa"), dict)
     if policy == "auto":
         chain = list((chains or DEFAULT_CHAINS).get(spec_name, FALLBACK_CHAIN))
     else:
         get_method(policy)  # KeyError for an unknown policy before any work is done
         chain = [policy]
-    if chain[-1] != "retrain":
+    chain = [m for m in chain if (m != "sisa" or sisa) and (m != "amnesiac" or isinstance(meta.get("update_log"), dict))]
+    if sisa:
+        return ["retrain"] if policy == "retrain" else [
+            m for m in chain if get_method(m).exact and m not in ("retrain", "sisa")] + ["sisa"]
+    if not chain or chain[-1] != "retrain":
         chain.append("retrain")
     return chain
 
@@ -68,6 +83,7 @@ def forget(
     test: list[Example],
     holdout: list[Example],
     forget_subject_ids: list[str],
+    forget_unseen: list[Example] | None = None,
     policy: str = "auto",
     device: torch.device | str,
     seed: int = 0,
@@ -105,6 +121,7 @@ def forget(
             spec=spec, candidate=result.model, meta=result.meta, forget=forget, retain=retain, test=test,
             holdout=holdout, forget_subject_ids=list(forget_subject_ids), baseline=baseline,
             reference=reference, gates=gates, device=device, exact=method.exact, method=name,
+            forget_unseen=forget_unseen,
         )
         report_progress(f"verify:{name}", 1.0)
         attempts.append({

@@ -99,6 +99,8 @@ class MovieLensSpec(ModelSpec):
         "additionalProperties": False,
     }
     input_example: ClassVar[dict[str, Any]] = {"user_id": 1, "movie_id": 31}
+    # The user embedding row is a per-subject parameter: erasure must reset it.
+    subject_feature: ClassVar[str | None] = "user_id"
 
     def load_examples(self) -> list[Example]:
         df = _ratings()

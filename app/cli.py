@@ -75,7 +75,7 @@ def start_stack(settings: Settings, *, log_dir: Path | None = None) -> list[subp
     env = child_env(settings)
     out = (lambda name: open(log_dir / f"{name}.log", "ab")) if log_dir else (lambda name: None)  # noqa: E731
     worker = subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "workers.celery_app", "worker", "-Q", "unlearn", "-c", "1", "-B",
+        [sys.executable, "-m", "celery", "-A", "workers.celery_app", "worker", "-Q", "unlearn,housekeeping", "-c", "2", "-B",
          "--loglevel", "INFO", "-s", str(settings.data_dir.resolve() / "celerybeat-schedule")],
         env=env, stdout=out("worker"), stderr=subprocess.STDOUT if log_dir else None)
     api = subprocess.Popen(

@@ -27,19 +27,21 @@ def test_dockerfile_passes_hadolint() -> None:
 
 
 def test_compose_file_is_valid_and_complete() -> None:
-    env = {**os.environ, "POSTGRES_PASSWORD": "x", "LETHE_SUBJECT_KEY_SECRET": "y"}
+    env = {**os.environ, "POSTGRES_PASSWORD": "x", "LETHE_SUBJECT_KEY_SECRET": "y",
+           "LETHE_CALLBACK_HMAC_SECRET": "z"}
     r = subprocess.run([_tool("docker-compose"), "config", "--format", "json"], cwd=ROOT, env=env,
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     import json
 
     services = json.loads(r.stdout)["services"]
-    assert {"api", "worker", "beat", "redis", "postgres", "bootstrap"} <= set(services)
+    assert {"api", "worker", "housekeeping", "beat", "redis", "postgres", "bootstrap"} <= set(services)
     assert services["api"]["environment"]["LETHE_ENV"] == "production"
     assert services["worker"]["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == ["gpu"]
 
 
 def test_compose_refuses_missing_secrets() -> None:
-    env = {k: v for k, v in os.environ.items() if k not in ("POSTGRES_PASSWORD", "LETHE_SUBJECT_KEY_SECRET")}
+    env = {k: v for k, v in os.environ.items() if k not in ("POSTGRES_PASSWORD", "LETHE_SUBJECT_KEY_SECRET",
+                                                                 "LETHE_CALLBACK_HMAC_SECRET")}
     r = subprocess.run([_tool("docker-compose"), "config", "-q"], cwd=ROOT, env=env, capture_output=True, text=True)
     assert r.returncode != 0

@@ -77,11 +77,20 @@ class Settings(BaseSettings):
     audit_checkpoint_path: Path | None = Field(
         None, description="JSONL file of signed audit-chain heads, outside the DB; default "
         "<data_dir>/audit-checkpoints.jsonl.")
+    sisa_models: str = Field(
+        "", description="Comma list of demo models registered as SISA ensembles (4 shards x 3 slices): exact, "
+        "cheap `sisa` unlearning; only exact methods run on them.")
+    update_log_models: str = Field(
+        "", description="Comma list of demo models trained with a per-step update log for `amnesiac` (storage: "
+        "a parameter vector per step, ~74 MB toy, ~92 MB digits).")
 
     @model_validator(mode="after")
     def _refuse_default_secrets(self) -> Settings:
-        if self.env == "production" and self.subject_key_secret == DEV_SECRET:
-            raise ValueError("LETHE_SUBJECT_KEY_SECRET must be set in production")
+        if self.env == "production":
+            defaults = [name for name in ("subject_key_secret", "callback_hmac_secret")
+                        if getattr(self, name) == DEV_SECRET]
+            if defaults:
+                raise ValueError(f"set {', '.join('LETHE_' + n.upper() for n in defaults)} in production")
         return self
 
     @property

@@ -22,6 +22,8 @@ from app.core.config import Settings, get_settings
 
 log = logging.getLogger("lethe.queue")
 UNLEARN_QUEUE = "unlearn"
+# Reconciler, callbacks, deadlines, checkpoints: never stuck behind a long unlearning job.
+HOUSEKEEPING_QUEUE = "housekeeping"
 TASK_UNLEARN = "lethe.unlearn_model"
 TASK_RECONCILE = "lethe.reconcile"
 # Housekeeping (workers/housekeeping.py): on the unlearn queue so the single embedded worker runs them;
@@ -67,8 +69,8 @@ def make_celery(settings: Settings) -> Celery:
         broker_transport_options={"visibility_timeout": 6 * 3600},
         task_ignore_result=True,
         task_default_queue=UNLEARN_QUEUE,
-        task_routes={TASK_UNLEARN: {"queue": UNLEARN_QUEUE}, TASK_RECONCILE: {"queue": UNLEARN_QUEUE},
-                     **{t: {"queue": UNLEARN_QUEUE} for t in HOUSEKEEPING_TASKS}},
+        task_routes={TASK_UNLEARN: {"queue": UNLEARN_QUEUE}, TASK_RECONCILE: {"queue": HOUSEKEEPING_QUEUE},
+                     **{t: {"queue": HOUSEKEEPING_QUEUE} for t in HOUSEKEEPING_TASKS}},
         beat_schedule={"reconcile": {"task": TASK_RECONCILE, "schedule": settings.reconcile_interval_s},
                        # expires: a beat tick that waited behind a long job is dropped, not piled up
                        "deliver-callbacks": {"task": TASK_DELIVER_CALLBACKS,

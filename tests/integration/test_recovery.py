@@ -47,7 +47,7 @@ def test_worker_killed_mid_job_is_resumed(tmp_path: Path) -> None:
                 "OMP_NUM_THREADS": "1"})
     subprocess.run([sys.executable, "-m", "app.cli", "bootstrap"], cwd=ROOT, env=env, check=True,
                    capture_output=True)
-    worker_cmd = ["celery", "-A", "workers.celery_app", "worker", "-Q", "unlearn", "-c", "1", "-B",
+    worker_cmd = ["celery", "-A", "workers.celery_app", "worker", "-Q", "unlearn,housekeeping", "-c", "2", "-B",
                   "-s", str(tmp_path / "beat-schedule"), "--loglevel", "INFO"]
     api = _spawn(["uvicorn", "app.main:app", "--port", str(port)], env, tmp_path / "api.log")
     worker = _spawn(worker_cmd, env, tmp_path / "worker1.log")

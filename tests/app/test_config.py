@@ -1,0 +1,18 @@
+"""Settings refuse default secrets in production."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from app.core.config import Settings
+
+
+def test_production_refuses_default_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("LETHE_SUBJECT_KEY_SECRET", raising=False)
+    monkeypatch.delenv("LETHE_CALLBACK_HMAC_SECRET", raising=False)
+    with pytest.raises(ValidationError, match="LETHE_SUBJECT_KEY_SECRET"):
+        Settings(env="production", callback_hmac_secret="x")
+    with pytest.raises(ValidationError, match="LETHE_CALLBACK_HMAC_SECRET"):
+        Settings(env="production", subject_key_secret="x")
+    assert Settings(env="production", subject_key_secret="x", callback_hmac_secret="y").env == "production"

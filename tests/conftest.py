@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import uuid
 from pathlib import Path
 
 _TMP = Path(tempfile.mkdtemp(prefix="lethe-tests-"))
@@ -52,6 +53,27 @@ def redis_available() -> bool:
 _engines: dict[str, object] = {}
 
 
+def _private_pg_database() -> str:
+    """A database of this test run only (dropped at exit), so parallel runs never collide."""
+    import atexit
+
+    import psycopg
+
+    name = f"lethe_test_{os.getpid()}_{uuid.uuid4().hex[:6]}"
+    admin = PG_URL.replace("+psycopg", "")
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+
+    def drop() -> None:
+        for engine in _engines.values():
+            engine.dispose()
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+    atexit.register(drop)
+    return PG_URL.rsplit("/", 1)[0] + f"/{name}"
+
+
 def engine_for(backend: str):  # noqa: ANN201
     if backend not in _engines:
         if backend == "postgresql":
@@ -59,15 +81,10 @@ def engine_for(backend: str):  # noqa: ANN201
                 if os.environ.get("CI"):
                     pytest.fail("PostgreSQL must be reachable in CI")
                 pytest.skip("PostgreSQL not reachable")
-            url = PG_URL
+            url = _private_pg_database()
         else:
             url = f"sqlite:///{_TMP / 'unit.db'}"
         engine = make_engine(url)
-        if backend == "postgresql":
-            from sqlmodel import SQLModel
-
-            import app.db.models  # noqa: F401
-            SQLModel.metadata.drop_all(engine)
         create_schema(engine)
         _engines[backend] = engine
     return _engines[backend]

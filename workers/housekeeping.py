@@ -47,5 +47,6 @@ def audit_checkpoint() -> int | None:
     """Append an Ed25519-signed audit-chain head to the checkpoint file outside the DB."""
     settings = get_settings()
     with db.session_scope() as s:
+        audit.sync(s)
         cp = audit.write_checkpoint(s, keys=get_keys(settings), path=audit.checkpoint_path(settings))
     return cp["size"] if cp else None

@@ -92,12 +92,25 @@ def get_celery() -> Celery:
     return make_celery(get_settings())
 
 
-def enqueue_unlearn(model_name: str) -> bool:
+_last_sent: dict[str, float] = {}
+# A worker drains *every* queued erasure of a model per message and re-checks the queue after
+# each job, so one message per model per this many seconds and process is enough; a request
+# that slips through a gap is picked up by the reconciler.
+ENQUEUE_DEDUP_S = 0.5
+
+
+def enqueue_unlearn(model_name: str, *, dedup_s: float = ENQUEUE_DEDUP_S) -> bool:
     """Send "look at this model's queued erasures". Call only after commit.
 
     A failure is logged, not raised: the request is already durable in the DB and the
     reconciler re-sends work whose message never arrived.
     """
+    import time
+
+    now = time.monotonic()
+    if now - _last_sent.get(model_name, -1e9) < dedup_s:
+        return True
+    _last_sent[model_name] = now
     try:
         get_celery().send_task(TASK_UNLEARN, args=[model_name], queue=UNLEARN_QUEUE)
         return True

@@ -67,7 +67,8 @@ class ModelVersion(SQLModel, table=True):
 
 
 class Sample(SQLModel, table=True):
-    __table_args__ = (Index("ix_sample_model_subject", "model_name", "subject_key"),)
+    # Subject first: intake and subject access look a subject up across all models.
+    __table_args__ = (Index("ix_sample_subject_model", "subject_key", "model_name"),)
     id: int | None = Field(default=None, primary_key=True)
     model_name: str = Field(foreign_key="model.name")
     subject_key: str
@@ -140,17 +141,23 @@ class UnlearningJob(SQLModel, table=True):
 
 
 class AuditEvent(SQLModel, table=True):
-    """Append-only, hash-chained: hash = sha256(prev_hash || canonical JSON of the event)."""
+    """Append-only, hash-chained: hash = sha256(prev_hash || canonical JSON of the event).
 
-    seq: int = Field(primary_key=True)
+    An event is written *unchained* (seq, prev_hash, hash NULL) in the transaction of the change
+    it records, so intake never waits on a global lock; the sequencer then links pending events
+    into the chain in batches (a transparency log's queue + sequencer, as in Trillian).
+    """
+
+    id: int | None = Field(default=None, primary_key=True)
+    seq: int | None = Field(default=None, unique=True)  # position in the chain, NULL while pending
     ts: datetime = Field(default_factory=utcnow, index=True)
     type: str = Field(index=True)
     actor: str
     request_id: str | None = Field(default=None, index=True)
     subject_key: str | None = Field(default=None, index=True)
     payload: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
-    prev_hash: str = Field(unique=True)  # two appends on the same head cannot both land
-    hash: str = Field(unique=True)
+    prev_hash: str | None = Field(default=None, unique=True)  # two links on the same head cannot both land
+    hash: str | None = Field(default=None, unique=True)
 
 
 class Replica(SQLModel, table=True):

@@ -1,9 +1,10 @@
 """Tamper-evident audit log: an append-only hash chain (DESIGN.md section 2).
 
 ``hash_n = sha256(prev_hash || canonical_json(event_n))`` with ``prev_hash_0 = 64 zeros``.
-Appends are serialised: PostgreSQL takes a transaction-scoped advisory lock, SQLite runs
-every transaction as ``BEGIN IMMEDIATE``; a unique ``prev_hash`` makes a fork impossible
-even if both failed. ``verify`` recomputes the whole chain and names the first bad link;
+Events are written unchained in the transaction of the change they record; the sequencer
+links them in batches. Sequencing is serialised: PostgreSQL takes a transaction-scoped
+advisory lock, SQLite runs every transaction as ``BEGIN IMMEDIATE``; a unique ``prev_hash``
+makes a fork impossible even if both failed. ``verify`` recomputes the whole chain and names the first bad link;
 a deleted middle row shows as a broken link; a deleted tail is caught by signed
 checkpoints: the chain head (size, hash, time), Ed25519-signed and appended to a file
 outside the DB, which ``verify_against_checkpoint`` compares the chain with.
@@ -55,29 +56,64 @@ def _lock_chain(session: Session) -> None:
 
 def append(session: Session, *, type: str, actor: str, request_id: str | None = None,
            subject_key: str | None = None, payload: dict[str, Any] | None = None) -> AuditEvent:
-    """Add one event to the chain inside the caller's transaction (the caller commits)."""
-    _lock_chain(session)
-    head = session.exec(select(AuditEvent).order_by(col(AuditEvent.seq).desc()).limit(1)).first()
-    # JSON round trip so the hash is computed over exactly what the DB will return.
+    """Record one event, unchained, inside the caller's transaction (the caller commits).
+
+    No lock is taken: the event commits (or rolls back) with the change it records, and
+    ``sequence_pending`` links it into the chain shortly after.
+    """
+    # JSON round trip so the hash is later computed over exactly what the DB returns.
     payload = json.loads(json.dumps(payload or {}, default=str))
-    ev = AuditEvent(seq=(head.seq + 1) if head else 1, ts=utcnow(), type=type, actor=actor,
-                    request_id=request_id, subject_key=subject_key, payload=payload,
-                    prev_hash=head.hash if head else GENESIS, hash="")
-    ev.hash = chain_hash(ev.prev_hash, ev)
+    ev = AuditEvent(ts=utcnow(), type=type, actor=actor, request_id=request_id, subject_key=subject_key,
+                    payload=payload)
     session.add(ev)
-    session.flush()
     return ev
 
 
+def sequence_pending(session: Session, *, limit: int = 10000) -> int:
+    """Link committed, unchained events into the hash chain, in id order. The caller commits.
+
+    Serialised (PostgreSQL advisory lock; SQLite ``BEGIN IMMEDIATE``) and guarded by the unique
+    ``seq``/``prev_hash``: concurrent sequencers cannot fork the chain.
+    """
+    _lock_chain(session)
+    pending = session.exec(select(AuditEvent).where(col(AuditEvent.seq).is_(None))
+                           .order_by(col(AuditEvent.id)).limit(limit)).all()
+    if not pending:
+        return 0
+    last = session.exec(select(AuditEvent).where(col(AuditEvent.seq).is_not(None))
+                        .order_by(col(AuditEvent.seq).desc()).limit(1)).first()
+    seq, prev = (last.seq, last.hash) if last else (0, GENESIS)
+    for ev in pending:
+        seq += 1
+        ev.seq, ev.prev_hash = seq, prev
+        ev.hash = prev = chain_hash(prev, ev)
+        session.add(ev)
+    session.flush()
+    return len(pending)
+
+
+def sync(session: Session) -> int:
+    """Sequence what is pending and commit, so a reader sees every committed event chained."""
+    n = sequence_pending(session)
+    session.commit()
+    return n
+
+
+def pending_count(session: Session) -> int:
+    return session.exec(select(func.count()).select_from(AuditEvent).where(col(AuditEvent.seq).is_(None))).one()
+
+
 def head(session: Session) -> dict[str, Any]:
-    last = session.exec(select(AuditEvent).order_by(col(AuditEvent.seq).desc()).limit(1)).first()
+    last = session.exec(select(AuditEvent).where(col(AuditEvent.seq).is_not(None))
+                        .order_by(col(AuditEvent.seq).desc()).limit(1)).first()
     return {"size": last.seq if last else 0, "hash": last.hash if last else GENESIS}
 
 
 def verify(session: Session, *, batch: int = 5000) -> dict[str, Any]:
-    """Recompute the chain; report the first broken link, if any."""
+    """Recompute the chain; report the first broken link, if any, and events not yet chained."""
     prev, expected_seq, count = GENESIS, 1, 0
     last_seq = 0
+    pending = pending_count(session)
     while True:
         rows = session.exec(select(AuditEvent).where(col(AuditEvent.seq) > last_seq)
                             .order_by(col(AuditEvent.seq)).limit(batch)).all()
@@ -92,10 +128,10 @@ def verify(session: Session, *, batch: int = 5000) -> dict[str, Any]:
             elif chain_hash(prev, ev) != ev.hash:
                 problem = "event content does not match its hash"
             if problem:
-                return {"ok": False, "events": count, "first_broken_seq": ev.seq, "reason": problem,
-                        "head": {"size": count, "hash": prev}}
+                return {"ok": False, "events": count, "pending": pending, "first_broken_seq": ev.seq,
+                        "reason": problem, "head": {"size": count, "hash": prev}}
             prev, expected_seq, count, last_seq = ev.hash, ev.seq + 1, count + 1, ev.seq
-    return {"ok": True, "events": count, "first_broken_seq": None, "reason": None,
+    return {"ok": True, "events": count, "pending": pending, "first_broken_seq": None, "reason": None,
             "head": {"size": count, "hash": prev}}
 
 
@@ -116,10 +152,6 @@ def list_events(session: Session, *, request_id: str | None = None, subject_key:
     if until:
         q = q.where(col(AuditEvent.ts) < until)
     return list(session.exec(q.order_by(col(AuditEvent.seq)).limit(limit)).all())
-
-
-def count(session: Session) -> int:
-    return session.exec(select(func.count()).select_from(AuditEvent)).one()
 
 
 def public_view(ev: AuditEvent) -> dict[str, Any]:

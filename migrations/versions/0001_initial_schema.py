@@ -35,16 +35,18 @@ def upgrade() -> None:
         batch_op.create_index(batch_op.f('ix_apikey_key_hash'), ['key_hash'], unique=True)
 
     op.create_table('auditevent',
-    sa.Column('seq', sa.Integer(), nullable=False),
+    sa.Column('id', sa.Integer(), nullable=False),
+    sa.Column('seq', sa.Integer(), nullable=True),
     sa.Column('ts', sqlmodel.sql.sqltypes.UTCDateTime(), nullable=False),
     sa.Column('type', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
     sa.Column('actor', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
     sa.Column('request_id', sqlmodel.sql.sqltypes.AutoString(), nullable=True),
     sa.Column('subject_key', sqlmodel.sql.sqltypes.AutoString(), nullable=True),
     sa.Column('payload', sa.JSON(), nullable=False),
-    sa.Column('prev_hash', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
-    sa.Column('hash', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
-    sa.PrimaryKeyConstraint('seq'),
+    sa.Column('prev_hash', sqlmodel.sql.sqltypes.AutoString(), nullable=True),
+    sa.Column('hash', sqlmodel.sql.sqltypes.AutoString(), nullable=True),
+    sa.PrimaryKeyConstraint('id'),
+    sa.UniqueConstraint('seq'),
     sa.UniqueConstraint('hash'),
     sa.UniqueConstraint('prev_hash')
     )
@@ -191,7 +193,7 @@ def upgrade() -> None:
     sa.PrimaryKeyConstraint('id')
     )
     with op.batch_alter_table('sample', schema=None) as batch_op:
-        batch_op.create_index('ix_sample_model_subject', ['model_name', 'subject_key'], unique=False)
+        batch_op.create_index('ix_sample_subject_model', ['subject_key', 'model_name'], unique=False)
 
     op.create_table('unlearningjob',
     sa.Column('id', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
@@ -228,7 +230,7 @@ def downgrade() -> None:
 
     op.drop_table('unlearningjob')
     with op.batch_alter_table('sample', schema=None) as batch_op:
-        batch_op.drop_index('ix_sample_model_subject')
+        batch_op.drop_index('ix_sample_subject_model')
 
     op.drop_table('sample')
     with op.batch_alter_table('modelversion', schema=None) as batch_op:

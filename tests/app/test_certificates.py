@@ -110,7 +110,7 @@ def test_production_refuses_generated_or_self_signed_keys(tmp_path: Path) -> Non
     dev = Settings(data_dir=tmp_path, env="development")
     keys = get_keys(dev)  # embedded default: generated into <data_dir>/keys
     assert keys.generated and (tmp_path / "keys" / "processor-cert.pem").exists()
-    prod = dict(data_dir=tmp_path, env="production", subject_key_secret="s")
+    prod = dict(data_dir=tmp_path, env="production", subject_key_secret="s", callback_hmac_secret="h")
     with pytest.raises(Unavailable) as exc:
         get_keys(Settings(**prod))  # default paths: generated material
     assert exc.value.code == "signing_keys_missing"

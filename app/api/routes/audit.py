@@ -29,6 +29,7 @@ def list_events(session: SessionDep, settings: SettingsDep, _: Auditor, request_
     if cursor is not None and not cursor.isdigit():
         raise Unprocessable("cursor must be the next_cursor value of a previous page.", code="bad_cursor")
     key = subject_key(settings.subject_key_secret, subject_id) if subject_id else None
+    audit.sync(session)  # chain what is pending so the reader sees every committed event
     rows = audit.list_events(session, request_id=request_id, subject_key=key, type=type, actor=actor,
                              since=as_utc(since), until=as_utc(until), after_seq=int(cursor or 0), limit=limit)
     return {"items": [audit.public_view(e) for e in rows],
@@ -38,6 +39,7 @@ def list_events(session: SessionDep, settings: SettingsDep, _: Auditor, request_
 @router.get("/verify")
 def verify_chain(session: SessionDep, settings: SettingsDep, _: Auditor) -> dict[str, Any]:
     """Recompute the hash chain and compare it with the latest signed checkpoint (head, truncation)."""
+    audit.sync(session)
     return audit.verify_against_checkpoint(session, path=audit.checkpoint_path(settings),
                                            public_key_pem=get_keys(settings).ed25519_public_pem)
 
@@ -52,6 +54,8 @@ def export_events(settings: SettingsDep, _: Auditor, format: Annotated[str, Quer
                   until: datetime | None = None) -> StreamingResponse:
     """Stream the (filtered) log as JSON lines or CSV, in chain order."""
     key = subject_key(settings.subject_key_secret, subject_id) if subject_id else None
+    with db.new_session() as session:
+        audit.sync(session)
     lines = audit.export(lambda: db.new_session(), format=format, request_id=request_id, subject_key=key,
                          type=type, actor=actor, since=as_utc(since), until=as_utc(until))
     return StreamingResponse(lines, media_type=EXPORT_TYPES[format],

@@ -10,7 +10,7 @@ from app.api.deps import SessionDep, SettingsDep, require
 from app.core import db
 from app.core.signing import get_keys
 from app.db.models import ApiKey, utcnow
-from app.services import certificates, deadlines
+from app.services import audit, certificates, deadlines
 
 router = APIRouter(tags=["certificates"])
 # The open-requests-by-deadline gauge is read from the DB at scrape time (GET /metrics).
@@ -21,6 +21,7 @@ deadlines.install_metrics(lambda: db.new_session(), utcnow)
 def get_certificate(request_id: str, session: SessionDep, settings: SettingsDep,
                     _: Annotated[ApiKey, Depends(require("erasure:read"))]) -> dict[str, Any]:
     """Ed25519-signed certificate of a completed erasure; 409 until it completed."""
+    audit.sync(session)  # the completion event must be chained before the head is quoted
     return certificates.build(session, request_id=request_id, keys=get_keys(settings), issuer=settings.base_url)
 
 

@@ -33,11 +33,11 @@ def create_erasure_request(body: ErasureCreate, session: SessionDep, settings: S
         session, subject_key=subject_key(settings.subject_key_secret, body.subject_id), reason=body.reason,
         callback_url=str(body.callback_url) if body.callback_url else None, policy=policy,
         idempotency_key=idempotency_key, api_key_id=key.id, actor=f"key:{key.name}")
-    to_enqueue = erasure.models_to_enqueue(session, req.id) if created else []
+    targets = erasure.targets_of(session, req.id)
+    view = erasure.public_view(req, targets, settings.base_url)  # before commit: no reload after it
     session.commit()
-    for model_name in to_enqueue:  # only after commit (STYLE.md principle 5)
-        enqueue_unlearn(model_name)
-    view = erasure.public_view(req, erasure.targets_of(session, req.id), settings.base_url)
+    for model_name in {t.model_name for t in targets if created and t.status == "queued"}:
+        enqueue_unlearn(model_name)  # only after commit (STYLE.md principle 5)
     response.headers["Location"] = view["status_url"]
     if not created:
         response.headers["Idempotent-Replayed"] = "true"

@@ -26,7 +26,9 @@ def bootstrap(settings: Settings, *, quiet: bool = False) -> str:
 
     from app.core.db import create_schema, session_scope
     from app.core.security import SCOPES
+    from app.ml.train import demo_training
     from app.services import keys, models
+    from workers.verify.calibrate import calibrate_reference  # the CLI composes app and workers
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     create_schema()
@@ -40,9 +42,11 @@ def bootstrap(settings: Settings, *, quiet: bool = False) -> str:
                 bar.update(round(fraction * 100) - bar.n)
 
             t0 = time.monotonic()
-            version = models.register_demo_model(session, name=name, secret=settings.subject_key_secret,
-                                                 artifacts_dir=settings.artifacts_dir, device=settings.device,
-                                                 progress=progress)
+            version = models.register_demo_model(
+                session, name=name, secret=settings.subject_key_secret, artifacts_dir=settings.artifacts_dir,
+                device=settings.device, progress=progress, calibrate=calibrate_reference,
+                training=demo_training(name, sisa_models=settings.sisa_models,
+                                       update_log_models=settings.update_log_models))
             session.commit()
             bar.close()
             if not quiet and version is not None:

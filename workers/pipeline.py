@@ -435,11 +435,33 @@ def purge_tainted_artifacts(s: Session, model_name: str, settings: Settings) -> 
                                                ModelVersion.state != "purged")).all():
         if v.number in served or not model_service.taint_of(s, v):
             continue
-        Path(v.artifact_path).unlink(missing_ok=True)
+        _purge_files(s, v)
         v.state = "purged"
         s.add(v)
         audit.append(s, type="artifact_purged", actor=ACTOR,
                      payload={"model": model_name, "version": v.number, "sha256": v.sha256})
+
+
+def _purge_files(s: Session, version: ModelVersion) -> None:
+    """Delete a version's weights and the directories its meta references (SISA slice
+    checkpoints, amnesiac update logs: they hold the erased subject's influence too), unless a
+    version that is not purged still references the same directory."""
+    import shutil
+
+    from app.ml.checkpoint import companion_dirs, read_meta
+
+    path = Path(version.artifact_path)
+    dirs = companion_dirs(read_meta(path)) if path.exists() else []
+    keep = set()
+    for other in s.exec(select(ModelVersion).where(ModelVersion.model_name == version.model_name,
+                                                   ModelVersion.state != "purged",
+                                                   ModelVersion.id != version.id)).all():
+        if Path(other.artifact_path).exists():
+            keep |= {d.resolve() for d in companion_dirs(read_meta(other.artifact_path))}
+    for d in dirs:
+        if d.resolve() not in keep:
+            shutil.rmtree(d, ignore_errors=True)
+    path.unlink(missing_ok=True)
 
 
 # ---------------------------------------------------------------- reconciler

@@ -52,6 +52,7 @@ class Settings(BaseSettings):
     deploy_timeout_s: float = Field(120.0, description="How long a job waits for live replicas to swap.")
     reconcile_interval_s: float = Field(30.0, description="How often queued work whose message vanished is re-sent.")
     log_level: str = Field("INFO", description="Python log level.")
+    audit_sequence_interval_s: float = Field(0.5, description="How often each API process chains pending audit events.")
     # --- signatures, callbacks, deadlines, audit checkpoints (issue 5) ---
     signing_key_path: Path | None = Field(
         None, description="Ed25519 private key (PEM) signing erasure certificates and audit checkpoints; default "
@@ -82,7 +83,7 @@ class Settings(BaseSettings):
         "cheap `sisa` unlearning; only exact methods run on them.")
     update_log_models: str = Field(
         "", description="Comma list of demo models trained with a per-step update log for `amnesiac` (storage: "
-        "a parameter vector per step, ~74 MB toy, ~92 MB digits).")
+        "a parameter vector per step: ~25 MB toy, ~97 MB digits).")
 
     @model_validator(mode="after")
     def _refuse_default_secrets(self) -> Settings:

@@ -85,6 +85,24 @@ def load_checkpoint(
     if header.get(SPEC_KEY) != spec.name:
         raise ValueError(f"checkpoint {path} is for spec {header.get(SPEC_KEY)!r}, not {spec.name!r}")
     meta, info = json.loads(header[META_KEY]), json.loads(header[INFO_KEY])
-    model = spec.build(meta)
+    from app.ml.sisa import build_network  # sisa saves its slices with this module
+
+    model = build_network(spec, meta)  # spec.build(meta), or a SISA ensemble of them
     model.load_state_dict(load_safetensors(data), strict=True)
     return model.to(device).eval(), meta, info
+
+
+def companion_dirs(meta: dict[str, Any]) -> list[Path]:
+    """Directories a version's ``meta`` references beside its artifact (SISA slice checkpoints,
+    amnesiac update log): deleted with the artifact when the version is purged, unless another
+    live version's meta references the same directory."""
+    dirs = [section.get("dir") for key in ("sisa", "update_log") if isinstance(section := meta.get(key), dict)]
+    return [Path(d) for d in dirs if d]
+
+
+def read_meta(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The ``meta`` stored in a checkpoint's header, without loading its weights."""
+    with open(path, "rb") as f:
+        (size,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(size)).get("__metadata__", {})
+    return json.loads(header.get(META_KEY, "{}"))

@@ -7,6 +7,7 @@ the spec's ``TrainRecipe``; cross-entropy on ``num_classes`` logits.
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -121,3 +122,51 @@ def per_example_loss(
     logits = predict_logits(spec, model, meta, [e.features for e in examples], device=device)
     labels = torch.tensor([e.label for e in examples], dtype=torch.long)
     return F.cross_entropy(logits, labels, reduction="none").double().numpy()
+
+
+def train_for_registration(
+    spec: ModelSpec,
+    examples: list[Example],
+    *,
+    training: dict[str, Any] | None,
+    workdir: str | Path,
+    device: torch.device | str,
+    seed: int = 0,
+    progress: Progress | None = None,
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Train v1 as ``training`` asks; side files (slice checkpoints, update log) go under ``workdir``.
+
+    ``None`` or ``{}``: one network (``train_from_scratch``). ``{"sisa": {"shards": 4, "slices": 3}}``
+    (``True`` for those defaults): a SISA ensemble for exact ``sisa`` unlearning (``app/ml/sisa.py``).
+    ``{"update_log": True}`` or ``{"update_log": {"optimizer": ..., "batching": ...}}``: one network
+    with a per-step update log for ``amnesiac`` (``app/ml/update_log.py``). Not both.
+    """
+    training = dict(training or {})
+    sisa, logged = training.pop("sisa", None), training.pop("update_log", None)
+    if training:
+        raise ValueError(f"unknown training option(s): {', '.join(sorted(training))}")
+    if sisa and logged:
+        raise ValueError("a model is either a SISA ensemble or update-logged, not both")
+    if sisa:
+        from app.ml.sisa import new_run_dir, train_sisa
+
+        opts = sisa if isinstance(sisa, dict) else {}
+        return train_sisa(spec, examples, out_dir=new_run_dir(workdir), device=device, seed=seed,
+                          progress=progress, **opts)
+    if logged:
+        from app.ml.update_log import new_log_dir, train_logged
+
+        opts = logged if isinstance(logged, dict) else {}
+        return train_logged(spec, examples, out_dir=new_log_dir(workdir), device=device, seed=seed,
+                            progress=progress, **opts)
+    return train_from_scratch(spec, examples, device=device, seed=seed, progress=progress)
+
+
+def demo_training(name: str, *, sisa_models: str = "", update_log_models: str = "") -> dict[str, Any] | None:
+    """The ``training`` option of demo model ``name`` from the settings' comma lists."""
+    listed = lambda value: {n.strip() for n in value.split(",") if n.strip()}  # noqa: E731
+    if name in listed(sisa_models):
+        return {"sisa": {"shards": 4, "slices": 3}}
+    if name in listed(update_log_models):
+        return {"update_log": True}
+    return None

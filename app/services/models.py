@@ -93,16 +93,25 @@ def set_serving(session: Session, *, name: str, number: int, actor: str, event: 
 
 
 def register_demo_model(session: Session, *, name: str, secret: str, artifacts_dir: Path, device: str = "auto",
-                        seed: int = 0, progress: Callable[[float], None] | None = None) -> ModelVersion | None:
-    """Load the bundled data into the registry, train v1, serve it. No-op when registered."""
+                        seed: int = 0, progress: Callable[[float], None] | None = None,
+                        training: dict[str, Any] | None = None,
+                        calibrate: Callable[..., dict[str, Any]] | None = None) -> ModelVersion | None:
+    """Load the bundled data into the registry, train v1, serve it. No-op when registered.
+
+    ``calibrate(spec, examples, model=, meta=, device=)``: measures the exact-retrain reference
+    the MIA gate compares candidates with (stored as ``Model.config["reference"]``).
+
+    ``training``: ``None`` for one network, ``{"sisa": {"shards": 4, "slices": 3}}`` for a SISA
+    ensemble, ``{"update_log": True}`` for amnesiac's update log (``train_for_registration``).
+    """
     from app.ml.device import pick_device
-    from app.ml.train import evaluate, train_from_scratch
+    from app.ml.train import evaluate, train_for_registration
 
     if session.get(Model, name) is not None:
         return None
     spec = get_spec(name)
     examples = spec.load_examples()
-    session.add(Model(name=name, description=spec.description, config={}))
+    session.add(Model(name=name, description=spec.description, config={"training": training} if training else {}))
     session.flush()
     keys: dict[str, str] = {}
     rows = [{"model_name": name, "subject_key": keys.setdefault(e.subject_id, subject_key(secret, e.subject_id)),
@@ -114,13 +123,21 @@ def register_demo_model(session: Session, *, name: str, secret: str, artifacts_d
     # Workers only ever see subject keys; train on the same IDs so that anything derived from
     # them at training time (e.g. SISA shard assignment) matches at unlearning time.
     train = [replace(e, subject_id=keys[e.subject_id]) for e in examples if e.split == "train"]
-    model_obj, meta = train_from_scratch(spec, train, device=dev, seed=seed, progress=progress)
+    model_obj, meta = train_for_registration(spec, train, training=training, workdir=artifacts_dir / name, device=dev,
+                                             seed=seed, progress=progress)
     train_acc = evaluate(spec, model_obj, meta, train, device=dev)
     metrics = {"train_acc": train_acc, "retain_acc": train_acc,
                "test_acc": evaluate(spec, model_obj, meta, [e for e in examples if e.split == "test"], device=dev),
                "n_train": len(train), "n_subjects": len(keys)}
+    if calibrate is not None:
+        keyed = [replace(e, subject_id=keys[e.subject_id]) for e in examples]
+        reference = calibrate(spec, keyed, model=model_obj, meta=meta, device=dev)
+        model_row = session.get(Model, name)
+        model_row.config = {**model_row.config, "reference": reference}
+        session.add(model_row)
     audit.append(session, type="model_registered", actor="lethe",
-                 payload={"model": name, "samples": len(rows), "subjects": len(keys)})
+                 payload={"model": name, "samples": len(rows), "subjects": len(keys),
+                          "reference": session.get(Model, name).config.get("reference")})
     version = register_trained(session, name=name, model_obj=model_obj, meta=meta, metrics=metrics,
                                artifacts_dir=artifacts_dir, method="train")
     set_serving(session, name=name, number=version.number, actor="lethe")

@@ -6,7 +6,7 @@ from app.ml.specs import SPEC_NAMES, get_spec
 
 
 def test_registry_names_and_unknown():
-    assert set(SPEC_NAMES) == {"movielens", "digits", "toy"}
+    assert set(SPEC_NAMES) == {"movielens", "digits", "toy", "mnist"}
     assert get_spec("toy").name == "toy"
     with pytest.raises(KeyError, match="nope"):
         get_spec("nope")

@@ -51,10 +51,12 @@ def test_job_forgets_publishes_and_completes(session: Session, settings, toy_mod
     assert result["version_before"] == 1 and result["version_after"] == 2
     assert result["attempts"] and result["attempts"][-1]["passed"]
     assert "mia_auc" in result["attempts"][-1]["report"]
+    audit.sync(session)
     types = [e.type for e in audit.list_events(session, request_id=rid, limit=100)]
     assert types[:2] == ["erasure_requested", "erasure_queued"]
     assert "samples_deleted" in types and types[-1] == "erasure_completed"
-    assert audit.verify(session)["ok"]
+    report = audit.verify(session)
+    assert report["ok"] and report["pending"] == 0
 
 
 def test_batch_gathers_queued_requests_into_one_job(session: Session, settings, toy_model, worker) -> None:  # noqa: ANN001
@@ -96,3 +98,26 @@ def test_reconciler_resends_queued_work(session: Session, settings, toy_model, w
     _request(session, settings, "toy-02")
     sent: list[str] = []
     assert pipeline.reconcile(worker, send=sent.append) == ["toy"] and sent == ["toy"]
+
+
+def test_sisa_model_is_unlearned_exactly_and_old_slices_are_purged(session: Session, settings, worker) -> None:  # noqa: ANN001
+    from app.ml.checkpoint import companion_dirs, read_meta
+    from app.services import models
+
+    models.register_demo_model(session, name="toy", secret=settings.subject_key_secret,
+                               artifacts_dir=settings.artifacts_dir / "sisa-test", device="cpu",
+                               training={"sisa": {"shards": 4, "slices": 3}})
+    session.commit()
+    v1 = session.exec(select(ModelVersion).where(ModelVersion.model_name == "toy", ModelVersion.number == 1)).one()
+    old_dirs = companion_dirs(read_meta(v1.artifact_path))
+    assert old_dirs and all(d.exists() for d in old_dirs)
+    rid = _request(session, settings, "toy-02")
+    pipeline.drain(worker, "toy")
+    req = session.get(ErasureRequest, rid)
+    session.refresh(req)
+    assert req.status == "completed", req.error
+    assert req.result["models"]["toy"]["method"] == "sisa"  # never an approximate method on a SISA model
+    session.refresh(v1)
+    assert v1.state == "purged" and not any(d.exists() for d in old_dirs)
+    v2 = session.exec(select(ModelVersion).where(ModelVersion.model_name == "toy", ModelVersion.number == 2)).one()
+    assert all(d.exists() for d in companion_dirs(read_meta(v2.artifact_path)))

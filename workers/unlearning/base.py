@@ -89,3 +89,71 @@ def finish(ctx: UnlearnContext, model: nn.Module, meta: dict[str, Any]) -> Unlea
     meta = ctx.spec.forget_subjects(model, meta, ctx.forget_subject_ids)
     ctx.progress(1.0)
     return UnlearnResult(model, meta)
+
+
+# --- Distillation helpers shared by ``scrub`` and ``reinit_repair`` --------------------------
+
+
+def teacher_logits(ctx: UnlearnContext, examples: list[Example]) -> torch.Tensor:
+    """The served model's logits on ``examples`` (eval mode, its own meta), on ``ctx.device``.
+
+    Computed once up front: the teacher never changes, and the served model is only read.
+    """
+    from app.ml.train import predict_logits  # local: helpers appended after the module's imports
+
+    logits = predict_logits(ctx.spec, ctx.model, ctx.meta, [e.features for e in examples], device=ctx.device)
+    return logits.to(ctx.device)
+
+
+def indexed_batches(
+    ctx: UnlearnContext, meta: dict[str, Any], examples: list[Example], batch_size: int, seed_offset: int = 0
+) -> Iterator[tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]]:
+    """Like ``batches`` but also yields each batch's positions in ``examples`` (to look up targets)."""
+    from app.ml.data import collate_examples
+
+    data = collate_examples(ctx.spec, meta, examples)
+    gen = torch.Generator().manual_seed(ctx.seed + seed_offset)
+    while True:
+        order = torch.randperm(len(data), generator=gen)
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            batch, labels = data[idx.tolist()]
+            yield {k: v.to(ctx.device) for k, v in batch.items()}, labels.to(ctx.device), idx.to(ctx.device)
+
+
+def distill_kl(student: torch.Tensor, teacher: torch.Tensor, temperature: float, reduction: str = "mean") -> torch.Tensor:
+    """KL(teacher || student) on temperature-softened outputs, times T^2 (Hinton et al. 2015)."""
+    t = temperature
+    log_s = torch.log_softmax(student / t, dim=-1)
+    log_t = torch.log_softmax(teacher / t, dim=-1)
+    per_sample = (log_t.exp() * (log_t - log_s)).sum(-1) * t * t
+    return per_sample.mean() if reduction == "mean" else per_sample
+
+
+def matched_loss_targets(ctx: UnlearnContext, scale: float = 1.0, max_calibration: int = 2000) -> torch.Tensor:
+    """Per forget sample, the loss a never-trained sample of the same rank has (on ``ctx.device``).
+
+    The forget samples, ranked by the served model's loss, are matched to the same quantiles of
+    the served model's loss on ``ctx.calibration`` (never-trained samples). Methods that push the
+    forget loss up stop pushing a sample once it reaches its target, so the forget set ends up
+    distributed like unseen data rather than all at the mean: a memorising model is confident on
+    most unseen samples too (toy: median loss 0.007, mean 1.8), and a mean-level clamp drove
+    forget-set AUCs to 0.2-0.35. Without calibration samples: ``log(num_classes)`` for all.
+    """
+    import math
+
+    import numpy as np
+
+    from app.ml.train import per_example_loss  # local: helpers appended after the module's imports
+
+    if not ctx.forget:
+        return torch.zeros(0, device=ctx.device)
+    if math.isinf(scale):  # no clamp
+        return torch.full((len(ctx.forget),), math.inf, device=ctx.device)
+    if not ctx.calibration:
+        return torch.full((len(ctx.forget),), math.log(ctx.spec.num_classes) * scale, device=ctx.device)
+    forget = per_example_loss(ctx.spec, ctx.model, ctx.meta, ctx.forget, device=ctx.device)
+    calib = per_example_loss(ctx.spec, ctx.model, ctx.meta, ctx.calibration[:max_calibration], device=ctx.device)
+    rank = forget.argsort(kind="stable").argsort(kind="stable")
+    levels = np.quantile(calib, (rank + 0.5) / len(forget))
+    return torch.as_tensor(levels * scale, dtype=torch.float32, device=ctx.device)

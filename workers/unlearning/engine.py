@@ -102,7 +102,7 @@ def forget(
     """
     gates = gates or Gates()
     report_progress = progress or (lambda stage, fraction: None)
-    chain = method_chain(spec.name, policy, chains)
+    chain = method_chain(spec.name, policy, chains, meta=meta)
     attempts: list[dict[str, Any]] = []
     for name in chain:
         method = get_method(name)

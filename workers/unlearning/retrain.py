@@ -2,11 +2,13 @@
 
 The reference every approximate method must approach (Cao & Yang, "Towards Making Systems
 Forget with Machine Unlearning", S&P 2015, call it the exact baseline). Meta is rebuilt from the
-retain set, so erased subjects have no per-subject row at all.
+retain set, so erased subjects have no per-subject row at all. A SISA ensemble is retrained as one:
+full sharded training with the served ensemble's configuration (``app/ml/sisa.py``).
 """
 
 from __future__ import annotations
 
+from app.ml.sisa import is_sisa, retrain_sisa
 from app.ml.train import train_from_scratch
 from workers.unlearning import register
 from workers.unlearning.base import UnlearnContext, UnlearnResult, finish
@@ -14,6 +16,9 @@ from workers.unlearning.base import UnlearnContext, UnlearnResult, finish
 
 @register("retrain", exact=True)
 def unlearn(ctx: UnlearnContext) -> UnlearnResult:
+    if is_sisa(ctx.meta):
+        model, meta = retrain_sisa(ctx.spec, ctx.meta, ctx.retain, device=ctx.device, progress=ctx.progress)
+        return finish(ctx, model, meta)
     model, meta = train_from_scratch(
         ctx.spec, ctx.retain, device=ctx.device, seed=ctx.seed, recipe=ctx.recipe, progress=ctx.progress
     )

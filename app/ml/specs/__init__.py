@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from app.ml.spec import ModelSpec
 from app.ml.specs.digits import DigitsSpec
+from app.ml.specs.mnist import MnistSpec
 from app.ml.specs.movielens import MovieLensSpec
 from app.ml.specs.toy import ToySpec
 
-_SPECS: dict[str, type[ModelSpec]] = {cls.name: cls for cls in (MovieLensSpec, DigitsSpec, ToySpec)}
+_SPECS: dict[str, type[ModelSpec]] = {cls.name: cls for cls in (MovieLensSpec, DigitsSpec, ToySpec, MnistSpec)}
 SPEC_NAMES: tuple[str, ...] = tuple(_SPECS)
 
 

@@ -1,0 +1,325 @@
+"""SISA training: Sharded, Isolated, Sliced, Aggregated (Bourtoule et al., "Machine Unlearning",
+IEEE S&P 2021).
+
+The training set is split into ``shards`` disjoint shards, each trained as its own network (a
+*constituent*, ``spec.build(meta)``); every shard is split again into ``slices`` trained
+incrementally: stage ``r`` trains on slices ``0..r`` with a fresh optimiser, starting from the
+weights after stage ``r - 1``, and a checkpoint is saved after every stage (and of the
+initialisation). Unlearning a subject then retrains only the shard that held them, from the last
+checkpoint before their slice, on the remaining data: the result equals, bit for bit, an ensemble
+trained from scratch without them (``tests/ml/test_sisa_training.py``).
+
+Assignment is by *subject*, from a salted sha256 of the subject id (in production the subject
+key, which is also what training sees), so a subject lives in exactly one shard and one slice and
+the assignment never depends on row order or the seed. Within a stage the examples are sorted
+canonically (subject, features, label) before the seeded shuffle, so retraining sees exactly what
+training from scratch would see whatever order the registry returns rows in.
+
+The served model is ``SISAEnsemble``: its forward returns the log of the constituents' mean
+softmax, a valid logits tensor (softmax of it is the mean probability), so serving, prediction,
+evaluation and verification use it unchanged; the served artifact holds every constituent.
+
+Layout, all of it referenced from ``meta["sisa"]`` (stored in the artifact's header):
+    {"shards": K, "slices": R, "seed": s, "epochs_per_slice": e, "batch_size": b, "lr": lr,
+     "weight_decay": wd, "salt": "sisa", "dir": "<abs path>/sisa-<run id>",
+     "slice_sha256": {"s0-init": sha, "s0-r0": sha, ..., "s3-r2": sha},
+     "counts": {"s0-r0": n, ...}}            # samples per slice (no subject ids)
+``dir`` sits next to the version's artifact (``<artifacts>/<model>/``) and holds one
+self-describing checkpoint per entry of ``slice_sha256`` (``<name>.safetensors``), each verified
+by its sha256 when loaded. Every version gets its own directory (unchanged files are hard-linked,
+never rewritten), so a served version's files are never overwritten and a purged version's
+directory can be removed whole (``app.ml.checkpoint.companion_dirs``).
+
+Only specs without per-subject parameters are supported (toy, digits): a per-user embedding
+(movielens) lives in one constituent and would need per-member ``forget_subjects``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import shutil
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from app.ml.checkpoint import load_checkpoint, save_checkpoint
+from app.ml.data import make_loader
+from app.ml.spec import Example, ModelSpec, TrainRecipe
+from app.ml.specs.common import stable_fraction
+
+log = logging.getLogger("lethe.sisa")
+Progress = Callable[[float], None]
+SALT = "sisa"
+
+
+class SISAEnsemble(nn.Module):
+    """Constituents aggregated by mean softmax; ``forward`` returns log of the mean probability."""
+
+    def __init__(self, members: list[nn.Module]) -> None:
+        super().__init__()
+        self.members = nn.ModuleList(members)
+
+    def forward(self, **batch: torch.Tensor) -> torch.Tensor:
+        logp = torch.stack([torch.log_softmax(m(**batch).float(), dim=-1) for m in self.members])
+        return torch.logsumexp(logp, dim=0) - math.log(len(self.members))
+
+
+def is_sisa(meta: dict[str, Any] | None) -> bool:
+    return bool(meta) and isinstance(meta.get("sisa"), dict)
+
+
+def base_meta(meta: dict[str, Any]) -> dict[str, Any]:
+    """The constituents' meta: the ensemble's without its ``sisa`` section."""
+    return {k: v for k, v in meta.items() if k != "sisa"}
+
+
+def build_network(spec: ModelSpec, meta: dict[str, Any]) -> nn.Module:
+    """``spec.build(meta)``, or an ensemble of freshly built constituents for a SISA ``meta``."""
+    if not is_sisa(meta):
+        return spec.build(meta)
+    inner = base_meta(meta)
+    return SISAEnsemble([spec.build(inner) for _ in range(int(meta["sisa"]["shards"]))])
+
+
+def assign(subject_id: str, shards: int, slices: int, salt: str = SALT) -> tuple[int, int]:
+    """``(shard, slice)`` of a subject: salted sha256, independent of order and seed."""
+    shard = int(stable_fraction(f"{salt}:shard:{subject_id}") * shards)
+    slice_ = int(stable_fraction(f"{salt}:slice:{subject_id}") * slices)
+    return shard, slice_
+
+
+def slice_name(shard: int, stage: int | None) -> str:
+    """File stem of a shard's checkpoint after ``stage`` (``None``: the initialisation)."""
+    return f"s{shard}-init" if stage is None else f"s{shard}-r{stage}"
+
+
+def _seed(*parts: object) -> int:
+    digest = hashlib.sha256(":".join(str(p) for p in parts).encode()).digest()
+    return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
+
+
+def _canonical(examples: list[Example]) -> list[Example]:
+    return sorted(examples, key=lambda e: (e.subject_id, json.dumps(e.features, sort_keys=True), e.label))
+
+
+def new_run_dir(parent: str | os.PathLike[str]) -> Path:
+    """A fresh ``sisa-<id>`` directory under ``parent`` (never an existing one)."""
+    path = Path(parent) / f"sisa-{uuid.uuid4().hex[:12]}"
+    path.mkdir(parents=True, exist_ok=False)
+    return path.resolve()
+
+
+def default_epochs_per_slice(epochs: int, slices: int) -> int:
+    """Bourtoule et al. section V: ``2e / (R + 1)`` epochs per stage costs the same sample passes
+    as ``e`` epochs on the whole shard (stage ``r`` sees ``r + 1`` slices)."""
+    return max(1, round(2 * epochs / (slices + 1)))
+
+
+def _partition(examples: list[Example], cfg: dict[str, Any]) -> dict[int, list[list[Example]]]:
+    parts = {k: [[] for _ in range(cfg["slices"])] for k in range(cfg["shards"])}
+    for e in examples:
+        k, r = assign(e.subject_id, cfg["shards"], cfg["slices"], cfg["salt"])
+        parts[k][r].append(e)
+    return parts
+
+
+def _train_stages(
+    spec: ModelSpec, member: nn.Module, inner: dict[str, Any], cfg: dict[str, Any], shard: int,
+    slices: list[list[Example]], start: int, out_dir: Path, shas: dict[str, str], counts: dict[str, int],
+    device: torch.device | str, tick: Callable[[], None],
+) -> None:
+    """Stages ``start..R-1`` of one shard, in place, saving a checkpoint after each."""
+    from app.ml.train import train_epochs  # train imports nothing from here; keeps the import graph flat
+
+    for r in range(start, cfg["slices"]):
+        data = _canonical([e for s in slices[: r + 1] for e in s])
+        counts[slice_name(shard, r)] = len(slices[r])
+        if data:
+            seed = _seed(cfg["seed"], shard, r)
+            torch.manual_seed(seed)  # forward-time randomness (dropout) is part of the stage's recipe
+            loader = make_loader(spec, inner, data, batch_size=cfg["batch_size"], shuffle=True, seed=seed)
+            train_epochs(spec, member, inner, loader, epochs=cfg["epochs_per_slice"], lr=cfg["lr"],
+                         weight_decay=cfg["weight_decay"], device=device)
+        name = slice_name(shard, r)
+        info = {"sisa_shard": shard, "sisa_stage": r, "samples": len(data)}
+        shas[name] = save_checkpoint(out_dir / f"{name}.safetensors", member, inner, info)
+        tick()
+
+
+def _check_supported(spec: ModelSpec) -> None:
+    if spec.subject_feature is not None:
+        raise ValueError(f"SISA ensembles need a spec without per-subject parameters; {spec.name!r} has "
+                         f"{spec.subject_feature!r}")
+
+
+def train_sisa(
+    spec: ModelSpec,
+    examples: list[Example],
+    *,
+    out_dir: str | os.PathLike[str],
+    device: torch.device | str,
+    seed: int = 0,
+    shards: int = 4,
+    slices: int = 3,
+    recipe: TrainRecipe | None = None,
+    epochs_per_slice: int | None = None,
+    progress: Progress | None = None,
+) -> tuple[SISAEnsemble, dict[str, Any]]:
+    """Train a SISA ensemble on the ``train`` split; slice checkpoints go to ``out_dir`` (created).
+
+    ``out_dir`` must be new or empty: a served version's files are never overwritten.
+    """
+    _check_supported(spec)
+    recipe = recipe or spec.recipe
+    if shards < 1 or slices < 1:
+        raise ValueError("SISA needs at least one shard and one slice")
+    train = [e for e in examples if e.split == "train"]
+    if not train:
+        raise ValueError("no examples with split 'train' to train on")
+    cfg = {
+        "shards": shards, "slices": slices, "seed": seed, "salt": SALT, "batch_size": recipe.batch_size,
+        "lr": recipe.lr, "weight_decay": recipe.weight_decay,
+        "epochs_per_slice": epochs_per_slice or default_epochs_per_slice(recipe.epochs, slices),
+    }
+    inner = spec.make_meta([e.features for e in train])
+    return _train(spec, inner, cfg, _partition(train, cfg), {k: 0 for k in range(shards)}, None,
+                  Path(out_dir), device, progress)
+
+
+def _train(
+    spec: ModelSpec, inner: dict[str, Any], cfg: dict[str, Any], parts: dict[int, list[list[Example]]],
+    starts: dict[int, int], old: dict[str, Any] | None, out_dir: Path, device: torch.device | str,
+    progress: Progress | None,
+) -> tuple[SISAEnsemble, dict[str, Any]]:
+    """Train the shards in ``starts`` from their stage; copy every other checkpoint from ``old``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if any(out_dir.iterdir()):
+        raise ValueError(f"SISA output directory {out_dir} is not empty")
+    shas: dict[str, str] = {}
+    counts: dict[str, int] = dict(old["counts"]) if old else {}
+    total = sum(cfg["slices"] - s for s in starts.values()) or 1
+    done = [0]
+
+    def tick() -> None:
+        done[0] += 1
+        if progress is not None:
+            progress(done[0] / total)
+
+    members = []
+    for k in range(cfg["shards"]):
+        start = starts.get(k)
+        if start is None:  # untouched shard: its last checkpoint is its weights
+            for r in [None, *range(cfg["slices"])]:
+                _link(old, out_dir, slice_name(k, r), shas)
+            member, _, _ = load_slice(spec, old, k, cfg["slices"] - 1, device=device)
+        elif start == 0 and old is None:
+            torch.manual_seed(_seed(cfg["seed"], k, "init"))
+            member = spec.build(inner).to(device)
+            shas[slice_name(k, None)] = save_checkpoint(out_dir / f"{slice_name(k, None)}.safetensors", member, inner,
+                                                        {"sisa_shard": k, "sisa_stage": None})
+        else:  # restart from the last checkpoint before the first slice that changed
+            for r in [None, *range(start)]:
+                _link(old, out_dir, slice_name(k, r), shas)
+            member, _, _ = load_slice(spec, old, k, start - 1 if start else None, device=device)
+        if start is not None:
+            _train_stages(spec, member, inner, cfg, k, parts[k], start, out_dir, shas, counts, device, tick)
+        members.append(member.eval())
+    meta = {**inner, "sisa": {**cfg, "dir": str(out_dir.resolve()), "slice_sha256": shas, "counts": counts}}
+    return SISAEnsemble(members).to(device).eval(), meta
+
+
+def _link(old: dict[str, Any], out_dir: Path, name: str, shas: dict[str, str]) -> None:
+    """Hard-link (or copy) an unchanged checkpoint into the new version's directory."""
+    src, dst = Path(old["dir"]) / f"{name}.safetensors", out_dir / f"{name}.safetensors"
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+    shas[name] = old["slice_sha256"][name]
+
+
+def load_slice(
+    spec: ModelSpec, sisa: dict[str, Any], shard: int, stage: int | None, *, device: torch.device | str = "cpu"
+) -> tuple[nn.Module, dict[str, Any], dict[str, Any]]:
+    """A constituent checkpoint from ``meta["sisa"]``, verified against its recorded sha256."""
+    name = slice_name(shard, stage)
+    model, meta, info = load_checkpoint(Path(sisa["dir"]) / f"{name}.safetensors", spec,
+                                        expected_sha256=sisa["slice_sha256"][name], device=device)
+    return model.train(), meta, info
+
+
+def _matches_checkpoints(spec: ModelSpec, model: nn.Module, sisa: dict[str, Any]) -> bool:
+    """Whether the served constituents are exactly their final slice checkpoints."""
+    if not isinstance(model, SISAEnsemble) or len(model.members) != sisa["shards"]:
+        return False
+    for k, member in enumerate(model.members):
+        saved, _, _ = load_slice(spec, sisa, k, sisa["slices"] - 1)
+        served = member.state_dict()
+        if any(not torch.equal(v.cpu(), served[n].cpu()) for n, v in saved.state_dict().items()):
+            return False
+    return True
+
+
+def unlearn_sisa(
+    spec: ModelSpec,
+    model: nn.Module,
+    meta: dict[str, Any],
+    *,
+    retain: list[Example],
+    forget_keys: set[str],
+    device: torch.device | str,
+    out_dir: str | os.PathLike[str] | None = None,
+    progress: Progress | None = None,
+) -> tuple[SISAEnsemble, dict[str, Any], dict[int, int]]:
+    """Retrain the shards that held ``forget_keys`` from the stage before their first slice.
+
+    ``retain`` is the live training data (forgotten subjects already excluded; any sample of a
+    ``forget_keys`` subject left in it is dropped). Returns ``(ensemble, meta, {shard: first
+    retrained stage})``; the new checkpoints go to ``out_dir`` (default: a new ``sisa-<id>``
+    directory next to the served one). If the served constituents are not their own final
+    checkpoints (the model was changed outside SISA) every shard is retrained from scratch: that
+    is still exact, while restarting from stale checkpoints would not be.
+    """
+    if not is_sisa(meta):
+        raise ValueError("model is not a SISA ensemble (no meta['sisa']); use retrain")
+    _check_supported(spec)
+    old = meta["sisa"]
+    cfg = {k: old[k] for k in ("shards", "slices", "seed", "salt", "batch_size", "lr", "weight_decay",
+                               "epochs_per_slice")}
+    starts: dict[int, int] = {}
+    for key in forget_keys:
+        k, r = assign(key, cfg["shards"], cfg["slices"], cfg["salt"])
+        starts[k] = min(starts.get(k, r), r)
+    keep = [e for e in retain if e.split == "train" and e.subject_id not in forget_keys]
+    out = Path(out_dir) if out_dir is not None else new_run_dir(Path(old["dir"]).parent)
+    previous: dict[str, Any] | None = old
+    if not _matches_checkpoints(spec, model, old):
+        log.warning("served SISA ensemble differs from its slice checkpoints; retraining every shard")
+        starts, previous = {k: 0 for k in range(cfg["shards"])}, None
+    ensemble, new_meta = _train(spec, base_meta(meta), cfg, _partition(keep, cfg), starts, previous, out,
+                                device, progress)
+    return ensemble, new_meta, starts
+
+
+def retrain_sisa(
+    spec: ModelSpec,
+    meta: dict[str, Any],
+    retain: list[Example],
+    *,
+    device: torch.device | str,
+    progress: Progress | None = None,
+) -> tuple[SISAEnsemble, dict[str, Any]]:
+    """Full SISA training on ``retain`` with the served ensemble's configuration (``retrain``)."""
+    old = meta["sisa"]
+    recipe = TrainRecipe(epochs=1, batch_size=old["batch_size"], lr=old["lr"], weight_decay=old["weight_decay"])
+    return train_sisa(spec, retain, out_dir=new_run_dir(Path(old["dir"]).parent), device=device, seed=old["seed"],
+                      shards=old["shards"], slices=old["slices"], recipe=recipe,
+                      epochs_per_slice=old["epochs_per_slice"], progress=progress)

@@ -1,0 +1,40 @@
+import json
+
+import pytest
+
+from workers.verify.calibrate import calibrate_reference
+
+
+@pytest.fixture(scope="module")
+def reference(toy, toy_examples, toy_trained):
+    model, meta = toy_trained
+    return calibrate_reference(toy, toy_examples, device="cpu", n_sets=3, subjects_per_set=2, model=model, meta=meta)
+
+
+def test_reference_keys_and_values(reference):
+    assert {"mia_auc", "mia_auc_sd", "forget_acc", "remembered_auc", "n_sets", "subjects_per_set", "seconds"} <= set(reference)
+    assert reference["n_sets"] == 3 and reference["subjects_per_set"] == 2
+    assert 0.3 <= reference["mia_auc"] <= 0.7
+    assert 0.0 <= reference["forget_acc"] <= 1.0 and reference["mia_auc_sd"] >= 0
+    json.dumps(reference, allow_nan=False)
+
+
+def test_memorising_model_sits_above_reference(reference):
+    # The served toy model recalls every training sample; exact retrains do not.
+    assert reference["remembered_auc"] > reference["mia_auc"] + 0.05
+    assert reference["remembered_forget_acc"] > reference["forget_acc"]
+
+
+@pytest.mark.slow
+def test_deterministic_and_no_model_no_remembered(toy, toy_examples, reference):
+    again = calibrate_reference(toy, toy_examples, device="cpu", n_sets=3, subjects_per_set=2)
+    assert "remembered_auc" not in again
+    assert again["mia_auc"] == pytest.approx(reference["mia_auc"])
+    assert again["forget_acc"] == pytest.approx(reference["forget_acc"])
+
+
+def test_rejects_impossible_sets(toy, toy_examples):
+    with pytest.raises(ValueError):
+        calibrate_reference(toy, toy_examples, device="cpu", n_sets=0)
+    with pytest.raises(ValueError, match="too few"):
+        calibrate_reference(toy, toy_examples, device="cpu", subjects_per_set=1000)

@@ -1,0 +1,96 @@
+"""The ``sisa`` method (exact shard retraining), ``retrain`` on an ensemble, the chains a SISA
+model gets, and registration of a demo model as a SISA ensemble."""
+
+import pytest
+import torch
+
+from app.ml.checkpoint import load_checkpoint
+from app.ml.sisa import SISAEnsemble, train_sisa
+from app.ml.specs import get_spec
+from app.ml.train import evaluate
+from workers.unlearning import get_method
+from workers.unlearning.base import UnlearnContext
+from workers.unlearning.engine import method_chain
+from workers.verify.report import Gates, verify_candidate
+
+from tests.workers.conftest import FORGET_SUBJECTS
+
+
+@pytest.fixture(scope="module")
+def sisa_model(toy, toy_examples, tmp_path_factory):
+    return train_sisa(toy, toy_examples, out_dir=tmp_path_factory.mktemp("sisa") / "v1", device="cpu", seed=0)
+
+
+def ctx_for(spec, model, meta, sets, **kw):
+    return UnlearnContext(spec=spec, model=model, meta=meta, forget=sets["forget"], retain=sets["retain"],
+                          forget_subject_ids=[], recipe=spec.recipe, device="cpu", seed=0,
+                          calibration=sets["test"], **kw)
+
+
+def same(a, b) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_sisa_is_exact_and_equals_scratch_training(toy, toy_sets, sisa_model, tmp_path):
+    model, meta = sisa_model
+    served = {k: v.clone() for k, v in model.state_dict().items()}
+    progress = []
+    method = get_method("sisa")
+    result = method(ctx_for(toy, model, meta, toy_sets, progress=progress.append))
+    assert method.exact and isinstance(result.model, SISAEnsemble) and not result.model.training
+    assert progress[-1] == 1.0
+    assert all(torch.equal(served[k], v) for k, v in model.state_dict().items())  # served model untouched
+    scratch, _ = train_sisa(toy, toy_sets["retain"], out_dir=tmp_path / "scratch", device="cpu", seed=0)
+    assert same(result.model, scratch)
+    assert result.meta["sisa"]["dir"] != meta["sisa"]["dir"]
+    baseline = {"retain_acc": evaluate(toy, model, meta, toy_sets["retain"], device="cpu"),
+                "test_acc": evaluate(toy, model, meta, toy_sets["test"], device="cpu")}
+    report = verify_candidate(spec=toy, candidate=result.model, meta=result.meta, forget=toy_sets["forget"],
+                              retain=toy_sets["retain"], test=toy_sets["test"], holdout=toy_sets["holdout"],
+                              forget_subject_ids=[], baseline=baseline, reference=None, gates=Gates(),
+                              device="cpu", exact=True, method="sisa")
+    assert report.passed, report.gates
+
+
+def test_retrain_of_an_ensemble_is_full_sisa_training(toy, toy_sets, sisa_model):
+    model, meta = sisa_model
+    via_sisa = get_method("sisa")(ctx_for(toy, model, meta, toy_sets))
+    via_retrain = get_method("retrain")(ctx_for(toy, model, meta, toy_sets))
+    assert isinstance(via_retrain.model, SISAEnsemble) and same(via_retrain.model, via_sisa.model)
+    assert via_retrain.meta["sisa"]["dir"] not in (meta["sisa"]["dir"], via_sisa.meta["sisa"]["dir"])
+
+
+def test_sisa_refuses_a_plain_model(toy, toy_trained, toy_sets):
+    model, meta = toy_trained
+    with pytest.raises(ValueError, match="SISA"):
+        get_method("sisa")(ctx_for(toy, model, meta, toy_sets))
+
+
+def test_chains_follow_the_model():
+    sisa, logged, plain = {"sisa": {"shards": 4}}, {"update_log": {"dir": "x"}}, {"spec": "toy"}
+    assert method_chain("toy", "auto", meta=sisa) == ["sisa"]
+    assert method_chain("toy", "finetune", meta=sisa) == ["sisa"]  # no approximate candidate beside stale slices
+    assert method_chain("toy", "retrain", meta=sisa) == ["retrain"]
+    assert method_chain("toy", "sisa", meta=sisa) == ["sisa"]
+    assert method_chain("toy", "sisa", meta=plain) == ["retrain"]
+    assert method_chain("toy", "sisa") == ["retrain"]
+    assert method_chain("toy", "amnesiac", meta=plain) == ["retrain"]
+    assert method_chain("toy", "amnesiac", meta=logged) == ["amnesiac", "retrain"]
+    assert "sisa" not in method_chain("toy", "auto", {"toy": ("sisa", "finetune")}, meta=plain)
+    assert method_chain("toy", "finetune", meta=plain) == ["finetune", "retrain"]
+
+
+def test_register_demo_model_as_sisa(session, settings):
+    from app.services import models
+
+    version = models.register_demo_model(session, name="toy", secret=settings.subject_key_secret,
+                                         artifacts_dir=settings.artifacts_dir, device="cpu",
+                                         training={"sisa": {"shards": 4, "slices": 3}})
+    session.commit()
+    model, meta, _ = load_checkpoint(version.artifact_path, get_spec("toy"),
+                                     expected_sha256=version.sha256)
+    assert isinstance(model, SISAEnsemble) and len(model.members) == 4
+    assert meta["sisa"]["dir"].startswith(str((settings.artifacts_dir / "toy").resolve()))
+    assert models.get_model(session, "toy").config == {"training": {"sisa": {"shards": 4, "slices": 3}}}
+    assert version.metrics["test_acc"] > 0.6

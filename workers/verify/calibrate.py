@@ -1,0 +1,102 @@
+"""Reference MIA figures from exact retrains, measured once at model registration.
+
+DESIGN.md section 4: "AUC_reference comes from an exactly retrained model measured at
+registration on comparable random forget sets". For ``n_sets`` random sets of
+``subjects_per_set`` training subjects, a model is trained from scratch without them (the
+``retrain`` recipe) and the loss-threshold AUC of their samples against held-out subjects
+(Yeom et al., CSF 2018; the same signal and class-mix matching as the gate) and their accuracy
+are measured. Given the served model, the same sets are measured on it too: the "remembered"
+level a candidate must clearly fall below. The result is the ``reference`` dict that
+``verify_candidate`` reads (``mia_auc``, ``forget_acc``), stored in ``Model.config["reference"]``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from app.ml.spec import Example, ModelSpec
+from app.ml.train import evaluate, per_example_loss, train_from_scratch
+from workers.verify.mia import loss_auc
+from workers.verify.report import match_class_mix
+
+# Cap on held-out samples per measurement, as in the gate (``Gates.max_holdout``).
+MAX_HOLDOUT = 5000
+
+
+def _measure(
+    spec: ModelSpec, model: nn.Module, meta: dict[str, Any], forget: list[Example], holdout: list[Example], device
+) -> tuple[float, float]:
+    auc, _ = loss_auc(
+        per_example_loss(spec, model, meta, forget, device=device),
+        per_example_loss(spec, model, meta, holdout, device=device),
+        n_boot=0,
+    )
+    return auc, evaluate(spec, model, meta, forget, device=device)
+
+
+def _summary(values: list[float]) -> tuple[float, float]:
+    arr = np.asarray(values, dtype=np.float64)
+    return float(arr.mean()), float(arr.std(ddof=1)) if len(arr) > 1 else 0.0
+
+
+def calibrate_reference(
+    spec: ModelSpec,
+    examples: list[Example],
+    *,
+    device: torch.device | str,
+    n_sets: int = 3,
+    subjects_per_set: int = 1,
+    seed: int = 0,
+    model: nn.Module | None = None,
+    meta: dict[str, Any] | None = None,
+    progress: Callable[[float], None] | None = None,
+) -> dict[str, Any]:
+    """Mean (and spread) of retrained models' forget-set AUC and accuracy on random subject sets.
+
+    Retrains use the spec's recipe and ``seed`` (the seed ``retrain`` uses), so only the forget
+    set varies. JSON-able; ``remembered_auc`` / ``remembered_forget_acc`` only when ``model``
+    and ``meta`` (the served model) are given.
+    """
+    if n_sets < 1 or subjects_per_set < 1:
+        raise ValueError("n_sets and subjects_per_set must be >= 1")
+    start = time.perf_counter()
+    train_subjects = sorted({e.subject_id for e in examples if e.split == "train"})
+    if len(train_subjects) <= subjects_per_set:
+        raise ValueError(f"{len(train_subjects)} training subjects: too few for sets of {subjects_per_set}")
+    holdout_all = [e for e in examples if e.split == "holdout"]
+    if not holdout_all:
+        raise ValueError("no held-out subjects to measure against")
+    rng = np.random.default_rng(seed)
+    aucs, accs, remembered, remembered_acc = [], [], [], []
+    for i in range(n_sets):
+        chosen = set(rng.choice(train_subjects, subjects_per_set, replace=False).tolist())
+        forget = [e for e in examples if e.split == "train" and e.subject_id in chosen]
+        kept = [e for e in examples if not (e.split == "train" and e.subject_id in chosen)]
+        holdout = match_class_mix(forget, holdout_all, MAX_HOLDOUT, rng)
+        retrained, retrained_meta = train_from_scratch(spec, kept, device=device, seed=seed)
+        auc, acc = _measure(spec, retrained, retrained_meta, forget, holdout, device)
+        aucs.append(auc)
+        accs.append(acc)
+        if model is not None and meta is not None:
+            auc, acc = _measure(spec, model, meta, forget, holdout, device)
+            remembered.append(auc)
+            remembered_acc.append(acc)
+        if progress is not None:
+            progress((i + 1) / n_sets)
+    mia_auc, mia_sd = _summary(aucs)
+    forget_acc, forget_sd = _summary(accs)
+    out: dict[str, Any] = {
+        "mia_auc": mia_auc, "mia_auc_sd": mia_sd, "forget_acc": forget_acc, "forget_acc_sd": forget_sd,
+        "n_sets": n_sets, "subjects_per_set": subjects_per_set,
+    }
+    if remembered:
+        out["remembered_auc"], out["remembered_auc_sd"] = _summary(remembered)
+        out["remembered_forget_acc"] = _summary(remembered_acc)[0]
+    out["seconds"] = time.perf_counter() - start
+    return out

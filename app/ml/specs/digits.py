@@ -13,7 +13,6 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 import torch
-from sklearn.datasets import load_digits
 from torch import nn
 
 from app.ml.spec import Example, ModelSpec, TrainRecipe
@@ -60,6 +59,7 @@ class DigitsSpec(ModelSpec):
     }
 
     def load_examples(self) -> list[Example]:
+        from sklearn.datasets import load_digits  # lazy: sklearn costs ~3 s of import in every API process
         data = load_digits()
         examples = []
         for i, (pixels, label) in enumerate(zip(data.data, data.target)):

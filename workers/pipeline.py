@@ -6,8 +6,8 @@ task stays a thin wrapper. The DB is the source of truth: a job row records its 
 so a re-delivered message resumes (from the current serving version) instead of starting
 over, and a job re-delivered more than ``max_job_attempts`` times fails visibly.
 
-One job at a time per model: a lease on the ``model`` row (``lock_owner``/``lock_until``),
-renewed while the job runs, so versions never fork and a dead worker's lock expires.
+One job at a time per model: a lease on the ``model`` row (``workers/lease.py``), renewed
+while the job runs, so versions never fork and a dead worker's lock expires.
 """
 
 from __future__ import annotations
@@ -15,15 +15,13 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import delete, or_, update
+from sqlalchemy import delete
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
@@ -34,6 +32,7 @@ from app.ml.spec import Example
 from app.ml.specs import get_spec
 from app.services import audit, notify
 from app.services import models as model_service
+from workers.lease import LeaseKeeper, acquire_lock, release_lock
 
 log = logging.getLogger("lethe.pipeline")
 ACTOR = "worker"
@@ -55,49 +54,6 @@ class Worker:
 
     def session(self) -> Session:
         return Session(self.engine) if self.engine is not None else db.new_session()
-
-
-# ---------------------------------------------------------------- per-model lease
-
-
-def acquire_lock(w: Worker, model_name: str) -> bool:
-    now = utcnow()
-    with w.session() as s:
-        res = s.exec(update(Model).where(Model.name == model_name)
-                     .where(or_(col(Model.lock_owner).is_(None), col(Model.lock_until) < now,
-                                Model.lock_owner == w.owner))
-                     .values(lock_owner=w.owner, lock_until=now + timedelta(seconds=w.settings.job_lease_s)))
-        s.commit()
-        return res.rowcount == 1
-
-
-def release_lock(w: Worker, model_name: str) -> None:
-    with w.session() as s:
-        s.exec(update(Model).where(Model.name == model_name, Model.lock_owner == w.owner)
-               .values(lock_owner=None, lock_until=None))
-        s.commit()
-
-
-class LeaseKeeper:
-    """Renews the model lease every third of its length while a job runs."""
-
-    def __init__(self, w: Worker, model_name: str) -> None:
-        self.w, self.model_name, self._stop = w, model_name, threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True, name="lethe-lease")
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.w.settings.job_lease_s / 3):
-            try:
-                acquire_lock(self.w, self.model_name)
-            except Exception:  # noqa: BLE001 - a DB blip; the next renewal retries
-                log.warning("lease renewal failed for %s", self.model_name, exc_info=True)
-
-    def __enter__(self) -> LeaseKeeper:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
 
 
 # ---------------------------------------------------------------- entry point

@@ -84,7 +84,8 @@ def start_stack(settings: Settings, *, log_dir: Path | None = None) -> list[subp
         env=env, stdout=out("worker"), stderr=subprocess.STDOUT if log_dir else None)
     api = subprocess.Popen(
         [sys.executable, "-m", "uvicorn", "app.main:app", "--host", settings.host, "--port", str(settings.port),
-         "--workers", str(settings.api_workers), "--log-level", "warning"],
+         "--workers", str(settings.api_workers), "--log-level", "warning",
+         "--no-access-log"],  # access logs would carry subject IDs (/v1/subjects/{id})
         env=env, stdout=out("api"), stderr=subprocess.STDOUT if log_dir else None)
     return [worker, api]
 

@@ -55,6 +55,8 @@ def test_erasure_end_to_end(stack: Stack) -> None:
     with stack.client() as c:
         report = c.get("/v1/audit/verify").json()
     assert report["ok"] is False and report["first_broken_seq"] == 2
+    # No personal data in the logs of the API and the worker: the subject ID never appears.
+    assert "toy-02" not in (stack.data_dir / "run.log").read_text(errors="replace")
 
 
 def test_concurrent_retries_with_one_idempotency_key_make_one_request(stack: Stack) -> None:

@@ -51,14 +51,17 @@ def create_request(session: Session, *, subject_key: str, reason: str | None = N
     req = ErasureRequest(subject_key=subject_key, source=source, external_id=external_id,
                          idempotency_key=idempotency_key, api_key_id=api_key_id, reason=reason, policy=policy,
                          received_at=now, due_at=add_one_month(now), callback_url=callback_url)
-    try:
-        with session.begin_nested():  # a concurrent request with the same key may win the insert
-            session.add(req)
-            session.flush()
-    except IntegrityError:
-        if idempotency_key and (existing := _replay(session, idempotency_key, subject_key)):
-            return existing, False
-        raise
+    if idempotency_key:
+        try:
+            with session.begin_nested():  # a concurrent request with the same key may win the insert
+                session.add(req)
+                session.flush()
+        except IntegrityError:
+            if existing := _replay(session, idempotency_key, subject_key):
+                return existing, False
+            raise
+    else:
+        session.add(req)
     models = session.exec(select(Sample.model_name).where(Sample.subject_key == subject_key,
                                                           col(Sample.deleted).is_(False)).distinct()).all()
     suppress(session, subject_key=subject_key, request_id=req.id)

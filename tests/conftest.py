@@ -153,3 +153,32 @@ def toy_model(session: Session, settings):  # noqa: ANN001, ANN201
                                          artifacts_dir=settings.artifacts_dir, device="cpu")
     session.commit()
     return version
+
+
+# ---------------------------------------------------------------- tiny CPU model (ML tests)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    from app.ml.device import set_cpu_threads
+
+    set_cpu_threads(1)  # tiny models on shared cores: see set_cpu_threads
+
+
+@pytest.fixture(scope="session")
+def toy():  # noqa: ANN201
+    from app.ml.specs import get_spec
+
+    return get_spec("toy")
+
+
+@pytest.fixture(scope="session")
+def toy_examples(toy):  # noqa: ANN001, ANN201
+    return toy.load_examples()
+
+
+@pytest.fixture(scope="session")
+def toy_trained(toy, toy_examples):  # noqa: ANN001, ANN201
+    """(model, meta) trained on the toy train split; tests must not mutate it."""
+    from app.ml.train import train_from_scratch
+
+    return train_from_scratch(toy, toy_examples, device="cpu", seed=0)

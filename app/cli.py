@@ -130,6 +130,29 @@ def cmd_run(settings: Settings) -> int:
     return 0
 
 
+def add_verify_command(sub: argparse._SubParsersAction) -> None:
+    """`lethe verify-certificate FILE --key PEM | --url BASE`: offline check of a certificate."""
+    p = sub.add_parser("verify-certificate", help="check an erasure certificate's Ed25519 signature")
+    p.add_argument("file", help="certificate JSON, as served by GET /v1/erasure-requests/{id}/certificate")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--key", help="PEM file of the public key")
+    src.add_argument("--url", help="Lethe base URL; the key is fetched from /v1/keys/certificate")
+    p.set_defaults(run=run_verify_command)
+
+
+def run_verify_command(args: argparse.Namespace) -> int:
+    from app.services import certificates
+
+    if args.key:
+        pem = Path(args.key).read_text()
+    else:
+        pem = httpx.get(f"{args.url.rstrip('/')}/v1/keys/certificate", timeout=10).raise_for_status() \
+            .json()["public_key_pem"]
+    ok, reason = certificates.verify_certificate_file(args.file, pem)
+    print(("OK " if ok else "FAILED ") + reason, file=sys.stdout if ok else sys.stderr)
+    return 0 if ok else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="lethe", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -138,8 +161,6 @@ def main(argv: list[str] | None = None) -> int:
     bench = sub.add_parser("bench", help="run a benchmark from bench/")
     bench.add_argument("name", help="benchmark name, e.g. unlearning")
     bench.add_argument("args", nargs=argparse.REMAINDER)
-    from app.services.certificates import add_verify_command  # `lethe verify-certificate` (issue 5)
-
     add_verify_command(sub)
     args = parser.parse_args(argv)
     if args.cmd == "verify-certificate":

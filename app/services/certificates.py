@@ -10,15 +10,12 @@ recorded the completion (its seq and hash: the chain head at that moment).
 
 from __future__ import annotations
 
-import argparse
 import base64
 import hashlib
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
-import httpx
 from cryptography.hazmat.primitives import serialization
 from sqlmodel import Session, col, select
 
@@ -116,23 +113,3 @@ def verify_certificate_file(path: str | Path, public_key_pem: str) -> tuple[bool
 
 
 # ---------------------------------------------------------------- CLI: lethe verify-certificate
-
-
-def add_verify_command(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("verify-certificate", help="check an erasure certificate's Ed25519 signature")
-    p.add_argument("file", help="certificate JSON, as served by GET /v1/erasure-requests/{id}/certificate")
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--key", help="PEM file of the public key")
-    src.add_argument("--url", help="Lethe base URL; the key is fetched from /v1/keys/certificate")
-    p.set_defaults(run=run_verify_command)
-
-
-def run_verify_command(args: argparse.Namespace) -> int:
-    if args.key:
-        pem = Path(args.key).read_text()
-    else:
-        pem = httpx.get(f"{args.url.rstrip('/')}/v1/keys/certificate", timeout=10).raise_for_status() \
-            .json()["public_key_pem"]
-    ok, reason = verify_certificate_file(args.file, pem)
-    print(("OK " if ok else "FAILED ") + reason, file=sys.stdout if ok else sys.stderr)
-    return 0 if ok else 1

@@ -41,3 +41,9 @@ class KeyCreate(BaseModel):
 class RollbackBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
     version: int = Field(ge=1)
+
+
+class ExtendBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    reason: str = Field(min_length=10, max_length=2000,
+                        description="Why more time is needed (Art. 12(3)); no personal data.")

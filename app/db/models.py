@@ -102,6 +102,9 @@ class ErasureRequest(SQLModel, table=True):
     received_at: datetime = Field(default_factory=utcnow, index=True)
     due_at: datetime
     completed_at: datetime | None = None
+    # GDPR Art. 12(3): extendable once by two further months, with reasons, within the first month.
+    extended_at: datetime | None = None
+    extension_reason: str | None = None
     callback_url: str | None = None
     error: str | None = None
     result: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))

@@ -15,17 +15,45 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
 from app.core.errors import Conflict, NotFound
-from app.db.models import ErasureRequest, ErasureTarget, Sample, Suppression, utcnow
+from app.db.models import ErasureRequest, ErasureTarget, Sample, Suppression, as_utc, utcnow
 from app.services import audit, notify
 
 OPEN_STATUSES = ("received", "queued", "running", "verifying", "deploying")
 
 
-def add_one_month(dt: datetime) -> datetime:
-    """GDPR Art. 12(3): one month, to the same date next month (clamped to its last day)."""
-    year, month = (dt.year + 1, 1) if dt.month == 12 else (dt.year, dt.month + 1)
+def add_months(dt: datetime, months: int = 1) -> datetime:
+    """GDPR Art. 12(3): to the same date ``months`` later (clamped to that month's last day)."""
+    index = dt.month - 1 + months
+    year, month = dt.year + index // 12, index % 12 + 1
     day = min(dt.day, calendar.monthrange(year, month)[1])
     return dt.replace(year=year, month=month, day=day)
+
+
+def add_one_month(dt: datetime) -> datetime:
+    return add_months(dt, 1)
+
+
+def extend_deadline(session: Session, *, request_id: str, reason: str, actor: str) -> ErasureRequest:
+    """Art. 12(3): extend by two further months, once, with reasons, inside the first month.
+
+    The controller must tell the data subject within the first month, giving the reasons; the
+    reason is kept on the request and in the audit log (as given: write it without personal data).
+    """
+    req = get_request(session, request_id=request_id)
+    if req.status not in OPEN_STATUSES:
+        raise Conflict(f"Request is {req.status}; only an open request can be extended.", code="not_extendable")
+    if req.extended_at is not None:
+        raise Conflict("The deadline was already extended; Art. 12(3) allows one extension.",
+                       code="already_extended")
+    now = utcnow()
+    if now >= add_one_month(as_utc(req.received_at)):
+        raise Conflict("An extension must be notified within one month of receipt.", code="extension_too_late")
+    req.due_at = add_months(as_utc(req.received_at), 3)
+    req.extended_at, req.extension_reason = now, reason
+    session.add(req)
+    audit.append(session, type="deadline_extended", actor=actor, request_id=req.id, subject_key=req.subject_key,
+                 payload={"due_at": req.due_at.isoformat(), "reason": reason})
+    return req
 
 
 def suppress(session: Session, *, subject_key: str, request_id: str | None) -> None:
@@ -148,6 +176,8 @@ def public_view(req: ErasureRequest, targets: list[ErasureTarget], base_url: str
         "received_at": req.received_at,
         "due_at": req.due_at,
         "completed_at": req.completed_at,
+        "extended": req.extended_at is not None,
+        "extension_reason": req.extension_reason,
         "status_url": f"{base_url}/v1/erasure-requests/{req.id}",
         "models": [{"model": t.model_name, "status": t.status, "job_id": t.job_id} for t in targets],
         "result": req.result or None,

@@ -91,6 +91,8 @@ def upgrade() -> None:
     sa.Column('received_at', sqlmodel.sql.sqltypes.UTCDateTime(), nullable=False),
     sa.Column('due_at', sqlmodel.sql.sqltypes.UTCDateTime(), nullable=False),
     sa.Column('completed_at', sqlmodel.sql.sqltypes.UTCDateTime(), nullable=True),
+    sa.Column('extended_at', sqlmodel.sql.sqltypes.UTCDateTime(), nullable=True),
+    sa.Column('extension_reason', sqlmodel.sql.sqltypes.AutoString(), nullable=True),
     sa.Column('callback_url', sqlmodel.sql.sqltypes.AutoString(), nullable=True),
     sa.Column('error', sqlmodel.sql.sqltypes.AutoString(), nullable=True),
     sa.Column('result', sa.JSON(), nullable=False),

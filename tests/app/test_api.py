@@ -149,3 +149,33 @@ def test_predict_serves_loaded_version(app, client: TestClient, admin_headers: d
     desc = client.get("/v1/models/toy", headers=admin_headers).json()
     assert desc["serving_version"] == 1 and desc["input_example"] == {"x": [0.0] * 16}
     assert [v["version"] for v in desc["versions"]] == [1]
+
+
+def test_deadline_extension_once_within_the_first_month(client: TestClient, admin_headers: dict, toy_model) -> None:  # noqa: ANN001
+    body = client.post("/v1/erasure-requests", json={"subject_id": TRAIN_SUBJECT}, headers=admin_headers).json()
+    reason = {"reason": "Retraining backlog after a model migration; notified the subject on day 3."}
+    short = client.post(f"/v1/erasure-requests/{body['id']}/extend", json={"reason": "x"}, headers=admin_headers)
+    assert short.status_code == 422
+    r = client.post(f"/v1/erasure-requests/{body['id']}/extend", json=reason, headers=admin_headers)
+    assert r.status_code == 200, r.text
+    extended = r.json()
+    assert extended["extended"] is True and extended["due_at"] > body["due_at"]
+    again = client.post(f"/v1/erasure-requests/{body['id']}/extend", json=reason, headers=admin_headers)
+    assert again.status_code == 409 and again.json()["code"] == "already_extended"
+    done = client.post("/v1/erasure-requests", json={"subject_id": "nobody"}, headers=admin_headers).json()
+    closed = client.post(f"/v1/erasure-requests/{done['id']}/extend", json=reason, headers=admin_headers)
+    assert closed.status_code == 409 and closed.json()["code"] == "not_extendable"
+    events = client.get("/v1/audit/events", params={"request_id": body["id"], "type": "deadline_extended"},
+                        headers=admin_headers).json()["items"]
+    assert len(events) == 1 and events[0]["payload"]["reason"] == reason["reason"]
+
+
+def test_month_arithmetic_clamps_to_the_last_day() -> None:
+    from datetime import datetime
+
+    from app.services.erasure import add_months
+
+    assert add_months(datetime(2026, 1, 31), 1) == datetime(2026, 2, 28)
+    assert add_months(datetime(2028, 1, 31), 1) == datetime(2028, 2, 29)
+    assert add_months(datetime(2026, 11, 30), 3) == datetime(2027, 2, 28)
+    assert add_months(datetime(2026, 12, 15), 1) == datetime(2027, 1, 15)

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Header, Query, Response
 
 from app.api.deps import SessionDep, SettingsDep, require
-from app.api.schemas import ErasureCreate
+from app.api.schemas import ErasureCreate, ExtendBody
 from app.core.errors import Unprocessable
 from app.core.queue import enqueue_unlearn
 from app.core.security import subject_key
@@ -68,3 +68,13 @@ def cancel_erasure_request(request_id: str, session: SessionDep, settings: Setti
     req = erasure.cancel_request(session, request_id=request_id, actor=f"key:{key.name}")
     session.commit()
     return erasure.public_view(req, erasure.targets_of(session, req.id), settings.base_url)
+
+
+@router.post("/{request_id}/extend")
+def extend_erasure_deadline(request_id: str, body: ExtendBody, session: SessionDep, settings: SettingsDep,
+                            key: Writer) -> dict[str, Any]:
+    """Extend the deadline once by two months, with reasons, within the first month (GDPR Art. 12(3))."""
+    req = erasure.extend_deadline(session, request_id=request_id, reason=body.reason, actor=f"key:{key.name}")
+    view = erasure.public_view(req, erasure.targets_of(session, req.id), settings.base_url)
+    session.commit()
+    return view

@@ -370,9 +370,13 @@ def complete_job(s: Session, job: UnlearningJob, settings: Settings, *, deploy_s
     for req in _requests(s, job):
         targets = s.exec(select(ErasureTarget).where(ErasureTarget.request_id == req.id)).all()
         result = dict(req.result or {})
+        notified = model_service.notify_recipients(s, name=job.model_name, request_id=req.id,
+                                                   version_before=job.version_before,
+                                                   version_after=job.version_after, completed_at=now)
         result.setdefault("models", {})[job.model_name] = {
             "job_id": job.id, "version_before": job.version_before, "version_after": job.version_after,
-            "method": job.method, "attempts": job.attempts, "timings": job.timings}
+            "method": job.method, "attempts": job.attempts, "timings": job.timings,
+            "recipients_notified": notified}
         req.result = result
         if all(t.status in ("done", "cancelled") for t in targets):
             req.status, req.stage, req.percent, req.completed_at = "completed", "completed", 100.0, now

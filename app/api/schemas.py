@@ -47,3 +47,15 @@ class ExtendBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
     reason: str = Field(min_length=10, max_length=2000,
                         description="Why more time is needed (Art. 12(3)); no personal data.")
+
+
+class Recipient(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(min_length=1, max_length=200, description="Who received the model or data from it.")
+    contact: str | None = Field(None, max_length=500, description="How to reach them (kept with the model).")
+    callback_url: HttpUrl | None = Field(None, description="Receives a signed Art. 19 notice per erasure.")
+
+
+class RecipientsBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    recipients: list[Recipient] = Field(max_length=200)

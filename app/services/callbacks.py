@@ -136,7 +136,7 @@ def verify_native_signature(secret: str, header: str, body: bytes, *, tolerance_
 def signed_headers(row: CallbackDelivery, settings: Settings) -> dict[str, str]:
     body = row.body.encode()
     headers = {"Content-Type": "application/json", "X-Lethe-Delivery": str(row.id)}
-    if row.kind == "native":
+    if row.kind in ("native", "recipient"):  # recipient: an Art. 19 notice, signed like native callbacks
         headers[NATIVE_HEADER] = native_signature(_hmac_secret(settings), body, int(time.time()))
     else:
         prefix = HEADER_PREFIX[row.dialect or "opendsr"]

@@ -170,6 +170,7 @@ def describe(session: Session, *, name: str, ttl_s: float) -> dict[str, Any]:
         "input_schema": spec.input_schema,
         "input_example": spec.input_example,
         "predict_example": {"inputs": [spec.input_example]},
+        "recipients": model.config.get("recipients") or [],
         "replicas": [{"replica_id": r.replica_id, "version": r.version, "loaded_at": r.loaded_at,
                       "last_seen": r.last_seen} for r in live_replicas(session, name=name, ttl_s=ttl_s)],
         "versions": [{"version": v.number, "parent": v.parent, "method": v.method, "state": v.state,
@@ -192,3 +193,35 @@ def rollback(session: Session, *, name: str, number: int, actor: str) -> ModelVe
                        "served again.", code="tainted_version")
     set_serving(session, name=name, number=number, actor=actor, event="model_rolled_back")
     return version
+
+
+def set_recipients(session: Session, *, name: str, recipients: list[dict[str, Any]], actor: str) -> Model:
+    """GDPR Art. 19: who received this model (or data from it) and must hear of each erasure."""
+    model = get_model(session, name)
+    model.config = {**model.config, "recipients": recipients}
+    session.add(model)
+    audit.append(session, type="recipients_updated", actor=actor,
+                 payload={"model": name, "recipients": [r["name"] for r in recipients]})
+    return model
+
+
+def notify_recipients(session: Session, *, name: str, request_id: str, version_before: int | None,
+                      version_after: int | None, completed_at: Any) -> list[str]:
+    """Art. 19 notices for one completed erasure of model ``name``: an audit record per recipient and,
+    where a recipient gave a callback URL, a signed notice from the callback outbox. Returns the names."""
+    from app.services import callbacks
+
+    recipients = get_model(session, name).config.get("recipients") or []
+    after = get_version(session, name, version_after) if version_after else None
+    for r in recipients:
+        if r.get("callback_url"):
+            callbacks.enqueue(session, kind="recipient", request_id=request_id, url=r["callback_url"], body={
+                "event": "erasure.completed", "request_id": request_id, "model": name,
+                "superseded_version": version_before, "clean_version": version_after,
+                "clean_sha256": after.sha256 if after else None,
+                "completed_at": callbacks.rfc3339(completed_at),
+                "instruction": "stop using the superseded version and any copy or output derived from it"})
+    if recipients:
+        audit.append(session, type="recipients_notified", actor="lethe", request_id=request_id,
+                     payload={"model": name, "recipients": [r["name"] for r in recipients]})
+    return [r["name"] for r in recipients]

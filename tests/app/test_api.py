@@ -179,3 +179,14 @@ def test_month_arithmetic_clamps_to_the_last_day() -> None:
     assert add_months(datetime(2028, 1, 31), 1) == datetime(2028, 2, 29)
     assert add_months(datetime(2026, 11, 30), 3) == datetime(2027, 2, 28)
     assert add_months(datetime(2026, 12, 15), 1) == datetime(2027, 1, 15)
+
+
+def test_recipients_are_kept_per_model(client: TestClient, admin_headers: dict, session: Session, toy_model) -> None:  # noqa: ANN001
+    body = {"recipients": [{"name": "edge-fleet", "callback_url": "https://edge.example.org/art19"}]}
+    r = client.put("/v1/models/toy/recipients", json=body, headers=admin_headers)
+    assert r.status_code == 200, r.text
+    assert client.get("/v1/models/toy", headers=admin_headers).json()["recipients"][0]["name"] == "edge-fleet"
+    predictor = {"Authorization": f"Bearer {make_key(session, ['predict'])}"}
+    assert client.put("/v1/models/toy/recipients", json=body, headers=predictor).status_code == 403
+    bad = client.put("/v1/models/toy/recipients", json={"recipients": [{"name": ""}]}, headers=admin_headers)
+    assert bad.status_code == 422

@@ -121,3 +121,26 @@ def test_sisa_model_is_unlearned_exactly_and_old_slices_are_purged(session: Sess
     assert v1.state == "purged" and not any(d.exists() for d in old_dirs)
     v2 = session.exec(select(ModelVersion).where(ModelVersion.model_name == "toy", ModelVersion.number == 2)).one()
     assert all(d.exists() for d in companion_dirs(read_meta(v2.artifact_path)))
+
+
+def test_art19_recipients_are_notified_on_completion(session: Session, settings, toy_model, worker) -> None:  # noqa: ANN001
+    import json
+
+    from app.db.models import CallbackDelivery
+    from app.services import models
+
+    models.set_recipients(session, name="toy", actor="test", recipients=[
+        {"name": "edge-fleet", "contact": "ops@example.org", "callback_url": "http://127.0.0.1:9/art19"},
+        {"name": "analytics-team", "contact": "data@example.org", "callback_url": None}])
+    session.commit()
+    rid = _request(session, settings, "toy-02")
+    pipeline.drain(worker, "toy")
+    req = session.get(ErasureRequest, rid)
+    session.refresh(req)
+    assert req.result["models"]["toy"]["recipients_notified"] == ["edge-fleet", "analytics-team"]
+    notices = session.exec(select(CallbackDelivery).where(CallbackDelivery.kind == "recipient")).all()
+    assert len(notices) == 1 and notices[0].url == "http://127.0.0.1:9/art19"
+    body = json.loads(notices[0].body)
+    assert body["superseded_version"] == 1 and body["clean_version"] == 2 and len(body["clean_sha256"]) == 64
+    audit.sync(session)
+    assert [e.type for e in audit.list_events(session, request_id=rid, type="recipients_notified")]

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends, Response
 from starlette.concurrency import run_in_threadpool
 
 from app.api.deps import HolderDep, ListenerDep, SessionDep, SettingsDep, require
-from app.api.schemas import PredictBody, RollbackBody
+from app.api.schemas import PredictBody, RecipientsBody, RollbackBody
 from app.core.errors import NotFound, Unavailable, Unprocessable
 from app.db.models import ApiKey
 from app.ml.specs import SPEC_NAMES
@@ -62,3 +62,12 @@ def rollback(name: str, body: RollbackBody, session: SessionDep, _: Admin) -> di
     version = model_service.rollback(session, name=name, number=body.version, actor=f"key:{_.name}")
     session.commit()
     return {"model": name, "serving_version": version.number}
+
+
+@router.put("/{name}/recipients")
+def set_recipients(name: str, body: RecipientsBody, session: SessionDep, key: Admin) -> dict[str, Any]:
+    """Record who received this model (GDPR Art. 19); each completed erasure notifies them."""
+    recipients = [r.model_dump(mode="json") for r in body.recipients]
+    model_service.set_recipients(session, name=name, recipients=recipients, actor=f"key:{key.name}")
+    session.commit()
+    return {"model": name, "recipients": recipients}

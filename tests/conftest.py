@@ -7,9 +7,11 @@ so services that commit only release a savepoint.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 _TMP = Path(tempfile.mkdtemp(prefix="lethe-tests-"))
@@ -53,34 +55,53 @@ def redis_available() -> bool:
 _engines: dict[str, object] = {}
 
 
-def _private_pg_database() -> str:
-    """A database of this test run only (dropped at exit), so parallel runs never collide."""
-    import atexit
-
+def create_pg_database(prefix: str) -> tuple[str, Callable[[], None]]:
+    """A new, empty PostgreSQL database: (SQLAlchemy URL, drop function)."""
     import psycopg
 
-    name = f"lethe_test_{os.getpid()}_{uuid.uuid4().hex[:6]}"
+    if not pg_available():
+        if os.environ.get("CI"):
+            pytest.fail("PostgreSQL must be reachable in CI")
+        pytest.skip("PostgreSQL not reachable")
+    name = f"{prefix}_{os.getpid()}_{uuid.uuid4().hex[:8]}"
     admin = PG_URL.replace("+psycopg", "")
     with psycopg.connect(admin, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
 
     def drop() -> None:
-        for engine in _engines.values():
-            engine.dispose()
         with psycopg.connect(admin, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
-    atexit.register(drop)
-    return PG_URL.rsplit("/", 1)[0] + f"/{name}"
+    return PG_URL.rsplit("/", 1)[0] + f"/{name}", drop
+
+
+@contextlib.contextmanager
+def fresh_pg_database(prefix: str = "lethe_tmp") -> Iterator[str]:
+    url, drop = create_pg_database(prefix)
+    try:
+        yield url
+    finally:
+        drop()
+
+
+def _private_pg_database() -> str:
+    """A database of this test run only (dropped at exit), so parallel runs never collide."""
+    import atexit
+
+    url, drop = create_pg_database("lethe_test")
+
+    def dispose_and_drop() -> None:
+        for engine in _engines.values():
+            engine.dispose()
+        drop()
+
+    atexit.register(dispose_and_drop)
+    return url
 
 
 def engine_for(backend: str):  # noqa: ANN201
     if backend not in _engines:
         if backend == "postgresql":
-            if not pg_available():
-                if os.environ.get("CI"):
-                    pytest.fail("PostgreSQL must be reachable in CI")
-                pytest.skip("PostgreSQL not reachable")
             url = _private_pg_database()
         else:
             url = f"sqlite:///{_TMP / 'unit.db'}"

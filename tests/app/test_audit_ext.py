@@ -3,13 +3,10 @@ pagination under concurrent appends, GDPR deadline warnings and the deadline gau
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import io
 import json
 import threading
-import uuid
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -19,9 +16,9 @@ from sqlalchemy import delete
 from sqlmodel import Session, select
 
 from app.core.db import create_schema, make_engine
-from app.db.models import AuditEvent, ErasureRequest, Model, Sample, utcnow
+from app.db.models import AuditEvent, ErasureRequest, utcnow
 from app.services import audit, deadlines
-from tests.conftest import PG_URL, make_key, pg_available
+from tests.conftest import fresh_pg_database, make_key
 
 
 @pytest.fixture
@@ -114,26 +111,9 @@ def test_rewritten_chain_fails_the_checkpoint(client: TestClient, admin_headers:
     assert report["ok"] is False and report["truncated"] is True
 
 
-@contextlib.contextmanager
-def fresh_pg_database() -> Iterator[str]:
-    import psycopg
-
-    if not pg_available():
-        pytest.skip("PostgreSQL not reachable")
-    name = f"lethe_pag_{uuid.uuid4().hex[:10]}"
-    admin = PG_URL.replace("+psycopg", "")
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield PG_URL.rsplit("/", 1)[0] + f"/{name}"
-    finally:
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
 def test_pagination_under_concurrent_appends_returns_each_event_once() -> None:
     """Writers append unchained events while two sequencers chain them and a reader pages with the seq cursor."""
-    with fresh_pg_database() as url:
+    with fresh_pg_database("lethe_pag") as url:
         engine = make_engine(url)
         create_schema(engine)
         writers, per_writer = 4, 40
@@ -177,3 +157,28 @@ def test_pagination_under_concurrent_appends_returns_each_event_once() -> None:
         engine.dispose()
     assert seen == list(range(1, writers * per_writer + 1))
     assert report["ok"] and report["events"] == writers * per_writer and report["pending"] == 0
+
+
+def test_deadline_warning_once_at_80_percent_and_gauge(client: TestClient, admin_headers: dict, session: Session,
+                                                        toy_model) -> None:  # noqa: ANN001
+    rid = client.post("/v1/erasure-requests", json={"subject_id": "toy-02"}, headers=admin_headers).json()["id"]
+    req = session.get(ErasureRequest, rid)
+    now = utcnow()
+    assert deadlines.check(session, now=now) == []  # fresh: nothing to warn about
+    req.received_at, req.due_at = now - timedelta(days=25), now + timedelta(days=5)
+    session.add(req)
+    session.commit()
+    assert deadlines.check(session, now=now) == [rid]
+    session.commit()
+    assert deadlines.check(session, now=now) == []  # audited once, not on every run
+    session.commit()
+    assert deadlines.open_by_bucket(session, now=now)["3-7"] >= 1
+    overdue = client.get("/v1/erasure-requests", params={"overdue": "true"}, headers=admin_headers).json()
+    assert rid not in [r["id"] for r in overdue["items"]]
+    req.due_at = now - timedelta(days=1)
+    session.add(req)
+    session.commit()
+    overdue = client.get("/v1/erasure-requests", params={"overdue": "true"}, headers=admin_headers).json()
+    assert rid in [r["id"] for r in overdue["items"]]
+    audit.sync(session)
+    assert [e.type for e in audit.list_events(session, request_id=rid, type=deadlines.EVENT)] == [deadlines.EVENT]

@@ -3,10 +3,8 @@ on SQLite (batch mode) and on a fresh PostgreSQL database; ``downgrade base`` em
 
 from __future__ import annotations
 
-import uuid
 from pathlib import Path
 
-import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.config import Config
@@ -16,7 +14,7 @@ from sqlmodel import SQLModel
 
 import app.db.models  # noqa: F401
 from app.core.db import make_engine
-from tests.conftest import PG_URL, pg_available
+from tests.conftest import fresh_pg_database
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -50,16 +48,5 @@ def test_upgrade_head_on_fresh_sqlite(tmp_path: Path) -> None:
 
 
 def test_upgrade_head_on_fresh_postgresql() -> None:
-    import psycopg
-
-    if not pg_available():
-        pytest.skip("PostgreSQL not reachable")
-    name = f"lethe_mig_{uuid.uuid4().hex[:10]}"
-    admin = PG_URL.replace("+psycopg", "")
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    try:
-        check_round_trip(PG_URL.rsplit("/", 1)[0] + f"/{name}")
-    finally:
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with fresh_pg_database("lethe_mig") as url:
+        check_round_trip(url)

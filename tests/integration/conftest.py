@@ -12,7 +12,6 @@ import socket
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import PG_URL, pg_available, redis_available
+from tests.conftest import create_pg_database, redis_available
 
 ADMIN_KEY = "lethe_integration_admin_key_0123456789"
 ROOT = Path(__file__).resolve().parents[2]
@@ -58,21 +57,6 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _pg_database() -> tuple[str, callable]:
-    import psycopg
-
-    name = f"lethe_e2e_{uuid.uuid4().hex[:8]}"
-    admin = PG_URL.replace("+psycopg", "")
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-
-    def drop() -> None:
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-    return PG_URL.rsplit("/", 1)[0] + f"/{name}", drop
-
-
 def start_stack(tmp_path: Path, backend: str, redis_db: int, extra_env: dict[str, str] | None = None,
                 api_workers: int = 1) -> tuple[Stack, callable]:
     if not redis_available():
@@ -81,11 +65,7 @@ def start_stack(tmp_path: Path, backend: str, redis_db: int, extra_env: dict[str
         pytest.skip("Redis not reachable")
     drop = lambda: None  # noqa: E731
     if backend == "postgresql":
-        if not pg_available():
-            if os.environ.get("CI"):
-                pytest.fail("PostgreSQL must be reachable in CI")
-            pytest.skip("PostgreSQL not reachable")
-        db_url, drop = _pg_database()
+        db_url, drop = create_pg_database("lethe_e2e")
     else:
         db_url = f"sqlite:///{tmp_path / 'lethe.db'}"
     import redis

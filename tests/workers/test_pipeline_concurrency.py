@@ -13,7 +13,7 @@ from app.core.db import create_schema, make_engine
 from app.core.security import subject_key
 from app.db.models import ErasureRequest, ModelVersion, UnlearningJob
 from app.services import erasure, models
-from tests.app.test_audit_ext import fresh_pg_database
+from tests.conftest import fresh_pg_database
 from workers import pipeline
 
 pytestmark = pytest.mark.integration

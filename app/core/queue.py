@@ -66,7 +66,8 @@ def make_celery(settings: Settings) -> Celery:
         worker_prefetch_multiplier=1,
         worker_cancel_long_running_tasks_on_connection_loss=True,
         broker_connection_retry_on_startup=True,
-        broker_transport_options={"visibility_timeout": 6 * 3600},
+        # Redis only: the SQLAlchemy transport hands its options to create_engine().
+        broker_transport_options={"visibility_timeout": 6 * 3600} if broker.startswith("redis") else {},
         task_ignore_result=True,
         task_default_queue=UNLEARN_QUEUE,
         task_routes={TASK_UNLEARN: {"queue": UNLEARN_QUEUE}, TASK_RECONCILE: {"queue": HOUSEKEEPING_QUEUE},

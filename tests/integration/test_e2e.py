@@ -72,3 +72,22 @@ def test_concurrent_retries_with_one_idempotency_key_make_one_request(stack: Sta
         results = list(pool.map(post, range(16)))
     assert {code for code, _ in results} == {202}, results
     assert len({rid for _, rid in results}) == 1
+
+
+def test_embedded_default_without_redis(tmp_path) -> None:  # noqa: ANN001
+    """No Redis at all: kombu's SQLAlchemy transport on SQLite carries the task, replicas poll the DB."""
+    from tests.integration.conftest import start_stack
+
+    closed = "redis://127.0.0.1:1/0"  # nothing listens on port 1
+    s, cleanup = start_stack(tmp_path, "sqlite", redis_db=9,
+                             extra_env={"LETHE_REDIS_URL": closed, "LETHE_BROKER_URL": ""})
+    try:
+        with s.client() as c:
+            rid = c.post("/v1/erasure-requests", json={"subject_id": "toy-03"}).json()["id"]
+        done = s.wait_status(rid, ("completed", "failed"), timeout=120)
+        assert done["status"] == "completed", done
+        assert (tmp_path / "broker.db").exists()
+        with s.client() as c:
+            assert c.post("/v1/models/toy/predict", json={"inputs": [{"x": [0.5] * 16}]}).json()["model_version"] == 2
+    finally:
+        cleanup()

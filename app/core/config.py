@@ -84,6 +84,10 @@ class Settings(BaseSettings):
     update_log_models: str = Field(
         "", description="Comma list of demo models trained with a per-step update log for `amnesiac` (storage: "
         "a parameter vector per step: ~25 MB toy, ~97 MB digits).")
+    fides_url: str | None = Field(
+        None, description="Base URL of the Fides API, for the relative reply-to path of its two-way webhooks.")
+    fides_identity_fields: str = Field(
+        "external_id,user_id", description="Fides identity fields, in order, that carry Lethe's subject ID.")
 
     @model_validator(mode="after")
     def _refuse_default_secrets(self) -> Settings:

@@ -200,11 +200,13 @@ class CallbackDelivery(SQLModel, table=True):
 
     __table_args__ = (Index("ix_callback_due", "status", "next_attempt_at"),)
     id: int | None = Field(default=None, primary_key=True)
-    kind: str  # native (HMAC) or opendsr (RSA)
+    kind: str  # native / recipient (HMAC), opendsr (RSA), fides (bearer reply-to-token)
     dialect: str | None = None  # OpenDSR header family: opengdpr, opendsr, opencompliance
     request_id: str = Field(index=True)  # ErasureRequest.id
     url: str
     body: str  # the exact bytes that are signed and sent
+    # Bearer token the receiver gave us for this call (Fides' short-lived reply-to-token), if any.
+    auth_token: str | None = None
     status: str = "pending"  # pending, delivered, failed (gave up), superseded
     attempts: int = 0
     next_attempt_at: datetime = Field(default_factory=utcnow)
@@ -212,3 +214,15 @@ class CallbackDelivery(SQLModel, table=True):
     last_error: str | None = None
     created_at: datetime = Field(default_factory=utcnow)
     delivered_at: datetime | None = None
+
+
+class FidesResume(SQLModel, table=True):
+    """A Fides privacy request that Lethe halted (two-way pre-execution webhook): where and with what
+    token to resume it once the erasure completes."""
+
+    privacy_request_id: str = Field(primary_key=True)
+    request_id: str = Field(index=True)  # ErasureRequest.id
+    reply_to: str
+    token: str  # Fides' short-lived reply-to-token; used once, to resume
+    created_at: datetime = Field(default_factory=utcnow)
+    resumed_at: datetime | None = None

@@ -61,7 +61,7 @@ def certificate_url(base_url: str, request_id: str) -> str:
 
 
 def enqueue(session: Session, *, kind: str, request_id: str, url: str, body: dict[str, Any],
-            dialect: str | None = None) -> CallbackDelivery:
+            dialect: str | None = None, auth_token: str | None = None) -> CallbackDelivery:
     """Add one outbox row; an older undelivered row for the same target is superseded (bodies carry the
     full current state, so a stale retry must not arrive after a newer status)."""
     for old in session.exec(select(CallbackDelivery).where(CallbackDelivery.request_id == request_id,
@@ -70,7 +70,8 @@ def enqueue(session: Session, *, kind: str, request_id: str, url: str, body: dic
                                                            CallbackDelivery.status == "pending")).all():
         old.status = "superseded"
         session.add(old)
-    row = CallbackDelivery(kind=kind, dialect=dialect, request_id=request_id, url=url, body=dumps(body))
+    row = CallbackDelivery(kind=kind, dialect=dialect, request_id=request_id, url=url, body=dumps(body),
+                           auth_token=auth_token)
     session.add(row)
     return row
 
@@ -136,7 +137,9 @@ def verify_native_signature(secret: str, header: str, body: bytes, *, tolerance_
 def signed_headers(row: CallbackDelivery, settings: Settings) -> dict[str, str]:
     body = row.body.encode()
     headers = {"Content-Type": "application/json", "X-Lethe-Delivery": str(row.id)}
-    if row.kind in ("native", "recipient"):  # recipient: an Art. 19 notice, signed like native callbacks
+    if row.kind == "fides":  # resuming a halted Fides privacy request: its own token authorises us
+        headers["Authorization"] = f"Bearer {row.auth_token}"
+    elif row.kind in ("native", "recipient"):  # recipient: an Art. 19 notice, signed like native callbacks
         headers[NATIVE_HEADER] = native_signature(_hmac_secret(settings), body, int(time.time()))
     else:
         prefix = HEADER_PREFIX[row.dialect or "opendsr"]

@@ -10,7 +10,7 @@ from sqlmodel import Session
 
 from app.core.config import get_settings
 from app.db.models import ErasureRequest, OpenDsrRequest
-from app.services import callbacks
+from app.services import callbacks, fides
 
 
 def status_changed(session: Session, req: ErasureRequest) -> None:
@@ -26,3 +26,4 @@ def status_changed(session: Session, req: ErasureRequest) -> None:
             done = status == "completed"
             callbacks.announce_opendsr(session, row, request_id=req.id, request_status=status, expected=req.due_at,
                                        results_url=callbacks.certificate_url(base_url, req.id) if done else None)
+    fides.resume_if_done(session, req)

@@ -56,6 +56,18 @@ def upgrade() -> None:
         batch_op.create_index(batch_op.f('ix_auditevent_ts'), ['ts'], unique=False)
         batch_op.create_index(batch_op.f('ix_auditevent_type'), ['type'], unique=False)
 
+    op.create_table('fidesresume',
+    sa.Column('privacy_request_id', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
+    sa.Column('request_id', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
+    sa.Column('reply_to', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
+    sa.Column('token', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
+    sa.Column('created_at', sqlmodel.sql.sqltypes.UTCDateTime(), nullable=False),
+    sa.Column('resumed_at', sqlmodel.sql.sqltypes.UTCDateTime(), nullable=True),
+    sa.PrimaryKeyConstraint('privacy_request_id')
+    )
+    with op.batch_alter_table('fidesresume', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_fidesresume_request_id'), ['request_id'], unique=False)
+
     op.create_table('callbackdelivery',
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('kind', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
@@ -63,6 +75,7 @@ def upgrade() -> None:
     sa.Column('request_id', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
     sa.Column('url', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
     sa.Column('body', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
+    sa.Column('auth_token', sqlmodel.sql.sqltypes.AutoString(), nullable=True),
     sa.Column('status', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
     sa.Column('attempts', sa.Integer(), nullable=False),
     sa.Column('next_attempt_at', sqlmodel.sql.sqltypes.UTCDateTime(), nullable=False),
@@ -263,6 +276,10 @@ def downgrade() -> None:
         batch_op.drop_index('ix_callback_due')
 
     op.drop_table('callbackdelivery')
+    with op.batch_alter_table('fidesresume', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_fidesresume_request_id'))
+
+    op.drop_table('fidesresume')
     with op.batch_alter_table('auditevent', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_auditevent_type'))
         batch_op.drop_index(batch_op.f('ix_auditevent_ts'))

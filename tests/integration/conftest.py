@@ -114,10 +114,15 @@ def stop(stack: Stack) -> None:
         os.killpg(stack.proc.pid, signal.SIGTERM)
         stack.proc.wait(timeout=30)
     except (ProcessLookupError, subprocess.TimeoutExpired):
+        pass
+    # Sweep the whole process group: a worker's pool child can outlive `lethe run` itself.
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
         try:
             os.killpg(stack.proc.pid, signal.SIGKILL)
         except ProcessLookupError:
-            pass
+            return
+        time.sleep(0.2)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

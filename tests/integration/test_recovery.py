@@ -29,6 +29,10 @@ def _killpg(p: subprocess.Popen, sig: int = signal.SIGKILL) -> None:
         p.wait(timeout=30)
     except (ProcessLookupError, subprocess.TimeoutExpired):
         pass
+    try:  # sweep what is left of the group (a pool child can outlive its parent)
+        os.killpg(p.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
 
 
 def test_worker_killed_mid_job_is_resumed(tmp_path: Path) -> None:

@@ -190,3 +190,19 @@ def test_recipients_are_kept_per_model(client: TestClient, admin_headers: dict, 
     assert client.put("/v1/models/toy/recipients", json=body, headers=predictor).status_code == 403
     bad = client.put("/v1/models/toy/recipients", json={"recipients": [{"name": ""}]}, headers=admin_headers)
     assert bad.status_code == 422
+
+
+def test_metrics_expose_time_to_forget_and_deadlines(client: TestClient, admin_headers: dict, session: Session,
+                                                     toy_model) -> None:  # noqa: ANN001
+    from app.db.models import ErasureRequest, utcnow
+
+    rid = client.post("/v1/erasure-requests", json={"subject_id": TRAIN_SUBJECT}, headers=admin_headers).json()["id"]
+    req = session.get(ErasureRequest, rid)
+    req.status, req.completed_at, req.result = "completed", utcnow(), {"time_to_forget_s": 42.0}
+    session.add(req)
+    session.commit()
+    text = client.get("/metrics").text
+    assert 'lethe_time_to_forget_seconds_bucket{le="30"} 0.0' in text
+    assert 'lethe_time_to_forget_seconds_bucket{le="60"} 1.0' in text
+    assert "lethe_time_to_forget_seconds_sum 42.0" in text
+    assert 'lethe_open_erasure_requests{days_to_due="14+"}' in text

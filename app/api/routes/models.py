@@ -12,6 +12,7 @@ from app.api.schemas import PredictBody, RecipientsBody, RollbackBody
 from app.core.errors import NotFound, Unavailable, Unprocessable
 from app.db.models import ApiKey
 from app.ml.specs import SPEC_NAMES
+from app.ml.train import predict as run_predict
 from app.services import models as model_service
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
@@ -36,8 +37,6 @@ def get_model(name: str, session: SessionDep, settings: SettingsDep, _: Predicto
 async def predict(name: str, body: PredictBody, holder: HolderDep, listener: ListenerDep, response: Response,
                   _: Predictor) -> dict[str, Any]:
     """Predictions from the version this replica serves (also in the X-Model-Version header)."""
-    from app.ml.train import predict as run_predict
-
     if name not in SPEC_NAMES:
         raise NotFound(f"No model named {name!r}.")
     loaded = holder.get(name)  # one snapshot for the whole call: a swap cannot split it
@@ -57,9 +56,9 @@ async def predict(name: str, body: PredictBody, holder: HolderDep, listener: Lis
 
 
 @router.post("/{name}/rollback")
-def rollback(name: str, body: RollbackBody, session: SessionDep, _: Admin) -> dict[str, Any]:
+def rollback(name: str, body: RollbackBody, session: SessionDep, key: Admin) -> dict[str, Any]:
     """Serve an earlier version again; refused (409) if it carries any completed erasure."""
-    version = model_service.rollback(session, name=name, number=body.version, actor=f"key:{_.name}")
+    version = model_service.rollback(session, name=name, number=body.version, actor=f"key:{key.name}")
     session.commit()
     return {"model": name, "serving_version": version.number}
 

@@ -50,7 +50,11 @@ class LeaseKeeper:
     def _run(self) -> None:
         while not self._stop.wait(self.w.settings.job_lease_s / 3):
             try:
-                acquire_lock(self.w, self.model_name)
+                if not acquire_lock(self.w, self.model_name):
+                    # Another worker took the lease over (ours expired while we stalled). Stop
+                    # renewing; the job's fence (``pipeline.holds_fence``) drops our result.
+                    log.warning("lease on %s lost to another worker", self.model_name)
+                    return
             except Exception:  # noqa: BLE001 - a DB blip; the next renewal retries
                 log.warning("lease renewal failed for %s", self.model_name, exc_info=True)
 

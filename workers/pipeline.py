@@ -17,7 +17,8 @@ import os
 import socket
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+import uuid
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +49,9 @@ class Worker:
     settings: Settings
     engine: Engine | None  # None: the app's default session factory (tests rebind it)
     device: Any  # torch.device
-    owner: str = f"{socket.gethostname()}:{os.getpid()}"
+    # Unique per Worker instance, made when it is built: a value computed at import time would
+    # be shared by every prefork child of one Celery worker, and the lease could not tell them apart.
+    owner: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}")
     publish: Callable[[str, int], Any] = lambda name, version: None
     sleep: Callable[[float], None] = time.sleep
 
@@ -77,7 +80,9 @@ def drain(w: Worker, model_name: str) -> list[str]:
             return done
         try:
             with LeaseKeeper(w, model_name):
-                while (job_id := next_job(w, model_name)) is not None:
+                # Re-check the lease before each job: a worker that stalled past it and lost it
+                # to another must not pick up (resume) the job that worker now runs.
+                while acquire_lock(w, model_name) and (job_id := next_job(w, model_name)) is not None:
                     run_job(w, job_id)
                     done.append(job_id)
         finally:
@@ -274,6 +279,9 @@ def unlearn_and_publish(w: Worker, job_id: str) -> bool:
     set_progress(w, job_id, "publishing")
     with w.session() as s:
         job = s.get(UnlearningJob, job_id)
+        if not holds_fence(s, w, job, serving=number):
+            s.commit()  # the job_fenced audit event
+            return False
         if not outcome.passed:
             _record(s, job_id, method=None, attempts=outcome.attempts, version_after=None, seconds=seconds)
             fail_job(s, job, "no unlearning method passed verification; the serving model is unchanged")
@@ -297,6 +305,29 @@ def unlearn_and_publish(w: Worker, job_id: str) -> bool:
         s.commit()
         w.publish(job.model_name, version.number)
     return True
+
+
+def holds_fence(s: Session, w: Worker, job: UnlearningJob, *, serving: int) -> bool:
+    """Whether this worker may still write the job's outcome: it holds the model's lease, the
+    job is still open, and the model still serves ``serving``. Locks the model row first, so the
+    check and the write that follows are one step (SQLite: the session's BEGIN IMMEDIATE).
+
+    A worker that stalled past its lease (a long GC pause, a frozen VM) finds that another
+    worker has taken the job over; it must then drop its result, or the version history forks
+    and the request completes twice.
+    """
+    q = select(Model).where(Model.name == job.model_name)
+    if s.get_bind().dialect.name == "postgresql":
+        q = q.with_for_update()
+    model = s.exec(q).one()
+    s.refresh(job)
+    if model.lock_owner == w.owner and job.status in ("running", "deploying") and model.serving_version == serving:
+        return True
+    log.warning("job %s: lease lost or job taken over; dropping this worker's result", job.id)
+    audit.append(s, type="job_fenced", actor=ACTOR,
+                 payload={"job_id": job.id, "model": job.model_name, "worker": w.owner, "lock_owner": model.lock_owner,
+                          "job_status": job.status, "expected_version": serving, "serving_version": model.serving_version})
+    return False
 
 
 def job_model(s: Session, job_id: str) -> str:
@@ -348,7 +379,9 @@ def deploy_and_complete(w: Worker, job_id: str) -> None:
             return
         w.sleep(0.2)
     with w.session() as s:
-        complete_job(s, s.get(UnlearningJob, job_id), w.settings, deploy_s=time.monotonic() - t0)
+        job = s.get(UnlearningJob, job_id)
+        if holds_fence(s, w, job, serving=target_version):
+            complete_job(s, job, w.settings, deploy_s=time.monotonic() - t0)
         s.commit()
 
 

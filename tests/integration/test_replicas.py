@@ -134,7 +134,9 @@ def test_new_replica_is_not_ready_until_it_serves_the_current_version(stack2: St
                 pass
             time.sleep(0.05)
         assert seen and seen[-1] == 200, seen[-5:]
-        assert r.json()["models"]["toy"] == current
+        with stack2.client() as c:
+            history = [(v["version"], v["method"], v["state"]) for v in c.get("/v1/models/toy").json()["versions"]]
+        assert r.json()["models"]["toy"] == current, history
         p = httpx.post(f"{url}/v1/models/toy/predict", json=X, headers=stack2.headers, timeout=30)
         assert p.status_code == 200 and p.json()["model_version"] == current, p.text
     finally:

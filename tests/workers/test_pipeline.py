@@ -144,3 +144,46 @@ def test_art19_recipients_are_notified_on_completion(session: Session, settings,
     assert body["superseded_version"] == 1 and body["clean_version"] == 2 and len(body["clean_sha256"]) == 64
     audit.sync(session)
     assert [e.type for e in audit.list_events(session, request_id=rid, type="recipients_notified")]
+
+
+def test_each_worker_instance_has_its_own_lease_owner(settings) -> None:  # noqa: ANN001
+    import os
+
+    import torch
+
+    # Celery's prefork children share whatever was computed at import time; the owner must not be.
+    a, b = (pipeline.Worker(settings=settings, engine=None, device=torch.device("cpu")) for _ in range(2))
+    assert a.owner != b.owner
+    assert f":{os.getpid()}:" in a.owner
+
+
+def test_worker_that_lost_its_lease_drops_its_result(session: Session, settings, toy_model, worker) -> None:  # noqa: ANN001
+    import dataclasses
+
+    from app.db.models import Model
+
+    rid = _request(session, settings, "toy-02")
+    assert pipeline.acquire_lock(worker, "toy")
+    job_id = pipeline.next_job(worker, "toy")
+    # The worker stalls past its lease and another worker takes the model over.
+    model = session.get(Model, "toy")
+    model.lock_owner = "other-worker"
+    session.add(model)
+    session.commit()
+    pipeline.run_job(worker, job_id)
+    session.expire_all()
+    assert [v.number for v in session.exec(select(ModelVersion).where(ModelVersion.model_name == "toy")).all()] == [1]
+    assert session.get(UnlearningJob, job_id).status == "running"  # left for the new lease holder
+    audit.sync(session)
+    fenced = audit.list_events(session, type="job_fenced", limit=10)
+    assert [e.payload["job_id"] for e in fenced] == [job_id]
+    # The stalled worker's drain loop stops too: it must not resume the job the other one runs.
+    assert pipeline.drain(worker, "toy") == []
+    # The new holder resumes the job and completes it, with one new version.
+    other = dataclasses.replace(worker, owner="other-worker")
+    assert pipeline.drain(other, "toy") == [job_id]
+    session.expire_all()
+    versions = session.exec(select(ModelVersion).where(ModelVersion.model_name == "toy")
+                            .order_by(ModelVersion.number)).all()
+    assert [(v.number, v.parent) for v in versions] == [(1, None), (2, 1)]
+    assert session.get(ErasureRequest, rid).status == "completed"

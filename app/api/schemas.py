@@ -13,6 +13,18 @@ class ErasureCreate(BaseModel):
     reason: str | None = Field(None, max_length=2000, description="Free text kept with the request.")
     callback_url: HttpUrl | None = Field(None, description="POSTed on every status change.")
     policy: str | None = Field(None, max_length=64, description="Unlearning policy: auto (default) or a method name.")
+    identity_verified: bool = Field(
+        True, description="False while the data subject's identity is still being verified (GDPR Art. 12(6)): "
+                          "the request is recorded, nothing is erased and the deadline clock is paused until "
+                          "POST /v1/erasure-requests/{id}/identity.")
+
+
+class IdentityDecision(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    verified: bool = Field(description="True: identity confirmed, the erasure proceeds. False: it could not be "
+                                       "confirmed; the request is rejected and nothing is erased.")
+    note: str | None = Field(None, max_length=2000, description="Kept in the audit log; write it without "
+                                                                  "personal data.")
 
 
 class PredictBody(BaseModel):

@@ -105,6 +105,11 @@ class ErasureRequest(SQLModel, table=True):
     # GDPR Art. 12(3): extendable once by two further months, with reasons, within the first month.
     extended_at: datetime | None = None
     extension_reason: str | None = None
+    # Art. 12(6): while the subject's identity is being verified nothing is erased and the clock
+    # is paused; ``clock_paused_s`` is how long it stood still (added to ``due_at`` on resume).
+    identity_status: str = "verified"  # verified, pending, rejected
+    clock_paused_at: datetime | None = None
+    clock_paused_s: float = 0.0
     callback_url: str | None = None
     error: str | None = None
     result: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))

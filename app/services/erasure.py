@@ -8,7 +8,7 @@ the audit events. A subject with no data completes at once as ``no_data``.
 from __future__ import annotations
 
 import calendar
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy.exc import IntegrityError
@@ -71,8 +71,12 @@ def _replay(session: Session, idempotency_key: str, subject_key: str) -> Erasure
 def create_request(session: Session, *, subject_key: str, reason: str | None = None,
                    callback_url: str | None = None, policy: str = "auto", idempotency_key: str | None = None,
                    api_key_id: str | None = None, source: str = "api", external_id: str | None = None,
-                   actor: str = "api") -> tuple[ErasureRequest, bool]:
-    """Record an erasure request. Returns (request, created); created is False on an idempotent replay."""
+                   actor: str = "api", identity_verified: bool = True) -> tuple[ErasureRequest, bool]:
+    """Record an erasure request. Returns (request, created); created is False on an idempotent replay.
+
+    ``identity_verified=False`` (Art. 12(6)): the request is recorded and its clock paused;
+    nothing is suppressed or erased until :func:`decide_identity` confirms the subject.
+    """
     if idempotency_key and (existing := _replay(session, idempotency_key, subject_key)):
         return existing, False
     now = utcnow()
@@ -90,11 +94,29 @@ def create_request(session: Session, *, subject_key: str, reason: str | None = N
             raise
     else:
         session.add(req)
+    if not identity_verified:
+        req.identity_status, req.clock_paused_at = "pending", now
+        req.status = req.stage = "awaiting_identity"
+        audit.append(session, type="erasure_requested", actor=actor, request_id=req.id, subject_key=subject_key,
+                     payload={"source": source, "policy": policy, "identity": "pending"})
+        audit.append(session, type="clock_paused", actor="lethe", request_id=req.id, subject_key=subject_key,
+                     payload={"reason": "identity verification pending (Art. 12(6))"})
+        session.add(req)
+        session.flush()
+        notify.status_changed(session, req)
+        return req, True
+    _admit(session, req, actor=actor, first_event="erasure_requested")
+    return req, True
+
+
+def _admit(session: Session, req: ErasureRequest, *, actor: str, first_event: str) -> None:
+    """Suppress the subject, fan out one target per model holding their data (or complete as no_data)."""
+    subject_key, now = req.subject_key, utcnow()
     models = session.exec(select(Sample.model_name).where(Sample.subject_key == subject_key,
                                                           col(Sample.deleted).is_(False)).distinct()).all()
     suppress(session, subject_key=subject_key, request_id=req.id)
-    audit.append(session, type="erasure_requested", actor=actor, request_id=req.id, subject_key=subject_key,
-                 payload={"source": source, "policy": policy, "models": sorted(models)})
+    audit.append(session, type=first_event, actor=actor, request_id=req.id, subject_key=subject_key,
+                 payload={"source": req.source, "policy": req.policy, "models": sorted(models)})
     if not models:
         req.status, req.stage, req.percent, req.completed_at = "no_data", "completed", 100.0, now
         req.result = {"models": {}, "note": "no samples of this subject are held; no model was changed"}
@@ -109,7 +131,39 @@ def create_request(session: Session, *, subject_key: str, reason: str | None = N
     session.add(req)
     session.flush()
     notify.status_changed(session, req)
-    return req, True
+
+
+def decide_identity(session: Session, *, request_id: str, verified: bool, note: str | None,
+                    actor: str) -> ErasureRequest:
+    """End an identity check (Art. 12(6)): resume the clock and admit the request, or reject it.
+
+    Resuming adds the paused time to ``due_at``. A rejected request erases nothing; the subject
+    may ask again. The caller commits, then enqueues ``models_to_enqueue``.
+    """
+    req = get_request(session, request_id=request_id)
+    if req.status != "awaiting_identity":
+        raise Conflict(f"Request is {req.status}; only a request awaiting identity verification can be decided.",
+                       code="not_awaiting_identity")
+    now = utcnow()
+    paused = (now - as_utc(req.clock_paused_at)).total_seconds() if req.clock_paused_at else 0.0
+    req.clock_paused_s += paused
+    req.clock_paused_at = None
+    req.due_at = as_utc(req.due_at) + timedelta(seconds=paused)
+    if not verified:
+        req.identity_status = "rejected"
+        req.status = req.stage = "rejected"
+        req.completed_at = now
+        req.error = "the data subject's identity could not be verified; nothing was erased"
+        audit.append(session, type="identity_rejected", actor=actor, request_id=req.id, subject_key=req.subject_key,
+                     payload={"note": note, "paused_s": round(paused, 3)})
+        session.add(req)
+        notify.status_changed(session, req)
+        return req
+    req.identity_status = "verified"
+    audit.append(session, type="identity_verified", actor=actor, request_id=req.id, subject_key=req.subject_key,
+                 payload={"note": note, "paused_s": round(paused, 3), "due_at": req.due_at.isoformat()})
+    _admit(session, req, actor=actor, first_event="erasure_admitted")
+    return req
 
 
 def models_to_enqueue(session: Session, request_id: str) -> list[str]:
@@ -152,8 +206,10 @@ def cancel_request(session: Session, *, request_id: str, actor: str) -> ErasureR
     """Cancel before any job has picked it up. The suppression entry stays (the subject asked)."""
     req = get_request(session, request_id=request_id)
     targets = targets_of(session, request_id)
-    if req.status != "queued" or any(t.status != "queued" for t in targets):
-        raise Conflict(f"Request is {req.status}; only a queued request can be cancelled.", code="not_cancellable")
+    if req.status not in ("queued", "awaiting_identity") or any(t.status != "queued" for t in targets):
+        raise Conflict(f"Request is {req.status}; only a queued request (or one awaiting identity verification) "
+                       "can be cancelled.", code="not_cancellable")
+    req.clock_paused_at = None
     for t in targets:
         t.status = "cancelled"
         session.add(t)
@@ -177,6 +233,9 @@ def public_view(req: ErasureRequest, targets: list[ErasureTarget], base_url: str
         "due_at": req.due_at,
         "completed_at": req.completed_at,
         "extended": req.extended_at is not None,
+        "identity": req.identity_status,
+        "clock_paused": req.clock_paused_at is not None,
+        "clock_paused_s": round(req.clock_paused_s, 3),
         "extension_reason": req.extension_reason,
         "status_url": f"{base_url}/v1/erasure-requests/{req.id}",
         "models": [{"model": t.model_name, "status": t.status, "job_id": t.job_id} for t in targets],

@@ -170,6 +170,63 @@ def test_deadline_extension_once_within_the_first_month(client: TestClient, admi
     assert len(events) == 1 and events[0]["payload"]["reason"] == reason["reason"]
 
 
+def test_identity_verification_pauses_the_clock_and_erases_nothing_until_confirmed(
+        client: TestClient, admin_headers: dict, session: Session, settings, toy_model) -> None:  # noqa: ANN001
+    from datetime import timedelta
+
+    from app.core.security import subject_key
+    from app.db.models import ErasureRequest
+
+    body = {"subject_id": TRAIN_SUBJECT, "identity_verified": False}
+    pending = client.post("/v1/erasure-requests", json=body, headers=admin_headers).json()
+    assert (pending["status"], pending["identity"], pending["clock_paused"]) == ("awaiting_identity", "pending", True)
+    assert pending["models"] == []  # nothing is touched before the subject is confirmed
+    key = subject_key(settings.subject_key_secret, TRAIN_SUBJECT)
+    assert session.get(Suppression, key) is None
+    # Three days pass while the controller checks the subject's identity.
+    req = session.get(ErasureRequest, pending["id"])
+    req.clock_paused_at -= timedelta(days=3)
+    session.add(req)
+    session.commit()
+    r = client.post(f"/v1/erasure-requests/{pending['id']}/identity", json={"verified": True, "note": "ID checked"},
+                    headers=admin_headers)
+    assert r.status_code == 200, r.text
+    resumed = r.json()
+    assert (resumed["status"], resumed["identity"], resumed["clock_paused"]) == ("queued", "verified", False)
+    assert [m["model"] for m in resumed["models"]] == ["toy"]
+    assert 3 * 86400 <= resumed["clock_paused_s"] < 3 * 86400 + 60
+    session.expire_all()
+    req = session.get(ErasureRequest, pending["id"])
+    from app.services.erasure import add_one_month
+
+    assert abs((req.due_at - add_one_month(req.received_at)).total_seconds() - req.clock_paused_s) < 1
+    assert session.get(Suppression, key) is not None
+    again = client.post(f"/v1/erasure-requests/{pending['id']}/identity", json={"verified": True},
+                        headers=admin_headers)
+    assert again.status_code == 409 and again.json()["code"] == "not_awaiting_identity"
+    types = [e["type"] for e in client.get("/v1/audit/events", params={"request_id": pending["id"]},
+                                           headers=admin_headers).json()["items"]]
+    assert types == ["erasure_requested", "clock_paused", "identity_verified", "erasure_admitted", "erasure_queued"]
+
+
+def test_unverified_identity_rejects_and_cancel_works_while_paused(client: TestClient, admin_headers: dict,
+                                                                    session: Session, toy_model) -> None:  # noqa: ANN001
+    body = {"subject_id": "toy-07", "identity_verified": False}
+    first = client.post("/v1/erasure-requests", json=body, headers=admin_headers).json()
+    r = client.post(f"/v1/erasure-requests/{first['id']}/identity", json={"verified": False}, headers=admin_headers)
+    assert r.status_code == 200 and r.json()["status"] == "rejected" and r.json()["identity"] == "rejected"
+    assert "nothing was erased" in r.json()["error"]
+    assert session.exec(select(Suppression)).all() == [] and session.exec(select(ErasureTarget)).all() == []
+    second = client.post("/v1/erasure-requests", json=body, headers=admin_headers).json()
+    overdue = client.get("/v1/erasure-requests", params={"overdue": True}, headers=admin_headers).json()["items"]
+    assert second["id"] not in [i["id"] for i in overdue]
+    cancelled = client.delete(f"/v1/erasure-requests/{second['id']}", headers=admin_headers)
+    assert cancelled.status_code == 202 and cancelled.json()["status"] == "cancelled"
+    bad = client.post(f"/v1/erasure-requests/{second['id']}/identity", json={"verified": "maybe"},
+                      headers=admin_headers)
+    assert bad.status_code == 422
+
+
 def test_month_arithmetic_clamps_to_the_last_day() -> None:
     from datetime import datetime
 

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Header, Query, Response
 
 from app.api.deps import SessionDep, SettingsDep, require
-from app.api.schemas import ErasureCreate, ExtendBody
+from app.api.schemas import ErasureCreate, ExtendBody, IdentityDecision
 from app.core.errors import Unprocessable
 from app.core.queue import enqueue_unlearn
 from app.core.security import subject_key
@@ -32,7 +32,8 @@ def create_erasure_request(body: ErasureCreate, session: SessionDep, settings: S
     req, created = erasure.create_request(
         session, subject_key=subject_key(settings.subject_key_secret, body.subject_id), reason=body.reason,
         callback_url=str(body.callback_url) if body.callback_url else None, policy=policy,
-        idempotency_key=idempotency_key, api_key_id=key.id, actor=f"key:{key.name}")
+        idempotency_key=idempotency_key, api_key_id=key.id, actor=f"key:{key.name}",
+        identity_verified=body.identity_verified)
     targets = erasure.targets_of(session, req.id)
     view = erasure.public_view(req, targets, settings.base_url)  # before commit: no reload after it
     session.commit()
@@ -77,4 +78,22 @@ def extend_erasure_deadline(request_id: str, body: ExtendBody, session: SessionD
     req = erasure.extend_deadline(session, request_id=request_id, reason=body.reason, actor=f"key:{key.name}")
     view = erasure.public_view(req, erasure.targets_of(session, req.id), settings.base_url)
     session.commit()
+    return view
+
+
+@router.post("/{request_id}/identity")
+def decide_identity(request_id: str, body: IdentityDecision, session: SessionDep, settings: SettingsDep,
+                    key: Writer) -> dict[str, Any]:
+    """End the identity check of a request sent with ``identity_verified: false`` (Art. 12(6)).
+
+    ``verified: true`` resumes the paused clock (the pause is added to ``due_at``) and starts the
+    erasure; ``false`` rejects the request and erases nothing.
+    """
+    req = erasure.decide_identity(session, request_id=request_id, verified=body.verified, note=body.note,
+                                  actor=f"key:{key.name}")
+    targets = erasure.targets_of(session, req.id)
+    view = erasure.public_view(req, targets, settings.base_url)
+    session.commit()
+    for model_name in {t.model_name for t in targets if t.status == "queued"}:
+        enqueue_unlearn(model_name)  # only after commit
     return view

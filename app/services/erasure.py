@@ -11,6 +11,8 @@ import calendar
 from datetime import datetime, timedelta
 from typing import Any
 
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
@@ -57,8 +59,11 @@ def extend_deadline(session: Session, *, request_id: str, reason: str, actor: st
 
 
 def suppress(session: Session, *, subject_key: str, request_id: str | None) -> None:
-    if session.get(Suppression, subject_key) is None:
-        session.add(Suppression(subject_key=subject_key, request_id=request_id))
+    """Add the subject's suppression entry unless one exists (the first erasure's stays): one
+    statement, no read first, safe against a concurrent erasure of the same subject."""
+    insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
+    session.execute(insert(Suppression).values(subject_key=subject_key, request_id=request_id, created_at=utcnow())
+                    .on_conflict_do_nothing(index_elements=["subject_key"]))
 
 
 def _replay(session: Session, idempotency_key: str, subject_key: str) -> ErasureRequest | None:
@@ -83,6 +88,13 @@ def create_request(session: Session, *, subject_key: str, reason: str | None = N
     req = ErasureRequest(subject_key=subject_key, source=source, external_id=external_id,
                          idempotency_key=idempotency_key, api_key_id=api_key_id, reason=reason, policy=policy,
                          received_at=now, due_at=add_one_month(now), callback_url=callback_url)
+    # Decide the outcome before the first INSERT, so intake is one row write (no UPDATE after it).
+    models = _models_holding(session, subject_key) if identity_verified else []
+    if identity_verified:
+        _set_admitted(req, models)
+    else:
+        req.identity_status, req.clock_paused_at = "pending", now
+        req.status = req.stage = "awaiting_identity"
     if idempotency_key:
         try:
             with session.begin_nested():  # a concurrent request with the same key may win the insert
@@ -95,40 +107,46 @@ def create_request(session: Session, *, subject_key: str, reason: str | None = N
     else:
         session.add(req)
     if not identity_verified:
-        req.identity_status, req.clock_paused_at = "pending", now
-        req.status = req.stage = "awaiting_identity"
         audit.append(session, type="erasure_requested", actor=actor, request_id=req.id, subject_key=subject_key,
                      payload={"source": source, "policy": policy, "identity": "pending"})
         audit.append(session, type="clock_paused", actor="lethe", request_id=req.id, subject_key=subject_key,
                      payload={"reason": "identity verification pending (Art. 12(6))"})
-        session.add(req)
         session.flush()
         notify.status_changed(session, req)
         return req, True
-    _admit(session, req, actor=actor, first_event="erasure_requested")
+    _record_admission(session, req, models, actor=actor, first_event="erasure_requested")
     return req, True
 
 
-def _admit(session: Session, req: ErasureRequest, *, actor: str, first_event: str) -> None:
-    """Suppress the subject, fan out one target per model holding their data (or complete as no_data)."""
-    subject_key, now = req.subject_key, utcnow()
-    models = session.exec(select(Sample.model_name).where(Sample.subject_key == subject_key,
-                                                          col(Sample.deleted).is_(False)).distinct()).all()
+def _models_holding(session: Session, subject_key: str) -> list[str]:
+    return sorted(session.exec(select(Sample.model_name).where(Sample.subject_key == subject_key,
+                                                               col(Sample.deleted).is_(False)).distinct()).all())
+
+
+def _set_admitted(req: ErasureRequest, models: list[str]) -> None:
+    """Status of an admitted request: queued for its models, or at once ``no_data``."""
+    if models:
+        req.status, req.stage = "queued", "queued"
+    else:
+        req.status, req.stage, req.percent, req.completed_at = "no_data", "completed", 100.0, utcnow()
+        req.result = {"models": {}, "note": "no samples of this subject are held; no model was changed"}
+
+
+def _record_admission(session: Session, req: ErasureRequest, models: list[str], *, actor: str,
+                      first_event: str) -> None:
+    """Suppress the subject, fan out one target per model holding their data, audit, notify."""
+    subject_key = req.subject_key
     suppress(session, subject_key=subject_key, request_id=req.id)
     audit.append(session, type=first_event, actor=actor, request_id=req.id, subject_key=subject_key,
-                 payload={"source": req.source, "policy": req.policy, "models": sorted(models)})
+                 payload={"source": req.source, "policy": req.policy, "models": models})
     if not models:
-        req.status, req.stage, req.percent, req.completed_at = "no_data", "completed", 100.0, now
-        req.result = {"models": {}, "note": "no samples of this subject are held; no model was changed"}
         audit.append(session, type="erasure_completed", actor="lethe", request_id=req.id,
                      subject_key=subject_key, payload={"status": "no_data"})
     else:
-        req.status, req.stage = "queued", "queued"
-        for name in sorted(models):
+        for name in models:
             session.add(ErasureTarget(request_id=req.id, model_name=name))
         audit.append(session, type="erasure_queued", actor="lethe", request_id=req.id,
-                     subject_key=subject_key, payload={"models": sorted(models)})
-    session.add(req)
+                     subject_key=subject_key, payload={"models": models})
     session.flush()
     notify.status_changed(session, req)
 
@@ -162,7 +180,10 @@ def decide_identity(session: Session, *, request_id: str, verified: bool, note: 
     req.identity_status = "verified"
     audit.append(session, type="identity_verified", actor=actor, request_id=req.id, subject_key=req.subject_key,
                  payload={"note": note, "paused_s": round(paused, 3), "due_at": req.due_at.isoformat()})
-    _admit(session, req, actor=actor, first_event="erasure_admitted")
+    models = _models_holding(session, req.subject_key)
+    _set_admitted(req, models)
+    session.add(req)
+    _record_admission(session, req, models, actor=actor, first_event="erasure_admitted")
     return req
 
 

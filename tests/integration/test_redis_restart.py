@@ -8,6 +8,7 @@ the broker is back.
 
 from __future__ import annotations
 
+import re
 import shutil
 import signal
 import subprocess
@@ -65,11 +66,6 @@ class PrivateRedis:
         except Exception:  # noqa: BLE001
             return False
 
-    def dbsize(self) -> int:
-        import redis
-
-        return int(redis.Redis.from_url(self.url, socket_connect_timeout=1, socket_timeout=1).dbsize())
-
     def kill(self) -> None:
         """SIGKILL: no shutdown save, no goodbye to clients."""
         if self.proc is None or self.proc.poll() is not None:
@@ -106,6 +102,29 @@ def _stack_for(tmp_path: Path, r: PrivateRedis, redis_db: int) -> tuple[Stack, c
                                   "LETHE_BATCH_WINDOW_S": "6"})
 
 
+def _log_size(stack: Stack) -> int:
+    path = stack.data_dir / "run.log"
+    return path.stat().st_size if path.exists() else 0
+
+
+def _wait_log(stack: Stack, r: PrivateRedis, pattern: str, *, since: int = 0, timeout: float = 120) -> None:
+    """Wait until ``pattern`` (a regex) appears in the stack's log after byte offset ``since``."""
+    rx = re.compile(pattern.encode())
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with open(stack.data_dir / "run.log", "rb") as f:
+            f.seek(since)
+            if rx.search(f.read()):
+                return
+        assert stack.proc.poll() is None, f"lethe run died{_diag(stack, r)}"
+        time.sleep(0.1)
+    raise AssertionError(f"{pattern!r} never appeared in the log{_diag(stack, r)}")
+
+
+WORKER_READY = r"celery@\S+ ready\."
+UNLEARN_RECEIVED = r"Task lethe\.unlearn_model\[[0-9a-f-]+\] received"
+
+
 def _diag(stack: Stack, r: PrivateRedis) -> str:
     alive = "alive" if stack.proc.poll() is None else f"exited rc={stack.proc.returncode}"
     return f"\n--- lethe run ({alive}) ---\n{stack.logs()}\n--- private redis ---\n{r.log()}"
@@ -136,18 +155,29 @@ def _assert_completed_and_served(stack: Stack, r: PrivateRedis, rid: str, versio
     assert stack.proc.poll() is None, f"lethe run died{_diag(stack, r)}"
 
 
-def test_redis_restart_after_acknowledged_request_still_completes(tmp_path: Path,
-                                                                  private_redis: PrivateRedis) -> None:
-    """202 acknowledged, then Redis is killed and comes back empty: the request still completes."""
+@pytest.mark.parametrize("kill_at", ["right_after_202", "task_in_worker"])
+def test_redis_restart_after_acknowledged_request_still_completes(tmp_path: Path, private_redis: PrivateRedis,
+                                                                  kill_at: str) -> None:
+    """202 acknowledged, then Redis is killed and comes back empty: the request still completes.
+
+    ``right_after_202``: the kill races the delivery (the message is in Redis or just delivered).
+    ``task_in_worker``: the worker already holds the unacked message and waits in its batch window;
+    the kill takes the message (and Redis' unacked copy) with it.
+    """
     r = private_redis
     stack, cleanup = _stack_for(tmp_path, r, redis_db=14)
     try:
+        # /readyz is the API only; wait for the Celery worker too, so the kill hits a running consumer.
+        _wait_log(stack, r, WORKER_READY)
         with stack.client() as c:
             version_before = _serving_version(c)
+            since = _log_size(stack)
             created = c.post("/v1/erasure-requests", json={"subject_id": "toy-03", "reason": "Art. 17"})
             assert created.status_code == 202, created.text
             rid = created.json()["id"]
-            r.kill()  # the message (queued or unacked in the worker's batch window) is gone with it
+            if kill_at == "task_in_worker":
+                _wait_log(stack, r, UNLEARN_RECEIVED, since=since, timeout=60)
+            r.kill()  # every message, queued or unacked, is gone with it
             at_kill = c.get(f"/v1/erasure-requests/{rid}").json()
             assert at_kill["status"] not in ("completed", "failed"), f"finished before the kill: {at_kill}"
             time.sleep(2)
@@ -166,6 +196,7 @@ def test_request_submitted_while_redis_is_down_is_accepted_and_completes(tmp_pat
     r = private_redis
     stack, cleanup = _stack_for(tmp_path, r, redis_db=15)
     try:
+        _wait_log(stack, r, WORKER_READY)
         with stack.client() as c:
             version_before = _serving_version(c)
         r.kill()

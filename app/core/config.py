@@ -43,6 +43,10 @@ class Settings(BaseSettings):
     default_policy: str = Field("auto", description="Unlearning policy when a request names none.")
     batch_window_s: float = Field(2.0, description="Wait this long for more requests before starting a job.")
     batch_max: int = Field(500, description="Most erasure requests folded into one job.")
+    intake_rate_per_s: float = Field(
+        0.0, ge=0, description="Erasure intake (native, OpenDSR, Fides) per API key and replica, requests/s; "
+                               "over it: 429 with Retry-After. 0 = unlimited.")
+    intake_burst: int = Field(200, ge=1, description="Requests an API key may send at once before the rate applies.")
     max_job_attempts: int = Field(3, description="A job re-delivered more often than this fails visibly.")
     job_lease_s: float = Field(
         120.0, description="Per-model job lease, renewed every third of it; a dead worker's lease expires after this.")

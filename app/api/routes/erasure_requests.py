@@ -10,6 +10,7 @@ from app.api.deps import SessionDep, SettingsDep, require
 from app.api.schemas import ErasureCreate, ExtendBody, IdentityDecision
 from app.core.errors import Unprocessable
 from app.core.queue import enqueue_unlearn
+from app.core.ratelimit import check_intake
 from app.core.security import subject_key
 from app.db.models import ApiKey
 from app.services import erasure
@@ -26,6 +27,7 @@ def create_erasure_request(body: ErasureCreate, session: SessionDep, settings: S
                            response: Response,
                            idempotency_key: Annotated[str | None, Header(max_length=200)] = None) -> dict[str, Any]:
     """Record an erasure request; unlearning runs in the background. Poll the status URL."""
+    check_intake(key.id, rate=settings.intake_rate_per_s, burst=settings.intake_burst)
     policy = body.policy or settings.default_policy
     if policy not in KNOWN_POLICIES:
         raise Unprocessable(f"Unknown policy {policy!r}; known: {list(KNOWN_POLICIES)}.", code="unknown_policy")

@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from app.api.deps import SessionDep, SettingsDep, require
 from app.core.queue import enqueue_unlearn
+from app.core.ratelimit import check_intake
 from app.db.models import ApiKey
 from app.services import erasure, fides
 
@@ -30,6 +31,7 @@ def fides_webhook(body: FidesWebhook, session: SessionDep, settings: SettingsDep
                   reply_to: Annotated[str | None, Header(alias="reply-to")] = None,
                   reply_to_token: Annotated[str | None, Header(alias="reply-to-token")] = None) -> dict[str, Any]:
     """Pre-execution policy webhook: record the erasure; two-way answers halt until it completes."""
+    check_intake(key.id, rate=settings.intake_rate_per_s, burst=settings.intake_burst)
     answer, req = fides.handle_webhook(
         session, privacy_request_id=body.privacy_request_id, direction=body.direction,
         callback_type=body.callback_type, identity=body.identity or body.identities or {}, reply_to=reply_to,

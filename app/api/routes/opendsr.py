@@ -18,6 +18,7 @@ from fastapi.routing import APIRoute
 
 from app.api.deps import SessionDep, SettingsDep, require
 from app.core.errors import LetheError
+from app.core.ratelimit import check_intake
 from app.core.queue import enqueue_unlearn
 from app.core.signing import get_keys
 from app.db.models import ApiKey, utcnow
@@ -93,6 +94,7 @@ def dialect_router(d: Dialect, *, base: str | None = None, meta: bool = True) ->
     @router.post(f"/{d.collection}", status_code=201, operation_id=f"{n}_create")
     def create(raw: RawBody, session: SessionDep, settings: SettingsDep, key: Writer) -> Response:
         """Spec section 7: accept an erasure or access request; 201 with a signed receipt."""
+        check_intake(key.id, rate=settings.intake_rate_per_s, burst=settings.intake_burst)
         row, to_enqueue = opendsr.create(session, dialect=d, raw=raw, controller_id=key.id,
                                          actor=f"key:{key.name}", settings=settings)
         session.commit()

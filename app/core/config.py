@@ -47,6 +47,9 @@ class Settings(BaseSettings):
         0.0, ge=0, description="Erasure intake (native, OpenDSR, Fides) per API key and replica, requests/s; "
                                "over it: 429 with Retry-After. 0 = unlimited.")
     intake_burst: int = Field(200, ge=1, description="Requests an API key may send at once before the rate applies.")
+    intake_batch_max: int = Field(
+        64, ge=1, description="Most erasure requests one intake transaction records (group commit; 1 = one "
+                              "transaction per request).")
     max_job_attempts: int = Field(3, description="A job re-delivered more often than this fails visibly.")
     job_lease_s: float = Field(
         120.0, description="Per-model job lease, renewed every third of it; a dead worker's lease expires after this.")

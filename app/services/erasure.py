@@ -8,6 +8,7 @@ the audit events. A subject with no data completes at once as ``no_data``.
 from __future__ import annotations
 
 import calendar
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -16,7 +17,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
-from app.core.errors import Conflict, NotFound
+from app.core.errors import Conflict, LetheError, NotFound
 from app.db.models import ErasureRequest, ErasureTarget, Sample, Suppression, as_utc, utcnow
 from app.services import audit, notify
 
@@ -58,64 +59,145 @@ def extend_deadline(session: Session, *, request_id: str, reason: str, actor: st
     return req
 
 
-def suppress(session: Session, *, subject_key: str, request_id: str | None) -> None:
-    """Add the subject's suppression entry unless one exists (the first erasure's stays): one
-    statement, no read first, safe against a concurrent erasure of the same subject."""
+def suppress_many(session: Session, request_of: dict[str, str]) -> None:
+    """Add a suppression entry per subject key (``{subject_key: request_id}``) unless one exists
+    (the first erasure's stays): one statement, no read first, safe against a concurrent erasure
+    of the same subject."""
+    if not request_of:
+        return
     insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
-    session.execute(insert(Suppression).values(subject_key=subject_key, request_id=request_id, created_at=utcnow())
+    now = utcnow()
+    session.execute(insert(Suppression).values([{"subject_key": k, "request_id": r, "created_at": now}
+                                                for k, r in sorted(request_of.items())])
                     .on_conflict_do_nothing(index_elements=["subject_key"]))
 
 
 def _replay(session: Session, idempotency_key: str, subject_key: str) -> ErasureRequest | None:
     existing = session.exec(select(ErasureRequest).where(ErasureRequest.idempotency_key == idempotency_key)).first()
     if existing is not None and existing.subject_key != subject_key:
-        raise Conflict("This Idempotency-Key was already used for a different request.", code="idempotency_key_reused")
+        raise _key_reused()
     return existing
 
 
-def create_request(session: Session, *, subject_key: str, reason: str | None = None,
-                   callback_url: str | None = None, policy: str = "auto", idempotency_key: str | None = None,
-                   api_key_id: str | None = None, source: str = "api", external_id: str | None = None,
-                   actor: str = "api", identity_verified: bool = True) -> tuple[ErasureRequest, bool]:
-    """Record an erasure request. Returns (request, created); created is False on an idempotent replay.
+def _key_reused() -> Conflict:
+    return Conflict("This Idempotency-Key was already used for a different request.", code="idempotency_key_reused")
 
-    ``identity_verified=False`` (Art. 12(6)): the request is recorded and its clock paused;
-    nothing is suppressed or erased until :func:`decide_identity` confirms the subject.
-    """
-    if idempotency_key and (existing := _replay(session, idempotency_key, subject_key)):
-        return existing, False
-    now = utcnow()
-    req = ErasureRequest(subject_key=subject_key, source=source, external_id=external_id,
-                         idempotency_key=idempotency_key, api_key_id=api_key_id, reason=reason, policy=policy,
-                         received_at=now, due_at=add_one_month(now), callback_url=callback_url)
-    # Decide the outcome before the first INSERT, so intake is one row write (no UPDATE after it).
-    models = _models_holding(session, subject_key) if identity_verified else []
-    if identity_verified:
-        _set_admitted(req, models)
+
+@dataclass(frozen=True)
+class IntakeItem:
+    """One erasure request as received (the subject already pseudonymised)."""
+
+    subject_key: str
+    reason: str | None = None
+    callback_url: str | None = None
+    policy: str = "auto"
+    idempotency_key: str | None = None
+    api_key_id: str | None = None
+    source: str = "api"
+    external_id: str | None = None
+    actor: str = "api"
+    identity_verified: bool = True
+
+
+@dataclass
+class Intake:
+    """The outcome of one item: the request, whether this call created it, and (when it did)
+    its targets, so the caller needs no read to describe it."""
+
+    request: ErasureRequest
+    created: bool
+    targets: list[ErasureTarget] | None = None
+
+
+def create_request(session: Session, **fields: Any) -> tuple[ErasureRequest, bool]:
+    """Record one erasure request (fields of :class:`IntakeItem`). Returns (request, created);
+    created is False on an idempotent replay. A concurrent request with the same
+    Idempotency-Key may win the insert: this one then replays it."""
+    item = IntakeItem(**fields)
+    if not item.idempotency_key:
+        out = create_requests(session, [item])[0]
     else:
-        req.identity_status, req.clock_paused_at = "pending", now
-        req.status = req.stage = "awaiting_identity"
-    if idempotency_key:
         try:
-            with session.begin_nested():  # a concurrent request with the same key may win the insert
-                session.add(req)
-                session.flush()
+            with session.begin_nested():
+                out = create_requests(session, [item])[0]
         except IntegrityError:
-            if existing := _replay(session, idempotency_key, subject_key):
+            if existing := _replay(session, item.idempotency_key, item.subject_key):
                 return existing, False
             raise
-    else:
+    if isinstance(out, Exception):
+        raise out
+    return out.request, out.created
+
+
+def create_requests(session: Session, items: list[IntakeItem]) -> list[Intake | LetheError]:
+    """Record a batch of erasure requests in the caller's transaction, in a fixed number of
+    statements whatever the batch size (group commit: ``app/services/intake.py``).
+
+    Per item, in one transaction: the request row, a suppression entry (nothing of this subject
+    may be ingested from now on), one target per model that holds the subject's samples, and
+    the audit events; a subject with no data completes at once as ``no_data``. An item with
+    ``identity_verified=False`` (Art. 12(6)) is recorded with its clock paused and nothing is
+    suppressed or erased until :func:`decide_identity` confirms the subject.
+
+    An item that is refused (an Idempotency-Key reused for another subject) gets its error in
+    its slot and writes nothing. A database error (e.g. a concurrent insert of the same key)
+    raises: the caller rolls back and retries the items one by one.
+    """
+    idem = sorted({i.idempotency_key for i in items if i.idempotency_key})
+    known: dict[str, ErasureRequest] = {}
+    if idem:
+        known = {r.idempotency_key: r for r in session.exec(
+            select(ErasureRequest).where(col(ErasureRequest.idempotency_key).in_(idem))).all()}
+    subjects = sorted({i.subject_key for i in items if i.identity_verified})
+    holding: dict[str, list[str]] = {}
+    if subjects:
+        for key, model in session.exec(select(Sample.subject_key, Sample.model_name).where(
+                col(Sample.subject_key).in_(subjects), col(Sample.deleted).is_(False)).distinct()).all():
+            holding.setdefault(key, []).append(model)
+    out: list[Intake | LetheError] = []
+    fresh: list[tuple[ErasureRequest, IntakeItem, list[str]]] = []
+    now = utcnow()
+    for item in items:
+        if item.idempotency_key and (existing := known.get(item.idempotency_key)) is not None:
+            out.append(Intake(existing, False) if existing.subject_key == item.subject_key else _key_reused())
+            continue
+        req = ErasureRequest(subject_key=item.subject_key, source=item.source, external_id=item.external_id,
+                             idempotency_key=item.idempotency_key, api_key_id=item.api_key_id, reason=item.reason,
+                             policy=item.policy, received_at=now, due_at=add_one_month(now),
+                             callback_url=item.callback_url)
+        # Decide the outcome before the INSERT: intake writes each row once, no UPDATE after it.
+        models = sorted(holding.get(item.subject_key, []))
+        if item.identity_verified:
+            _set_admitted(req, models)
+        else:
+            req.identity_status, req.clock_paused_at = "pending", now
+            req.status = req.stage = "awaiting_identity"
+        if item.idempotency_key:
+            known[item.idempotency_key] = req  # a repeat inside this batch replays it
         session.add(req)
-    if not identity_verified:
-        audit.append(session, type="erasure_requested", actor=actor, request_id=req.id, subject_key=subject_key,
-                     payload={"source": source, "policy": policy, "identity": "pending"})
-        audit.append(session, type="clock_paused", actor="lethe", request_id=req.id, subject_key=subject_key,
-                     payload={"reason": "identity verification pending (Art. 12(6))"})
-        session.flush()
-        notify.status_changed(session, req)
-        return req, True
-    _record_admission(session, req, models, actor=actor, first_event="erasure_requested")
-    return req, True
+        fresh.append((req, item, models))
+        out.append(Intake(req, True, []))
+    if not fresh:
+        return out
+    session.flush()  # every request row in one INSERT
+    suppress_many(session, {req.subject_key: req.id for req, item, _ in fresh if item.identity_verified})
+    targets: dict[str, list[ErasureTarget]] = {}
+    for req, item, models in fresh:
+        if item.identity_verified:
+            targets[req.id] = _record_admission(session, req, models, actor=item.actor,
+                                                first_event="erasure_requested", suppressed=True)
+        else:
+            audit.append(session, type="erasure_requested", actor=item.actor, request_id=req.id,
+                         subject_key=req.subject_key,
+                         payload={"source": item.source, "policy": item.policy, "identity": "pending"})
+            audit.append(session, type="clock_paused", actor="lethe", request_id=req.id, subject_key=req.subject_key,
+                         payload={"reason": "identity verification pending (Art. 12(6))"})
+            notify.status_changed(session, req)
+    session.flush()
+    for result in out:
+        if isinstance(result, Intake) and result.created:
+            result.targets = targets.get(result.request.id, [])
+    return out
 
 
 def _models_holding(session: Session, subject_key: str) -> list[str]:
@@ -133,22 +215,23 @@ def _set_admitted(req: ErasureRequest, models: list[str]) -> None:
 
 
 def _record_admission(session: Session, req: ErasureRequest, models: list[str], *, actor: str,
-                      first_event: str) -> None:
+                      first_event: str, suppressed: bool = False) -> list[ErasureTarget]:
     """Suppress the subject, fan out one target per model holding their data, audit, notify."""
     subject_key = req.subject_key
-    suppress(session, subject_key=subject_key, request_id=req.id)
+    if not suppressed:
+        suppress_many(session, {subject_key: req.id})
     audit.append(session, type=first_event, actor=actor, request_id=req.id, subject_key=subject_key,
                  payload={"source": req.source, "policy": req.policy, "models": models})
+    targets = [ErasureTarget(request_id=req.id, model_name=name) for name in models]
     if not models:
         audit.append(session, type="erasure_completed", actor="lethe", request_id=req.id,
                      subject_key=subject_key, payload={"status": "no_data"})
     else:
-        for name in models:
-            session.add(ErasureTarget(request_id=req.id, model_name=name))
+        session.add_all(targets)
         audit.append(session, type="erasure_queued", actor="lethe", request_id=req.id,
                      subject_key=subject_key, payload={"models": models})
-    session.flush()
     notify.status_changed(session, req)
+    return targets
 
 
 def decide_identity(session: Session, *, request_id: str, verified: bool, note: str | None,
@@ -184,6 +267,7 @@ def decide_identity(session: Session, *, request_id: str, verified: bool, note: 
     _set_admitted(req, models)
     session.add(req)
     _record_admission(session, req, models, actor=actor, first_event="erasure_admitted")
+    session.flush()
     return req
 
 

@@ -13,7 +13,7 @@ from app.core.queue import enqueue_unlearn
 from app.core.ratelimit import check_intake
 from app.core.security import subject_key
 from app.db.models import ApiKey
-from app.services import erasure
+from app.services import erasure, intake
 
 router = APIRouter(prefix="/v1/erasure-requests", tags=["erasure"])
 Writer = Annotated[ApiKey, Depends(require("erasure:write"))]
@@ -23,28 +23,26 @@ KNOWN_POLICIES = ("auto", "retrain", "sisa", "finetune", "neggrad_plus", "scrub"
 
 
 @router.post("", status_code=202)
-def create_erasure_request(body: ErasureCreate, session: SessionDep, settings: SettingsDep, key: Writer,
-                           response: Response,
+def create_erasure_request(body: ErasureCreate, settings: SettingsDep, key: Writer, response: Response,
                            idempotency_key: Annotated[str | None, Header(max_length=200)] = None) -> dict[str, Any]:
     """Record an erasure request; unlearning runs in the background. Poll the status URL."""
     check_intake(key.id, rate=settings.intake_rate_per_s, burst=settings.intake_burst)
     policy = body.policy or settings.default_policy
     if policy not in KNOWN_POLICIES:
         raise Unprocessable(f"Unknown policy {policy!r}; known: {list(KNOWN_POLICIES)}.", code="unknown_policy")
-    req, created = erasure.create_request(
-        session, subject_key=subject_key(settings.subject_key_secret, body.subject_id), reason=body.reason,
+    item = erasure.IntakeItem(
+        subject_key=subject_key(settings.subject_key_secret, body.subject_id), reason=body.reason,
         callback_url=str(body.callback_url) if body.callback_url else None, policy=policy,
         idempotency_key=idempotency_key, api_key_id=key.id, actor=f"key:{key.name}",
         identity_verified=body.identity_verified)
-    targets = erasure.targets_of(session, req.id)
-    view = erasure.public_view(req, targets, settings.base_url)  # before commit: no reload after it
-    session.commit()
-    for model_name in {t.model_name for t in targets if created and t.status == "queued"}:
+    # Durable before the 202: the group committer returns once the request's transaction committed.
+    accepted = intake.committer(base_url=settings.base_url, max_batch=settings.intake_batch_max).submit(item)
+    for model_name in accepted.enqueue:
         enqueue_unlearn(model_name)  # only after commit (STYLE.md principle 5)
-    response.headers["Location"] = view["status_url"]
-    if not created:
+    response.headers["Location"] = accepted.view["status_url"]
+    if not accepted.created:
         response.headers["Idempotent-Replayed"] = "true"
-    return view
+    return accepted.view
 
 
 @router.get("/{request_id}")

@@ -22,12 +22,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import delete
+from sqlalchemy import delete, text
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DBAPIError
 from sqlmodel import Session, col, select
 
 from app.core import db
 from app.core.config import Settings
+from app.core.errors import database_unavailable
 from app.db.models import ErasureRequest, ErasureTarget, Model, ModelVersion, Sample, UnlearningJob, utcnow
 from app.ml.spec import Example
 from app.ml.specs import get_spec
@@ -54,6 +56,9 @@ class Worker:
     owner: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}")
     publish: Callable[[str, int], Any] = lambda name, version: None
     sleep: Callable[[float], None] = time.sleep
+    # Jobs this worker saw interrupted by a database outage: resuming them is not a re-delivery
+    # (``max_job_attempts`` is there to stop a job that kills its worker, not to punish DB blips).
+    db_interrupted: set[str] = field(default_factory=set)
 
     def session(self) -> Session:
         return Session(self.engine) if self.engine is not None else db.new_session()
@@ -80,15 +85,53 @@ def drain(w: Worker, model_name: str) -> list[str]:
             return done
         try:
             with LeaseKeeper(w, model_name):
-                # Re-check the lease before each job: a worker that stalled past it and lost it
-                # to another must not pick up (resume) the job that worker now runs.
-                while acquire_lock(w, model_name) and (job_id := next_job(w, model_name)) is not None:
-                    run_job(w, job_id)
-                    done.append(job_id)
+                _run_jobs(w, model_name, done)
         finally:
             release_lock(w, model_name)
         if queued_count(w, model_name) == 0:  # a request may have arrived while we held the lease
             return done
+
+
+def _run_jobs(w: Worker, model_name: str, done: list[str]) -> None:
+    """Run jobs while this worker holds the lease. A database outage mid-job does not end the
+    drain: wait for the database, then resume the same job (it is not counted as a delivery)."""
+    while True:
+        job_id: str | None = None
+        try:
+            # Re-check the lease before each job: a worker that stalled past it and lost it
+            # to another must not pick up (resume) the job that worker now runs.
+            if not acquire_lock(w, model_name) or (job_id := next_job(w, model_name)) is None:
+                return
+            run_job(w, job_id)
+            done.append(job_id)
+        except DBAPIError as exc:
+            if database_unavailable(exc) is None:
+                raise
+            log.warning("model %s: database error (%s); waiting for the database", model_name,
+                        type(exc.orig).__name__)
+            was_down = wait_for_database(w)
+            # An outage is a lost connection or a database that did not answer. Anything else
+            # (an OperationalError that repeats, e.g. a schema mismatch) counts as a delivery,
+            # so a job that keeps failing still ends visibly after max_job_attempts.
+            if job_id is not None and (exc.connection_invalidated or was_down):
+                w.db_interrupted.add(job_id)
+
+
+def wait_for_database(w: Worker) -> bool:
+    """Poll the database with backoff until it answers; raise after ``db_outage_wait_s``.
+    Returns whether it was down (at least one probe failed)."""
+    deadline, delay, was_down = time.monotonic() + w.settings.db_outage_wait_s, 0.5, False
+    while True:
+        try:
+            with w.session() as s:
+                s.exec(text("SELECT 1"))
+            return was_down
+        except DBAPIError:
+            if time.monotonic() > deadline:
+                raise
+            was_down = True
+            w.sleep(delay)
+            delay = min(delay * 2, 5.0)
 
 
 def next_job(w: Worker, model_name: str) -> str | None:
@@ -141,13 +184,17 @@ def _resume_orphan(w: Worker, model_name: str) -> str | None:
                         .order_by(col(UnlearningJob.started_at))).first()
         if orphan is None:
             return None
-        orphan.deliveries += 1
+        cause = "database_unavailable" if orphan.id in w.db_interrupted else "redelivered"
+        w.db_interrupted.discard(orphan.id)
+        if cause == "redelivered":
+            orphan.deliveries += 1
         if orphan.deliveries > w.settings.max_job_attempts:
             fail_job(s, orphan, f"job was interrupted {orphan.deliveries - 1} times; giving up")
             s.commit()
             return "gave_up"
         audit.append(s, type="job_resumed", actor=ACTOR,
-                     payload={"job_id": orphan.id, "model": model_name, "delivery": orphan.deliveries})
+                     payload={"job_id": orphan.id, "model": model_name, "delivery": orphan.deliveries,
+                              "cause": cause})
         s.add(orphan)
         s.commit()
         return orphan.id

@@ -51,6 +51,9 @@ class Settings(BaseSettings):
         64, ge=1, description="Most erasure requests one intake transaction records (group commit; 1 = one "
                               "transaction per request).")
     max_job_attempts: int = Field(3, description="A job re-delivered more often than this fails visibly.")
+    db_outage_wait_s: float = Field(
+        600.0, gt=0, description="A worker whose job hit a database outage waits this long for the database, "
+                                 "then resumes the job; longer, the job is left to the reconciler.")
     job_lease_s: float = Field(
         120.0, description="Per-model job lease, renewed every third of it; a dead worker's lease expires after this.")
     replica_ttl_s: float = Field(10.0, description="A replica silent for longer drops out of the live set.")

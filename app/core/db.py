@@ -12,6 +12,7 @@ import functools
 from collections.abc import Iterator
 
 from sqlalchemy import event
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, SQLModel, create_engine
 
@@ -61,8 +62,18 @@ def new_session() -> Session:
 
 
 def get_session() -> Iterator[Session]:
-    with new_session() as session:
+    session = new_session()
+    try:
         yield session
+    finally:
+        try:
+            session.close()
+        except DBAPIError as exc:
+            # The connection died after the handler answered (a DB restart, a killed backend):
+            # the ROLLBACK on close has nothing left to undo. Raising here would turn a sent 200
+            # into an "unhandled error" and make uvicorn drop the client's connection.
+            if not exc.connection_invalidated:
+                raise
 
 
 @contextlib.contextmanager

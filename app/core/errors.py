@@ -83,7 +83,34 @@ def _clean_validation_errors(exc: RequestValidationError) -> list[dict[str, Any]
     return [{"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")} for e in exc.errors()]
 
 
+DB_RETRY_AFTER_S = 5
+
+
+def database_unavailable(exc: BaseException) -> LetheError | None:
+    """The 503 for a database that is down or dropped the connection; None for other errors.
+
+    Answering these through a specific handler (not the catch-all) keeps the client's keep-alive
+    connection open: Starlette's catch-all re-raises after its 500, and uvicorn then drops it.
+    """
+    from sqlalchemy.exc import DBAPIError, OperationalError
+
+    if isinstance(exc, OperationalError) or (isinstance(exc, DBAPIError) and exc.connection_invalidated):
+        return Unavailable("The database is unavailable; retry shortly (with the same Idempotency-Key, a retry "
+                           "never creates a second request).", code="database_unavailable",
+                           headers={"Retry-After": str(DB_RETRY_AFTER_S)})
+    return None
+
+
 def install_error_handlers(app: FastAPI) -> None:
+    from sqlalchemy.exc import DBAPIError
+
+    @app.exception_handler(DBAPIError)
+    async def _db(request: Request, exc: DBAPIError) -> JSONResponse:
+        if (err := database_unavailable(exc)) is None:
+            return await _unexpected(request, exc)
+        log.warning("database unavailable on %s: %s", request.url.path, type(exc.orig).__name__)
+        return problem(err.status, err.title, err.detail, err.code, request.url.path, headers=err.headers)
+
     @app.exception_handler(LetheError)
     async def _lethe(request: Request, exc: LetheError) -> JSONResponse:
         return problem(exc.status, exc.title, exc.detail, exc.code, request.url.path, exc.errors, exc.headers)

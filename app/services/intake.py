@@ -9,9 +9,10 @@ and only then releases each caller. Under no load a batch is one request and not
 load the batch grows by itself while the previous commit is in flight (no timer, no added
 latency), the same trick databases use for their own log.
 
-A batch that fails in the database (say a concurrent insert of the same Idempotency-Key by
-another replica) is rolled back and its items are retried one by one, each in its own
-transaction, so one bad request never fails its neighbours.
+A batch that fails in the database before its commit (say a concurrent insert of the same
+Idempotency-Key by another replica) is rolled back and its items are retried one by one, each in
+its own transaction, so one bad request never fails its neighbours. A failed COMMIT is not
+retried: its outcome is unknown, and only the caller's retry with its Idempotency-Key is safe.
 """
 
 from __future__ import annotations
@@ -100,20 +101,30 @@ class GroupCommitter:
     def _commit(self, batch: list[tuple[erasure.IntakeItem, Future[Accepted]]]) -> None:
         self.batches += 1
         self.largest_batch = max(self.largest_batch, len(batch))
-        try:
-            with self._session() as s:
+        with self._session() as s:
+            try:
                 results = erasure.create_requests(s, [item for item, _ in batch])
                 answers = [r if isinstance(r, LetheError) else _describe(s, r, self.base_url) for r in results]
+            except Exception:  # noqa: BLE001 - nothing committed: retry one by one, each with its own outcome
+                s.rollback()
+                if len(batch) > 1:
+                    log.info("intake batch of %d failed; retrying its items one by one", len(batch))
+                for item, fut in batch:
+                    try:
+                        fut.set_result(self._one(item))
+                    except Exception as exc:  # noqa: BLE001
+                        fut.set_exception(exc)
+                return
+            try:
                 s.commit()
-        except Exception:  # noqa: BLE001 - retry one by one; each item gets its own outcome
-            if len(batch) > 1:
-                log.info("intake batch of %d failed; retrying its items one by one", len(batch))
-            for item, fut in batch:
-                try:
-                    fut.set_result(self._one(item))
-                except Exception as exc:  # noqa: BLE001
+            except Exception as exc:  # noqa: BLE001
+                # The COMMIT's outcome is unknown (the connection may have died after the server
+                # committed): never replay the batch here, or a request without an
+                # Idempotency-Key could be recorded twice. Each caller gets the error (a 503);
+                # its retry with the same key replays the request if it was recorded.
+                for _, fut in batch:
                     fut.set_exception(exc)
-            return
+                return
         for (_, fut), answer in zip(batch, answers, strict=True):
             if isinstance(answer, LetheError):
                 fut.set_exception(answer)

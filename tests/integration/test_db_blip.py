@@ -16,8 +16,13 @@ job at a time per model, each ``ModelVersion``'s parent is the previous version,
 verifies. While the DB is gone the API may refuse a request, but only with a problem+json 5xx, never
 a hang; a client that retries its POST with the same ``Idempotency-Key`` gets one request.
 
-Each test prints (``-s``) and writes ``blip_report.json`` in its tmp dir: HTTP outcomes seen, job
-starts / resumes / fencings.
+Each stack test prints (``-s``) and writes ``blip_report.json`` in its tmp dir: HTTP outcomes seen,
+job starts / resumes / fencings.
+
+Three product bugs found by these tests, now fixed and kept as regressions: DB outages counted as
+job deliveries, so a few of them failed an erasure for good; a DB error in a route closed the
+client's keep-alive connection after a 500 (now a 503 problem+json from a specific handler); and the
+request session's teardown raised when its connection died after the handler.
 """
 
 from __future__ import annotations
@@ -50,6 +55,7 @@ BLIP_ACTIVE_WINDOW_S = 3.0  # a second window while the second request's job run
 OUTAGE_S = 8.0  # longer than LETHE_JOB_LEASE_S (6) and the replica TTL (4) that start_stack sets
 COMPLETE_TIMEOUT_S = 300
 HTTP_TIMEOUT_S = 30  # a request that takes longer than this while the DB is gone is a hang
+MAX_JOB_ATTEMPTS = 3  # the default of LETHE_MAX_JOB_ATTEMPTS
 
 
 # ---------------------------------------------------------------- taking the DB away
@@ -253,14 +259,17 @@ def _check_nothing_lost_no_fork(stack: Stack, obs: Observer, requests: dict[str,
         assert not obs.hangs, f"the API hung while the DB was gone: {obs.hangs}\n{report}" + _logs(stack)
         assert not obs.bad_5xx, f"5xx without a problem+json body: {obs.bad_5xx}" + _logs(stack)
 
-        # Every acknowledged request completed (a failure must at least say why).
+        # Nothing silently dropped: every acknowledged request ended completed, or failed visibly.
         for rid, body in done.items():
-            assert body["status"] != "failed" or body["error"], f"{rid} failed without an error: {body}"
-            assert body["status"] == "completed", (
-                f"{rid} ended {body['status']!r} (error: {body['error']!r}) after DB blips; report: {report}"
-                + _logs(stack))
+            assert body["status"] in ("completed", "failed"), (rid, body)
+            if body["status"] == "failed":
+                assert body["error"], f"{rid} failed without an error: {body}" + _logs(stack)
+                events = [e["type"] for e in c.get("/v1/audit/events", params={"request_id": rid}).json()["items"]]
+                assert "erasure_failed" in events, (rid, events)
+                continue
             assert body["percent"] == 100, body
             assert [(m["model"], m["status"]) for m in body["models"]] == [("toy", "done")], body
+        completed = [rid for rid in rids if done[rid]["status"] == "completed"]
 
         # Exactly once: one request per subject; replaying an idempotency key returns the same one.
         for rid, (subject, key) in requests.items():
@@ -270,10 +279,12 @@ def _check_nothing_lost_no_fork(stack: Stack, obs: Observer, requests: dict[str,
             assert replay.headers.get("idempotent-replayed") == "true", dict(replay.headers)
             items = c.get("/v1/erasure-requests", params={"subject_id": subject}).json()["items"]
             assert [i["id"] for i in items] == [rid], (subject, items)
-            held = c.get(f"/v1/subjects/{subject}").json()
-            assert held["samples"] == {} and held["suppressed"] is True, held
             events = [e["type"] for e in c.get("/v1/audit/events", params={"request_id": rid}).json()["items"]]
-            assert events.count("erasure_requested") == 1 and events.count("erasure_completed") == 1, (rid, events)
+            assert events.count("erasure_requested") == 1, (rid, events)
+            assert events.count("erasure_completed") == (1 if rid in completed else 0), (rid, events)
+            if rid in completed:
+                held = c.get(f"/v1/subjects/{subject}").json()
+                assert held["samples"] == {} and held["suppressed"] is True, held
 
         # No fork: a linear history, each version's parent the previous one, one job per new version.
         model = c.get("/v1/models/toy").json()
@@ -283,13 +294,14 @@ def _check_nothing_lost_no_fork(stack: Stack, obs: Observer, requests: dict[str,
         assert all(v["parent"] == prev for prev, v in zip(numbers, model["versions"][1:])), history
         serving = model["serving_version"]
         assert serving == numbers[-1], (serving, history)
-        results = {rid: done[rid]["result"]["models"]["toy"] for rid in rids}
+        results = {rid: done[rid]["result"]["models"]["toy"] for rid in completed}
         for res in results.values():
             assert res["version_after"] == res["version_before"] + 1, (results, history)
-        assert max(res["version_after"] for res in results.values()) == serving, (results, history)
-        jobs = {res["job_id"] for res in results.values()}
-        assert len(jobs) == serving - 1 == len({res["version_after"] for res in results.values()}), (results, history)
-        assert report["job_started"] == len(jobs), (report, results)
+        by_job = {res["job_id"]: res["version_after"] for res in results.values()}
+        assert len(set(by_job.values())) == len(by_job), (results, history)  # one new version per job
+        if len(completed) == len(rids):
+            assert max(by_job.values()) == serving == len(by_job) + 1, (results, history)
+            assert report["job_started"] == len(by_job), (report, results)
 
         # Completion means the API serves the new version; the audit chain still verifies.
         deadline = time.monotonic() + 60
@@ -303,6 +315,11 @@ def _check_nothing_lost_no_fork(stack: Stack, obs: Observer, requests: dict[str,
         assert p.headers["x-model-version"] == str(serving)
         verify = c.get("/v1/audit/verify").json()
         assert verify["ok"] is True, verify
+
+    # Every acknowledged request must complete: an interruption by the database is not a delivery
+    # (workers/pipeline.py _run_jobs), so blips never exhaust max_job_attempts.
+    failed = {rid: done[rid]["error"] for rid in rids if rid not in completed}
+    assert not failed, f"requests failed after DB blips: {failed}; report: {report}" + _logs(stack)
 
 
 def _baseline(c: httpx.Client, stack: Stack, subjects: tuple[str, ...]) -> None:
@@ -424,11 +441,125 @@ def test_db_outage_mid_job_loses_nothing_and_never_forks(tmp_path: Path) -> None
         cleanup()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "product bug: app/core/db.py get_session() lets Session.close() raise when the connection died after "
-    "the handler finished (ROLLBACK on a terminated backend); FastAPI runs that teardown after the response "
-    "was sent, Starlette re-raises, uvicorn closes the keep-alive connection, and the client's next request "
-    "on it fails with ReadError/RemoteProtocolError and no problem+json body (seen in the blip test above)"))
+def _resumes(c: httpx.Client) -> int | None:
+    try:
+        r = c.get("/v1/audit/events", params={"type": "job_resumed", "limit": 1000})
+    except httpx.HTTPError:
+        return None
+    return len(r.json()["items"]) if r.status_code == 200 else None
+
+
+@pytest.mark.timeout(1200)
+def test_repeated_db_outages_mid_job_do_not_fail_the_erasure(tmp_path: Path) -> None:
+    """MAX_JOB_ATTEMPTS outages, each while the same job runs: the job must be resumed each time and complete."""
+    stack, cleanup = start_stack(tmp_path, "postgresql", redis_db=REDIS_DB, api_workers=1)
+    db_name = stack.db_url.rsplit("/", 1)[1]
+    obs, outage = Observer(), Blipper(db_name, interval_s=0.5, refuse=True)
+    report: dict[str, Any] = {"db": db_name, "mode": f"{MAX_JOB_ATTEMPTS} x ALLOW_CONNECTIONS false for {OUTAGE_S}s"}
+    landed: list[str] = []  # the request's status as each outage began
+    try:
+        with httpx.Client(base_url=stack.url, headers=stack.headers, timeout=HTTP_TIMEOUT_S) as c:
+            _baseline(c, stack, ("toy-08",))
+            r = c.post("/v1/erasure-requests", json={"subject_id": "toy-08", "reason": "db blip test"},
+                       headers={"Idempotency-Key": "outages-1"})
+            assert r.status_code == 202, r.text + _logs(stack)
+            rid = r.json()["id"]
+            body = None
+            deadline = time.monotonic() + 180
+            while time.monotonic() < deadline:
+                body = _get_status(c, obs, rid, "GET status")
+                if body is not None and body["status"] in ACTIVE + TERMINAL:
+                    break
+                time.sleep(0.1)
+            resumes = 0
+            for _ in range(MAX_JOB_ATTEMPTS):
+                if body is None or body["status"] not in ACTIVE:
+                    break
+                landed.append(body["status"])
+                outage.start()  # the job is running: its next DB call fails, its worker gives the job up
+                time.sleep(OUTAGE_S)
+                outage.stop()
+                # The reconciler resumes the job once its lease has expired; cut the DB again as soon as it has.
+                deadline = time.monotonic() + 120
+                while time.monotonic() < deadline:
+                    body = _get_status(c, obs, rid, "GET status")
+                    if body is not None and body["status"] in TERMINAL:
+                        break
+                    if (n := _resumes(c)) is not None and n > resumes:
+                        resumes = n
+                        body = _get_status(c, obs, rid, "GET status")
+                        break
+                    time.sleep(0.1)
+            report.update(outages_landed_while=landed, resumes_seen=resumes)
+        done = _wait_terminal(stack, obs, [rid], COMPLETE_TIMEOUT_S)[rid]
+        report["final"] = {"status": done["status"], "error": done["error"]}
+        print("\nDB outages report:", json.dumps(report, indent=2, default=str))
+        if len(landed) < MAX_JOB_ATTEMPTS and done["status"] == "completed":
+            pytest.skip(f"the job finished between outages (a busy machine?): {report}")
+        assert done["status"] != "failed" or done["error"], done  # at worst it fails visibly
+        assert done["status"] == "completed", (
+            f"{MAX_JOB_ATTEMPTS} DB outages failed the erasure for good: {done['error']!r}; {report}" + _logs(stack))
+    finally:
+        outage.stop()
+        cleanup()
+
+
+def _http_exchange(sock: Any, request: bytes) -> tuple[int, dict[str, str], bytes] | None:
+    """Send one HTTP/1.1 request on a kept-alive socket; (status, headers, body), or None if closed unanswered."""
+    try:
+        sock.sendall(request)
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = sock.recv(65536)
+            if not chunk:
+                return None
+            data += chunk
+        head, body = data.split(b"\r\n\r\n", 1)
+        lines = head.decode("latin-1").split("\r\n")
+        headers = {k.strip().lower(): v.strip() for k, v in (line.split(":", 1) for line in lines[1:])}
+        while len(body) < int(headers.get("content-length", "0")):
+            chunk = sock.recv(65536)
+            if not chunk:
+                return None
+            body += chunk
+        return int(lines[0].split()[1]), headers, body
+    except (ConnectionError, OSError):
+        return None
+
+
+@pytest.mark.timeout(600)
+def test_db_outage_answers_every_request_on_a_keep_alive_connection(tmp_path: Path) -> None:
+    """While the DB is down, each request on one connection gets a problem+json 5xx; none goes unanswered."""
+    import socket
+    from urllib.parse import urlsplit
+
+    stack, cleanup = start_stack(tmp_path, "postgresql", redis_db=REDIS_DB, api_workers=1)
+    outage = Blipper(stack.db_url.rsplit("/", 1)[1], interval_s=0.5, refuse=True)
+    url = urlsplit(stack.url)
+    request = (f"GET /v1/erasure-requests/no-such-request HTTP/1.1\r\nHost: {url.netloc}\r\n"
+               f"Authorization: {stack.headers['Authorization']}\r\n\r\n").encode()
+    try:
+        with socket.create_connection((url.hostname, url.port), timeout=HTTP_TIMEOUT_S) as sock:
+            first = _http_exchange(sock, request)
+            assert first is not None and first[0] == 404, first  # the DB is up: a plain problem+json 404
+        outage.start()
+        answers = []
+        with socket.create_connection((url.hostname, url.port), timeout=HTTP_TIMEOUT_S) as sock:
+            for _ in range(3):
+                answers.append(_http_exchange(sock, request))
+        outage.stop()
+        summary = [a and (a[0], a[1].get("content-type"), a[2][:200]) for a in answers]
+        print("\nanswers during the outage, one connection:", summary)
+        assert answers[0] is not None and answers[0][0] >= 500, summary
+        for a in answers:
+            assert a is not None, f"a request on a kept-alive connection went unanswered: {summary}"
+            assert a[0] == 503 and a[1]["content-type"].startswith("application/problem+json"), summary
+            assert json.loads(a[2])["code"] == "database_unavailable" and int(a[1]["retry-after"]) > 0, summary
+    finally:
+        outage.stop()
+        cleanup()
+
+
 def test_request_session_teardown_survives_a_connection_killed_after_the_handler(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """The request-scoped session dependency must not fail its teardown over a connection already gone."""

@@ -187,3 +187,47 @@ def test_worker_that_lost_its_lease_drops_its_result(session: Session, settings,
                             .order_by(ModelVersion.number)).all()
     assert [(v.number, v.parent) for v in versions] == [(1, None), (2, 1)]
     assert session.get(ErasureRequest, rid).status == "completed"
+
+
+def _db_error(invalidated: bool) -> Exception:
+    from sqlalchemy.exc import OperationalError
+
+    return OperationalError("UPDATE unlearningjob ...", {}, Exception("server closed the connection unexpectedly"),
+                            connection_invalidated=invalidated)
+
+
+def test_database_outages_mid_job_resume_it_without_counting_deliveries(
+        session: Session, settings, toy_model, worker, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
+    rid = _request(session, settings, "toy-02")
+    real, calls = pipeline.run_job, []
+
+    def flaky(w, job_id):  # noqa: ANN001, ANN202
+        calls.append(job_id)
+        if len(calls) <= worker.settings.max_job_attempts + 2:  # more outages than deliveries allowed
+            raise _db_error(invalidated=True)
+        return real(w, job_id)
+
+    monkeypatch.setattr(pipeline, "run_job", flaky)
+    jobs = pipeline.drain(worker, "toy")
+    assert len(jobs) == 1 and set(calls) == {jobs[0]}
+    session.expire_all()
+    assert session.get(ErasureRequest, rid).status == "completed"
+    job = session.get(UnlearningJob, jobs[0])
+    assert job.status == "completed" and job.deliveries == 1
+    audit.sync(session)
+    resumed = audit.list_events(session, type="job_resumed", limit=50)
+    assert [e.payload["cause"] for e in resumed] == ["database_unavailable"] * (len(calls) - 1)
+
+
+def test_a_repeating_database_error_still_fails_the_job_visibly(
+        session: Session, settings, toy_model, worker, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
+    rid = _request(session, settings, "toy-02")
+
+    def broken(w, job_id):  # noqa: ANN001, ANN202
+        raise _db_error(invalidated=False)  # the database answers; the job's statement keeps failing
+
+    monkeypatch.setattr(pipeline, "run_job", broken)
+    assert pipeline.drain(worker, "toy") == []
+    session.expire_all()
+    req = session.get(ErasureRequest, rid)
+    assert req.status == "failed" and "interrupted" in req.error

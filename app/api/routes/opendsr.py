@@ -15,11 +15,12 @@ from fastapi import APIRouter, Depends, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
+from sqlalchemy.exc import DBAPIError
 
 from app.api.deps import SessionDep, SettingsDep, require
-from app.core.errors import LetheError
-from app.core.ratelimit import check_intake
+from app.core.errors import LetheError, database_unavailable
 from app.core.queue import enqueue_unlearn
+from app.core.ratelimit import check_intake
 from app.core.signing import get_keys
 from app.db.models import ApiKey, utcnow
 from app.services import opendsr
@@ -49,6 +50,11 @@ class SpecErrorRoute(APIRoute):
                 errors = exc.errors if isinstance(exc, opendsr.OpenDsrError) else [
                     {"domain": "Request", "reason": exc.code, "message": exc.detail}]
                 return spec_error(exc.status, exc.detail, errors, exc.headers)
+            except DBAPIError as exc:
+                if (err := database_unavailable(exc)) is None:
+                    raise
+                return spec_error(err.status, err.detail, [{"domain": "Service", "reason": err.code,
+                                                            "message": err.detail}], err.headers)
             except RequestValidationError as exc:
                 errors = [{"domain": "Validation", "reason": e.get("type", ""),
                            "message": f"{'.'.join(map(str, e.get('loc', ())))}: {e.get('msg', '')}"}

@@ -13,6 +13,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
@@ -75,19 +77,77 @@ def child_env(settings: Settings) -> dict[str, str]:
     return env
 
 
-def start_stack(settings: Settings, *, log_dir: Path | None = None) -> list[subprocess.Popen]:
+@dataclass
+class Child:
+    """One supervised process of ``lethe run``; ``spawn`` (re)starts it."""
+
+    name: str
+    spawn: Callable[[], subprocess.Popen]
+    proc: subprocess.Popen | None = None
+    restarts: list[float] = field(default_factory=list)  # monotonic times of recent restarts
+
+    def start(self) -> None:
+        self.proc = self.spawn()
+
+
+def stack_children(settings: Settings, *, log_dir: Path | None = None) -> list[Child]:
     env = child_env(settings)
     out = (lambda name: open(log_dir / f"{name}.log", "ab")) if log_dir else (lambda name: None)  # noqa: E731
-    worker = subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "workers.celery_app", "worker", "-Q", "unlearn,housekeeping", "-c", "2", "-B",
-         "--loglevel", "INFO", "-s", str(settings.data_dir.resolve() / "celerybeat-schedule")],
-        env=env, stdout=out("worker"), stderr=subprocess.STDOUT if log_dir else None)
-    api = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "app.main:app", "--host", settings.host, "--port", str(settings.port),
-         "--workers", str(settings.api_workers), "--log-level", "warning",
-         "--no-access-log"],  # access logs would carry subject IDs (/v1/subjects/{id})
-        env=env, stdout=out("api"), stderr=subprocess.STDOUT if log_dir else None)
-    return [worker, api]
+    worker_argv = [sys.executable, "-m", "celery", "-A", "workers.celery_app", "worker", "-Q", "unlearn,housekeeping",
+                   "-c", "2", "-B", "--loglevel", "INFO",
+                   "-s", str(settings.data_dir.resolve() / "celerybeat-schedule")]
+    api_argv = [sys.executable, "-m", "uvicorn", "app.main:app", "--host", settings.host, "--port", str(settings.port),
+                "--workers", str(settings.api_workers), "--log-level", "warning",
+                "--no-access-log"]  # access logs would carry subject IDs (/v1/subjects/{id})
+    spawn = lambda name, argv: lambda: subprocess.Popen(  # noqa: E731
+        argv, env=env, stdout=out(name), stderr=subprocess.STDOUT if log_dir else None)
+    return [Child("worker", spawn("worker", worker_argv)), Child("api", spawn("api", api_argv))]
+
+
+class Stopping(Exception):
+    """SIGTERM / SIGINT reached ``lethe run``: stop the children, do not restart them."""
+
+
+def supervise(children: list[Child], *, max_restarts: int = 5, window_s: float = 300.0,
+              sleep: Callable[[float], None] = time.sleep) -> int:
+    """Keep every child running until a signal stops ``lethe run``.
+
+    A child that exits on its own (e.g. the Celery worker after a broker failure it cannot
+    recover from) is restarted with exponential backoff, and the others keep serving: work it
+    held is in the DB and the reconciler re-sends it. More than ``max_restarts`` of one child
+    within ``window_s`` means something is wrong that restarts will not fix: give up with exit
+    code 1, so a process supervisor (systemd, compose) sees a failure, not a clean exit.
+    """
+    while True:
+        for child in children:
+            rc = child.proc.poll() if child.proc is not None else 0
+            if rc is None:
+                continue
+            now = time.monotonic()
+            child.restarts = [t for t in child.restarts if now - t < window_s]
+            if len(child.restarts) >= max_restarts:
+                print(f"lethe: {child.name} exited (code {rc}) {len(child.restarts) + 1} times in "
+                      f"{window_s:.0f} s; giving up", file=sys.stderr, flush=True)
+                return 1
+            delay = min(30.0, 2.0 ** len(child.restarts))
+            print(f"lethe: {child.name} exited unexpectedly (code {rc}); restarting it in {delay:.0f} s",
+                  file=sys.stderr, flush=True)
+            sleep(delay)
+            child.restarts.append(time.monotonic())
+            child.start()
+        sleep(1.0)
+
+
+def stop_children(children: list[Child]) -> None:
+    procs = [c.proc for c in children if c.proc is not None]
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    for p in procs:
+        try:
+            p.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            p.kill()
 
 
 def wait_ready(url: str, timeout: float = 120.0) -> bool:
@@ -105,29 +165,30 @@ def wait_ready(url: str, timeout: float = 120.0) -> bool:
 def cmd_run(settings: Settings) -> int:
     print(f"Lethe: preparing {settings.db_url.split('://')[0]} database and demo models ...")
     key = bootstrap(settings)
-    procs = start_stack(settings)
+
+    def on_signal(signum: int, _frame: object) -> None:
+        raise Stopping(signal.Signals(signum).name)
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    children = stack_children(settings)
     url = settings.base_url
     try:
+        for child in children:
+            child.start()
         if wait_ready(url):
             print(f"\nLethe is serving at {url}  (docs: {url}/docs)")
             print(f"Admin API key: {key}")
             print(f'Try: curl -s -H "Authorization: Bearer {key}" {url}/v1/models\n')
         else:
             print("Lethe did not become ready in time; see the logs above.", file=sys.stderr)
-        while all(p.poll() is None for p in procs):
-            time.sleep(1)
-    except KeyboardInterrupt:
-        pass
+        return supervise(children)
+    except Stopping:
+        return 0
     finally:
-        for p in procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in procs:
-            try:
-                p.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                p.kill()
-    return 0
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second signal must not cut the shutdown short
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        stop_children(children)
 
 
 def add_verify_command(sub: argparse._SubParsersAction) -> None:

@@ -38,6 +38,8 @@ def test_compose_file_is_valid_and_complete() -> None:
     assert {"api", "worker", "housekeeping", "beat", "redis", "postgres", "bootstrap"} <= set(services)
     assert services["api"]["environment"]["LETHE_ENV"] == "production"
     assert services["worker"]["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == ["gpu"]
+    # Long-running services come back after a crash (Celery can exit on an unrecoverable broker loss).
+    assert {n for n, svc in services.items() if svc.get("restart") == "unless-stopped"} == set(services) - {"bootstrap"}
 
 
 def test_compose_refuses_missing_secrets() -> None:

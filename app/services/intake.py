@@ -17,10 +17,11 @@ retried: its outcome is unknown, and only the caller's retry with its Idempotenc
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
@@ -98,15 +99,27 @@ class GroupCommitter:
                     if not fut.done():
                         fut.set_exception(RuntimeError("intake writer failed"))
 
+    @contextlib.contextmanager
+    def _scope(self) -> Iterator[Any]:
+        """A session whose close never raises: after a commit, a connection that died must not
+        turn recorded requests into errors (the ROLLBACK on close has nothing left to undo)."""
+        s = self._session()
+        try:
+            yield s
+        finally:
+            with contextlib.suppress(Exception):
+                s.close()
+
     def _commit(self, batch: list[tuple[erasure.IntakeItem, Future[Accepted]]]) -> None:
         self.batches += 1
         self.largest_batch = max(self.largest_batch, len(batch))
-        with self._session() as s:
+        with self._scope() as s:
             try:
                 results = erasure.create_requests(s, [item for item, _ in batch])
                 answers = [r if isinstance(r, LetheError) else _describe(s, r, self.base_url) for r in results]
             except Exception:  # noqa: BLE001 - nothing committed: retry one by one, each with its own outcome
-                s.rollback()
+                with contextlib.suppress(Exception):  # a dead connection has nothing to roll back
+                    s.rollback()
                 if len(batch) > 1:
                     log.info("intake batch of %d failed; retrying its items one by one", len(batch))
                 for item, fut in batch:
@@ -132,7 +145,7 @@ class GroupCommitter:
                 fut.set_result(answer)
 
     def _one(self, item: erasure.IntakeItem) -> Accepted:
-        with self._session() as s:
+        with self._scope() as s:
             req, created = erasure.create_request(s, **vars(item))
             answer = _describe(s, erasure.Intake(req, created, None), self.base_url)
             s.commit()

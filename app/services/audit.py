@@ -12,6 +12,7 @@ outside the DB, which ``verify_against_checkpoint`` compares the chain with.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import io
@@ -22,7 +23,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import func, text
+from sqlalchemy import func, insert, text
 from sqlmodel import Session, col, select
 
 from app.core.config import Settings
@@ -65,8 +66,33 @@ def append(session: Session, *, type: str, actor: str, request_id: str | None = 
     payload = json.loads(json.dumps(payload or {}, default=str))
     ev = AuditEvent(ts=utcnow(), type=type, actor=actor, request_id=request_id, subject_key=subject_key,
                     payload=payload)
-    session.add(ev)
+    if (pending := session.info.get(_BULK)) is not None:
+        pending.append(ev)  # written by ``bulk``'s single INSERT, in append order
+    else:
+        session.add(ev)
     return ev
+
+
+_BULK = "lethe.audit.bulk"
+
+
+@contextlib.contextmanager
+def bulk(session: Session) -> Iterator[None]:
+    """Collect the events appended inside the block and write them with one multi-row INSERT
+    (no ORM unit of work: group-committed intake appends thousands a second). Their ids, and so
+    their order in the chain, follow the order they were appended in."""
+    if session.info.get(_BULK) is not None:  # nested: the outer block writes them
+        yield
+        return
+    pending: list[AuditEvent] = []
+    session.info[_BULK] = pending
+    try:
+        yield
+    finally:
+        del session.info[_BULK]
+    if pending:
+        cols = ("ts", "type", "actor", "request_id", "subject_key", "payload")
+        session.execute(insert(AuditEvent), [{c: getattr(ev, c) for c in cols} for ev in pending])
 
 
 def sequence_pending(session: Session, *, limit: int = 10000) -> int:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from sqlalchemy import insert
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
@@ -182,17 +183,20 @@ def create_requests(session: Session, items: list[IntakeItem]) -> list[Intake | 
     session.flush()  # every request row in one INSERT
     suppress_many(session, {req.subject_key: req.id for req, item, _ in fresh if item.identity_verified})
     targets: dict[str, list[ErasureTarget]] = {}
-    for req, item, models in fresh:
-        if item.identity_verified:
-            targets[req.id] = _record_admission(session, req, models, actor=item.actor,
-                                                first_event="erasure_requested", suppressed=True)
-        else:
-            audit.append(session, type="erasure_requested", actor=item.actor, request_id=req.id,
-                         subject_key=req.subject_key,
-                         payload={"source": item.source, "policy": item.policy, "identity": "pending"})
-            audit.append(session, type="clock_paused", actor="lethe", request_id=req.id, subject_key=req.subject_key,
-                         payload={"reason": "identity verification pending (Art. 12(6))"})
-            notify.status_changed(session, req)
+    with audit.bulk(session):  # every audit event in one INSERT
+        for req, item, models in fresh:
+            if item.identity_verified:
+                targets[req.id] = _record_admission(session, req, models, actor=item.actor,
+                                                    first_event="erasure_requested", suppressed=True)
+            else:
+                audit.append(session, type="erasure_requested", actor=item.actor, request_id=req.id,
+                             subject_key=req.subject_key,
+                             payload={"source": item.source, "policy": item.policy, "identity": "pending"})
+                audit.append(session, type="clock_paused", actor="lethe", request_id=req.id,
+                             subject_key=req.subject_key,
+                             payload={"reason": "identity verification pending (Art. 12(6))"})
+                notify.status_changed(session, req)
+    _insert_targets(session, [t for ts in targets.values() for t in ts])  # and every target in one
     session.flush()
     for result in out:
         if isinstance(result, Intake) and result.created:
@@ -214,20 +218,27 @@ def _set_admitted(req: ErasureRequest, models: list[str]) -> None:
         req.result = {"models": {}, "note": "no samples of this subject are held; no model was changed"}
 
 
+def _insert_targets(session: Session, targets: list[ErasureTarget]) -> None:
+    """One multi-row INSERT; the objects stay transient (they describe the rows for the reply)."""
+    if targets:
+        session.execute(insert(ErasureTarget), [{"request_id": t.request_id, "model_name": t.model_name,
+                                                 "status": t.status, "queued_at": t.queued_at} for t in targets])
+
+
 def _record_admission(session: Session, req: ErasureRequest, models: list[str], *, actor: str,
                       first_event: str, suppressed: bool = False) -> list[ErasureTarget]:
-    """Suppress the subject, fan out one target per model holding their data, audit, notify."""
+    """Suppress the subject, audit and notify; returns one target per model holding their data,
+    for the caller to insert (``_insert_targets``: a batch's targets go in one statement)."""
     subject_key = req.subject_key
     if not suppressed:
         suppress_many(session, {subject_key: req.id})
     audit.append(session, type=first_event, actor=actor, request_id=req.id, subject_key=subject_key,
                  payload={"source": req.source, "policy": req.policy, "models": models})
-    targets = [ErasureTarget(request_id=req.id, model_name=name) for name in models]
+    targets = [ErasureTarget(request_id=req.id, model_name=name, queued_at=utcnow()) for name in models]
     if not models:
         audit.append(session, type="erasure_completed", actor="lethe", request_id=req.id,
                      subject_key=subject_key, payload={"status": "no_data"})
     else:
-        session.add_all(targets)
         audit.append(session, type="erasure_queued", actor="lethe", request_id=req.id,
                      subject_key=subject_key, payload={"models": models})
     notify.status_changed(session, req)
@@ -266,7 +277,7 @@ def decide_identity(session: Session, *, request_id: str, verified: bool, note: 
     models = _models_holding(session, req.subject_key)
     _set_admitted(req, models)
     session.add(req)
-    _record_admission(session, req, models, actor=actor, first_event="erasure_admitted")
+    _insert_targets(session, _record_admission(session, req, models, actor=actor, first_event="erasure_admitted"))
     session.flush()
     return req
 

@@ -66,9 +66,9 @@ def suppress_many(session: Session, request_of: dict[str, str]) -> None:
     of the same subject."""
     if not request_of:
         return
-    insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
+    dialect_insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
     now = utcnow()
-    session.execute(insert(Suppression).values([{"subject_key": k, "request_id": r, "created_at": now}
+    session.execute(dialect_insert(Suppression).values([{"subject_key": k, "request_id": r, "created_at": now}
                                                 for k, r in sorted(request_of.items())])
                     .on_conflict_do_nothing(index_elements=["subject_key"]))
 

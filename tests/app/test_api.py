@@ -220,6 +220,13 @@ def test_unverified_identity_rejects_and_cancel_works_while_paused(client: TestC
     second = client.post("/v1/erasure-requests", json=body, headers=admin_headers).json()
     overdue = client.get("/v1/erasure-requests", params={"overdue": True}, headers=admin_headers).json()["items"]
     assert second["id"] not in [i["id"] for i in overdue]
+    from datetime import timedelta
+
+    from app.db.models import utcnow
+    from app.services import deadlines
+
+    # A paused clock is in no deadline bucket (the gauge), even long past the provisional due date.
+    assert sum(deadlines.open_by_bucket(session, now=utcnow() + timedelta(days=90)).values()) == 0
     cancelled = client.delete(f"/v1/erasure-requests/{second['id']}", headers=admin_headers)
     assert cancelled.status_code == 202 and cancelled.json()["status"] == "cancelled"
     bad = client.post(f"/v1/erasure-requests/{second['id']}/identity", json={"verified": "maybe"},

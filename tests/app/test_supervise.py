@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -17,8 +18,8 @@ def child(name: str, code: str) -> Child:
     return c
 
 
-def test_a_child_that_dies_is_restarted_and_the_others_keep_running() -> None:
-    flag = f"/tmp/lethe-supervise-{id(object())}"
+def test_a_child_that_dies_is_restarted_and_the_others_keep_running(tmp_path: Path) -> None:
+    flag = str(tmp_path / "started-once")
     # Dies at once the first time, then stays up: a worker killed by a broker failure, restarted.
     worker = child("worker", f"import os,sys,time\nif not os.path.exists({flag!r}):\n"
                              f"    open({flag!r}, 'w').close(); sys.exit(3)\ntime.sleep(60)")
@@ -40,9 +41,6 @@ def test_a_child_that_dies_is_restarted_and_the_others_keep_running() -> None:
         assert 1.0 in slept  # the first restart waited 2**0 s
     finally:
         stop_children([worker, api])
-        import os
-
-        os.path.exists(flag) and os.remove(flag)
 
 
 def test_a_child_that_keeps_dying_fails_lethe_run() -> None:

@@ -21,6 +21,7 @@ os.environ.update({
     "LETHE_SUBJECT_KEY_SECRET": "test-secret",
     "LETHE_DEMO_MODELS": "toy",
     "LETHE_BATCH_WINDOW_S": "0",
+    "LETHE_JOB_SEED": "0",
     "LETHE_BROKER_URL": "memory://",
 })
 

@@ -12,9 +12,10 @@ from datetime import timedelta
 from typing import TYPE_CHECKING
 
 from sqlalchemy import or_, update
-from sqlmodel import col
+from sqlmodel import Session, col, select
 
-from app.db.models import Model, utcnow
+from app.db.models import Model, UnlearningJob, utcnow
+from app.services import audit
 
 if TYPE_CHECKING:
     from workers.pipeline import Worker
@@ -64,3 +65,26 @@ class LeaseKeeper:
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
+
+
+def holds_fence(s: Session, w: Worker, job: UnlearningJob, *, serving: int) -> bool:
+    """Whether this worker may still write the job's outcome: it holds the model's lease, the
+    job is still open, and the model still serves ``serving``. Locks the model row first, so the
+    check and the write that follows are one step (SQLite: the session's BEGIN IMMEDIATE).
+
+    A worker that stalled past its lease (a long GC pause, a frozen VM) finds that another
+    worker has taken the job over; it must then drop its result, or the version history forks
+    and the request completes twice.
+    """
+    q = select(Model).where(Model.name == job.model_name)
+    if s.get_bind().dialect.name == "postgresql":
+        q = q.with_for_update()
+    model = s.exec(q).one()
+    s.refresh(job)
+    if model.lock_owner == w.owner and job.status in ("running", "deploying") and model.serving_version == serving:
+        return True
+    log.warning("job %s: lease lost or job taken over; dropping this worker's result", job.id)
+    audit.append(s, type="job_fenced", actor="worker",
+                 payload={"job_id": job.id, "model": job.model_name, "worker": w.owner, "lock_owner": model.lock_owner,
+                          "job_status": job.status, "expected_version": serving, "serving_version": model.serving_version})
+    return False

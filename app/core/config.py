@@ -52,6 +52,12 @@ class Settings(BaseSettings):
         64, ge=1, description="Most erasure requests one intake transaction records (group commit; 1 = one "
                               "transaction per request).")
     max_job_attempts: int = Field(3, description="A job re-delivered more often than this fails visibly.")
+    max_request_attempts: int = Field(3, description="Jobs an erasure gets before it is marked failed (it stays "
+                                                     "owed: POST .../retry or a new request reopens it).")
+    job_seed: int | None = Field(None, description="Seed of every unlearning job (tests, reproductions); unset: a "
+                                                   "fresh seed per job, recorded in the job and its audit events.")
+    retry_backoff_s: float = Field(30.0, description="Wait before an owed erasure's next attempt after a failed "
+                                                     "job; doubles with each attempt.")
     db_outage_wait_s: float = Field(
         600.0, gt=0, description="A worker whose job hit a database outage waits this long for the database, "
                                  "then resumes the job; longer, the job is left to the reconciler.")

@@ -96,7 +96,7 @@ class ErasureRequest(SQLModel, table=True):
     api_key_id: str | None = None
     reason: str | None = None
     policy: str = "auto"
-    status: str = Field(default="received", index=True)
+    status: str = Field(default="received", index=True)  # app.services.lifecycle.RequestStatus
     stage: str = "received"
     percent: float = 0.0
     received_at: datetime = Field(default_factory=utcnow, index=True)
@@ -122,9 +122,12 @@ class ErasureTarget(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     request_id: str = Field(foreign_key="erasurerequest.id", index=True)
     model_name: str = Field(foreign_key="model.name")
-    status: str = "queued"  # queued, running, done, failed, cancelled
+    status: str = "queued"  # app.services.lifecycle.TargetStatus
     job_id: str | None = None
     queued_at: datetime = Field(default_factory=utcnow)
+    # Jobs that took this target and failed; after a failure it waits until ``not_before``.
+    attempts: int = 0
+    not_before: datetime | None = None
 
 
 class UnlearningJob(SQLModel, table=True):

@@ -1,6 +1,6 @@
 """Status callbacks from a durable outbox (DESIGN.md section 6; OpenDSR 8.5-8.8).
 
-Rows are written in the transaction that changes a request's status (``notify``), so a
+Rows are written in the transaction that changes a request's status (``lifecycle`` subscribers), so a
 callback exists exactly when the change committed; ``deliver_due`` (a housekeeping beat
 task) sends them with exponential backoff and audits every attempt. Everything lives in
 the DB, so delivery survives restarts; a row is *claimed* with a short lease before the
@@ -34,7 +34,7 @@ from app.core.config import DEV_SECRET, Settings
 from app.core.errors import Unavailable
 from app.core.signing import get_keys, processor_domain, sign_rsa
 from app.db.models import CallbackDelivery, ErasureRequest, OpenDsrRequest, as_utc, utcnow
-from app.services import audit
+from app.services import audit, lifecycle
 
 log = logging.getLogger("lethe.callbacks")
 NATIVE_HEADER = "X-Lethe-Signature"
@@ -79,7 +79,7 @@ def enqueue(session: Session, *, kind: str, request_id: str, url: str, body: dic
 
 
 def native_body(req: ErasureRequest, base_url: str) -> dict[str, Any]:
-    done = req.status in ("completed", "no_data")
+    done = req.status in lifecycle.ERASED
     return {"event": "erasure_request.status_changed", "id": req.id, "status": req.status, "stage": req.stage,
             "received_at": rfc3339(req.received_at), "due_at": rfc3339(req.due_at),
             "completed_at": rfc3339(req.completed_at), "status_url": f"{base_url}/v1/erasure-requests/{req.id}",

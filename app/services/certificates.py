@@ -22,10 +22,10 @@ from sqlmodel import Session, col, select
 from app.core.errors import Conflict
 from app.core.signing import Keys, sign_ed25519, verify_ed25519
 from app.db.models import AuditEvent, ModelVersion, utcnow
-from app.services import callbacks, erasure
+from app.services import callbacks, erasure, lifecycle
 
 KIND = "lethe.erasure-certificate/v1"
-DONE = ("completed", "no_data")
+DONE = lifecycle.ERASED
 
 
 def canonical(doc: dict[str, Any]) -> bytes:

@@ -1,8 +1,13 @@
 """Erasure intake and status (plain functions; the caller commits, then enqueues).
 
 Intake, in one transaction: the request row, a suppression entry (nothing of this subject
-may be ingested from now on), one target per model that holds the subject's samples, and
-the audit events. A subject with no data completes at once as ``no_data``.
+may be ingested from now on), one target per model that holds the subject, and the audit
+events. Status changes go through ``app/services/lifecycle.py``.
+
+A model *holds* a subject while any of the subject's sample rows remain for it — deleted or
+not: rows are flagged deleted when a job starts and removed only when the erasure completes,
+i.e. once every version that can serve is free of the subject. So a request for a subject
+whose earlier erasure failed is queued (and reopens the failed one), never ``no_data``.
 """
 
 from __future__ import annotations
@@ -20,9 +25,10 @@ from sqlmodel import Session, col, select
 
 from app.core.errors import Conflict, LetheError, NotFound
 from app.db.models import ErasureRequest, ErasureTarget, Sample, Suppression, as_utc, utcnow
-from app.services import audit, notify
+from app.services import audit, lifecycle
+from app.services.lifecycle import OPEN, RequestStatus, TargetStatus
 
-OPEN_STATUSES = ("received", "queued", "running", "verifying", "deploying")
+OPEN_STATUSES = tuple(sorted(OPEN))
 
 
 def add_months(dt: datetime, months: int = 1) -> datetime:
@@ -150,11 +156,8 @@ def create_requests(session: Session, items: list[IntakeItem]) -> list[Intake | 
         known = {r.idempotency_key: r for r in session.exec(
             select(ErasureRequest).where(col(ErasureRequest.idempotency_key).in_(idem))).all()}
     subjects = sorted({i.subject_key for i in items if i.identity_verified})
-    holding: dict[str, list[str]] = {}
-    if subjects:
-        for key, model in session.exec(select(Sample.subject_key, Sample.model_name).where(
-                col(Sample.subject_key).in_(subjects), col(Sample.deleted).is_(False)).distinct()).all():
-            holding.setdefault(key, []).append(model)
+    holding = _holding(session, subjects)
+    completed_by, failed = _prior_requests(session, subjects)
     out: list[Intake | LetheError] = []
     fresh: list[tuple[ErasureRequest, IntakeItem, list[str]]] = []
     now = utcnow()
@@ -169,10 +172,10 @@ def create_requests(session: Session, items: list[IntakeItem]) -> list[Intake | 
         # Decide the outcome before the INSERT: intake writes each row once, no UPDATE after it.
         models = sorted(holding.get(item.subject_key, []))
         if item.identity_verified:
-            _set_admitted(req, models)
+            lifecycle.admit(session, req, models, erased_by=completed_by.get(item.subject_key))
         else:
             req.identity_status, req.clock_paused_at = "pending", now
-            req.status = req.stage = "awaiting_identity"
+            req.status = req.stage = RequestStatus.AWAITING_IDENTITY
         if item.idempotency_key:
             known[item.idempotency_key] = req  # a repeat inside this batch replays it
         session.add(req)
@@ -189,14 +192,12 @@ def create_requests(session: Session, items: list[IntakeItem]) -> list[Intake | 
                 targets[req.id] = _record_admission(session, req, models, actor=item.actor,
                                                     first_event="erasure_requested", suppressed=True)
             else:
-                audit.append(session, type="erasure_requested", actor=item.actor, request_id=req.id,
-                             subject_key=req.subject_key,
-                             payload={"source": item.source, "policy": item.policy, "identity": "pending"})
-                audit.append(session, type="clock_paused", actor="lethe", request_id=req.id,
-                             subject_key=req.subject_key,
-                             payload={"reason": "identity verification pending (Art. 12(6))"})
-                notify.status_changed(session, req)
+                lifecycle.awaiting_identity(session, req, actor=item.actor)
     _insert_targets(session, [t for ts in targets.values() for t in ts])  # and every target in one
+    # A subject whose earlier erasure failed is still owed it: the new request joins it.
+    lifecycle.reopen_owed(session, sorted({req.subject_key for req, item, _ in fresh
+                                           if item.identity_verified and req.subject_key in failed}),
+                          actor="lethe", reason="a new request for the same subject")
     session.flush()
     for result in out:
         if isinstance(result, Intake) and result.created:
@@ -204,18 +205,34 @@ def create_requests(session: Session, items: list[IntakeItem]) -> list[Intake | 
     return out
 
 
+def _holding(session: Session, subjects: list[str]) -> dict[str, list[str]]:
+    """subject key -> models holding any of their rows (deleted or not: see the module docstring)."""
+    holding: dict[str, list[str]] = {}
+    if subjects:
+        for key, model in session.exec(select(Sample.subject_key, Sample.model_name).where(
+                col(Sample.subject_key).in_(subjects)).distinct()).all():
+            holding.setdefault(key, []).append(model)
+    return holding
+
+
+def _prior_requests(session: Session, subjects: list[str]) -> tuple[dict[str, str], set[str]]:
+    """(subject key -> a completed request that erased them, subject keys with a failed request)."""
+    completed_by: dict[str, str] = {}
+    failed: set[str] = set()
+    if subjects:
+        for key, rid, status in session.exec(select(ErasureRequest.subject_key, ErasureRequest.id,
+                                                    ErasureRequest.status).where(
+                col(ErasureRequest.subject_key).in_(subjects),
+                col(ErasureRequest.status).in_((RequestStatus.COMPLETED, RequestStatus.FAILED)))).all():
+            if status == RequestStatus.FAILED:
+                failed.add(key)
+            else:
+                completed_by.setdefault(key, rid)
+    return completed_by, failed
+
+
 def _models_holding(session: Session, subject_key: str) -> list[str]:
-    return sorted(session.exec(select(Sample.model_name).where(Sample.subject_key == subject_key,
-                                                               col(Sample.deleted).is_(False)).distinct()).all())
-
-
-def _set_admitted(req: ErasureRequest, models: list[str]) -> None:
-    """Status of an admitted request: queued for its models, or at once ``no_data``."""
-    if models:
-        req.status, req.stage = "queued", "queued"
-    else:
-        req.status, req.stage, req.percent, req.completed_at = "no_data", "completed", 100.0, utcnow()
-        req.result = {"models": {}, "note": "no samples of this subject are held; no model was changed"}
+    return sorted(_holding(session, [subject_key]).get(subject_key, []))
 
 
 def _insert_targets(session: Session, targets: list[ErasureTarget]) -> None:
@@ -227,22 +244,12 @@ def _insert_targets(session: Session, targets: list[ErasureTarget]) -> None:
 
 def _record_admission(session: Session, req: ErasureRequest, models: list[str], *, actor: str,
                       first_event: str, suppressed: bool = False) -> list[ErasureTarget]:
-    """Suppress the subject, audit and notify; returns one target per model holding their data,
+    """Suppress the subject, audit and announce; returns one target per model holding their data,
     for the caller to insert (``_insert_targets``: a batch's targets go in one statement)."""
-    subject_key = req.subject_key
     if not suppressed:
-        suppress_many(session, {subject_key: req.id})
-    audit.append(session, type=first_event, actor=actor, request_id=req.id, subject_key=subject_key,
-                 payload={"source": req.source, "policy": req.policy, "models": models})
-    targets = [ErasureTarget(request_id=req.id, model_name=name, queued_at=utcnow()) for name in models]
-    if not models:
-        audit.append(session, type="erasure_completed", actor="lethe", request_id=req.id,
-                     subject_key=subject_key, payload={"status": "no_data"})
-    else:
-        audit.append(session, type="erasure_queued", actor="lethe", request_id=req.id,
-                     subject_key=subject_key, payload={"models": models})
-    notify.status_changed(session, req)
-    return targets
+        suppress_many(session, {req.subject_key: req.id})
+    lifecycle.admitted(session, req, models, actor=actor, first_event=first_event)
+    return [ErasureTarget(request_id=req.id, model_name=name, queued_at=utcnow()) for name in models]
 
 
 def decide_identity(session: Session, *, request_id: str, verified: bool, note: str | None,
@@ -253,7 +260,7 @@ def decide_identity(session: Session, *, request_id: str, verified: bool, note: 
     may ask again. The caller commits, then enqueues ``models_to_enqueue``.
     """
     req = get_request(session, request_id=request_id)
-    if req.status != "awaiting_identity":
+    if req.status != RequestStatus.AWAITING_IDENTITY:
         raise Conflict(f"Request is {req.status}; only a request awaiting identity verification can be decided.",
                        code="not_awaiting_identity")
     now = utcnow()
@@ -263,28 +270,36 @@ def decide_identity(session: Session, *, request_id: str, verified: bool, note: 
     req.due_at = as_utc(req.due_at) + timedelta(seconds=paused)
     if not verified:
         req.identity_status = "rejected"
-        req.status = req.stage = "rejected"
-        req.completed_at = now
-        req.error = "the data subject's identity could not be verified; nothing was erased"
         audit.append(session, type="identity_rejected", actor=actor, request_id=req.id, subject_key=req.subject_key,
                      payload={"note": note, "paused_s": round(paused, 3)})
-        session.add(req)
-        notify.status_changed(session, req)
+        lifecycle.reject(session, req, error="the data subject's identity could not be verified; nothing was erased")
         return req
     req.identity_status = "verified"
     audit.append(session, type="identity_verified", actor=actor, request_id=req.id, subject_key=req.subject_key,
                  payload={"note": note, "paused_s": round(paused, 3), "due_at": req.due_at.isoformat()})
     models = _models_holding(session, req.subject_key)
-    _set_admitted(req, models)
+    completed_by, failed = _prior_requests(session, [req.subject_key])
+    lifecycle.admit(session, req, models, erased_by=completed_by.get(req.subject_key))
     session.add(req)
     _insert_targets(session, _record_admission(session, req, models, actor=actor, first_event="erasure_admitted"))
+    if failed:
+        lifecycle.reopen_owed(session, [req.subject_key], actor="lethe", reason="a new request for the same subject")
     session.flush()
     return req
 
 
 def models_to_enqueue(session: Session, request_id: str) -> list[str]:
     return list(session.exec(select(ErasureTarget.model_name).where(ErasureTarget.request_id == request_id,
-                                                                    ErasureTarget.status == "queued")).all())
+                                                                    ErasureTarget.status == TargetStatus.QUEUED)).all())
+
+
+def retry_request(session: Session, *, request_id: str, actor: str) -> ErasureRequest:
+    """An operator retries a ``failed`` erasure: its targets are queued with fresh attempts.
+    The caller commits, then enqueues ``models_to_enqueue``."""
+    req = get_request(session, request_id=request_id)
+    lifecycle.reopen(session, req, actor=actor, reason="retried by an operator")
+    session.flush()
+    return req
 
 
 def get_request(session: Session, *, request_id: str) -> ErasureRequest:
@@ -321,18 +336,7 @@ def list_requests(session: Session, *, status: str | None = None, subject_key: s
 def cancel_request(session: Session, *, request_id: str, actor: str) -> ErasureRequest:
     """Cancel before any job has picked it up. The suppression entry stays (the subject asked)."""
     req = get_request(session, request_id=request_id)
-    targets = targets_of(session, request_id)
-    if req.status not in ("queued", "awaiting_identity") or any(t.status != "queued" for t in targets):
-        raise Conflict(f"Request is {req.status}; only a queued request (or one awaiting identity verification) "
-                       "can be cancelled.", code="not_cancellable")
-    req.clock_paused_at = None
-    for t in targets:
-        t.status = "cancelled"
-        session.add(t)
-    req.status, req.stage = "cancelled", "cancelled"
-    session.add(req)
-    audit.append(session, type="erasure_cancelled", actor=actor, request_id=req.id, subject_key=req.subject_key)
-    notify.status_changed(session, req)
+    lifecycle.cancel(session, req, targets_of(session, request_id), actor=actor)
     return req
 
 
@@ -354,7 +358,8 @@ def public_view(req: ErasureRequest, targets: list[ErasureTarget], base_url: str
         "clock_paused_s": round(req.clock_paused_s, 3),
         "extension_reason": req.extension_reason,
         "status_url": f"{base_url}/v1/erasure-requests/{req.id}",
-        "models": [{"model": t.model_name, "status": t.status, "job_id": t.job_id} for t in targets],
+        "models": [{"model": t.model_name, "status": t.status, "job_id": t.job_id, "attempts": t.attempts,
+                    "not_before": t.not_before} for t in targets],
         "result": req.result or None,
         "error": req.error,
     }

@@ -20,9 +20,9 @@ from app.core.config import Settings
 from app.core.errors import Unprocessable
 from app.core.security import subject_key
 from app.db.models import ErasureRequest, FidesResume, utcnow
-from app.services import callbacks, erasure
+from app.services import callbacks, erasure, lifecycle
 
-DONE = ("completed", "no_data")
+DONE = lifecycle.ERASED
 
 
 def subject_id_of(identity: dict[str, Any], fields: str) -> str | None:

@@ -74,7 +74,7 @@ def test_erasure_is_queued_suppressed_and_audited(client: TestClient, admin_head
     r = client.post("/v1/erasure-requests", json={"subject_id": TRAIN_SUBJECT, "reason": "Art. 17"},
                     headers=admin_headers)
     body = r.json()
-    assert body["status"] == "queued" and body["models"] == [{"model": "toy", "status": "queued", "job_id": None}]
+    assert body["status"] == "queued" and body["models"] == [{"model": "toy", "status": "queued", "job_id": None, "attempts": 0, "not_before": None}]
     targets = session.exec(select(ErasureTarget).where(ErasureTarget.request_id == body["id"])).all()
     assert [t.model_name for t in targets] == ["toy"]
     assert session.get(Suppression, body["subject_key"]) is not None

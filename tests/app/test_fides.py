@@ -9,7 +9,7 @@ from sqlmodel import Session, select
 
 from app.core.config import get_settings
 from app.db.models import CallbackDelivery, ErasureRequest, ErasureTarget, FidesResume
-from app.services import callbacks, notify
+from app.services import callbacks, lifecycle
 
 HEADERS = {"reply-to": "/privacy-request/pri_1/resume", "reply-to-token": "jwe-token-abc"}
 
@@ -34,13 +34,13 @@ def test_two_way_pre_webhook_halts_then_resumes_with_the_token(client: TestClien
         t.status = "done"
         session.add(t)
     req.status = "completed"
-    notify.status_changed(session, req)
+    lifecycle._announce(session, req, lifecycle.Transition("complete", "running"))
     session.commit()
     row = session.exec(select(CallbackDelivery).where(CallbackDelivery.kind == "fides")).one()
     assert row.url == HEADERS["reply-to"] and json.loads(row.body) == {}
     assert callbacks.signed_headers(row, get_settings())["Authorization"] == "Bearer jwe-token-abc"
     assert session.get(FidesResume, "pri_1").resumed_at is not None
-    notify.status_changed(session, req)  # a later status change does not resume twice
+    lifecycle._announce(session, req, lifecycle.Transition("complete", "running"))  # a later status change does not resume twice
     session.commit()
     assert len(session.exec(select(CallbackDelivery).where(CallbackDelivery.kind == "fides")).all()) == 1
 

@@ -1,4 +1,5 @@
 import pytest
+import torch
 
 from app.ml.train import evaluate
 from workers.unlearning.engine import forget, method_chain
@@ -42,9 +43,37 @@ def test_escalates_to_retrain_when_approximate_fails(toy, toy_trained, toy_sets)
     assert outcome.passed and outcome.method == "retrain"
 
 
-def test_never_reports_a_failing_candidate_as_passed(toy, toy_trained, toy_sets):
-    # A serving baseline above 100 % accuracy can never be matched (tolerance 0).
+def test_exact_candidate_is_never_rejected_for_utility(toy, toy_trained, toy_sets):
+    # A utility bar above 100 % accuracy can never be matched (tolerance 0): the approximate
+    # candidate fails it, the exact retrain is served anyway, with a warning.
     outcome = run(toy, toy_trained, toy_sets, baseline={"retain_acc": 1.01, "test_acc": 1.01},
                   gates=Gates(max_utility_drop=0.0, utility_sigmas=0.0))
+    assert [(a["method"], a["passed"]) for a in outcome.attempts] == [("neggrad_plus", False), ("retrain", True)]
+    assert not outcome.attempts[0]["report"]["gates"]["retain_acc"]["passed"]
+    exact = outcome.attempts[1]["report"]
+    assert "informational" in exact["gates"]["retain_acc"]["reason"]
+    assert any("below the retrain band" in w for w in exact["warnings"])
+    assert outcome.passed and outcome.method == "retrain"
+
+
+def test_never_reports_a_failing_candidate_as_passed(toy, toy_trained, toy_sets, monkeypatch):
+    # An exact candidate that fails its sanity check (non-finite weights) is retried with new
+    # seeds, and never reported as passed.
+    import workers.unlearning.engine as engine
+    from workers.unlearning import get_method
+
+    retrain = get_method("retrain")
+
+    def broken(ctx):  # noqa: ANN001, ANN202
+        result = retrain(ctx)
+        with torch.no_grad():
+            next(result.model.parameters()).fill_(float("nan"))
+        return result
+
+    broken.exact = True
+    monkeypatch.setattr(engine, "get_method", lambda name: broken if name == "retrain" else get_method(name))
+    outcome = run(toy, toy_trained, toy_sets, policy="retrain")
     assert not outcome.passed
-    assert [a["passed"] for a in outcome.attempts] == [False, False]
+    assert [(a["method"], a["seed"], a["passed"]) for a in outcome.attempts] == [
+        ("retrain", s, False) for s in range(engine.EXACT_TRIES)]
+    assert not outcome.attempts[0]["report"]["gates"]["finite_weights"]["passed"]

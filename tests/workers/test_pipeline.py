@@ -74,10 +74,33 @@ def test_completion_waits_for_live_replicas(session: Session, settings, toy_mode
     pipeline.drain(worker, "toy")
     req = session.get(ErasureRequest, rid)
     session.refresh(req)
-    # The replica never loaded v2 within the deploy timeout: failed visibly, not completed.
-    assert req.status == "failed" and "did not load" in req.error
+    # The replica never loaded v2 within the deploy timeout: not completed, still owed, retried later.
+    assert req.status == "queued" and req.stage == "retry_scheduled" and "did not load" in req.error
+    (target,) = erasure.targets_of(session, rid)
+    assert target.attempts == 1 and target.not_before is not None
+    assert pipeline.drain(worker, "toy") == []  # not before its backoff
     v1 = session.exec(select(ModelVersion).where(ModelVersion.number == 1, ModelVersion.model_name == "toy")).one()
     assert v1.state != "purged"  # still served by r1: never purged under a live replica
+    # Each retry finds v2 already free of the subject and only waits for the replica again;
+    # after max_request_attempts jobs the request fails visibly (still owed: retry-able).
+    worker.settings = worker.settings.model_copy(update={"retry_backoff_s": 0})
+    target.not_before = utcnow()  # the first backoff has passed
+    session.add(target)
+    session.commit()
+    assert len(pipeline.drain(worker, "toy")) == worker.settings.max_request_attempts - 1
+    session.refresh(req)
+    assert req.status == "failed" and "did not load" in req.error
+    session.refresh(target)
+    assert target.attempts == worker.settings.max_request_attempts
+    assert session.exec(select(ModelVersion).where(ModelVersion.model_name == "toy")).all()[-1].number == 2
+    # The replica catches up; an operator retries: the request completes without a new version.
+    session.exec(select(Replica)).one().version = 2
+    session.commit()
+    erasure.retry_request(session, request_id=rid, actor="test")
+    session.commit()
+    pipeline.drain(worker, "toy")
+    session.refresh(req)
+    assert req.status == "completed" and req.result["models"]["toy"]["version_after"] == 2
 
 
 def test_interrupted_job_resumes_then_fails_after_max_attempts(session: Session, settings, toy_model, worker) -> None:  # noqa: ANN001
@@ -91,7 +114,8 @@ def test_interrupted_job_resumes_then_fails_after_max_attempts(session: Session,
     assert job.status == "failed"
     req = session.get(ErasureRequest, rid)
     session.refresh(req)
-    assert req.status == "failed" and "interrupted" in req.error
+    # The job gave up; the erasure did not: it is owed and scheduled again.
+    assert req.status == "queued" and req.stage == "retry_scheduled" and "interrupted" in req.error
 
 
 def test_reconciler_resends_queued_work(session: Session, settings, toy_model, worker) -> None:  # noqa: ANN001
@@ -227,7 +251,10 @@ def test_a_repeating_database_error_still_fails_the_job_visibly(
         raise _db_error(invalidated=False)  # the database answers; the job's statement keeps failing
 
     monkeypatch.setattr(pipeline, "run_job", broken)
+    worker.settings = worker.settings.model_copy(update={"retry_backoff_s": 0})
     assert pipeline.drain(worker, "toy") == []
     session.expire_all()
     req = session.get(ErasureRequest, rid)
+    # Every job of the erasure kept failing: after max_request_attempts jobs it fails visibly.
     assert req.status == "failed" and "interrupted" in req.error
+    assert erasure.targets_of(session, rid)[0].attempts == worker.settings.max_request_attempts

@@ -7,7 +7,13 @@ registration on comparable random forget sets". For ``n_sets`` random sets of
 (Yeom et al., CSF 2018; the same signal and class-mix matching as the gate) and their accuracy
 are measured. Given the served model, the same sets are measured on it too: the "remembered"
 level a candidate must clearly fall below. The result is the ``reference`` dict that
-``verify_candidate`` reads (``mia_auc``, ``forget_acc``), stored in ``Model.config["reference"]``.
+``verify_candidate`` reads (``mia_auc``, ``forget_acc``, and the utility a model without the
+subjects reaches: ``retain_acc`` / ``test_acc`` with their seed-to-seed spread), stored in
+``Model.config["reference"]``.
+
+Utility is re-calibrated as erasures accumulate (``absorb_exact``): every exact candidate that
+serves is one more draw of "a model trained without these people" on today's data, so the
+utility bar approximate candidates face follows the data instead of the serving version.
 """
 
 from __future__ import annotations
@@ -25,8 +31,12 @@ from app.ml.train import evaluate, per_example_loss, train_from_scratch
 from workers.verify.mia import loss_auc
 from workers.verify.report import match_class_mix
 
-# Cap on held-out samples per measurement, as in the gate (``Gates.max_holdout``).
+# Caps per measurement, as in the gate (``Gates.max_holdout`` / ``max_retain`` / ``max_test``).
 MAX_HOLDOUT = 5000
+MAX_RETAIN = 3000
+MAX_TEST = 5000
+# Exact runs kept for the utility reference: enough for a spread, recent enough to follow the data.
+UTILITY_RUNS = 8
 
 
 def _measure(
@@ -73,7 +83,9 @@ def calibrate_reference(
     if not holdout_all:
         raise ValueError("no held-out subjects to measure against")
     rng = np.random.default_rng(seed)
-    aucs, accs, remembered, remembered_acc = [], [], [], []
+    test_all = [e for e in examples if e.split == "test"]
+    test = [test_all[i] for i in sorted(rng.choice(len(test_all), min(MAX_TEST, len(test_all)), replace=False))]
+    aucs, accs, remembered, remembered_acc, runs = [], [], [], [], []
     for i in range(n_sets):
         chosen = set(rng.choice(train_subjects, subjects_per_set, replace=False).tolist())
         forget = [e for e in examples if e.split == "train" and e.subject_id in chosen]
@@ -83,6 +95,10 @@ def calibrate_reference(
         auc, acc = _measure(spec, retrained, retrained_meta, forget, holdout, device)
         aucs.append(auc)
         accs.append(acc)
+        retain = [e for e in kept if e.split == "train"]
+        retain = [retain[j] for j in sorted(rng.choice(len(retain), min(MAX_RETAIN, len(retain)), replace=False))]
+        runs.append({"retain_acc": evaluate(spec, retrained, retrained_meta, retain, device=device),
+                     "test_acc": evaluate(spec, retrained, retrained_meta, test, device=device) if test else None})
         if model is not None and meta is not None:
             auc, acc = _measure(spec, model, meta, forget, holdout, device)
             remembered.append(auc)
@@ -93,10 +109,30 @@ def calibrate_reference(
     forget_acc, forget_sd = _summary(accs)
     out: dict[str, Any] = {
         "mia_auc": mia_auc, "mia_auc_sd": mia_sd, "forget_acc": forget_acc, "forget_acc_sd": forget_sd,
-        "n_sets": n_sets, "subjects_per_set": subjects_per_set,
+        "n_sets": n_sets, "subjects_per_set": subjects_per_set, "utility_runs": runs,
     }
+    out.update(_utility(runs))
     if remembered:
         out["remembered_auc"], out["remembered_auc_sd"] = _summary(remembered)
         out["remembered_forget_acc"] = _summary(remembered_acc)[0]
     out["seconds"] = time.perf_counter() - start
     return out
+
+
+def _utility(runs: list[dict[str, Any]]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for name in ("retain_acc", "test_acc"):
+        values = [r[name] for r in runs if r.get(name) is not None]
+        if values:
+            out[name], out[f"{name}_sd"] = _summary(values)
+    return out
+
+
+def absorb_exact(reference: dict[str, Any] | None, *, retain_acc: float | None, test_acc: float | None) -> dict[str, Any]:
+    """The reference after an exact candidate served: its utility joins the last ``UTILITY_RUNS``
+    exact runs (calibration retrains first), and the utility mean and spread are re-computed."""
+    ref = dict(reference or {})
+    runs = [*ref.get("utility_runs", []), {"retain_acc": retain_acc, "test_acc": test_acc}][-UTILITY_RUNS:]
+    ref["utility_runs"] = runs
+    ref.update(_utility(runs))
+    return ref

@@ -98,3 +98,15 @@ def decide_identity(request_id: str, body: IdentityDecision, session: SessionDep
     for model_name in {t.model_name for t in targets if t.status == "queued"}:
         enqueue_unlearn(model_name)  # only after commit
     return view
+
+
+@router.post("/{request_id}/retry", status_code=202)
+def retry(request_id: str, session: SessionDep, settings: SettingsDep, key: Writer) -> dict[str, Any]:
+    """Retry a ``failed`` erasure: it is queued again with fresh attempts (409 unless failed)."""
+    req = erasure.retry_request(session, request_id=request_id, actor=f"key:{key.name}")
+    models = erasure.models_to_enqueue(session, req.id)
+    view = erasure.public_view(req, erasure.targets_of(session, req.id), settings.base_url)
+    session.commit()
+    for model_name in models:
+        enqueue_unlearn(model_name)  # only after commit
+    return view

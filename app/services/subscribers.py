@@ -1,0 +1,61 @@
+"""Who hears of an erasure request's transitions (``app/services/lifecycle.py``).
+
+Each subscriber runs inside the transaction of the transition, so a notification (a callback
+outbox row) commits or rolls back with the change itself; housekeeping delivers it. Registered
+on import; ``lifecycle`` imports this module before its first announcement.
+"""
+
+from __future__ import annotations
+
+from sqlmodel import Session
+
+from app.core.config import get_settings
+from app.db.models import ErasureRequest, OpenDsrRequest
+from app.services import callbacks, fides, lifecycle
+from app.services import models as model_service
+from app.services.lifecycle import Transition
+
+
+@lifecycle.subscribe
+def native_callback(session: Session, req: ErasureRequest, transition: Transition) -> None:
+    """The caller's own callback URL: every status change (progress within a status is not one)."""
+    if req.callback_url and transition.name not in ("complete_model",):
+        callbacks.enqueue(session, kind="native", request_id=req.id, url=req.callback_url,
+                          body=callbacks.native_body(req, get_settings().base_url))
+
+
+@lifecycle.subscribe
+def opendsr_controller(session: Session, req: ErasureRequest, transition: Transition) -> None:
+    """OpenDSR status callbacks, on a change of the spec-level status only."""
+    if req.source != "opendsr" or not req.external_id or transition.name == "complete_model":
+        return
+    row = session.get(OpenDsrRequest, req.external_id)
+    if row is None:
+        return
+    base_url = get_settings().base_url
+    status = callbacks.REQUEST_STATUS.get(req.status, "in_progress")
+    done = status == "completed"
+    callbacks.announce_opendsr(session, row, request_id=req.id, request_status=status, expected=req.due_at,
+                               results_url=callbacks.certificate_url(base_url, req.id) if done else None)
+
+
+@lifecycle.subscribe
+def fides_resume(session: Session, req: ErasureRequest, transition: Transition) -> None:
+    if transition.name != "complete_model":
+        fides.resume_if_done(session, req)
+
+
+@lifecycle.subscribe
+def art19_recipients(session: Session, req: ErasureRequest, transition: Transition) -> None:
+    """GDPR Art. 19: the model's downstream recipients hear of each model the subject was erased from."""
+    if transition.name != "complete_model":
+        return
+    ctx = transition.context
+    names = model_service.notify_recipients(
+        session, name=ctx["model"], request_id=req.id, version_before=ctx.get("version_before"),
+        version_after=ctx.get("version_after"), completed_at=ctx.get("completed_at"))
+    result = dict(req.result or {})
+    models = dict(result.get("models") or {})
+    models[ctx["model"]] = {**models.get(ctx["model"], {}), "recipients_notified": names}
+    req.result = {**result, "models": models}
+    session.add(req)

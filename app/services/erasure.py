@@ -174,8 +174,7 @@ def create_requests(session: Session, items: list[IntakeItem]) -> list[Intake | 
         if item.identity_verified:
             lifecycle.admit(session, req, models, erased_by=completed_by.get(item.subject_key))
         else:
-            req.identity_status, req.clock_paused_at = "pending", now
-            req.status = req.stage = RequestStatus.AWAITING_IDENTITY
+            lifecycle.hold_for_identity(req, now=now)
         if item.idempotency_key:
             known[item.idempotency_key] = req  # a repeat inside this batch replays it
         session.add(req)

@@ -138,6 +138,12 @@ def admitted(session: Session, req: ErasureRequest, models: list[str], *, actor:
     _announce(session, req, Transition("admit", None, {"models": models}))
 
 
+def hold_for_identity(req: ErasureRequest, *, now: Any) -> None:
+    """Art. 12(6): recorded with the clock paused; nothing is suppressed or erased yet."""
+    req.identity_status, req.clock_paused_at = "pending", now
+    req.status = req.stage = S.AWAITING_IDENTITY
+
+
 def awaiting_identity(session: Session, req: ErasureRequest, *, actor: str) -> None:
     audit.append(session, type="erasure_requested", actor=actor, request_id=req.id, subject_key=req.subject_key,
                  payload={"source": req.source, "policy": req.policy, "identity": "pending"})

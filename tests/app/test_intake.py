@@ -3,6 +3,8 @@ statements, each item with its own outcome; a failed batch retried item by item.
 
 from __future__ import annotations
 
+import contextlib
+
 import threading
 
 import pytest
@@ -117,3 +119,44 @@ def test_a_failed_batch_is_retried_item_by_item(session: Session, settings, toy_
     with pytest.raises(Conflict):
         refused.result()
     assert len(session.exec(select(ErasureRequest)).all()) == 1
+
+
+@pytest.fixture
+def own_engine(backend: str, tmp_path):  # noqa: ANN001, ANN201
+    """A database of this test only, with real concurrent connections (not the rolled-back one)."""
+    from app.core.db import create_schema, make_engine
+    from tests.conftest import fresh_pg_database
+
+    with contextlib.ExitStack() as stack:
+        url = stack.enter_context(fresh_pg_database()) if backend == "postgresql" else f"sqlite:///{tmp_path / 'i.db'}"
+        engine = make_engine(url)
+        stack.callback(engine.dispose)
+        create_schema(engine)
+        yield engine
+
+
+@pytest.mark.parametrize("writers", [1, 2])
+def test_one_idempotency_key_sent_at_once_is_one_request(own_engine, settings, writers: int) -> None:  # noqa: ANN001
+    """Issue 8: the same key within one batch, across writer threads and across replicas (two
+    committers on one database): one request, replayed to every caller, never an error."""
+    committers = [intake.GroupCommitter(base_url="http://t", max_batch=64, writers=writers,
+                                        session_factory=lambda: Session(own_engine)) for _ in range(2)]
+    n, answers, errors = 24, [], []
+    start = threading.Barrier(n)
+
+    def send(i: int) -> None:
+        start.wait()
+        try:
+            answers.append(committers[i % 2].submit(item(settings, "someone", idempotency_key="same-key")))
+        except Exception as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    threads = [threading.Thread(target=send, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert errors == [] and len(answers) == n
+    assert len({a.view["id"] for a in answers}) == 1 and sum(a.created for a in answers) == 1
+    with Session(own_engine) as s:
+        assert len(s.exec(select(ErasureRequest)).all()) == 1

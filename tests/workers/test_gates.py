@@ -67,3 +67,49 @@ def test_low_power_runs_rank_test_for_approximate_only(toy, toy_trained, toy_set
     assert exact.mia_test == "exact_guarantee" and exact.gates["mia"]["passed"]
     # The memorised subject is still fully recalled: the forget-accuracy band catches it.
     assert not approx.passed and approx.forget_acc == 1.0
+
+
+def test_approximate_utility_is_judged_against_the_retrain_reference(toy, toy_trained, toy_sets, baseline):
+    """No ratchet: the bar is the calibrated retrain's accuracy (with its spread), not the baseline."""
+    model, meta = toy_trained
+    kw = dict(spec=toy, candidate=model, meta=meta, forget=toy_sets["forget"], retain=toy_sets["retain"],
+              test=toy_sets["test"], holdout=toy_sets["holdout"], forget_subject_ids=FORGET_SUBJECTS,
+              gates=Gates(), device="cpu", exact=False)
+    impossible = {"retain_acc": 1.01, "test_acc": 1.01}
+    ref = {"retain_acc": 0.5, "retain_acc_sd": 0.01, "test_acc": 0.5, "test_acc_sd": 0.01}
+    judged = verify_candidate(**kw, baseline=impossible, reference=ref)
+    assert judged.gates["retain_acc"]["passed"] and "retrain reference 0.5000" in judged.gates["retain_acc"]["reason"]
+    # A wide seed-to-seed spread widens the band; without a reference the fixed bar applies.
+    wide = verify_candidate(**kw, baseline=impossible, reference={"test_acc": 1.2, "test_acc_sd": 0.3})
+    assert wide.gates["test_acc"]["passed"]
+    fixed = verify_candidate(**kw, baseline=impossible, reference=None)
+    assert not fixed.gates["test_acc"]["passed"] and "first version" in fixed.gates["test_acc"]["reason"]
+
+
+def test_exact_candidate_faces_sanity_gates_only(toy, toy_trained, toy_sets, baseline):
+    model, meta = toy_trained
+    report = verify(toy, model, meta, toy_sets, {"retain_acc": 1.01, "test_acc": 1.01}, exact=True,
+                    gates=Gates(max_utility_drop=0.0, utility_sigmas=0.0))
+    assert report.gates["retain_acc"]["passed"] and report.gates["test_acc"]["passed"]
+    assert report.gates["finite_weights"]["passed"] and report.gates["sanity_test_acc"]["passed"]
+    assert any("below the retrain band" in w for w in report.warnings)
+    torch.manual_seed(0)
+    collapsed = toy.build(meta).eval()
+    with torch.no_grad():
+        for p in collapsed.parameters():
+            p.zero_()  # constant output: no better than the majority class
+    bad = verify(toy, collapsed, meta, toy_sets, baseline, exact=True)
+    assert not bad.passed and not bad.gates["sanity_test_acc"]["passed"]
+
+
+def test_absorb_exact_recalibrates_the_utility_reference():
+    from workers.verify.calibrate import UTILITY_RUNS, absorb_exact
+
+    ref = {"mia_auc": 0.5, "utility_runs": [{"retain_acc": 0.8, "test_acc": 0.7}] * 3, "retain_acc": 0.8}
+    out = absorb_exact(ref, retain_acc=0.7, test_acc=0.6)
+    assert out["mia_auc"] == 0.5 and len(out["utility_runs"]) == 4
+    assert out["retain_acc"] == pytest.approx(0.775) and out["test_acc"] == pytest.approx(0.675)
+    assert out["retain_acc_sd"] > 0
+    for _ in range(20):
+        out = absorb_exact(out, retain_acc=0.7, test_acc=0.6)
+    assert len(out["utility_runs"]) == UTILITY_RUNS and out["retain_acc"] == pytest.approx(0.7)

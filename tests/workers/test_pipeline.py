@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from sqlmodel import Session, select
 
-from app.db.models import ErasureRequest, ModelVersion, Replica, Sample, UnlearningJob, utcnow
+from app.db.models import ErasureRequest, Model, ModelVersion, Replica, Sample, UnlearningJob, utcnow
 from app.services import audit, erasure
 from app.core.security import subject_key
 from workers import pipeline
@@ -258,3 +258,86 @@ def test_a_repeating_database_error_still_fails_the_job_visibly(
     # Every job of the erasure kept failing: after max_request_attempts jobs it fails visibly.
     assert req.status == "failed" and "interrupted" in req.error
     assert erasure.targets_of(session, rid)[0].attempts == worker.settings.max_request_attempts
+
+
+def test_no_ratchet_retrain_is_served_after_an_over_fitting_approximate_version(
+        session: Session, settings, toy_model, worker) -> None:  # noqa: ANN001
+    """Issue 8: an approximate version that fits better than any retrain must not raise the bar."""
+    first = _request(session, settings, "toy-02")
+    pipeline.drain(worker, "toy")
+    assert session.get(ErasureRequest, first).status == "completed"
+    v2 = session.exec(select(ModelVersion).where(ModelVersion.model_name == "toy", ModelVersion.number == 2)).one()
+    assert v2.method != "retrain"
+    # Pretend v2 remembers the retain set better than any honest retrain does.
+    v2.metrics = {**v2.metrics, "retain_acc": 1.0, "train_acc": 1.0, "test_acc": 0.99}
+    session.add(v2)
+    session.commit()
+    second = _request(session, settings, "toy-03", policy="retrain")
+    pipeline.drain(worker, "toy")
+    req = session.get(ErasureRequest, second)
+    session.refresh(req)
+    assert req.status == "completed", req.error
+    assert req.result["models"]["toy"]["method"] == "retrain"
+    report = req.result["models"]["toy"]["attempts"][-1]["report"]
+    assert "first version" in report["gates"]["test_acc"]["reason"]  # the fixed bar, not v2's 0.99
+    session.expire_all()
+    assert session.get(Model, "toy").serving_version == 3
+
+
+def test_a_failed_erasure_stays_owed_and_a_new_request_reopens_it(
+        session: Session, settings, toy_model, worker, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
+    import workers.unlearning.engine as engine
+    from workers.unlearning.engine import ForgetOutcome
+
+    real = engine.forget
+    monkeypatch.setattr(engine, "forget", lambda **kw: ForgetOutcome(kw["model"], kw["meta"], "retrain", False, []))
+    worker.settings = worker.settings.model_copy(update={"max_request_attempts": 1})
+    failed_id = _request(session, settings, "toy-02")
+    pipeline.drain(worker, "toy")
+    session.expire_all()
+    failed = session.get(ErasureRequest, failed_id)
+    assert failed.status == "failed" and "no unlearning candidate passed" in failed.error
+    assert session.get(Model, "toy").serving_version == 1  # the model still holds the subject
+    key = subject_key(settings.subject_key_secret, "toy-02")
+    assert session.exec(select(Sample).where(Sample.subject_key == key)).all()  # still tracked (flagged deleted)
+    # A new request for the same subject is never no_data while a servable version holds them.
+    again, created = erasure.create_request(session, subject_key=key)
+    session.commit()
+    assert created and again.status == "queued"
+    session.refresh(failed)
+    assert failed.status == "queued" and failed.error is None  # reopened: joins the new request
+    monkeypatch.setattr(engine, "forget", real)
+    assert len(pipeline.drain(worker, "toy")) == 1
+    session.expire_all()
+    assert {session.get(ErasureRequest, i).status for i in (failed_id, again.id)} == {"completed"}
+    assert session.exec(select(Sample).where(Sample.subject_key == key)).all() == []
+    # Resubmitted after completion: completes at once as already erased, no job, no new version.
+    third, _ = erasure.create_request(session, subject_key=key)
+    session.commit()
+    assert third.status == "completed" and third.result["already_erased_by"] in (failed_id, again.id)
+    assert session.get(Model, "toy").serving_version == 2
+
+
+def test_operator_retry_of_a_failed_erasure(session: Session, settings, toy_model, worker, client, admin_headers,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
+    import workers.unlearning.engine as engine
+    from workers.unlearning.engine import ForgetOutcome
+
+    real = engine.forget
+    monkeypatch.setattr(engine, "forget", lambda **kw: ForgetOutcome(kw["model"], kw["meta"], "retrain", False, []))
+    worker.settings = worker.settings.model_copy(update={"max_request_attempts": 1})
+    rid = _request(session, settings, "toy-02")
+    r = client.post(f"/v1/erasure-requests/{rid}/retry", headers=admin_headers)
+    assert r.status_code == 409 and r.headers["content-type"].startswith("application/problem+json")
+    assert r.json()["code"] == "not_retryable"
+    pipeline.drain(worker, "toy")
+    r = client.get(f"/v1/erasure-requests/{rid}", headers=admin_headers)
+    assert r.json()["status"] == "failed" and r.json()["models"][0]["attempts"] == 1
+    monkeypatch.setattr(engine, "forget", real)
+    r = client.post(f"/v1/erasure-requests/{rid}/retry", headers=admin_headers)
+    assert r.status_code == 202 and r.json()["status"] == "queued" and r.json()["models"][0]["attempts"] == 0
+    pipeline.drain(worker, "toy")
+    assert client.get(f"/v1/erasure-requests/{rid}", headers=admin_headers).json()["status"] == "completed"
+    audit.sync(session)
+    types = [e.type for e in audit.list_events(session, request_id=rid, limit=100)]
+    assert types.index("erasure_failed") < types.index("erasure_reopened") < types.index("erasure_completed")

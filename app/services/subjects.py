@@ -44,25 +44,32 @@ def ingest(session: Session, *, subject_key: str, model_name: str, samples: list
 
 
 def describe(session: Session, *, subject_key: str) -> dict[str, Any]:
-    """What Lethe holds for a subject (GDPR Art. 15) and what was erased."""
-    held = session.exec(select(Sample.model_name, Sample.split, func.count())
-                        .where(Sample.subject_key == subject_key, col(Sample.deleted).is_(False))
-                        .group_by(Sample.model_name, Sample.split)).all()
+    """What Lethe holds for a subject (GDPR Art. 15) and what was erased.
+
+    ``samples``: live rows per model and split. ``pending_erasure``: rows already withdrawn from
+    every use but kept until the erasure completes, because a version that can serve may still
+    carry them; ``held_by``: the models that still hold the subject in that sense."""
+    held = session.exec(select(Sample.model_name, Sample.split, Sample.deleted, func.count())
+                        .where(Sample.subject_key == subject_key)
+                        .group_by(Sample.model_name, Sample.split, Sample.deleted)).all()
     samples: dict[str, dict[str, int]] = {}
-    for model_name, split, n in held:
-        samples.setdefault(model_name, {})[split] = n
+    pending: dict[str, dict[str, int]] = {}
+    for model_name, split, deleted, n in held:
+        (pending if deleted else samples).setdefault(model_name, {})[split] = n
     requests = session.exec(select(ErasureRequest).where(ErasureRequest.subject_key == subject_key)
                             .order_by(col(ErasureRequest.received_at))).all()
     return {
         "subject_key": subject_key,
         "suppressed": session.get(Suppression, subject_key) is not None,
         "samples": samples,
+        "pending_erasure": pending,
+        "held_by": sorted(set(samples) | set(pending)),
         "erasure_requests": [{"id": r.id, "status": r.status, "received_at": r.received_at,
                               "completed_at": r.completed_at} for r in requests],
     }
 
 
 def require_known(info: dict[str, Any]) -> dict[str, Any]:
-    if not info["samples"] and not info["erasure_requests"] and not info["suppressed"]:
+    if not info["held_by"] and not info["erasure_requests"] and not info["suppressed"]:
         raise NotFound("Lethe holds nothing about this subject.")
     return info

@@ -341,3 +341,18 @@ def test_operator_retry_of_a_failed_erasure(session: Session, settings, toy_mode
     audit.sync(session)
     types = [e.type for e in audit.list_events(session, request_id=rid, limit=100)]
     assert types.index("erasure_failed") < types.index("erasure_reopened") < types.index("erasure_completed")
+
+
+def test_subjects_still_owed_an_erasure_are_never_trained_on(session: Session, settings, toy_model, worker) -> None:  # noqa: ANN001
+    from workers.problem import collect
+
+    in_batch, waiting = _request(session, settings, "toy-02"), _request(session, settings, "toy-03")
+    worker.settings = worker.settings.model_copy(update={"batch_max": 1})
+    job_id = pipeline.next_job(worker, "toy")
+    assert session.get(UnlearningJob, job_id).request_ids == [in_batch]
+    problem = collect(worker, job_id)
+    keys = {subject_key(settings.subject_key_secret, s) for s in ("toy-02", "toy-03")}
+    assert {e.subject_id for e in problem.forget} == {subject_key(settings.subject_key_secret, "toy-02")}
+    # toy-03's erasure is only queued, yet its samples are already out of the retain set.
+    assert not keys & {e.subject_id for e in problem.retain} and problem.retain
+    assert session.get(ErasureRequest, waiting).status == "queued"

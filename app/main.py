@@ -12,7 +12,7 @@ from fastapi import FastAPI
 from app.api.routes import audit, certificates, erasure_requests, fides, health, keys, models, opendsr, subjects
 from app.core.config import get_settings
 from app.core.db import create_schema, get_engine, session_scope
-from app.core.errors import install_error_handlers
+from app.core.errors import PROBLEM_RESPONSES, install_error_handlers
 from app.core.logging import configure_logging
 from app.ml.device import set_cpu_threads
 from app.serving.holder import ModelHolder, UpdateListener
@@ -68,7 +68,7 @@ def create_app(*, serve_models: bool = True) -> FastAPI:
         if app.state.listener is not None:
             app.state.listener.stop()
 
-    app = FastAPI(title="Lethe", version="0.1.0", lifespan=lifespan,
+    app = FastAPI(title="Lethe", version="0.1.0", lifespan=lifespan, responses=PROBLEM_RESPONSES,
                   description="Machine unlearning for the GDPR right to be forgotten (Art. 17).")
     metrics.register()
     app.state.holder = ModelHolder()

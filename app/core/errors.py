@@ -10,7 +10,8 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 log = logging.getLogger("lethe.errors")
@@ -63,6 +64,25 @@ class Unavailable(LetheError):
     status, code, title = 503, "unavailable", "Service unavailable"
 
 
+class Problem(BaseModel):
+    """The body of every error outside ``/opendsr`` (RFC 9457 problem details); see ``problem``."""
+
+    type: str = Field(description="A URI naming the problem type, ``https://lethe.dev/problems/{code}``.")
+    title: str
+    status: int = Field(ge=400, le=599)
+    detail: str
+    code: str = Field(description="Machine-readable reason, e.g. ``not_found``, ``validation_error``.")
+    instance: str = Field(description="The request path.")
+    errors: list[dict[str, Any]] | None = Field(None, description="Per-field errors (validation), inputs omitted.")
+
+
+# Every client error of the API as OpenAPI documents it: the catch-all "4XX" also replaces FastAPI's
+# default 422 (``HTTPValidationError``, a shape this API never sends).
+PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
+    "4XX": {"description": "Client error (problem+json)", "content": {PROBLEM: {"schema": Problem.model_json_schema()}}},
+}
+
+
 def problem(status: int, title: str, detail: str, code: str, instance: str,
             errors: list[dict[str, Any]] | None = None, headers: dict[str, str] | None = None) -> JSONResponse:
     body: dict[str, Any] = {
@@ -83,6 +103,7 @@ def _clean_validation_errors(exc: RequestValidationError) -> list[dict[str, Any]
     return [{"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")} for e in exc.errors()]
 
 
+HTTP_ERROR_CODES = {404: "not_found", 405: "method_not_allowed"}
 DB_RETRY_AFTER_S = 5
 
 
@@ -121,8 +142,12 @@ def install_error_handlers(app: FastAPI) -> None:
                        request.url.path, _clean_validation_errors(exc))
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+    async def _http(request: Request, exc: StarletteHTTPException) -> Response:
+        # A 405 is raised by the router after it matched the path: a route that speaks its own error
+        # dialect (the OpenDSR spec's error object) renders it.
+        if (render := getattr(request.scope.get("route"), "render_http_error", None)) is not None:
+            return render(exc)
+        code = HTTP_ERROR_CODES.get(exc.status_code, "http_error")
         return problem(exc.status_code, str(exc.detail), str(exc.detail), code, request.url.path,
                        headers=getattr(exc, "headers", None))
 

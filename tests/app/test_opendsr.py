@@ -244,3 +244,11 @@ def test_errors_use_spec_error_object_without_identities(client: TestClient, con
 def test_wrong_scope_is_403_in_spec_format(client: TestClient, session: Session) -> None:
     reader = {"Authorization": f"Bearer {make_key(session, ['erasure:read'])}"}
     check_error(client.post("/opendsr/v2/requests", json=new_request(), headers=reader), 403, "insufficient_scope")
+
+
+def test_wrong_method_is_405_in_spec_format(client: TestClient) -> None:
+    # The router raises this one, outside the route's handler; the rest of the API keeps problem+json.
+    r = client.put("/opendsr/v2/requests")
+    check_error(r, 405, "method_not_allowed")
+    assert r.headers["allow"] == "POST"
+    assert client.put("/v1/keys").headers["content-type"].startswith("application/problem+json")

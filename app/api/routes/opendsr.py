@@ -16,15 +16,16 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from sqlalchemy.exc import DBAPIError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.api.deps import SessionDep, SettingsDep, require
-from app.core.errors import LetheError, database_unavailable
+from app.core.errors import HTTP_ERROR_CODES, LetheError, database_unavailable
 from app.core.queue import enqueue_unlearn
 from app.core.ratelimit import check_intake
 from app.core.signing import get_keys
 from app.db.models import ApiKey, utcnow
 from app.services import opendsr
-from app.services.opendsr import CERT_PATH, DIALECTS, Dialect
+from app.services.opendsr import CERT_PATH, DIALECTS, REQUEST_TYPES, Dialect, SubjectRequestIn
 
 Writer = Annotated[ApiKey, Depends(require("erasure:write"))]
 Reader = Annotated[ApiKey, Depends(require("erasure:read"))]
@@ -37,8 +38,33 @@ def spec_error(status: int, message: str, errors: list[dict[str, Any]] | None,
                         headers={**NO_STORE, **(headers or {})})
 
 
+SPEC_ERROR_SCHEMA: dict[str, Any] = {
+    "type": "object", "required": ["error"],
+    "properties": {"error": {
+        "type": "object", "required": ["code", "message", "errors"],
+        "properties": {"code": {"type": "integer", "description": "The HTTP status."},
+                       "message": {"type": "string"},
+                       "errors": {"type": "array", "items": {
+                           "type": "object", "properties": {"domain": {"type": "string"},
+                                                            "reason": {"type": "string"},
+                                                            "message": {"type": "string"}}}}}}},
+}
+# Replaces the app-wide problem+json "4XX" in these routes' OpenAPI documentation.
+SPEC_ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    "4XX": {"description": "Client error (the spec's error object, section 7.6)",
+            "content": {"application/json": {"schema": SPEC_ERROR_SCHEMA}}},
+}
+
+
 class SpecErrorRoute(APIRoute):
     """The error handler of the OpenDSR routes only (the rest of the API keeps problem+json)."""
+
+    @staticmethod
+    def render_http_error(exc: StarletteHTTPException) -> Response:
+        """The router's own errors on these paths (405), for the app-wide HTTP error handler."""
+        reason = HTTP_ERROR_CODES.get(exc.status_code, "http_error")
+        return spec_error(exc.status_code, str(exc.detail),
+                          [{"domain": "Request", "reason": reason, "message": str(exc.detail)}], exc.headers)
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
@@ -78,12 +104,44 @@ def signed(body: dict[str, Any], d: Dialect, settings: Any, status: int = 200, *
     return Response(raw, status_code=status, media_type="application/json", headers={**sig_headers, **(headers or {})})
 
 
+UUID4 = "^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$"
+
+
+def _inline(node: Any, defs: dict[str, Any]) -> Any:
+    if isinstance(node, dict):
+        if (ref := node.get("$ref", "")).startswith("#/$defs/"):
+            return _inline(defs[ref.removeprefix("#/$defs/")], defs)
+        return {k: _inline(v, defs) for k, v in node.items()}
+    return [_inline(v, defs) for v in node] if isinstance(node, list) else node
+
+
+def create_body_schema(d: Dialect) -> dict[str, Any]:
+    """The create body for OpenAPI (the route reads it raw, to echo and sign it): ``SubjectRequestIn``
+    plus what ``opendsr.parse`` checks after it (a lowercase UUID v4, a supported type, ``regulation``
+    where the dialect requires it)."""
+    schema = SubjectRequestIn.model_json_schema()
+    schema = _inline(schema, schema.pop("$defs", {}))
+    props = schema["properties"]
+    props["subject_request_id"]["pattern"] = UUID4
+    props["subject_request_type"] = {"type": "string", "enum": list(REQUEST_TYPES)}
+    if d.regulation_required:
+        props["regulation"] = {"type": "string", "enum": ["gdpr", "ccpa"]}
+        schema["required"] = [*schema["required"], "regulation"]
+    example = {"subject_request_id": "7f3c2a4e-9b1d-4c8e-a2f5-0d6b8e1c3a97", "subject_request_type": "erasure",
+               "submitted_time": "2026-01-01T00:00:00Z", "regulation": "gdpr",
+               "subject_identities": [{"identity_type": "controller_customer_id",  # the default identity type
+                                       "identity_value": "customer-1", "identity_format": "raw"}]}
+    return {"requestBody": {"required": True,
+                            "content": {"application/json": {"schema": schema, "example": example}}}}
+
+
 def _admin(key: ApiKey) -> bool:
     return "admin" in key.scopes.split()
 
 
 def dialect_router(d: Dialect, *, base: str | None = None, meta: bool = True) -> APIRouter:
-    router = APIRouter(prefix=base or d.base, tags=["opendsr"], route_class=SpecErrorRoute)
+    router = APIRouter(prefix=base or d.base, tags=["opendsr"], route_class=SpecErrorRoute,
+                       responses=SPEC_ERROR_RESPONSES)
     n = f"{d.name}{'' if base is None else '_alias'}"
 
     if meta:
@@ -97,7 +155,7 @@ def dialect_router(d: Dialect, *, base: str | None = None, meta: bool = True) ->
             """The service is up (spec section 3.1 lists the endpoint without a body; Lethe answers this)."""
             return signed(opendsr.service_status(d), d, settings)
 
-    @router.post(f"/{d.collection}", status_code=201, operation_id=f"{n}_create")
+    @router.post(f"/{d.collection}", status_code=201, operation_id=f"{n}_create", openapi_extra=create_body_schema(d))
     def create(raw: RawBody, session: SessionDep, settings: SettingsDep, key: Writer) -> Response:
         """Spec section 7: accept an erasure or access request; 201 with a signed receipt."""
         check_intake(key.id, rate=settings.intake_rate_per_s, burst=settings.intake_burst)
@@ -133,7 +191,7 @@ def dialect_router(d: Dialect, *, base: str | None = None, meta: bool = True) ->
     return router
 
 
-cert_router = APIRouter(tags=["opendsr"])
+cert_router = APIRouter(tags=["opendsr"], route_class=SpecErrorRoute, responses=SPEC_ERROR_RESPONSES)
 
 
 @cert_router.get(CERT_PATH, response_class=Response)

@@ -45,9 +45,13 @@ def verify_chain(session: SessionDep, settings: SettingsDep, _: Auditor) -> dict
 
 
 EXPORT_TYPES = {"jsonl": "application/x-ndjson", "csv": "text/csv"}
+EXPORT_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"description": "The events, one per line (``format`` picks the type).",
+          "content": {media: {"schema": {"type": "string"}} for media in EXPORT_TYPES.values()}},
+}
 
 
-@router.get("/export")
+@router.get("/export", response_class=StreamingResponse, responses=EXPORT_RESPONSES)
 def export_events(settings: SettingsDep, _: Auditor, format: Annotated[str, Query(pattern="^(jsonl|csv)$")] = "jsonl",
                   request_id: str | None = None, subject_id: str | None = None, type: str | None = None,
                   actor: str | None = None, since: datetime | None = None,

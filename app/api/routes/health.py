@@ -27,7 +27,9 @@ def readyz(request: Request) -> dict[str, Any]:
     return {"status": "ready", "replica_id": listener.replica_id, "models": request.app.state.holder.versions()}
 
 
-@router.get("/metrics")
+@router.get("/metrics", response_class=Response,
+            responses={200: {"description": "Prometheus text exposition format.",
+                             "content": {"text/plain": {"schema": {"type": "string"}}}}})
 def metrics() -> Response:
     """Prometheus metrics."""
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

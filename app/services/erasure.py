@@ -105,6 +105,12 @@ class IntakeItem:
     actor: str = "api"
     identity_verified: bool = True
 
+    def __post_init__(self) -> None:
+        # A blank key is no key: stored as "" it would collide in the unique column while the
+        # replay lookup skipped it (a 500 schemathesis found).
+        if self.idempotency_key is not None and not self.idempotency_key.strip():
+            object.__setattr__(self, "idempotency_key", None)
+
 
 @dataclass
 class Intake:

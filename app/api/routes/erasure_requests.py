@@ -24,7 +24,7 @@ KNOWN_POLICIES = ("auto", "retrain", "sisa", "finetune", "neggrad_plus", "scrub"
 
 @router.post("", status_code=202)
 def create_erasure_request(body: ErasureCreate, settings: SettingsDep, key: Writer, response: Response,
-                           idempotency_key: Annotated[str | None, Header(max_length=200)] = None) -> dict[str, Any]:
+                           idempotency_key: Annotated[str | None, Header(min_length=1, max_length=200)] = None) -> dict[str, Any]:
     """Record an erasure request; unlearning runs in the background. Poll the status URL."""
     check_intake(key.id, rate=settings.intake_rate_per_s, burst=settings.intake_burst)
     policy = body.policy or settings.default_policy

@@ -19,7 +19,10 @@ from pathlib import Path
 
 import httpx
 
+from app.cli_models import add_models_command
 from app.core.config import Settings, get_settings
+
+BENCH_DIR = Path(__file__).resolve().parent.parent / "bench"
 
 
 def bootstrap(settings: Settings, *, quiet: bool = False) -> str:
@@ -34,11 +37,11 @@ def bootstrap(settings: Settings, *, quiet: bool = False) -> str:
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     create_schema()
-    for name in [n.strip() for n in settings.demo_models.split(",") if n.strip()]:
+    for name, spec in settings.initial_models():
         with session_scope() as session:
             if models.get_model_or_none(session, name) is not None:
                 continue
-            bar = tqdm(total=100, desc=f"training demo model {name}", disable=quiet, unit="%")
+            bar = tqdm(total=100, desc=f"registering model {name} ({spec})", disable=quiet, unit="%")
 
             def progress(fraction: float, bar: tqdm = bar) -> None:
                 bar.update(round(fraction * 100) - bar.n)
@@ -46,7 +49,7 @@ def bootstrap(settings: Settings, *, quiet: bool = False) -> str:
             t0 = time.monotonic()
             version = models.register_demo_model(
                 session, name=name, secret=settings.subject_key_secret, artifacts_dir=settings.artifacts_dir,
-                device=settings.device, progress=progress, calibrate=calibrate_reference,
+                device=settings.device, progress=progress, calibrate=calibrate_reference, spec=spec,
                 training=demo_training(name, sisa_models=settings.sisa_models,
                                        update_log_models=settings.update_log_models))
             session.commit()
@@ -214,17 +217,23 @@ def run_verify_command(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
+def bench_names() -> list[str]:
+    """The benchmarks ``lethe bench NAME`` runs: one script per name in bench/ (soak, swap, ...)."""
+    return sorted(p.stem for p in BENCH_DIR.glob("*.py") if p.stem != "common")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="lethe", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="cmd", required=True)
     sub.add_parser("run", help="bootstrap, then start API + worker (embedded default)")
     sub.add_parser("bootstrap", help="create the DB, train demo models, print the admin key")
     bench = sub.add_parser("bench", help="run a benchmark from bench/")
-    bench.add_argument("name", help="benchmark name, e.g. unlearning")
+    bench.add_argument("name", help=f"benchmark name: {', '.join(bench_names())}")
     bench.add_argument("args", nargs=argparse.REMAINDER)
     add_verify_command(sub)
+    add_models_command(sub)
     args = parser.parse_args(argv)
-    if args.cmd == "verify-certificate":
+    if args.cmd in ("verify-certificate", "models"):
         return args.run(args)
     settings = get_settings()
     if args.cmd == "run":
@@ -232,8 +241,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.cmd == "bootstrap":
         print(bootstrap(settings))
         return 0
-    script = Path(__file__).resolve().parent.parent / "bench" / f"{args.name}.py"
-    if not script.exists():
+    script = BENCH_DIR / f"{args.name}.py"
+    if args.name not in bench_names():
         parser.error(f"no benchmark {args.name!r} in bench/")
     return subprocess.call([sys.executable, str(script), *args.args])
 

@@ -277,3 +277,18 @@ def reconcile(w: Worker, send: Callable[[str], Any]) -> list[str]:
     for name in names:
         send(name)
     return names
+
+
+def reconcile_registrations(w: Worker, send: Callable[[str], Any], *, older_than_s: float = 30.0) -> list[str]:
+    """Re-send model registrations still queued after ``older_than_s`` (their message was lost)."""
+    from datetime import timedelta
+
+    from app.db.models import ModelRegistration
+
+    with w.session() as s:
+        cutoff = utcnow() - timedelta(seconds=older_than_s)
+        ids = list(s.exec(select(ModelRegistration.id).where(ModelRegistration.status == "queued",
+                                                            col(ModelRegistration.created_at) < cutoff)).all())
+    for rid in ids:
+        send(rid)
+    return ids

@@ -27,7 +27,6 @@ from sqlmodel import col, select
 
 from app.db.models import Model, Sample, UnlearningJob
 from app.ml.spec import Example, ModelSpec
-from app.ml.specs import get_spec
 from app.services import audit, jobs
 from app.services import models as model_service
 from app.services.jobs import ACTOR
@@ -55,7 +54,8 @@ class ForgetProblem:
     free_of: list[str]
     baseline: dict[str, Any]  # fixed utility bar: the first version's metrics
     reference: dict[str, Any] | None
-    methods: dict[str, Any] | None
+    methods: dict[str, Any] | None  # per-model method overrides (Model.config["methods"])
+    chain: list[str] | None  # per-model auto chain (Model.config["chain"])
 
 
 def _examples(rows: list[Sample]) -> list[Example]:
@@ -65,7 +65,7 @@ def _examples(rows: list[Sample]) -> list[Example]:
 def collect(w: Worker, job_id: str) -> ForgetProblem:
     with w.session() as s:
         job = s.get(UnlearningJob, job_id)
-        spec = get_spec(job.model_name)
+        spec = model_service.spec_of(s, job.model_name)
         requests = jobs.requests_of(s, job)
         keys = sorted({r.subject_key for r in requests})
         forget_rows = list(s.exec(select(Sample).where(Sample.model_name == job.model_name,
@@ -96,7 +96,7 @@ def collect(w: Worker, job_id: str) -> ForgetProblem:
             subject_ids=sorted({sid for r in forget_rows if (sid := spec.subject_id_of(r.features))}),
             serving=serving.number, artifact_path=serving.artifact_path, sha256=serving.sha256,
             free_of=list(serving.free_of), baseline=dict(first.metrics), reference=model.config.get("reference"),
-            methods=model.config.get("methods"))
+            methods=model.config.get("methods"), chain=model.config.get("chain"))
 
 
 def unlearn_and_publish(w: Worker, job_id: str, p: ForgetProblem, *, progress: Callable[[str, float], None]) -> bool:
@@ -125,7 +125,8 @@ def unlearn_and_publish(w: Worker, job_id: str, p: ForgetProblem, *, progress: C
     outcome = forget(spec=p.spec, model=served, meta=meta, forget=p.forget, retain=p.retain, test=p.test,
                      holdout=p.holdout, forget_subject_ids=p.subject_ids, forget_unseen=p.forget_unseen,
                      policy=p.policy, device=w.device, seed=seed, progress=progress, baseline=p.baseline,
-                     reference=p.reference, config=p.methods)
+                     reference=p.reference, config=p.methods,
+                     chains={p.spec.name: tuple(p.chain)} if p.chain else None)
     seconds = time.monotonic() - t0
     progress("publishing", 0.0)
     with w.session() as s:

@@ -7,7 +7,7 @@ import logging
 
 from app.core.config import get_settings
 from app.core.db import create_schema, get_engine
-from app.core.queue import TASK_RECONCILE, TASK_UNLEARN, enqueue_unlearn, get_celery
+from app.core.queue import TASK_RECONCILE, TASK_REGISTER, TASK_UNLEARN, enqueue_registration, enqueue_unlearn, get_celery
 from app.serving.holder import publish_update
 from workers import pipeline
 
@@ -35,7 +35,20 @@ def unlearn_model(model_name: str) -> list[str]:
     return jobs
 
 
+@celery.task(name=TASK_REGISTER, acks_late=True, reject_on_worker_lost=True)
+def register_model(registration_id: str) -> str:
+    """Run one model registration (nothing is committed unless it completes)."""
+    from app.services import registration
+    from workers.verify.calibrate import calibrate_reference
+
+    w = worker()
+    return registration.run_registration(w.session, registration_id, secret=w.settings.subject_key_secret,
+                                         artifacts_dir=w.settings.artifacts_dir, device=w.device,
+                                         calibrate=calibrate_reference)
+
+
 @celery.task(name=TASK_RECONCILE, ignore_result=True)
 def reconcile() -> list[str]:
     """Re-send work whose message vanished: the DB, not the queue, is the source of truth."""
+    pipeline.reconcile_registrations(worker(), send=enqueue_registration)
     return pipeline.reconcile(worker(), send=enqueue_unlearn)

@@ -71,3 +71,19 @@ class Recipient(BaseModel):
 class RecipientsBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
     recipients: list[Recipient] = Field(max_length=200)
+
+
+class ModelRegister(BaseModel):
+    """Register a model: an instance of an installed spec (entry point of group ``lethe.models``)."""
+    name: str = Field(min_length=1, max_length=63, description="The new model's name (lowercase, digits, - or _).")
+    spec: str = Field(min_length=1, max_length=200, description="Spec entry-point name, e.g. movielens.")
+    config: dict[str, Any] = Field(default_factory=dict, description="Per-model config: training, chain, methods.")
+    weights_base64: str | None = Field(None, max_length=700_000_000,
+                                       description="safetensors state dict to adopt as version 1 instead of training.")
+
+
+class PolicyBody(BaseModel):
+    """Per-model unlearning policy; omitted fields keep their value, null resets to the spec default."""
+    model_config = ConfigDict(extra="forbid")
+    chain: list[str] | None = Field(None, max_length=20, description="Methods `auto` tries in order; ends exact.")
+    methods: dict[str, dict[str, Any]] | None = Field(None, description="Config overrides per method name.")

@@ -9,14 +9,23 @@ import functools
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import AliasChoices, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEV_SECRET = "lethe-dev-secret-change-me"
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="LETHE_", env_file=None, extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="LETHE_", env_file=None, extra="ignore", populate_by_name=True)
+
+    def initial_models(self) -> list[tuple[str, str]]:
+        """(name, spec) pairs of ``models``: production registers nothing unless told to."""
+        value = self.models if self.models is not None else ("" if self.env == "production" else "movielens,digits")
+        pairs = []
+        for item in (i.strip() for i in value.split(",") if i.strip()):
+            name, _, spec = item.partition("=")
+            pairs.append((name.strip(), (spec or name).strip()))
+        return pairs
 
     env: Literal["development", "production", "test"] = Field(
         "development", description="production refuses default secrets and generated certificates."
@@ -37,7 +46,10 @@ class Settings(BaseSettings):
     api_workers: int = Field(1, description="uvicorn worker processes (replicas) for `lethe run`.")
     public_url: str | None = Field(None, description="Base URL used in status links; default http://host:port.")
     bootstrap_admin_key: str | None = Field(None, description="Use this admin API key instead of generating one.")
-    demo_models: str = Field("movielens,digits", description="Comma list of demo models trained on first start.")
+    models: str | None = Field(
+        None, validation_alias=AliasChoices("LETHE_MODELS", "LETHE_DEMO_MODELS"),
+        description="Models the first start registers: comma list of `name` or `name=spec` (spec: an entry point "
+                    "of group lethe.models). Default: the demo models movielens,digits; in production none.")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Worker device: CUDA when present.")
     torch_threads: int = Field(1, description="CPU threads per process for torch (API and worker share the cores).")
     default_policy: str = Field("auto", description="Unlearning policy when a request names none.")

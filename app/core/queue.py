@@ -26,6 +26,7 @@ UNLEARN_QUEUE = "unlearn"
 HOUSEKEEPING_QUEUE = "housekeeping"
 TASK_UNLEARN = "lethe.unlearn_model"
 TASK_RECONCILE = "lethe.reconcile"
+TASK_REGISTER = "lethe.register_model"  # trains: on the unlearn queue (the GPU worker)
 # Housekeeping (workers/housekeeping.py): on the unlearn queue so the single embedded worker runs them;
 # a long unlearning job delays them (prefetch 1), which callbacks and checkpoints tolerate.
 TASK_DELIVER_CALLBACKS = "lethe.deliver_callbacks"
@@ -70,7 +71,8 @@ def make_celery(settings: Settings) -> Celery:
         broker_transport_options={"visibility_timeout": 6 * 3600} if broker.startswith("redis") else {},
         task_ignore_result=True,
         task_default_queue=UNLEARN_QUEUE,
-        task_routes={TASK_UNLEARN: {"queue": UNLEARN_QUEUE}, TASK_RECONCILE: {"queue": HOUSEKEEPING_QUEUE},
+        task_routes={TASK_UNLEARN: {"queue": UNLEARN_QUEUE}, TASK_REGISTER: {"queue": UNLEARN_QUEUE},
+                     TASK_RECONCILE: {"queue": HOUSEKEEPING_QUEUE},
                      **{t: {"queue": HOUSEKEEPING_QUEUE} for t in HOUSEKEEPING_TASKS}},
         beat_schedule={"reconcile": {"task": TASK_RECONCILE, "schedule": settings.reconcile_interval_s},
                        # expires: a beat tick that waited behind a long job is dropped, not piled up
@@ -118,4 +120,15 @@ def enqueue_unlearn(model_name: str, *, dedup_s: float = ENQUEUE_DEDUP_S) -> boo
     except Exception:  # noqa: BLE001
         log.warning("could not enqueue unlearning for model %s; the reconciler will retry", model_name,
                     exc_info=True)
+        return False
+
+
+def enqueue_registration(registration_id: str) -> bool:
+    """Send "run this model registration". Call only after commit; the reconciler re-sends a
+    registration still queued whose message was lost."""
+    try:
+        get_celery().send_task(TASK_REGISTER, args=[registration_id], queue=UNLEARN_QUEUE)
+        return True
+    except Exception:  # noqa: BLE001
+        log.warning("could not enqueue registration %s; the reconciler will retry", registration_id, exc_info=True)
         return False

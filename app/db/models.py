@@ -39,7 +39,10 @@ class ApiKey(SQLModel, table=True):
 
 
 class Model(SQLModel, table=True):
+    """An instance of a spec: two models may share one spec (``spec`` is its entry-point name)."""
+
     name: str = Field(primary_key=True)
+    spec: str = ""
     description: str = ""
     serving_version: int | None = None
     # Per-model settings the unlearning engine reads: method chain, reference MIA figures.
@@ -48,6 +51,26 @@ class Model(SQLModel, table=True):
     # One job at a time per model: a lease, so a dead worker's lock expires.
     lock_owner: str | None = None
     lock_until: datetime | None = None
+
+
+class ModelRegistration(SQLModel, table=True):
+    """Registering a model on a running stack: a job with stage and percent (issue 9).
+
+    Nothing of the model exists in the registry until the registration commits it, whole."""
+
+    id: str = Field(default_factory=new_id, primary_key=True)
+    name: str = Field(index=True)
+    spec: str
+    status: str = "queued"  # queued, running, completed, failed
+    stage: str = "queued"
+    percent: float = 0.0
+    weights_path: str | None = None  # staged upload to adopt instead of training
+    config: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    result: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    error: str | None = None
+    actor: str = "lethe"
+    created_at: datetime = Field(default_factory=utcnow)
+    finished_at: datetime | None = None
 
 
 class ModelVersion(SQLModel, table=True):

@@ -8,17 +8,14 @@ served or rolled back to (DESIGN.md section 5).
 from __future__ import annotations
 
 import logging
-from dataclasses import replace
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import insert
 from sqlmodel import Session, col, select
 
 from app.core.errors import Conflict, NotFound
-from app.core.security import subject_key
 from app.db.models import ErasureTarget, Model, ModelVersion, Replica, Sample, utcnow
 from app.ml.specs import get_spec
 from app.services import audit
@@ -95,53 +92,33 @@ def set_serving(session: Session, *, name: str, number: int, actor: str, event: 
 def register_demo_model(session: Session, *, name: str, secret: str, artifacts_dir: Path, device: str = "auto",
                         seed: int = 0, progress: Callable[[float], None] | None = None,
                         training: dict[str, Any] | None = None,
-                        calibrate: Callable[..., dict[str, Any]] | None = None) -> ModelVersion | None:
-    """Load the bundled data into the registry, train v1, serve it. No-op when registered.
-
-    ``calibrate(spec, examples, model=, meta=, device=)``: measures the exact-retrain reference
-    the MIA gate compares candidates with (stored as ``Model.config["reference"]``).
-
-    ``training``: ``None`` for one network, ``{"sisa": {"shards": 4, "slices": 3}}`` for a SISA
-    ensemble, ``{"update_log": True}`` for amnesiac's update log (``train_for_registration``).
-    """
+                        calibrate: Callable[..., dict[str, Any]] | None = None,
+                        spec: str | None = None) -> ModelVersion | None:
+    """Register model ``name`` of spec ``spec`` (default: the spec of the same name) as
+    ``registration.register`` does; no-op when registered. ``progress(fraction)`` covers the
+    whole registration. ``calibrate(spec, examples, model=, meta=, device=)`` measures the
+    exact-retrain reference (``Model.config["reference"]``). ``training``: ``None`` for one
+    network, ``{"sisa": {"shards": 4, "slices": 3}}`` for a SISA ensemble, ``{"update_log": True}``
+    for amnesiac's update log (``train_for_registration``)."""
     from app.ml.device import pick_device
-    from app.ml.train import evaluate, train_for_registration
+    from app.services import registration
 
     if session.get(Model, name) is not None:
         return None
-    spec = get_spec(name)
-    examples = spec.load_examples()
-    session.add(Model(name=name, description=spec.description, config={"training": training} if training else {}))
-    session.flush()
-    keys: dict[str, str] = {}
-    rows = [{"model_name": name, "subject_key": keys.setdefault(e.subject_id, subject_key(secret, e.subject_id)),
-             "split": e.split, "features": e.features, "label": e.label, "deleted": False,
-             "created_at": utcnow()} for e in examples]
-    for i in range(0, len(rows), 20000):
-        session.execute(insert(Sample), rows[i:i + 20000])
-    dev = pick_device(device)
-    # Workers only ever see subject keys; train on the same IDs so that anything derived from
-    # them at training time (e.g. SISA shard assignment) matches at unlearning time.
-    train = [replace(e, subject_id=keys[e.subject_id]) for e in examples if e.split == "train"]
-    model_obj, meta = train_for_registration(spec, train, training=training, workdir=artifacts_dir / name, device=dev,
-                                             seed=seed, progress=progress)
-    train_acc = evaluate(spec, model_obj, meta, train, device=dev)
-    metrics = {"train_acc": train_acc, "retain_acc": train_acc,
-               "test_acc": evaluate(spec, model_obj, meta, [e for e in examples if e.split == "test"], device=dev),
-               "n_train": len(train), "n_subjects": len(keys)}
-    if calibrate is not None:
-        keyed = [replace(e, subject_id=keys[e.subject_id]) for e in examples]
-        reference = calibrate(spec, keyed, model=model_obj, meta=meta, device=dev)
-        model_row = session.get(Model, name)
-        model_row.config = {**model_row.config, "reference": reference}
-        session.add(model_row)
-    audit.append(session, type="model_registered", actor="lethe",
-                 payload={"model": name, "samples": len(rows), "subjects": len(keys),
-                          "reference": session.get(Model, name).config.get("reference")})
-    version = register_trained(session, name=name, model_obj=model_obj, meta=meta, metrics=metrics,
-                               artifacts_dir=artifacts_dir, method="train")
-    set_serving(session, name=name, number=version.number, actor="lethe")
-    return version
+
+    def overall(stage: str, fraction: float) -> None:
+        lo, hi = registration.SPAN.get(stage, (0, 100))
+        progress((lo + (hi - lo) * fraction) / 100)
+
+    return registration.register(session, name=name, spec=spec or name, secret=secret, artifacts_dir=artifacts_dir,
+                                 device=pick_device(device), seed=seed,
+                                 config={"training": training} if training else {}, calibrate=calibrate,
+                                 progress=overall if progress else None)
+
+
+def spec_of(session: Session, name: str) -> Any:
+    """The spec instance of model ``name`` (resolved by entry point, never by the model's name)."""
+    return get_spec(get_model(session, name).spec)
 
 
 def live_replicas(session: Session, *, name: str, ttl_s: float) -> list[Replica]:
@@ -160,11 +137,12 @@ def heartbeat(session: Session, *, replica_id: str, model_name: str, version: in
 
 def describe(session: Session, *, name: str, ttl_s: float) -> dict[str, Any]:
     model = get_model(session, name)
-    spec = get_spec(name)
+    spec = get_spec(model.spec)
     versions = session.exec(select(ModelVersion).where(ModelVersion.model_name == name)
                             .order_by(col(ModelVersion.number))).all()
     return {
         "name": name,
+        "spec": model.spec,
         "description": model.description,
         "serving_version": model.serving_version,
         "input_schema": spec.input_schema,
@@ -225,3 +203,33 @@ def notify_recipients(session: Session, *, name: str, request_id: str, version_b
         audit.append(session, type="recipients_notified", actor="lethe", request_id=request_id,
                      payload={"model": name, "recipients": [r["name"] for r in recipients]})
     return [r["name"] for r in recipients]
+
+
+def policy_of(session: Session, *, name: str) -> dict[str, Any]:
+    from app.ml import policy
+
+    model = get_model(session, name)
+    return {"model": name, "spec": model.spec, **policy.effective(model.spec, model.config)}
+
+
+def set_policy(session: Session, *, name: str, changes: dict[str, Any], actor: str) -> dict[str, Any]:
+    """Per-model chain / method overrides (issue 9); ``None`` resets a field to the spec default."""
+    from app.core.errors import Unprocessable
+    from app.ml import policy
+
+    model = get_model(session, name)
+    config = dict(model.config)
+    for field in ("chain", "methods"):
+        if field in changes:
+            if changes[field] is None:
+                config.pop(field, None)
+            else:
+                config[field] = changes[field]
+    problems = policy.validate(config.get("chain"), config.get("methods"))
+    if problems:
+        raise Unprocessable("; ".join(problems), code="invalid_policy")
+    model.config = config
+    session.add(model)
+    audit.append(session, type="policy_updated", actor=actor,
+                 payload={"model": name, "chain": config.get("chain"), "methods": config.get("methods")})
+    return policy_of(session, name=name)

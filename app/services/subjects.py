@@ -17,12 +17,13 @@ from app.services import audit
 def ingest(session: Session, *, subject_key: str, model_name: str, samples: list[dict[str, Any]],
            actor: str) -> int:
     """Add samples of one subject; 409 if the subject has been erased (suppression list)."""
-    if session.get(Model, model_name) is None:
+    model = session.get(Model, model_name)
+    if model is None:
         raise NotFound(f"No model named {model_name!r}.")
     if session.get(Suppression, subject_key) is not None:
         raise Conflict("This subject has asked to be erased; their data may not be ingested again.",
                        code="subject_suppressed")
-    spec = get_spec(model_name)
+    spec = get_spec(model.spec)
     rows = []
     for i, s in enumerate(samples):
         try:

@@ -28,6 +28,7 @@ from sqlmodel import select
 
 from app.core.config import Settings
 from app.core.db import session_scope
+from app.core.errors import LetheError
 from app.db.models import Model, utcnow
 from app.ml.spec import ModelSpec
 from app.ml.specs import get_spec
@@ -101,7 +102,7 @@ class UpdateListener:
         self._wake.set()
 
     def ready(self) -> bool:
-        return self.fresh() and bool(self.expected) and all(
+        return self.fresh() and all(  # ready with zero models too (production starts empty)
             self.holder.versions().get(n) == v for n, v in self.expected.items())
 
     def fresh(self) -> bool:
@@ -151,8 +152,9 @@ class UpdateListener:
     def sync_once(self) -> list[str]:
         """Load every model whose DB serving version differs from ours. Returns swapped names."""
         with session_scope(self.engine) as session:
-            wanted = {m.name: m.serving_version for m in session.exec(select(Model)).all()
-                      if m.serving_version is not None}
+            rows = [m for m in session.exec(select(Model)).all() if m.serving_version is not None]
+            wanted = {m.name: m.serving_version for m in rows}
+            specs = {m.name: m.spec for m in rows}
             plans = []
             for name, number in wanted.items():
                 current = self.holder.get(name)
@@ -163,11 +165,15 @@ class UpdateListener:
                 if taint:
                     log.error("refusing to load %s v%s: it carries %d completed erasure(s)", name, number, len(taint))
                     continue
-                plans.append((name, number, version.artifact_path, version.sha256))
+                plans.append((name, specs[name], number, version.artifact_path, version.sha256))
         self.expected = wanted
         swapped = []
-        for name, number, path, sha in plans:
-            self.holder.swap(self.load(name, number, path, sha))
+        for name, spec_name, number, path, sha in plans:
+            try:
+                self.holder.swap(self.load(name, number, path, sha, spec_name=spec_name))
+            except LetheError as exc:  # a broken plugin: this model is not served, the others are
+                log.error("replica %s cannot load %s v%s: %s", self.replica_id, name, number, exc.detail)
+                continue
             swapped.append(name)
             log.info("replica %s now serves %s v%s", self.replica_id, name, number)
         import time
@@ -178,10 +184,10 @@ class UpdateListener:
         return swapped
 
     @staticmethod
-    def load(name: str, number: int, path: str, sha: str) -> Loaded:
+    def load(name: str, number: int, path: str, sha: str, *, spec_name: str) -> Loaded:
         from app.ml.checkpoint import load_checkpoint
 
-        spec = get_spec(name)
+        spec = get_spec(spec_name)
         model, meta, _info = load_checkpoint(path, spec, expected_sha256=sha, device="cpu")
         model.eval()
         return Loaded(name=name, version=number, spec=spec, model=model, meta=meta, sha256=sha, loaded_at=utcnow())

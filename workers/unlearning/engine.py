@@ -15,38 +15,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from app.ml.policy import DEFAULT_CHAINS, DEFAULT_CONFIGS, FALLBACK_CHAIN
 from app.ml.spec import Example, ModelSpec
 from workers.unlearning import get_method
 from workers.unlearning.base import UnlearnContext
 from workers.verify.report import Gates, verify_candidate
-
-# Cheapest-first chains per spec, from bench/results/unlearning.md (bench/unlearning.py: every method
-# vs retrain on 1 subject / 1 % / 10 % forget sets, 2 seeds, 2 shared CPU cores). movielens (demo and
-# the 24-epoch dim-128 model): finetune passes every single-subject set (the common request) but
-# fails 10 % sets on the big model (AUC 0.53 vs retrain 0.49), where neggrad_plus passes (0.51) and
-# spares the retrain (~80 s); neggrad_plus first replays 4 % faster overall but over-forgets single
-# users (AUC 0.08-0.37), so it goes second. digits: finetune passed all 6 runs (ssd passes too, but
-# by leaving the model unchanged: the CNN shows no measurable membership signal). mnist: finetune
-# passed 5/6, salun the single-subject run it missed. toy (not benchmarked for chains): finetune
-# leaves the memorised set at AUC 0.70, neggrad_plus reaches 0.59 (retrain 0.60).
-DEFAULT_CHAINS: dict[str, tuple[str, ...]] = {
-    "movielens": ("finetune", "neggrad_plus", "retrain"),
-    "digits": ("finetune", "retrain"),
-    "mnist": ("finetune", "salun", "retrain"),
-    "toy": ("neggrad_plus", "retrain"),
-}
-FALLBACK_CHAIN: tuple[str, ...] = ("finetune", "retrain")
-# Per-spec overrides of the methods' config defaults, measured like the chains. Toy: the
-# memorised blobs survive retain-only steps at the recipe rate (AUC 0.70 -> 0.70), 10x erodes
-# them (0.59); on digits 10x costs a point of test accuracy, so it stays spec-specific. On the demo
-# movielens model 3-5x finetune rates cost 1-2 test points (measured with bench/unlearning.py's
-# run_method on 1 subject / 1 % / 10 % sets, seed 0): defaults
-# kept; a model with a slower recipe records its own rate (Model.config["methods"]), as the
-# benchmark's movielens-large does ({"finetune": {"steps": 150, "lr_scale": 5}}).
-DEFAULT_CONFIGS: dict[str, dict[str, dict[str, Any]]] = {
-    "toy": {"finetune": {"lr_scale": 10.0}},
-}
-
 
 # Seeds an exact method gets before the job fails (and is retried later with backoff).
 EXACT_TRIES = 3

@@ -11,7 +11,6 @@ from app.api.deps import HolderDep, ListenerDep, SessionDep, SettingsDep, requir
 from app.api.schemas import PredictBody, RecipientsBody, RollbackBody
 from app.core.errors import NotFound, Unavailable, Unprocessable
 from app.db.models import ApiKey
-from app.ml.specs import SPEC_NAMES
 from app.ml.train import predict as run_predict
 from app.services import models as model_service
 
@@ -37,9 +36,9 @@ def get_model(name: str, session: SessionDep, settings: SettingsDep, _: Predicto
 async def predict(name: str, body: PredictBody, holder: HolderDep, listener: ListenerDep, response: Response,
                   _: Predictor) -> dict[str, Any]:
     """Predictions from the version this replica serves (also in the X-Model-Version header)."""
-    if name not in SPEC_NAMES:
-        raise NotFound(f"No model named {name!r}.")
     loaded = holder.get(name)  # one snapshot for the whole call: a swap cannot split it
+    if loaded is None and name not in listener.expected:
+        raise NotFound(f"No model named {name!r}.")
     if loaded is None or not listener.fresh():
         raise Unavailable("This replica has no current version of the model loaded yet.", code="model_not_ready",
                           headers={"Retry-After": "1"})

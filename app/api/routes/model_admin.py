@@ -1,0 +1,66 @@
+"""Models, administered: register on a running stack (a job with progress), per-model policy."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends
+
+from app.api.deps import SessionDep, SettingsDep, require
+from app.api.schemas import ModelRegister, PolicyBody
+from app.core.errors import Unprocessable
+from app.core.queue import enqueue_registration
+from app.db.models import ApiKey
+from app.ml.specs import spec_names
+from app.services import models as model_service
+from app.services import registration
+
+router = APIRouter(prefix="/v1/models", tags=["models"])
+Admin = Annotated[ApiKey, Depends(require("admin"))]
+Predictor = Annotated[ApiKey, Depends(require("predict"))]
+
+
+@router.post("", status_code=202)
+def register_model(body: ModelRegister, session: SessionDep, settings: SettingsDep, key: Admin) -> dict[str, Any]:
+    """Register a model of an installed spec: data, version 1 (trained or adopted), reference; 202 + status URL."""
+    weights = None
+    if body.weights_base64 is not None:
+        try:
+            weights = base64.b64decode(body.weights_base64, validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise Unprocessable("weights_base64 is not valid base64.", code="invalid_weights") from exc
+    reg = registration.open_registration(session, name=body.name, spec=body.spec, config=body.config, weights=weights,
+                                         uploads_dir=settings.data_dir / "uploads", actor=f"key:{key.name}")
+    view = registration.view(reg, settings.base_url)
+    session.commit()
+    enqueue_registration(reg.id)  # only after commit
+    return view
+
+
+@router.get("/registrations/{registration_id}")
+def get_registration(registration_id: str, session: SessionDep, settings: SettingsDep, _: Admin) -> dict[str, Any]:
+    """A registration job: status (queued, running, completed, failed), stage, percent, error."""
+    return registration.view(registration.get_registration(session, registration_id), settings.base_url)
+
+
+@router.get("/specs/installed")
+def installed_specs(_: Predictor) -> dict[str, Any]:
+    """Spec entry points installed on this replica."""
+    return {"items": list(spec_names())}
+
+
+@router.get("/{name}/policy")
+def get_policy(name: str, session: SessionDep, _: Predictor) -> dict[str, Any]:
+    """The unlearning policy `auto` runs for this model: chain and method overrides, with their source."""
+    return model_service.policy_of(session, name=name)
+
+
+@router.put("/{name}/policy")
+def set_policy(name: str, body: PolicyBody, session: SessionDep, key: Admin) -> dict[str, Any]:
+    """Set this model's chain and/or method overrides (validated; a chain ends with an exact method)."""
+    out = model_service.set_policy(session, name=name, changes=body.model_dump(exclude_unset=True),
+                                   actor=f"key:{key.name}")
+    session.commit()
+    return out

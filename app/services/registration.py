@@ -1,0 +1,284 @@
+"""Registering a model: an instance of a plugin spec joins the registry and serves (issue 9).
+
+``prepare`` does all the slow, fallible work without touching the database — load the spec's
+examples, key them by subject, train version 1 with the spec's recipe or adopt given weights
+(checked to load into ``build(meta)``), measure it, calibrate the exact-retrain reference — and
+``commit`` then writes the model, its samples, version 1 and the audit events in one short
+transaction. A failure anywhere leaves nothing half-registered (the staged artifact directory is
+removed too), and every failure is a :class:`RegistrationFailed` with a message an operator can
+act on. On a running stack the registration is a job (``ModelRegistration``: stage, percent) run
+by a worker; every replica's DB poll then loads and serves the new model without a restart.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import insert
+from sqlmodel import Session, col, select
+
+from app.core.errors import Conflict, LetheError, NotFound, Unprocessable
+from app.core.security import subject_key
+from app.db.models import Model, ModelRegistration, ModelVersion, Sample, utcnow
+from app.ml.spec import SPLITS, Example, ModelSpec
+from app.ml.specs import get_spec
+from app.services import audit
+from app.services import models as model_service
+
+log = logging.getLogger("lethe.registration")
+NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+# Stages and where they sit on the percent bar.
+SPAN = {"loading_data": (0, 10), "training": (10, 70), "adopting": (10, 70), "calibrating": (70, 95),
+        "committing": (95, 100)}
+Progress = Callable[[str, float], None]
+Calibrate = Callable[..., dict[str, Any]]
+
+
+class RegistrationFailed(Unprocessable):
+    code = "registration_failed"
+
+
+@dataclass
+class Prepared:
+    spec_name: str
+    spec: ModelSpec
+    rows: list[dict[str, Any]]
+    n_subjects: int
+    model_obj: Any
+    meta: dict[str, Any]
+    metrics: dict[str, Any]
+    reference: dict[str, Any] | None
+    method: str  # train, or adopt
+
+
+def check_name(name: str) -> None:
+    if not NAME.match(name):
+        raise Unprocessable("A model name is 1-63 lowercase letters, digits, '-' or '_', starting with a letter "
+                            "or digit.", code="invalid_model_name")
+
+
+def _spec_step(spec_name: str, what: str, fn: Callable[[], Any]) -> Any:
+    try:
+        return fn()
+    except LetheError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the plugin's own error, reported, never a crash
+        raise RegistrationFailed(f"spec {spec_name!r}: {what} raised {type(exc).__name__}: {exc}") from exc
+
+
+def _check_examples(spec_name: str, examples: list[Example]) -> None:
+    if not isinstance(examples, list) or not all(isinstance(e, Example) for e in examples):
+        raise RegistrationFailed(f"spec {spec_name!r}: load_examples must return a list of app.ml.spec.Example")
+    splits = {e.split for e in examples}
+    if not splits <= set(SPLITS):
+        raise RegistrationFailed(f"spec {spec_name!r}: unknown splits {sorted(splits - set(SPLITS))}")
+    for split in ("train", "holdout"):  # holdout: the never-trained subjects the MIA gate compares with
+        if split not in splits:
+            raise RegistrationFailed(f"spec {spec_name!r}: no {split!r} examples")
+
+
+def adopt_weights(spec: ModelSpec, spec_name: str, train: list[Example], weights: Path) -> tuple[Any, dict[str, Any]]:
+    """``build(make_meta(train))`` with the given safetensors state dict, strictly: every tensor
+    present, none extra, every shape equal — or a message naming what does not fit."""
+    from safetensors.torch import load_file
+
+    meta = _spec_step(spec_name, "make_meta", lambda: spec.make_meta([e.features for e in train]))
+    model = _spec_step(spec_name, "build", lambda: spec.build(meta))
+    try:
+        state = load_file(str(weights))
+    except Exception as exc:  # noqa: BLE001
+        raise RegistrationFailed(f"the weights are not a readable safetensors file: {exc}") from exc
+    expected = model.state_dict()
+    missing, extra = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+    shapes = [f"{k}: {tuple(state[k].shape)} vs {tuple(expected[k].shape)}" for k in sorted(set(state) & set(expected))
+              if tuple(state[k].shape) != tuple(expected[k].shape)]
+    if missing or extra or shapes:
+        parts = [f"missing {missing[:5]}" if missing else "", f"unexpected {extra[:5]}" if extra else "",
+                 f"shape mismatch {shapes[:5]}" if shapes else ""]
+        raise RegistrationFailed(f"the weights do not fit spec {spec_name!r}: " + "; ".join(p for p in parts if p))
+    model.load_state_dict(state, strict=True)
+    return model.eval(), meta
+
+
+def prepare(*, spec_name: str, secret: str, workdir: Path, device: Any, seed: int = 0,
+            training: dict[str, Any] | None = None, weights: Path | None = None, calibrate: Calibrate | None = None,
+            progress: Progress | None = None) -> Prepared:
+    """Everything slow and fallible, before any write (see the module docstring)."""
+    from app.ml.train import evaluate, train_for_registration
+
+    report = progress or (lambda stage, fraction: None)
+    spec = get_spec(spec_name)
+    report("loading_data", 0.0)
+    examples = _spec_step(spec_name, "load_examples", spec.load_examples)
+    _check_examples(spec_name, examples)
+    keys: dict[str, str] = {}
+    keyed = [replace(e, subject_id=keys.setdefault(e.subject_id, subject_key(secret, e.subject_id))) for e in examples]
+    rows = [{"subject_key": e.subject_id, "split": e.split, "features": e.features, "label": int(e.label)}
+            for e in keyed]
+    # Workers only ever see subject keys; train on the same IDs so that anything derived from
+    # them at training time (e.g. SISA shard assignment) matches at unlearning time.
+    train = [e for e in keyed if e.split == "train"]
+    if weights is not None:
+        report("adopting", 0.0)
+        model_obj, meta = adopt_weights(spec, spec_name, train, weights)
+        method = "adopt"
+    else:
+        report("training", 0.0)
+        model_obj, meta = _spec_step(spec_name, "training", lambda: train_for_registration(
+            spec, train, training=training, workdir=workdir, device=device, seed=seed,
+            progress=lambda f: report("training", f)))
+        method = "train"
+    train_acc = _spec_step(spec_name, "evaluation", lambda: evaluate(spec, model_obj, meta, train, device=device))
+    test = [e for e in keyed if e.split == "test"]
+    metrics = {"train_acc": train_acc, "retain_acc": train_acc,
+               "test_acc": evaluate(spec, model_obj, meta, test, device=device) if test else None,
+               "n_train": len(train), "n_subjects": len(keys)}
+    reference = None
+    if calibrate is not None:
+        report("calibrating", 0.0)
+        reference = _spec_step(spec_name, "calibration", lambda: calibrate(
+            spec, keyed, model=model_obj, meta=meta, device=device))
+    return Prepared(spec_name, spec, rows, len(keys), model_obj, meta, metrics, reference, method)
+
+
+def commit(session: Session, *, name: str, prepared: Prepared, artifacts_dir: Path, config: dict[str, Any],
+           actor: str) -> ModelVersion:
+    """Write the model, its samples, version 1 and the audit events; the caller commits."""
+    if session.get(Model, name) is not None:
+        raise Conflict(f"A model named {name!r} already exists.", code="model_exists")
+    if prepared.reference is not None:
+        config = {**config, "reference": prepared.reference}
+    session.add(Model(name=name, spec=prepared.spec_name, description=prepared.spec.description, config=config))
+    session.flush()
+    now = utcnow()
+    rows = [{**r, "model_name": name, "deleted": False, "created_at": now} for r in prepared.rows]
+    for i in range(0, len(rows), 20000):
+        session.execute(insert(Sample), rows[i:i + 20000])
+    audit.append(session, type="model_registered", actor=actor,
+                 payload={"model": name, "spec": prepared.spec_name, "samples": len(rows),
+                          "subjects": prepared.n_subjects, "method": prepared.method,
+                          "reference": prepared.reference})
+    version = model_service.register_trained(session, name=name, model_obj=prepared.model_obj, meta=prepared.meta,
+                                             metrics=prepared.metrics, artifacts_dir=artifacts_dir,
+                                             method=prepared.method, actor=actor)
+    model_service.set_serving(session, name=name, number=version.number, actor=actor)
+    return version
+
+
+def register(session: Session, *, name: str, spec: str, secret: str, artifacts_dir: Path, device: Any,
+             seed: int = 0, config: dict[str, Any] | None = None, weights: Path | None = None,
+             calibrate: Calibrate | None = None, progress: Progress | None = None, actor: str = "lethe") -> ModelVersion:
+    """Prepare and commit in one call (bootstrap, tests). The caller commits; on failure the
+    staged artifact directory is removed and nothing was written."""
+    check_name(name)
+    if session.get(Model, name) is not None:
+        raise Conflict(f"A model named {name!r} already exists.", code="model_exists")
+    workdir = artifacts_dir / name
+    existed = workdir.exists()
+    try:
+        prepared = prepare(spec_name=spec, secret=secret, workdir=workdir, device=device, seed=seed,
+                           training=(config or {}).get("training"), weights=weights, calibrate=calibrate,
+                           progress=progress)
+        if progress:
+            progress("committing", 0.0)
+        return commit(session, name=name, prepared=prepared, artifacts_dir=artifacts_dir, config=dict(config or {}),
+                      actor=actor)
+    except BaseException:
+        if not existed:
+            shutil.rmtree(workdir, ignore_errors=True)
+        raise
+
+
+# ---------------------------------------------------------------- on a running stack
+
+
+def open_registration(session: Session, *, name: str, spec: str, config: dict[str, Any] | None,
+                      weights: bytes | None, uploads_dir: Path, actor: str) -> ModelRegistration:
+    """Record a registration job (the caller commits, then enqueues it). Refused at once: a bad
+    name, an unknown spec, a name that exists or is being registered."""
+    check_name(name)
+    get_spec(spec)  # UnknownSpec (422) / SpecUnavailable (503) before anything is recorded
+    if session.get(Model, name) is not None:
+        raise Conflict(f"A model named {name!r} already exists.", code="model_exists")
+    busy = session.exec(select(ModelRegistration).where(ModelRegistration.name == name,
+                                                        col(ModelRegistration.status).in_(("queued", "running")))).first()
+    if busy is not None:
+        raise Conflict(f"Model {name!r} is being registered ({busy.id}).", code="registration_in_progress")
+    reg = ModelRegistration(name=name, spec=spec, config=dict(config or {}), actor=actor)
+    if weights is not None:
+        uploads_dir.mkdir(parents=True, exist_ok=True)
+        path = uploads_dir / f"{reg.id}.safetensors"
+        path.write_bytes(weights)
+        reg.weights_path = str(path.resolve())
+    session.add(reg)
+    audit.append(session, type="model_registration_requested", actor=actor,
+                 payload={"registration_id": reg.id, "model": name, "spec": spec, "weights": weights is not None})
+    return reg
+
+
+def get_registration(session: Session, registration_id: str) -> ModelRegistration:
+    reg = session.get(ModelRegistration, registration_id)
+    if reg is None:
+        raise NotFound(f"No model registration {registration_id}.")
+    return reg
+
+
+def run_registration(session_factory: Callable[[], Session], registration_id: str, *, secret: str,
+                     artifacts_dir: Path, device: Any, calibrate: Calibrate | None) -> str:
+    """Run one registration job to its end (the worker's task). Returns its final status."""
+    with session_factory() as s:
+        reg = s.get(ModelRegistration, registration_id)
+        if reg is None or reg.status not in ("queued", "running"):
+            return reg.status if reg else "missing"
+        reg.status = "running"
+        s.add(reg)
+        s.commit()
+        name, spec, config, weights = reg.name, reg.spec, dict(reg.config), reg.weights_path
+
+    def progress(stage: str, fraction: float) -> None:
+        lo, hi = SPAN.get(stage, (0, 100))
+        with session_factory() as s:
+            row = s.get(ModelRegistration, registration_id)
+            row.stage, row.percent = stage, round(lo + (hi - lo) * max(0.0, min(1.0, fraction)), 1)
+            s.add(row)
+            s.commit()
+
+    try:
+        with session_factory() as s:
+            version = register(s, name=name, spec=spec, secret=secret, artifacts_dir=artifacts_dir, device=device,
+                               config=config, weights=Path(weights) if weights else None, calibrate=calibrate,
+                               progress=progress, actor="worker")
+            row = s.get(ModelRegistration, registration_id)
+            row.status, row.stage, row.percent, row.finished_at = "completed", "completed", 100.0, utcnow()
+            row.result = {"version": version.number, "sha256": version.sha256, "metrics": version.metrics,
+                          "method": version.method}
+            s.add(row)
+            s.commit()
+        status = "completed"
+    except Exception as exc:  # noqa: BLE001 - every failure ends the job visibly, with its reason
+        message = exc.detail if isinstance(exc, LetheError) else f"{type(exc).__name__}: {exc}"
+        log.warning("registration %s of model %s failed: %s", registration_id, name, message)
+        with session_factory() as s:
+            row = s.get(ModelRegistration, registration_id)
+            row.status, row.error, row.finished_at = "failed", message, utcnow()
+            s.add(row)
+            audit.append(s, type="model_registration_failed", actor="worker",
+                         payload={"registration_id": registration_id, "model": name, "spec": spec, "error": message})
+            s.commit()
+        status = "failed"
+    if weights:
+        Path(weights).unlink(missing_ok=True)
+    return status
+
+
+def view(reg: ModelRegistration, base_url: str) -> dict[str, Any]:
+    return {"id": reg.id, "name": reg.name, "spec": reg.spec, "status": reg.status, "stage": reg.stage,
+            "percent": reg.percent, "error": reg.error, "result": reg.result or None, "created_at": reg.created_at,
+            "finished_at": reg.finished_at, "status_url": f"{base_url}/v1/models/registrations/{reg.id}",
+            "model_url": f"{base_url}/v1/models/{reg.name}"}

@@ -28,7 +28,7 @@ MODEL = "bc"
 SPEC = "breast_cancer"
 # patient-0001 is in the train split (a hash of the id decides; see the plugin's spec.py).
 PATIENT = "patient-0001"
-REDIS_DB = 6  # no other integration test uses it
+REDIS_DBS = {"sqlite": 6, "postgresql": 5}  # no other integration test uses these
 
 
 def run(argv: list[str], *, timeout: float, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
@@ -74,9 +74,10 @@ def wait_predict(c: httpx.Client, body: dict, timeout: float = 120) -> httpx.Res
         time.sleep(0.5)
 
 
-def test_register_predict_erase_certify(plugin_installed: None, tmp_path: Path) -> None:
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_register_predict_erase_certify(plugin_installed: None, tmp_path: Path, backend: str) -> None:
     t0 = time.monotonic()
-    stack, cleanup = start_stack(tmp_path, "sqlite", redis_db=REDIS_DB, extra_env={"LETHE_JOB_SEED": "0"})
+    stack, cleanup = start_stack(tmp_path, backend, redis_db=REDIS_DBS[backend], extra_env={"LETHE_JOB_SEED": "0"})
     timings: dict[str, float] = {"stack_ready_s": time.monotonic() - t0}
     try:
         _scenario(stack, tmp_path, timings)

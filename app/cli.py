@@ -19,6 +19,7 @@ from pathlib import Path
 
 import httpx
 
+from app.cli_migrate import add_migrate_command
 from app.cli_models import add_models_command
 from app.core.config import Settings, get_settings
 
@@ -68,6 +69,15 @@ def bootstrap(settings: Settings, *, quiet: bool = False) -> str:
             keys.ensure_key(session, name="admin", scopes=list(SCOPES), key=key)
         session.commit()
     return key
+
+
+def admin_key_notice(settings: Settings, key: str) -> str:
+    """The admin key for the console; in production only where it is (container logs are shipped and kept)."""
+    if settings.env != "production":
+        return key
+    if settings.bootstrap_admin_key:
+        return "the one in LETHE_BOOTSTRAP_ADMIN_KEY"
+    return f"in {settings.data_dir / 'admin.key'} (mode 0600)"
 
 
 def child_env(settings: Settings) -> dict[str, str]:
@@ -181,8 +191,9 @@ def cmd_run(settings: Settings) -> int:
             child.start()
         if wait_ready(url):
             print(f"\nLethe is serving at {url}  (docs: {url}/docs)")
-            print(f"Admin API key: {key}")
-            print(f'Try: curl -s -H "Authorization: Bearer {key}" {url}/v1/models\n')
+            print(f"Admin API key: {admin_key_notice(settings, key)}")
+            if settings.env != "production":
+                print(f'Try: curl -s -H "Authorization: Bearer {key}" {url}/v1/models\n')
         else:
             print("Lethe did not become ready in time; see the logs above.", file=sys.stderr)
         return supervise(children)
@@ -226,20 +237,22 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="lethe", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="cmd", required=True)
     sub.add_parser("run", help="bootstrap, then start API + worker (embedded default)")
-    sub.add_parser("bootstrap", help="create the DB, train demo models, print the admin key")
+    sub.add_parser("bootstrap", help="create the DB, train demo models, print the admin key "
+                   "(in production: the path of its file)")
     bench = sub.add_parser("bench", help="run a benchmark from bench/")
     bench.add_argument("name", help=f"benchmark name: {', '.join(bench_names())}")
     bench.add_argument("args", nargs=argparse.REMAINDER)
     add_verify_command(sub)
     add_models_command(sub)
+    add_migrate_command(sub)
     args = parser.parse_args(argv)
-    if args.cmd in ("verify-certificate", "models"):
+    if args.cmd in ("verify-certificate", "models", "migrate"):
         return args.run(args)
     settings = get_settings()
     if args.cmd == "run":
         return cmd_run(settings)
     if args.cmd == "bootstrap":
-        print(bootstrap(settings))
+        print(admin_key_notice(settings, bootstrap(settings)))
         return 0
     script = BENCH_DIR / f"{args.name}.py"
     if args.name not in bench_names():

@@ -116,24 +116,37 @@ def out(args: argparse.Namespace, body: dict[str, Any], human: Any) -> None:
     print(json.dumps(body, default=str) if args.json else human(body))
 
 
+def connection_options(suppress: bool) -> argparse.ArgumentParser:
+    """--url/--key/--json, accepted before and after the subcommand (``lethe models register X --url U``)."""
+    kw: dict[str, Any] = {"default": argparse.SUPPRESS} if suppress else {}
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--url", help="Lethe base URL (default LETHE_URL, else the local embedded stack)",
+                   **({"default": None} if not suppress else kw))
+    p.add_argument("--key", help="API key (default LETHE_KEY, else the embedded stack's admin key)",
+                   **({"default": None} if not suppress else kw))
+    p.add_argument("--json", action="store_true", help="one JSON object on stdout", **kw)
+    return p
+
+
 def add_models_command(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("models", help="list, show, register models and set their unlearning policy")
-    p.add_argument("--url", help="Lethe base URL (default LETHE_URL, else the local embedded stack)")
-    p.add_argument("--key", help="API key (default LETHE_KEY, else the embedded stack's admin key)")
-    p.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    p = sub.add_parser("models", help="list, show, register models and set their unlearning policy",
+                       parents=[connection_options(False)])
     ms = p.add_subparsers(dest="models_cmd", required=True)
-    r = ms.add_parser("register", help="register a model of an installed spec (a job with a progress bar)")
+    common = [connection_options(True)]
+    r = ms.add_parser("register", help="register a model of an installed spec (a job with a progress bar)",
+                      parents=common)
     r.add_argument("name")
     r.add_argument("--spec", required=True, help="spec entry-point name (group lethe.models)")
     r.add_argument("--weights", help="safetensors state dict to adopt as version 1 instead of training")
     r.add_argument("--config", help="JSON (or a JSON file): training, chain, methods")
     r.add_argument("--no-follow", action="store_true", help="return after the 202")
     r.set_defaults(models_run=cmd_register)
-    ms.add_parser("list", help="registered models").set_defaults(models_run=cmd_list)
-    s = ms.add_parser("show", help="versions, replicas, metrics")
+    ms.add_parser("list", help="registered models", parents=common).set_defaults(models_run=cmd_list)
+    s = ms.add_parser("show", help="versions, replicas, metrics", parents=common)
     s.add_argument("name")
     s.set_defaults(models_run=cmd_show)
-    pol = ms.add_parser("policy", help="show, or with --chain/--methods set, the model's unlearning policy")
+    pol = ms.add_parser("policy", help="show, or with --chain/--methods set, the model's unlearning policy",
+                        parents=common)
     pol.add_argument("name")
     pol.add_argument("--chain", help="comma list of methods, ending with an exact one ('' resets)")
     pol.add_argument("--methods", help="JSON of per-method config overrides")

@@ -18,14 +18,13 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sqlmodel import col, select
-
-from app.db.models import Model, Sample, UnlearningJob
+from app.data import registry
+from app.db.models import Model, UnlearningJob
 from app.ml.spec import Example, ModelSpec
 from app.services import audit, jobs
 from app.services import models as model_service
@@ -44,9 +43,9 @@ class ForgetProblem:
     policy: str
     forget: list[Example]  # the batch's trained samples
     forget_unseen: list[Example]  # the batch's never-trained samples (same subjects)
-    retain: list[Example]
-    test: list[Example]
-    holdout: list[Example]
+    retain: Sequence[Example]  # a list, or a lazy view of a columnar store
+    test: Sequence[Example]
+    holdout: Sequence[Example]
     subject_ids: list[str]  # as the spec names them (per-subject parameters)
     serving: int
     artifact_path: str
@@ -56,33 +55,25 @@ class ForgetProblem:
     reference: dict[str, Any] | None
     methods: dict[str, Any] | None  # per-model method overrides (Model.config["methods"])
     chain: list[str] | None  # per-model auto chain (Model.config["chain"])
-
-
-def _examples(rows: list[Sample]) -> list[Example]:
-    return [Example(subject_id=r.subject_key, split=r.split, features=r.features, label=r.label) for r in rows]
+    manifest: dict[str, Any]  # the retain data a new version is trained on
 
 
 def collect(w: Worker, job_id: str) -> ForgetProblem:
+    root = Path(w.settings.data_dir)
     with w.session() as s:
         job = s.get(UnlearningJob, job_id)
+        model = s.get(Model, job.model_name)
         spec = model_service.spec_of(s, job.model_name)
         requests = jobs.requests_of(s, job)
         keys = sorted({r.subject_key for r in requests})
-        forget_rows = list(s.exec(select(Sample).where(Sample.model_name == job.model_name,
-                                                       col(Sample.subject_key).in_(keys))).all())
-        for r in forget_rows:
-            if not r.deleted:
-                r.deleted = True
-                s.add(r)
+        forget_rows = registry.take_forget(s, model, keys, root)
         for req in requests:
-            n = sum(1 for r in forget_rows if r.subject_key == req.subject_key)
+            n = sum(1 for r in forget_rows if r.subject_id == req.subject_key)
             audit.append(s, type="samples_deleted", actor=ACTOR, request_id=req.id, subject_key=req.subject_key,
                          payload={"model": job.model_name, "samples": n, "job_id": job.id})
-        owed = jobs.owed_subjects(s, job.model_name)
-        live = {split: _examples([r for r in s.exec(select(Sample).where(
-            Sample.model_name == job.model_name, Sample.split == split, col(Sample.deleted).is_(False))).all()
-            if r.subject_key not in owed]) for split in ("train", "test", "holdout")}
-        model = s.get(Model, job.model_name)
+        s.commit()  # the deletion flags hold before any training starts
+        owed = jobs.owed_subjects(s, job.model_name) | set(keys)
+        live = {split: registry.live(s, model, split, owed, root) for split in ("train", "test", "holdout")}
         serving = model_service.get_version(s, model.name, model.serving_version)
         first = model_service.get_version(s, model.name, 1) if serving.number != 1 else serving
         job.version_before = serving.number
@@ -90,13 +81,14 @@ def collect(w: Worker, job_id: str) -> ForgetProblem:
         s.commit()
         return ForgetProblem(
             model_name=job.model_name, spec=spec, request_ids=list(job.request_ids), policy=job.policy,
-            forget=_examples([r for r in forget_rows if r.split == "train"]),
-            forget_unseen=_examples([r for r in forget_rows if r.split == "test"]),
+            forget=[r for r in forget_rows if r.split == "train"],
+            forget_unseen=[r for r in forget_rows if r.split == "test"],
             retain=live["train"], test=live["test"], holdout=live["holdout"],
             subject_ids=sorted({sid for r in forget_rows if (sid := spec.subject_id_of(r.features))}),
             serving=serving.number, artifact_path=serving.artifact_path, sha256=serving.sha256,
             free_of=list(serving.free_of), baseline=dict(first.metrics), reference=model.config.get("reference"),
-            methods=model.config.get("methods"), chain=model.config.get("chain"))
+            methods=model.config.get("methods"), chain=model.config.get("chain"),
+            manifest=registry.manifest(s, model, live["train"], owed, root))
 
 
 def unlearn_and_publish(w: Worker, job_id: str, p: ForgetProblem, *, progress: Callable[[str, float], None]) -> bool:
@@ -152,7 +144,7 @@ def unlearn_and_publish(w: Worker, job_id: str, p: ForgetProblem, *, progress: C
         version = model_service.register_trained(
             s, name=p.model_name, model_obj=outcome.model, meta=outcome.meta, metrics=new_metrics,
             artifacts_dir=Path(w.settings.artifacts_dir), method=outcome.method, parent=p.serving,
-            free_of=sorted(set(p.free_of) | set(p.request_ids)), actor=ACTOR)
+            free_of=sorted(set(p.free_of) | set(p.request_ids)), actor=ACTOR, manifest=p.manifest)
         model_service.set_serving(s, name=p.model_name, number=version.number, actor=ACTOR)
         jobs.record_outcome(s, job, method=outcome.method, attempts=outcome.attempts, version_after=version.number,
                             seconds=seconds)

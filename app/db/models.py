@@ -86,6 +86,8 @@ class ModelVersion(SQLModel, table=True):
     metrics: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     # Erasure request IDs whose subjects this version is free of (inherited from its parent).
     free_of: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    # What it was trained on: {"store", "rows", "sha256"} (app/data/registry.py), for lineage checks.
+    manifest: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     created_at: datetime = Field(default_factory=utcnow)
 
 
@@ -102,6 +104,20 @@ class Sample(SQLModel, table=True):
     label: int
     deleted: bool = False
     created_at: datetime = Field(default_factory=utcnow)
+
+
+class SubjectRows(SQLModel, table=True):
+    """Columnar store index (``app/data/columnar.py``): where a subject's rows sit in one part."""
+
+    __table_args__ = (Index("ix_subjectrows_subject_model", "subject_key", "model_name"),
+                      Index("ix_subjectrows_model_part", "model_name", "part"))
+    id: int | None = Field(default=None, primary_key=True)
+    model_name: str = Field(foreign_key="model.name")
+    subject_key: str
+    part: int
+    offset: int
+    count: int
+    deleted: bool = False
 
 
 class Suppression(SQLModel, table=True):

@@ -25,6 +25,7 @@ from sqlmodel import Session, col, select
 
 from app.core.errors import Conflict, LetheError, NotFound
 from app.db.models import ErasureRequest, ErasureTarget, Sample, Suppression, as_utc, utcnow
+from app.data import registry
 from app.services import audit, lifecycle
 from app.services.lifecycle import OPEN, RequestStatus, TargetStatus
 
@@ -212,12 +213,7 @@ def create_requests(session: Session, items: list[IntakeItem]) -> list[Intake | 
 
 def _holding(session: Session, subjects: list[str]) -> dict[str, list[str]]:
     """subject key -> models holding any of their rows (deleted or not: see the module docstring)."""
-    holding: dict[str, list[str]] = {}
-    if subjects:
-        for key, model in session.exec(select(Sample.subject_key, Sample.model_name).where(
-                col(Sample.subject_key).in_(subjects)).distinct()).all():
-            holding.setdefault(key, []).append(model)
-    return holding
+    return registry.holding(session, subjects)
 
 
 def _prior_requests(session: Session, subjects: list[str]) -> tuple[dict[str, str], set[str]]:

@@ -10,11 +10,11 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import delete
 from sqlmodel import Session, col, select
 
 from app.core.config import Settings
-from app.db.models import ErasureRequest, ErasureTarget, ModelVersion, Sample, UnlearningJob, utcnow
+from app.data import registry
+from app.db.models import ErasureRequest, ErasureTarget, ModelVersion, UnlearningJob, utcnow
 from app.services import audit, lifecycle
 from app.services import models as model_service
 from app.services.lifecycle import TargetStatus
@@ -98,9 +98,9 @@ def complete_job(session: Session, job: UnlearningJob, settings: Settings, *, de
     tainted artifacts, complete the targets and (through ``lifecycle``) the requests."""
     requests = requests_of(session, job)
     keys = sorted({r.subject_key for r in requests})
-    purged = session.exec(delete(Sample).where(Sample.model_name == job.model_name, col(Sample.subject_key).in_(keys)))
+    purged = registry.purge(session, model_service.get_model(session, job.model_name), keys, settings.data_dir)
     audit.append(session, type="samples_purged", actor=ACTOR,
-                 payload={"job_id": job.id, "model": job.model_name, "samples": purged.rowcount})
+                 payload={"job_id": job.id, "model": job.model_name, "samples": purged})
     now = utcnow()
     job.status, job.stage, job.finished_at = "completed", "completed", now
     job.timings = {**job.timings, "deploy_s": round(deploy_s, 3),

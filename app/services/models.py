@@ -60,7 +60,8 @@ def taint_of(session: Session, version: ModelVersion) -> list[str]:
 
 def register_trained(session: Session, *, name: str, model_obj: Any, meta: dict[str, Any],
                      metrics: dict[str, Any], artifacts_dir: Path, method: str = "train",
-                     parent: int | None = None, free_of: list[str] | None = None, actor: str = "lethe") -> ModelVersion:
+                     parent: int | None = None, free_of: list[str] | None = None, actor: str = "lethe",
+                     manifest: dict[str, Any] | None = None) -> ModelVersion:
     """Write a verified network as the next version of ``name`` (safetensors + sha256)."""
     from app.ml.checkpoint import save_checkpoint
 
@@ -69,15 +70,17 @@ def register_trained(session: Session, *, name: str, model_obj: Any, meta: dict[
     number = (last.number + 1) if last else 1
     path = artifacts_dir / name / f"v{number}.safetensors"
     path.parent.mkdir(parents=True, exist_ok=True)
-    info = {"model": name, "version": number, "parent": parent, "method": method, "metrics": metrics}
+    info = {"model": name, "version": number, "parent": parent, "method": method, "metrics": metrics,
+            "data_manifest": manifest or {}}
     sha = save_checkpoint(path, model_obj, meta, info)
     version = ModelVersion(model_name=name, number=number, parent=parent, artifact_path=str(path.resolve()),
-                           sha256=sha, method=method, metrics=metrics, free_of=sorted(free_of or []))
+                           sha256=sha, method=method, metrics=metrics, free_of=sorted(free_of or []),
+                           manifest=manifest or {})
     session.add(version)
     session.flush()
     audit.append(session, type="model_version_created", actor=actor,
                  payload={"model": name, "version": number, "parent": parent, "method": method, "sha256": sha,
-                          "metrics": metrics})
+                          "metrics": metrics, "data_manifest": manifest or {}})
     return version
 
 
@@ -153,6 +156,7 @@ def describe(session: Session, *, name: str, ttl_s: float) -> dict[str, Any]:
                       "last_seen": r.last_seen} for r in live_replicas(session, name=name, ttl_s=ttl_s)],
         "versions": [{"version": v.number, "parent": v.parent, "method": v.method, "state": v.state,
                       "sha256": v.sha256, "metrics": v.metrics, "free_of_requests": len(v.free_of),
+                      "data_manifest": v.manifest,
                       "created_at": v.created_at} for v in versions],
     }
 

@@ -20,12 +20,12 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import insert
 from sqlmodel import Session, col, select
 
 from app.core.errors import Conflict, LetheError, NotFound, Unprocessable
 from app.core.security import subject_key
-from app.db.models import Model, ModelRegistration, ModelVersion, Sample, utcnow
+from app.data import registry
+from app.db.models import Model, ModelRegistration, ModelVersion, utcnow
 from app.ml.spec import SPLITS, Example, ModelSpec
 from app.ml.specs import get_spec
 from app.services import audit
@@ -148,25 +148,38 @@ def prepare(*, spec_name: str, secret: str, workdir: Path, device: Any, seed: in
 
 
 def commit(session: Session, *, name: str, prepared: Prepared, artifacts_dir: Path, config: dict[str, Any],
-           actor: str) -> ModelVersion:
-    """Write the model, its samples, version 1 and the audit events; the caller commits."""
+           actor: str, data_root: Path | None = None) -> ModelVersion:
+    """Write the model, its samples (into the store ``config["store"]`` names), version 1 with
+    the manifest of its training data, and the audit events; the caller commits."""
     if session.get(Model, name) is not None:
         raise Conflict(f"A model named {name!r} already exists.", code="model_exists")
+    if (store := config.get("store", "rows")) not in registry.STORES:
+        raise Unprocessable(f"store must be one of {list(registry.STORES)}, not {store!r}.", code="invalid_store")
     if prepared.reference is not None:
         config = {**config, "reference": prepared.reference}
-    session.add(Model(name=name, spec=prepared.spec_name, description=prepared.spec.description, config=config))
+    model = Model(name=name, spec=prepared.spec_name, description=prepared.spec.description, config=config)
+    session.add(model)
     session.flush()
-    now = utcnow()
-    rows = [{**r, "model_name": name, "deleted": False, "created_at": now} for r in prepared.rows]
-    for i in range(0, len(rows), 20000):
-        session.execute(insert(Sample), rows[i:i + 20000])
-    audit.append(session, type="model_registered", actor=actor,
-                 payload={"model": name, "spec": prepared.spec_name, "samples": len(rows),
-                          "subjects": prepared.n_subjects, "method": prepared.method,
-                          "reference": prepared.reference})
-    version = model_service.register_trained(session, name=name, model_obj=prepared.model_obj, meta=prepared.meta,
-                                             metrics=prepared.metrics, artifacts_dir=artifacts_dir,
-                                             method=prepared.method, actor=actor)
+    root = data_root or artifacts_dir.parent
+    ingest = registry.Ingestor(session, model, root)
+    try:
+        for i in range(0, len(prepared.rows), 20000):
+            ingest.add(prepared.rows[i:i + 20000])
+        ingest.finish()
+        train = [Example(r["subject_key"], r["split"], r["features"], r["label"]) for r in prepared.rows
+                 if r["split"] == "train"]
+        manifest = registry.manifest(session, model, train, set(), root)
+        audit.append(session, type="model_registered", actor=actor,
+                     payload={"model": name, "spec": prepared.spec_name, "samples": len(prepared.rows),
+                              "subjects": prepared.n_subjects, "method": prepared.method, "store": store,
+                              "reference": prepared.reference})
+        version = model_service.register_trained(session, name=name, model_obj=prepared.model_obj,
+                                                 meta=prepared.meta, metrics=prepared.metrics,
+                                                 artifacts_dir=artifacts_dir, method=prepared.method, actor=actor,
+                                                 manifest=manifest)
+    except BaseException:
+        ingest.abort()
+        raise
     model_service.set_serving(session, name=name, number=version.number, actor=actor)
     return version
 
@@ -249,11 +262,20 @@ def run_registration(session_factory: Callable[[], Session], registration_id: st
             s.add(row)
             s.commit()
 
+    workdir = artifacts_dir / name
+    existed = workdir.exists()
     try:
+        with session_factory() as s:  # a short read: on SQLite any transaction holds the write lock
+            if s.get(Model, name) is not None:
+                raise Conflict(f"A model named {name!r} already exists.", code="model_exists")
+        # The slow part holds no session, so intake, progress and the rest of the stack go on.
+        prepared = prepare(spec_name=spec, secret=secret, workdir=workdir, device=device,
+                           training=config.get("training"), weights=Path(weights) if weights else None,
+                           calibrate=calibrate, progress=progress)
+        progress("committing", 0.0)
         with session_factory() as s:
-            version = register(s, name=name, spec=spec, secret=secret, artifacts_dir=artifacts_dir, device=device,
-                               config=config, weights=Path(weights) if weights else None, calibrate=calibrate,
-                               progress=progress, actor="worker")
+            version = commit(s, name=name, prepared=prepared, artifacts_dir=artifacts_dir, config=config,
+                             actor="worker")
             row = s.get(ModelRegistration, registration_id)
             row.status, row.stage, row.percent, row.finished_at = "completed", "completed", 100.0, utcnow()
             row.result = {"version": version.number, "sha256": version.sha256, "metrics": version.metrics,
@@ -262,6 +284,8 @@ def run_registration(session_factory: Callable[[], Session], registration_id: st
             s.commit()
         status = "completed"
     except Exception as exc:  # noqa: BLE001 - every failure ends the job visibly, with its reason
+        if not existed:
+            shutil.rmtree(workdir, ignore_errors=True)
         message = exc.detail if isinstance(exc, LetheError) else f"{type(exc).__name__}: {exc}"
         log.warning("registration %s of model %s failed: %s", registration_id, name, message)
         with session_factory() as s:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import func
 from sqlmodel import Session, col, select
 
 from app.core.errors import Conflict, NotFound, Unprocessable
+from app.data import registry
 from app.db.models import ErasureRequest, Model, Sample, Suppression
 from app.ml.spec import SPLITS
 from app.ml.specs import get_spec
@@ -15,7 +17,7 @@ from app.services import audit
 
 
 def ingest(session: Session, *, subject_key: str, model_name: str, samples: list[dict[str, Any]],
-           actor: str) -> int:
+           actor: str, root: Path) -> int:
     """Add samples of one subject; 409 if the subject has been erased (suppression list)."""
     model = session.get(Model, model_name)
     if model is None:
@@ -36,9 +38,10 @@ def ingest(session: Session, *, subject_key: str, model_name: str, samples: list
         split = s.get("split", "train")
         if split not in SPLITS:
             raise Unprocessable(f"Sample {i}: split must be one of {list(SPLITS)}.", code="invalid_sample")
-        rows.append(Sample(model_name=model_name, subject_key=subject_key, split=split, features=features,
-                           label=label))
-    session.add_all(rows)
+        rows.append({"subject_key": subject_key, "split": split, "features": features, "label": label})
+    ingest = registry.Ingestor(session, model, root)
+    ingest.add(rows)
+    ingest.finish()
     audit.append(session, type="samples_ingested", actor=actor, subject_key=subject_key,
                  payload={"model": model_name, "count": len(rows)})
     return len(rows)

@@ -67,8 +67,8 @@ def test_statements_per_batch_do_not_grow_with_its_size(session: Session, settin
     if backend == "postgresql":  # round trips: every table's rows go in one multi-row INSERT
         assert len(small) == len(large) <= 6, large
     else:  # SQLite is in-process (no round trips); its driver inserts autoincrement rows one by one
-        assert large.count("INSERT INTO erasurerequest") == large.count("SELECT DISTINCT sample.subject_key, "
-                                                                         "sample.model_name") == 1, large
+        assert large.count("INSERT INTO erasurerequest") == 1, large
+        assert sum(s.startswith("SELECT sample.subject_key") for s in large) == 1, large
 
 
 def test_concurrent_submissions_share_transactions(session: Session, settings, toy_model) -> None:  # noqa: ANN001

@@ -6,7 +6,8 @@ import base64
 import binascii
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Request
+from starlette.concurrency import run_in_threadpool
 
 from app.api.deps import SessionDep, SettingsDep, require
 from app.api.schemas import ModelRegister, PolicyBody
@@ -16,6 +17,7 @@ from app.db.models import ApiKey
 from app.ml.specs import spec_names
 from app.services import models as model_service
 from app.services import registration
+from app.services.bulk import BulkIngest
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
 Admin = Annotated[ApiKey, Depends(require("admin"))]
@@ -64,3 +66,33 @@ def set_policy(name: str, body: PolicyBody, session: SessionDep, key: Admin) -> 
                                    actor=f"key:{key.name}")
     session.commit()
     return out
+
+
+NDJSON_BODY = {"requestBody": {"required": True, "content": {"application/x-ndjson": {
+    "schema": {"type": "string", "format": "binary"},
+    "example": '{"subject_id": "u1", "features": {"x": [0.0]}, "label": 0, "split": "train"}\n'}}}}
+LINES_PER_CHUNK = 5000
+
+
+@router.post("/{name}/samples", status_code=201, openapi_extra=NDJSON_BODY)
+async def bulk_ingest(name: str, request: Request, session: SessionDep, settings: SettingsDep,
+                      key: Admin) -> dict[str, Any]:
+    """Bulk ingest (JSON Lines, streamed): one sample per line, all or nothing; suppressed subjects refused."""
+    bulk = await run_in_threadpool(BulkIngest, session, model_name=name, secret=settings.subject_key_secret,
+                                   root=settings.data_dir, actor=f"key:{key.name}")
+    tail, lines = b"", []
+    try:
+        async for chunk in request.stream():
+            parts = (tail + chunk).split(b"\n")
+            tail = parts.pop()
+            lines += parts
+            if len(lines) >= LINES_PER_CHUNK:
+                await run_in_threadpool(bulk.feed, lines)
+                lines = []
+        await run_in_threadpool(bulk.feed, [*lines, tail])
+        summary = await run_in_threadpool(bulk.finish)
+        await run_in_threadpool(session.commit)
+    except BaseException:
+        await run_in_threadpool(bulk.abort)
+        raise
+    return summary

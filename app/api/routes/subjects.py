@@ -21,7 +21,7 @@ def ingest_samples(subject_id: str, body: IngestBody, session: SessionDep, setti
     """Add training samples of a subject; 409 if the subject was erased."""
     n = subjects.ingest(session, subject_key=subject_key(settings.subject_key_secret, subject_id),
                         model_name=body.model, samples=[s.model_dump() for s in body.samples],
-                        actor=f"key:{key.name}")
+                        actor=f"key:{key.name}", root=settings.data_dir)
     session.commit()
     return {"model": body.model, "ingested": n}
 

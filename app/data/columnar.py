@@ -1,0 +1,216 @@
+"""Columnar sample store for training sets too large for one registry row per sample (issue 9).
+
+Layout: ``<data_dir>/columnar/<model>/part-<n>.arrow``: Arrow IPC files, uncompressed so that a
+job *memory-maps* them (it touches pages, it does not copy the set), each sorted by subject key,
+with columns ``subject_key``, ``split``, ``label`` and ``features`` (a struct). Lethe keeps in SQL
+what it must decide on quickly and transactionally: the subject -> rows index
+(``SubjectRows``: model, subject, part, offset, count) and the deletion state (``deleted``, set
+when a job starts, exactly like ``Sample.deleted``). When an erasure completes, the parts that
+held the subject are rewritten without their rows and the index follows (``purge``).
+
+Jobs read the retain set through :class:`LiveView`, a lazy ``Sequence[Example]`` over the live
+rows: nothing is materialised until a method draws a batch.
+"""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+import os
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+from sqlalchemy import delete, insert, update
+from sqlmodel import Session, col, select
+
+from app.db.models import SubjectRows
+from app.ml.spec import Example
+
+PART_ROWS = 1_000_000  # rows per part: ~1 s to rewrite one when a subject in it is purged
+
+
+def model_dir(root: Path, model_name: str) -> Path:
+    return root / "columnar" / model_name
+
+
+def _part_path(root: Path, model_name: str, part: int) -> Path:
+    return model_dir(root, model_name) / f"part-{part:05d}.arrow"
+
+
+def _open(path: Path) -> pa.Table:
+    return pa.ipc.open_file(pa.memory_map(str(path), "r")).read_all()
+
+
+def _runs(table: pa.Table) -> list[tuple[str, int, int]]:
+    """(subject_key, offset, count) of each subject's contiguous rows in a sorted table."""
+    counts = pc.value_counts(table["subject_key"])
+    out, offset = [], 0
+    for key, n in zip(counts.field("values").to_pylist(), counts.field("counts").to_pylist(), strict=True):
+        out.append((key, offset, n))
+        offset += n
+    return out
+
+
+def _write(path: Path, table: pa.Table) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
+        writer.write_table(table)
+    os.replace(tmp, path)  # a job that memory-mapped the old file keeps reading it
+
+
+class Writer:
+    """Buffers rows and writes them as sorted parts; ``finish`` indexes them (caller commits).
+    ``abort`` removes the parts it wrote (nothing half-ingested survives a failure)."""
+
+    def __init__(self, session: Session, root: Path, model_name: str, part_rows: int = PART_ROWS) -> None:
+        self.session, self.root, self.model_name, self.part_rows = session, root, model_name, part_rows
+        last = session.exec(select(SubjectRows.part).where(SubjectRows.model_name == model_name)
+                            .order_by(col(SubjectRows.part).desc())).first()
+        existing = sorted(model_dir(root, model_name).glob("part-*.arrow"))
+        self.next_part = max([(last + 1) if last is not None else 0,
+                              *(int(p.stem.split("-")[1]) + 1 for p in existing)])
+        self.buffer: list[dict[str, Any]] = []
+        self.written: list[Path] = []
+        self.rows = 0
+
+    def add(self, rows: Iterable[dict[str, Any]]) -> None:
+        for row in rows:
+            self.buffer.append(row)
+            if len(self.buffer) >= self.part_rows:
+                self._flush()
+
+    def _flush(self) -> None:
+        if not self.buffer:
+            return
+        table = pa.Table.from_pylist(self.buffer).select(["subject_key", "split", "label", "features"])
+        table = table.sort_by("subject_key")
+        path = _part_path(self.root, self.model_name, self.next_part)
+        _write(path, table)
+        self.written.append(path)
+        index = [{"model_name": self.model_name, "subject_key": k, "part": self.next_part, "offset": o, "count": n,
+                  "deleted": False} for k, o, n in _runs(table)]
+        for i in range(0, len(index), 20000):
+            self.session.execute(insert(SubjectRows), index[i:i + 20000])
+        self.rows += len(self.buffer)
+        self.buffer, self.next_part = [], self.next_part + 1
+
+    def finish(self) -> int:
+        self._flush()
+        return self.rows
+
+    def abort(self) -> None:
+        for path in self.written:
+            path.unlink(missing_ok=True)
+
+
+def holding(session: Session, subject_keys: list[str]) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for key, model in session.exec(select(SubjectRows.subject_key, SubjectRows.model_name)
+                                   .where(col(SubjectRows.subject_key).in_(subject_keys)).distinct()).all():
+        out.setdefault(key, []).append(model)
+    return out
+
+
+def _index(session: Session, model_name: str, keys: list[str]) -> list[SubjectRows]:
+    return list(session.exec(select(SubjectRows).where(SubjectRows.model_name == model_name,
+                                                       col(SubjectRows.subject_key).in_(keys))).all())
+
+
+def forget_examples(session: Session, root: Path, model_name: str, keys: list[str]) -> list[Example]:
+    """Every row of these subjects (deleted or not), read by the index's ranges."""
+    out: list[Example] = []
+    for entry in _index(session, model_name, keys):
+        rows = _open(_part_path(root, model_name, entry.part)).slice(entry.offset, entry.count).to_pylist()
+        out += [Example(r["subject_key"], r["split"], r["features"], int(r["label"])) for r in rows]
+    return out
+
+
+def mark_deleted(session: Session, model_name: str, keys: list[str]) -> int:
+    res = session.execute(update(SubjectRows).where(SubjectRows.model_name == model_name,
+                                                    col(SubjectRows.subject_key).in_(keys)).values(deleted=True))
+    return res.rowcount
+
+
+def purge(session: Session, root: Path, model_name: str, keys: list[str]) -> int:
+    """Remove these subjects' rows for good: rewrite the parts that held them, re-index those
+    parts (keeping the other subjects' deletion flags). Returns the rows removed."""
+    removed = 0
+    for part in sorted({e.part for e in _index(session, model_name, keys)}):
+        path = _part_path(root, model_name, part)
+        table = _open(path)
+        keep = pc.invert(pc.is_in(table["subject_key"], value_set=pa.array(keys, pa.string())))
+        kept = table.filter(keep)
+        removed += table.num_rows - kept.num_rows
+        flags = dict(session.exec(select(SubjectRows.subject_key, SubjectRows.deleted).where(
+            SubjectRows.model_name == model_name, SubjectRows.part == part)).all())
+        session.execute(delete(SubjectRows).where(SubjectRows.model_name == model_name, SubjectRows.part == part))
+        if kept.num_rows:
+            _write(path, kept)
+            session.execute(insert(SubjectRows), [
+                {"model_name": model_name, "subject_key": k, "part": part, "offset": o, "count": n,
+                 "deleted": flags.get(k, False)} for k, o, n in _runs(kept)])
+        else:
+            path.unlink(missing_ok=True)
+    return removed
+
+
+class LiveView(Sequence[Example]):
+    """The live rows of one split, minus ``exclude`` (deleted and owed subjects), lazily."""
+
+    def __init__(self, session: Session, root: Path, model_name: str, split: str, exclude: set[str]) -> None:
+        deleted = set(session.exec(select(SubjectRows.subject_key).where(
+            SubjectRows.model_name == model_name, col(SubjectRows.deleted).is_(True))).all())
+        out = pa.array(sorted(exclude | deleted), pa.string())
+        parts = sorted(set(session.exec(select(SubjectRows.part).where(SubjectRows.model_name == model_name)).all()))
+        self.tables: list[pa.Table] = []
+        self.rows: list[pa.Array] = []
+        self.starts: list[int] = []
+        total = 0
+        for part in parts:
+            table = _open(_part_path(root, model_name, part))
+            mask = pc.and_(pc.equal(table["split"], split), pc.invert(pc.is_in(table["subject_key"], value_set=out)))
+            rows = pc.indices_nonzero(mask)
+            if len(rows):
+                self.tables.append(table)
+                self.rows.append(rows)
+                self.starts.append(total)
+                total += len(rows)
+        self.total = total
+
+    def __len__(self) -> int:
+        return self.total
+
+    def __getitem__(self, i: int) -> Example:  # type: ignore[override]
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(self.total))]
+        if i < 0:
+            i += self.total
+        if not 0 <= i < self.total:
+            raise IndexError(i)
+        k = bisect.bisect_right(self.starts, i) - 1
+        r = self.tables[k].slice(self.rows[k][i - self.starts[k]].as_py(), 1).to_pylist()[0]
+        return Example(r["subject_key"], r["split"], r["features"], int(r["label"]))
+
+    def __iter__(self) -> Iterator[Example]:
+        for table, rows in zip(self.tables, self.rows, strict=True):
+            for start in range(0, len(rows), 65536):
+                for r in table.take(rows.slice(start, 65536)).to_pylist():
+                    yield Example(r["subject_key"], r["split"], r["features"], int(r["label"]))
+
+
+def manifest(root: Path, model_name: str, session: Session, exclude: set[str]) -> dict[str, Any]:
+    """Rows and a content hash of the data a version is trained on: the parts' bytes plus the
+    subjects left out (deleted or owed), so the exact training set can be named and checked."""
+    digest = hashlib.sha256()
+    for path in sorted(model_dir(root, model_name).glob("part-*.arrow")):
+        with open(path, "rb") as f:
+            digest.update(hashlib.file_digest(f, "sha256").digest())
+    deleted = set(session.exec(select(SubjectRows.subject_key).where(
+        SubjectRows.model_name == model_name, col(SubjectRows.deleted).is_(True))).all())
+    for key in sorted(exclude | deleted):
+        digest.update(key.encode())
+    return {"store": "columnar", "sha256": digest.hexdigest()}

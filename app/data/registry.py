@@ -1,0 +1,123 @@
+"""The data registry: where a model's training samples live, behind one small interface.
+
+Two stores (``Model.config["store"]``): ``rows`` (default; one ``Sample`` row per sample, JSON
+features — right for the demo sets and up to about a million samples) and ``columnar``
+(``app/data/columnar.py``: Arrow parts + a subject index in SQL, for tens of millions). Intake,
+jobs, registration and bulk ingest call only this module, so both stores keep the same rules:
+a subject is *held* while any row of theirs remains (deleted or not), rows are flagged deleted
+when a job starts and removed when the erasure completes.
+
+Each ``ModelVersion`` records a ``manifest`` of the data it was trained on (``rows``, ``sha256``):
+for the row store an order-independent hash of the rows (the sum of per-row SHA-256 values
+mod 2**256, so it needs no sort and streams), for the columnar store the parts' bytes plus the
+subjects left out.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import delete, insert, union
+from sqlmodel import Session, col, select
+
+from app.data import columnar
+from app.db.models import Model, Sample, SubjectRows, utcnow
+from app.ml.spec import Example
+
+STORES = ("rows", "columnar")
+
+
+def store_of(model: Model) -> str:
+    return (model.config or {}).get("store", "rows")
+
+
+def holding(session: Session, subject_keys: list[str]) -> dict[str, list[str]]:
+    """subject key -> models holding any row of theirs, deleted or not (both stores)."""
+    out: dict[str, list[str]] = {}
+    if not subject_keys:
+        return out
+    both = union(  # one round trip for intake, whatever the stores
+        select(Sample.subject_key, Sample.model_name).where(col(Sample.subject_key).in_(subject_keys)),
+        select(SubjectRows.subject_key, SubjectRows.model_name).where(col(SubjectRows.subject_key).in_(subject_keys)))
+    for key, model in session.execute(both).all():
+        out.setdefault(key, []).append(model)
+    return out
+
+
+def rows_manifest(examples: Iterable[Example]) -> dict[str, Any]:
+    total, n = 0, 0
+    for e in examples:
+        line = json.dumps([e.subject_id, e.split, int(e.label), e.features], sort_keys=True, separators=(",", ":"))
+        total = (total + int.from_bytes(hashlib.sha256(line.encode()).digest(), "big")) % (1 << 256)
+        n += 1
+    return {"store": "rows", "rows": n, "sha256": f"{total:064x}"}
+
+
+class Ingestor:
+    """Adds rows ``{subject_key, split, label, features}`` to one model's store in the caller's
+    transaction; ``abort`` undoes what the store wrote outside the database."""
+
+    def __init__(self, session: Session, model: Model, root: Path) -> None:
+        self.session, self.model = session, model
+        self.columnar = columnar.Writer(session, root, model.name) if store_of(model) == "columnar" else None
+        self.rows = 0
+
+    def add(self, rows: list[dict[str, Any]]) -> None:
+        if self.columnar is not None:
+            self.columnar.add(rows)
+        elif rows:
+            now = utcnow()
+            self.session.execute(insert(Sample), [{**r, "model_name": self.model.name, "deleted": False,
+                                                   "created_at": now} for r in rows])
+        self.rows += len(rows)
+
+    def finish(self) -> int:
+        if self.columnar is not None:
+            self.columnar.finish()
+        return self.rows
+
+    def abort(self) -> None:
+        if self.columnar is not None:
+            self.columnar.abort()
+
+
+def take_forget(session: Session, model: Model, keys: list[str], root: Path) -> list[Example]:
+    """The subjects' rows (deleted or not), now flagged deleted: excluded from every later use."""
+    if store_of(model) == "columnar":
+        rows = columnar.forget_examples(session, root, model.name, keys)
+        columnar.mark_deleted(session, model.name, keys)
+        return rows
+    samples = list(session.exec(select(Sample).where(Sample.model_name == model.name,
+                                                     col(Sample.subject_key).in_(keys))).all())
+    for r in samples:
+        if not r.deleted:
+            r.deleted = True
+            session.add(r)
+    return [Example(r.subject_key, r.split, r.features, r.label) for r in samples]
+
+
+def live(session: Session, model: Model, split: str, exclude: set[str], root: Path) -> Sequence[Example]:
+    """The live rows of a split minus ``exclude``: a list (rows) or a lazy view (columnar)."""
+    if store_of(model) == "columnar":
+        return columnar.LiveView(session, root, model.name, split, exclude)
+    return [Example(r.subject_key, r.split, r.features, r.label) for r in session.exec(select(Sample).where(
+        Sample.model_name == model.name, Sample.split == split, col(Sample.deleted).is_(False))).all()
+        if r.subject_key not in exclude]
+
+
+def manifest(session: Session, model: Model, retain: Sequence[Example], exclude: set[str], root: Path) -> dict[str, Any]:
+    if store_of(model) == "columnar":
+        return {**columnar.manifest(root, model.name, session, exclude), "rows": len(retain)}
+    return rows_manifest(retain)
+
+
+def purge(session: Session, model: Model, keys: list[str], root: Path) -> int:
+    """Remove the subjects' rows for good (the erasure completed)."""
+    if store_of(model) == "columnar":
+        return columnar.purge(session, root, model.name, keys)
+    res = session.exec(delete(Sample).where(Sample.model_name == model.name, col(Sample.subject_key).in_(keys)))
+    return res.rowcount

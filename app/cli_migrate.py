@@ -11,7 +11,12 @@ code that ran it, and tests/app/test_migrations.py holds those models equal to `
 the tables in the database match this code's models, the database *is* at head and is stamped
 ``head`` instead. When they differ (it was made by an older Lethe), stamping would be a lie and
 upgrading would fail: ``migrate`` refuses and says how to stamp the right revision by hand.
+
+``lethe migrate --check`` changes nothing: exit 0 when the database is at head, 1 otherwise. The
+Kubernetes Deployments wait on it in an init container, so that only the migrations Job migrates
+(two pods racing to run DDL would collide) and no new code serves an old schema.
 """
+
 
 from __future__ import annotations
 
@@ -29,11 +34,35 @@ def alembic_ini() -> Path:
     raise FileNotFoundError(f"alembic.ini and migrations/ not found in {SOURCE_ROOT} or {Path.cwd()}")
 
 
+def alembic_config(url: str):  # noqa: ANN201 - alembic is imported lazily (the CLI loads fast)
+    from alembic.config import Config
+
+    cfg = Config(str(alembic_ini()))
+    cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))  # configparser interpolates '%'
+    return cfg
+
+
+def at_head(url: str) -> tuple[bool, str | None, str | None]:
+    """(current == head, current revision, head revision) of the database at ``url``."""
+    from alembic.migration import MigrationContext
+    from alembic.script import ScriptDirectory
+
+    from app.core.db import make_engine
+
+    head = ScriptDirectory.from_config(alembic_config(url)).get_current_head()
+    engine = make_engine(url)
+    try:
+        with engine.connect() as conn:
+            current = MigrationContext.configure(conn).get_current_revision()
+    finally:
+        engine.dispose()
+    return current == head, current, head
+
+
 def migrate(url: str) -> str:
     """Upgrade (or stamp) the database at ``url`` to head; returns what was done."""
     from alembic import command
     from alembic.autogenerate import compare_metadata
-    from alembic.config import Config
     from alembic.migration import MigrationContext
     from sqlalchemy import inspect
     from sqlmodel import SQLModel
@@ -41,8 +70,7 @@ def migrate(url: str) -> str:
     import app.db.models  # noqa: F401  (registers the tables)
     from app.core.db import make_engine
 
-    cfg = Config(str(alembic_ini()))
-    cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))  # configparser interpolates '%'
+    cfg = alembic_config(url)
     ours = set(SQLModel.metadata.tables)
     engine = make_engine(url)
     try:
@@ -70,16 +98,28 @@ def migrate(url: str) -> str:
 
 def add_migrate_command(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("migrate", help="upgrade the database schema to head (alembic); stamps a create_all schema")
+    p.add_argument("--check", action="store_true", help="change nothing; exit 0 if the schema is at head, else 1")
     p.set_defaults(run=run_migrate_command)
 
 
-def run_migrate_command(_args: argparse.Namespace) -> int:
+def run_migrate_command(args: argparse.Namespace) -> int:
+    from sqlalchemy.exc import OperationalError
+
     from app.core.config import get_settings
 
+    url = get_settings().db_url
     try:
-        done = migrate(get_settings().db_url)
+        if args.check:
+            ok, current, head = at_head(url)
+            print(f"lethe migrate: database at {current or 'no revision'}, head is {head}",
+                  file=sys.stdout if ok else sys.stderr)
+            return 0 if ok else 1
+        done = migrate(url)
     except (RuntimeError, FileNotFoundError) as exc:
         print(f"lethe migrate: {exc}", file=sys.stderr)
+        return 1
+    except OperationalError as exc:  # the message alone: the URL carries the password
+        print(f"lethe migrate: database not reachable ({type(exc.orig).__name__}: {exc.orig})", file=sys.stderr)
         return 1
     print(f"lethe migrate: {done}")
     return 0

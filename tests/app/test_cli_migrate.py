@@ -69,6 +69,23 @@ def test_fresh_sqlite_is_built_at_head_and_a_second_run_is_a_no_op(tmp_path: Pat
     assert schema_of(url) == (HEAD, tables, ddl)
 
 
+def test_check_changes_nothing_and_says_whether_the_schema_is_at_head(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'check.db'}"
+    before = lethe("migrate", "--check", LETHE_DATABASE_URL=url)
+    assert before.returncode == 1 and "no revision" in before.stderr
+    assert schema_of(url)[:2] == (None, set())
+    assert lethe("migrate", LETHE_DATABASE_URL=url).returncode == 0
+    after = lethe("migrate", "--check", LETHE_DATABASE_URL=url)
+    assert after.returncode == 0 and HEAD in after.stdout, after.stderr
+
+
+def test_an_unreachable_database_fails_without_showing_the_password() -> None:
+    url = "postgresql+psycopg://lethe:hunter2-secret@127.0.0.1:1/lethe"
+    r = lethe("migrate", LETHE_DATABASE_URL=url)
+    assert r.returncode == 1 and "not reachable" in r.stderr
+    assert "hunter2" not in r.stdout + r.stderr
+
+
 def test_the_default_url_is_the_settings_db_url(tmp_path: Path) -> None:
     r = lethe("migrate", LETHE_DATA_DIR=str(tmp_path))  # no LETHE_DATABASE_URL: <data_dir>/lethe.db
     assert r.returncode == 0, r.stderr

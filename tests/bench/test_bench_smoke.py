@@ -58,3 +58,21 @@ def test_intake_quick(tmp_path: Path) -> None:
     assert data["failures"] == 0
     assert all(ph["requests"] > 0 for ph in data["phases"].values())
     assert data["queued_targets_in_db"] > 0
+
+
+def test_soak_quick(tmp_path: Path) -> None:
+    data = run_bench("soak", tmp_path, "--sequential", "1", "--burst", "2", "--retrain-seeds", "1")
+    assert data["total"] == 3 and data["completed"] == 3 and data["failed"] == 0, data
+
+
+def test_data_scale_quick(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LETHE_")}
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "data_scale.py"), "--quick", "--out", str(tmp_path)],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    data = json.loads((tmp_path / "data_scale.json").read_text())
+    for store in ("columnar", "rows"):
+        res = data["results"][store]
+        assert res["ingest"]["ingested"] == data["sizes"][store] and res["collect"]["forget"] > 0
+        assert res["erase"]["status"] == "completed", res["erase"]
+    assert data["results"]["columnar"]["collect"]["manifest"]["store"] == "columnar"

@@ -1,0 +1,12 @@
+"""Parts of the unlearning benchmark (``bench/unlearning.py`` is its entry script).
+
+A package, not ``bench/*.py`` files, so that ``lethe bench`` (``app.cli.bench_names``) does not
+list the parts as benchmarks of their own:
+
+- ``configs``: bundled configurations, targets, forget sets;
+- ``measure``: one forget set, every method and ``auto``, verified against retrain;
+- ``bundled``: a bundled configuration end to end (train the original, then measure);
+- ``summary``: means, DESIGN.md section 8 targets, chains the runs support;
+- ``report``: unlearning.md / .csv / .json / .png;
+- ``cli``: arguments and the run.
+"""

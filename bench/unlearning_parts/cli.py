@@ -1,0 +1,110 @@
+"""Command line of ``bench/unlearning.py``: parse, run the bundled configurations, write the
+outputs after each configuration (a run stopped early keeps what it measured)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from tqdm import tqdm
+
+from app.ml.device import pick_device, set_cpu_threads
+from bench.unlearning_parts.bundled import bench_config
+from bench.unlearning_parts.configs import CONFIGS, FULL_CONFIGS, QUICK_CONFIGS, RESULTS_DIR, SIZES
+from bench.unlearning_parts.report import machine, write_outputs
+from workers.unlearning import METHODS, engine
+
+
+def _pct(text: str) -> str:
+    """argparse %-formats help strings: a literal % must be doubled."""
+    return text.replace("%", "%%")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description="Benchmark every registered unlearning method against retrain.")
+    p.add_argument("--quick", action="store_true", help=_pct("1 seed, forget sets '1 subject' and '10%', small specs"))
+    p.add_argument("--configs", "--specs", dest="configs", help=f"comma list of {', '.join(CONFIGS)}")
+    p.add_argument("--seeds", type=int, help="seeds per forget-set size (default 2; --quick 1)")
+    p.add_argument("--sizes", help=_pct(f"comma list of forget sets: {', '.join(SIZES)}"))
+    p.add_argument("--audit-sizes", default="10%", help="forget sets that get the audit-mode MIA (small configs)")
+    p.add_argument("--n-shadow", type=int, help="reference models per audit (even; 0 = no audit; default 4, --quick 2)")
+    p.add_argument("--audit-seeds", type=int, default=1, help="seeds that get the audit (reference models cost trainings)")
+    p.add_argument("--calibrate-sets", type=int, default=0,
+                   help="calibrate_reference sets per small config (0: no reference, as for a model registered "
+                        "without calibration: the gate centres on AUC 0.5 and the held-out accuracy band)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: shared cores, see set_cpu_threads)")
+    p.add_argument("--methods", help="comma list of methods to run beside retrain and auto (default: all registered)")
+    p.add_argument("--render", type=Path, help="only re-render outputs from this saved unlearning.json")
+    p.add_argument("--note", action="append", default=[], help="a line of context for the report (repeatable)")
+    p.add_argument("--out", type=Path, default=RESULTS_DIR)
+    return p
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = build_parser()
+    args = p.parse_args(argv)
+    q = args.quick
+    args.configs = [c.strip() for c in (args.configs or ",".join(QUICK_CONFIGS if q else FULL_CONFIGS)).split(",")]
+    unknown = [c for c in args.configs if c not in CONFIGS]
+    if unknown:
+        p.error(f"unknown config(s) {unknown}; known: {', '.join(CONFIGS)}")
+    sizes = args.sizes or ("1 subject,10%" if q else None)
+    args.sizes = [s.strip() for s in sizes.split(",")] if sizes else None  # None: each config's own
+    if any(s not in SIZES for s in args.sizes or ()):
+        p.error(f"--sizes: choose from {', '.join(SIZES)}")
+    args.audit_sizes = [s.strip() for s in args.audit_sizes.split(",")]
+    names = [m.strip() for m in args.methods.split(",")] if args.methods else sorted(METHODS)
+    if any(m not in METHODS for m in names):
+        p.error(f"--methods: choose from {', '.join(sorted(METHODS))}")
+    args.methods = ["retrain"] + sorted(set(names) - {"retrain"})
+    args.seeds = args.seeds or (1 if q else 2)
+    args.n_shadow = (2 if q else 4) if args.n_shadow is None else args.n_shadow
+    return args
+
+
+def render(path: Path, out: Path, notes: list[str]) -> str:
+    """Re-render the md / csv / png of a saved ``unlearning.json`` (no runs) with this code."""
+    data = json.loads(path.read_text())
+    args = parse_args(data["argv"])
+    args.device = next((a.split("=", 1)[1] for a in data["argv"] if a.startswith("--device=")), "cpu")
+    rows = [{k: (float("nan") if v is None and k in ("seconds", "verify_seconds") else v) for k, v in r.items()}
+            for r in data["rows"]]
+    return write_outputs(out, rows, data["configs"], args, data["elapsed_s"], argv=data["argv"],
+                         host=data["machine"], chains_used=data.get("chains_used", {}),
+                         notes=[*data.get("notes", []), *notes])
+
+
+def run_bundled(args: argparse.Namespace, device, argv: list[str], log) -> str:
+    started = time.perf_counter()
+    per_stage = len(args.methods) + 1
+    total = sum(args.seeds * len(args.sizes or CONFIGS[k].sizes) * per_stage for k in args.configs)
+    rows, infos = [], []
+    chains_used = {CONFIGS[k].make_spec().name: engine.method_chain(CONFIGS[k].make_spec().name, "auto")
+                   for k in args.configs}
+    with tqdm(total=total, file=sys.stderr, unit="run", dynamic_ncols=True) as bar:
+        for key in args.configs:
+            config_rows, info = bench_config(CONFIGS[key], args, device, bar, log)
+            rows += config_rows
+            infos.append(info)
+            info["seconds"] = time.perf_counter() - started
+            md = write_outputs(args.out, rows, infos, args, time.perf_counter() - started, argv=argv, host=machine(),
+                               chains_used=chains_used, notes=args.note)
+    return md
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.render:
+        print(render(args.render, args.out, args.note))
+        return 0
+    set_cpu_threads(args.threads)
+    device = pick_device(args.device)
+    args.device = str(device)
+    log = lambda msg: tqdm.write(msg, file=sys.stderr)  # noqa: E731
+    argv = sys.argv[1:] if argv is None else argv
+    print(run_bundled(args, device, argv, log))
+    return 0

@@ -20,11 +20,17 @@ and the spec allows it; otherwise their rows say ``skipped`` and why.
     python bench/unlearning.py                 # full run (~20 min on 2 shared cores)
     python bench/unlearning.py --quick         # 1 seed, small sets, small specs
     lethe bench unlearning --configs toy --quick --out /tmp/x
+    lethe bench unlearning --model NAME [--db-url URL] [--record-chain [--url URL --key KEY]]
+
+``--model`` measures a model registered in a Lethe database instead (its serving version, its
+live registry samples, its recorded reference, chain and method overrides); ``--record-chain``
+then sets its ``auto`` chain to the cheapest methods that passed every run, ending with the
+exact fallback (``bench/unlearning_parts/registered.py``).
 
 Writes ``unlearning.md``, ``unlearning.csv`` (one row per run), ``unlearning.json`` and
-``unlearning.png`` under ``--out`` (default ``bench/results``). The code lives in
-``bench/unlearning_parts/`` (a package, so ``lethe bench`` lists this script only); this file is
-the entry point ``lethe bench unlearning`` runs.
+``unlearning.png`` under ``--out`` (default ``bench/results``; ``bench/results/model-NAME`` with
+``--model``). The code lives in ``bench/unlearning_parts/`` (a package, so ``lethe bench`` lists
+this script only); this file is the entry point ``lethe bench unlearning`` runs.
 """
 
 from __future__ import annotations

@@ -6,6 +6,7 @@ list the parts as benchmarks of their own:
 - ``configs``: bundled configurations, targets, forget sets;
 - ``measure``: one forget set, every method and ``auto``, verified against retrain;
 - ``bundled``: a bundled configuration end to end (train the original, then measure);
+- ``registered``: a model registered in a Lethe database (``--model``, ``--record-chain``);
 - ``summary``: means, DESIGN.md section 8 targets, chains the runs support;
 - ``report``: unlearning.md / .csv / .json / .png;
 - ``cli``: arguments and the run.

@@ -1,20 +1,27 @@
-"""Command line of ``bench/unlearning.py``: parse, run the bundled configurations, write the
-outputs after each configuration (a run stopped early keeps what it measured)."""
+"""Command line of ``bench/unlearning.py``: parse, run the bundled configurations or one registered
+model, write the outputs after each configuration (a run stopped early keeps what it measured),
+and with ``--record-chain`` set the registered model's ``auto`` chain from what passed."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+import tempfile
 import time
 from pathlib import Path
 
+import httpx
 from tqdm import tqdm
 
+from app.cli_models import ApiError
+from app.core.errors import LetheError
 from app.ml.device import pick_device, set_cpu_threads
 from bench.unlearning_parts.bundled import bench_config
 from bench.unlearning_parts.configs import CONFIGS, FULL_CONFIGS, QUICK_CONFIGS, RESULTS_DIR, SIZES
+from bench.unlearning_parts.registered import bench_model, load_registered, record_chain, safe_url
 from bench.unlearning_parts.report import machine, write_outputs
+from bench.unlearning_parts.summary import passing_chain
 from workers.unlearning import METHODS, engine
 
 
@@ -40,7 +47,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--methods", help="comma list of methods to run beside retrain and auto (default: all registered)")
     p.add_argument("--render", type=Path, help="only re-render outputs from this saved unlearning.json")
     p.add_argument("--note", action="append", default=[], help="a line of context for the report (repeatable)")
-    p.add_argument("--out", type=Path, default=RESULTS_DIR)
+    p.add_argument("--out", type=Path, help="output directory (default bench/results; with --model "
+                                            "bench/results/model-NAME)")
+    m = p.add_argument_group("a registered model (instead of the bundled configs)")
+    m.add_argument("--model", help="measure the serving version of this model, registered in --db-url")
+    m.add_argument("--db-url", help="SQLAlchemy URL of the Lethe database (default: LETHE_DATABASE_URL, else the "
+                                    "embedded default DB)")
+    m.add_argument("--data-dir", type=Path, help="the stack's data directory, where a columnar store keeps its "
+                                                 "parts (default: LETHE_DATA_DIR)")
+    m.add_argument("--record-chain", action="store_true",
+                   help="set the model's auto chain to the cheapest methods that passed every run, then retrain "
+                        "(sisa for a SISA model)")
+    m.add_argument("--url", help="Lethe base URL for --record-chain (default LETHE_URL; none: write the DB directly)")
+    m.add_argument("--key", help="admin API key for --record-chain over the API (default LETHE_KEY)")
     return p
 
 
@@ -48,6 +67,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = build_parser()
     args = p.parse_args(argv)
     q = args.quick
+    if args.model and args.configs:
+        p.error("--model measures one registered model: drop --configs")
+    if args.record_chain and not args.model:
+        p.error("--record-chain needs --model")
     args.configs = [c.strip() for c in (args.configs or ",".join(QUICK_CONFIGS if q else FULL_CONFIGS)).split(",")]
     unknown = [c for c in args.configs if c not in CONFIGS]
     if unknown:
@@ -63,6 +86,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.methods = ["retrain"] + sorted(set(names) - {"retrain"})
     args.seeds = args.seeds or (1 if q else 2)
     args.n_shadow = (2 if q else 4) if args.n_shadow is None else args.n_shadow
+    if args.out is None:
+        args.out = RESULTS_DIR / f"model-{args.model}" if args.model else RESULTS_DIR
+    if args.model:
+        from app.core.config import get_settings
+
+        settings = get_settings()
+        args.db_url = args.db_url or settings.db_url
+        args.data_dir = args.data_dir or Path(settings.data_dir)
     return args
 
 
@@ -75,7 +106,7 @@ def render(path: Path, out: Path, notes: list[str]) -> str:
             for r in data["rows"]]
     return write_outputs(out, rows, data["configs"], args, data["elapsed_s"], argv=data["argv"],
                          host=data["machine"], chains_used=data.get("chains_used", {}),
-                         notes=[*data.get("notes", []), *notes])
+                         notes=[*data.get("notes", []), *notes], recorded=data.get("recorded_chain"))
 
 
 def run_bundled(args: argparse.Namespace, device, argv: list[str], log) -> str:
@@ -96,6 +127,49 @@ def run_bundled(args: argparse.Namespace, device, argv: list[str], log) -> str:
     return md
 
 
+def run_registered(args: argparse.Namespace, device, argv: list[str], log) -> str:
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="lethe-bench-") as tmp:
+        reg = load_registered(args.db_url, args.model, device, Path(tmp), args.data_dir)
+        log(f"{reg.key}: serving v{reg.version} of spec {reg.spec_name}, {len(reg.examples)} live samples")
+        chain = reg.config.get("chain")
+        chains_used = {reg.spec.name: engine.method_chain(reg.spec.name, "auto", {reg.spec.name: tuple(chain)}
+                                                          if chain else None, meta=reg.meta)}
+        total = args.seeds * len(args.sizes or SIZES) * (len(args.methods) + 1)
+        with tqdm(total=total, file=sys.stderr, unit="run", dynamic_ncols=True) as bar:
+            rows, info = bench_model(reg, args, device, bar, log)
+    info["seconds"] = time.perf_counter() - started
+    supported = passing_chain(rows, reg.key, last=reg.exact_fallback)
+
+    def write(recorded: dict | None) -> str:
+        return write_outputs(args.out, rows, [info], args, time.perf_counter() - started, argv=argv, host=machine(),
+                             chains_used=chains_used, notes=args.note, recorded=recorded)
+
+    md, recorded = write(None), None  # written first: a refused or failed recording keeps the measurements
+    if args.record_chain:
+        before, via = record_chain(name=reg.name, chain=supported, db_url=args.db_url, url=args.url, key=args.key)
+        recorded = {"model": reg.name, "chain": supported, "previous": before, "via": via}
+        md = write(recorded)
+    tail = (f"chain recorded for {reg.name}: {' > '.join(supported)} (before: {' > '.join(recorded['previous'])}; "
+            f"set {recorded['via']})" if recorded else
+            f"chain these runs support for {reg.name}: {' > '.join(supported)} (not recorded: add --record-chain)")
+    return f"{md}\n{tail}"
+
+
+def redacted(argv: list[str]) -> list[str]:
+    """``argv`` as the report records it: no API key, no database password."""
+    out, hide = [], {"--key": lambda v: "***", "--db-url": safe_url}
+    for i, arg in enumerate(argv):
+        name, eq, value = arg.partition("=")
+        if eq and name in hide:
+            out.append(f"{name}={hide[name](value)}")
+        elif i and argv[i - 1] in hide:
+            out.append(hide[argv[i - 1]](arg))
+        else:
+            out.append(arg)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.render:
@@ -105,6 +179,10 @@ def main(argv: list[str] | None = None) -> int:
     device = pick_device(args.device)
     args.device = str(device)
     log = lambda msg: tqdm.write(msg, file=sys.stderr)  # noqa: E731
-    argv = sys.argv[1:] if argv is None else argv
-    print(run_bundled(args, device, argv, log))
+    argv = redacted(sys.argv[1:] if argv is None else argv)
+    try:
+        print(run_registered(args, device, argv, log) if args.model else run_bundled(args, device, argv, log))
+    except (LetheError, ApiError, httpx.HTTPError) as exc:  # unknown model, refused chain, no stack: say so
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     return 0

@@ -60,6 +60,8 @@ class Stage:
     reference: dict[str, Any] | None
     gates: Gates
     method_config: dict[str, dict[str, Any]]
+    # The auto chain to run (a registered model's ``config["chain"]``); None: the spec default.
+    chain: list[str] | None = None
 
     def verify(self, model, meta, baseline, *, exact: bool, method: str):
         extra = {"forget_unseen": self.fs.unseen} if _accepts(verify_candidate, "forget_unseen") else {}
@@ -99,6 +101,8 @@ def run_method(st: Stage, name: str, model, meta, baseline) -> tuple[dict[str, A
 def run_auto(st: Stage, model, meta, baseline) -> tuple[dict[str, Any], Any]:
     """The engine's ``auto`` policy, wall time including every verification and escalation."""
     extra = {"forget_unseen": st.fs.unseen} if _accepts(engine.forget, "forget_unseen") else {}
+    if st.chain:
+        extra["chains"] = {st.spec.name: tuple(st.chain)}
     torch.manual_seed(st.seed)
     started, cpu = time.perf_counter(), time.process_time()
     outcome = engine.forget(

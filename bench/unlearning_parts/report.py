@@ -71,8 +71,9 @@ def plot(rows: list[dict], path: Path) -> None:
 
 
 def write_outputs(out: Path, rows: list[dict], infos: list[dict], args, elapsed: float, *, argv: list[str],
-                  host: str, chains_used: dict[str, list[str]], notes: list[str] = ()) -> str:
-    """Write the four files; returns the markdown."""
+                  host: str, chains_used: dict[str, list[str]], notes: list[str] = (),
+                  recorded: dict[str, Any] | None = None) -> str:
+    """Write the four files; returns the markdown. ``recorded``: the chain ``--record-chain`` set."""
     out.mkdir(parents=True, exist_ok=True)
     summary = summarise(rows)
     judged = next((i["config"] for i in infos if info_large(i)), None)
@@ -129,6 +130,11 @@ def write_outputs(out: Path, rows: list[dict], infos: list[dict], args, elapsed:
                            [[k, " > ".join(v), " > ".join(chains_used.get(k, []))] for k, v in chains.items()]), "",
                   md_table(["config", "forget set", "suggested chain", "replayed (s)", "retrain (s)", "speed-up", "served"],
                            replay_table(rows, chains)), ""]
+    if recorded:
+        lines += [f"## Chain recorded for model `{recorded['model']}`", "",
+                  f"`{' > '.join(recorded['chain'])}` (before: `{' > '.join(recorded['previous'])}`; set "
+                  f"{recorded['via']}): the approximate methods that passed the gate in every run above, cheapest first, then the exact "
+                  "fallback.", ""]
     auto_rows = [s for s in summary if s["method"] == "auto"]
     lines += ["## Policy auto vs retrain (engine.forget, escalations included)", "",
               md_table(["config", "forget set", "auto (s)", "retrain (s)", "speed-up", "CPU speed-up", "passed",
@@ -151,7 +157,7 @@ def write_outputs(out: Path, rows: list[dict], infos: list[dict], args, elapsed:
     data = {"benchmark": NAME, "machine": host, "argv": argv, "elapsed_s": elapsed, "chains_used": chains_used, "notes": list(notes),
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "methods": sorted(METHODS), "configs": infos,
             "targets": targets, "targets_informational": informational, "suggested_chains": chains, "summary": summary, "rows": rows,
-            "columns": COLUMNS}
+            "columns": COLUMNS, "recorded_chain": recorded}
     (out / f"{NAME}.json").write_text(json.dumps(_json_safe(data), indent=1, default=str))
     return md
 

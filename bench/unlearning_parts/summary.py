@@ -2,7 +2,7 @@
 
 ``replay`` answers what the engine would have spent on a chain for one measured case, from the
 per-method rows alone; ``suggest_chains`` searches chains of at most two approximate methods with
-it.
+it, and ``passing_chain`` is the stricter rule ``--record-chain`` writes to a registered model.
 """
 
 from __future__ import annotations
@@ -151,3 +151,25 @@ def replay_table(rows: list[dict], chains: dict[str, list[str]]) -> list[list[An
                         ", ".join(sorted({p[1] for p in played}))])
     return out
 
+
+def passing_chain(rows: list[dict], config: str, *, last: str = "retrain") -> list[str]:
+    """The chain ``--record-chain`` writes: the approximate methods that passed the gate in every
+    run of ``config`` (each forget set and seed), cheapest first by mean time-to-forget (method
+    plus verification), at most ``MAX_APPROXIMATE``, then the exact ``last`` (``sisa`` for a SISA
+    ensemble). A method that left the model unchanged never counts as passing; none passing
+    leaves ``[last]``."""
+    mine = [r for r in rows if r["config"] == config and r["method"] in METHODS]
+    cases = {(r["forget_set"], r["seed"]) for r in mine}
+    by_method: dict[str, list[dict]] = {}
+    for r in mine:
+        if not METHODS[r["method"]].exact:
+            by_method.setdefault(r["method"], []).append(r)
+
+    def passed(r: dict) -> bool:
+        return r["status"] == "ok" and bool(r.get("gate_passed")) and r.get("param_change") != 0
+
+    always = [m for m, rs in by_method.items()
+              if {(r["forget_set"], r["seed"]) for r in rs if passed(r)} == cases and cases]
+    cost = {m: _mean([{"t": _num(r["seconds"]) + _num(r.get("verify_seconds"))} for r in by_method[m]], "t")
+            for m in always}
+    return [*sorted(always, key=lambda m: (cost[m], m))[:MAX_APPROXIMATE], last]

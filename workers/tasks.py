@@ -44,7 +44,9 @@ def register_model(registration_id: str) -> str:
     w = worker()
     return registration.run_registration(w.session, registration_id, secret=w.settings.subject_key_secret,
                                          artifacts_dir=w.settings.artifacts_dir, device=w.device,
-                                         calibrate=calibrate_reference)
+                                         calibrate=calibrate_reference, publish=w.publish,
+                                         deploy_timeout_s=w.settings.deploy_timeout_s,
+                                         replica_ttl_s=w.settings.replica_ttl_s)
 
 
 @celery.task(name=TASK_RECONCILE, ignore_result=True)

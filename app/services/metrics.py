@@ -18,6 +18,7 @@ from sqlmodel import col, func, select
 from app.core import db
 from app.core.config import get_settings
 from app.db.models import CallbackDelivery, ErasureRequest, Model, Replica, as_utc, utcnow
+from app.services.models import ANY_MODEL
 
 BUCKETS = (1, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 6 * 3600, 24 * 3600)
 WINDOW = timedelta(days=30)
@@ -68,7 +69,8 @@ class OperationsCollector(Collector):
                 retrying = session.exec(select(CallbackDelivery.kind, func.count())
                                         .where(CallbackDelivery.status == "pending", CallbackDelivery.attempts > 0)
                                         .group_by(CallbackDelivery.kind)).all()
-                replicas = session.exec(select(Replica).where(col(Replica.last_seen) >= now - REPLICA_WINDOW)).all()
+                replicas = session.exec(select(Replica).where(col(Replica.last_seen) >= now - REPLICA_WINDOW,
+                                                              Replica.model_name != ANY_MODEL)).all()
                 serving = dict(session.exec(select(Model.name, Model.serving_version)).all())
         except Exception:  # noqa: BLE001 - a scrape must not fail because the DB blipped
             return

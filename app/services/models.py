@@ -124,6 +124,17 @@ def spec_of(session: Session, name: str) -> Any:
     return get_spec(get_model(session, name).spec)
 
 
+ANY_MODEL = "*"  # Replica rows under this name say only that the replica is live
+
+
+def replicas_missing(session: Session, *, name: str, version: int, ttl_s: float) -> list[str]:
+    """Live replicas (by their liveness row) that do not yet serve ``name`` at ``version`` or later."""
+    live = {r.replica_id for r in live_replicas(session, name=ANY_MODEL, ttl_s=ttl_s)}
+    serving = {r.replica_id for r in live_replicas(session, name=name, ttl_s=ttl_s)
+               if r.version is not None and r.version >= version}
+    return sorted(live - serving)
+
+
 def live_replicas(session: Session, *, name: str, ttl_s: float) -> list[Replica]:
     cutoff = utcnow() - timedelta(seconds=ttl_s)
     return list(session.exec(select(Replica).where(Replica.model_name == name, col(Replica.last_seen) >= cutoff)

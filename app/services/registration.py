@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import re
 import shutil
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -34,8 +35,8 @@ from app.services import models as model_service
 log = logging.getLogger("lethe.registration")
 NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 # Stages and where they sit on the percent bar.
-SPAN = {"loading_data": (0, 10), "training": (10, 70), "adopting": (10, 70), "calibrating": (70, 95),
-        "committing": (95, 100)}
+SPAN = {"loading_data": (0, 10), "training": (10, 70), "adopting": (10, 70), "calibrating": (70, 93),
+        "committing": (93, 95), "deploying": (95, 100)}
 Progress = Callable[[str, float], None]
 Calibrate = Callable[..., dict[str, Any]]
 
@@ -243,8 +244,16 @@ def get_registration(session: Session, registration_id: str) -> ModelRegistratio
 
 
 def run_registration(session_factory: Callable[[], Session], registration_id: str, *, secret: str,
-                     artifacts_dir: Path, device: Any, calibrate: Calibrate | None) -> str:
-    """Run one registration job to its end (the worker's task). Returns its final status."""
+                     artifacts_dir: Path, device: Any, calibrate: Calibrate | None,
+                     publish: Callable[[str, int], Any] = lambda name, version: None,
+                     deploy_timeout_s: float = 0.0, replica_ttl_s: float = 10.0,
+                     sleep: Callable[[float], None] = time.sleep) -> str:
+    """Run one registration job to its end (the worker's task). Returns its final status.
+
+    After the commit it announces the model (``publish``) and, for up to ``deploy_timeout_s``,
+    waits until every live replica serves it (stage ``deploying``), so that ``completed`` means
+    "predict answers on every replica". A replica that is slower than that does not fail the
+    registration (the model exists): the result lists it under ``replicas_pending``."""
     with session_factory() as s:
         reg = s.get(ModelRegistration, registration_id)
         if reg is None or reg.status not in ("queued", "running"):
@@ -276,10 +285,27 @@ def run_registration(session_factory: Callable[[], Session], registration_id: st
         with session_factory() as s:
             version = commit(s, name=name, prepared=prepared, artifacts_dir=artifacts_dir, config=config,
                              actor="worker")
+            result = {"version": version.number, "sha256": version.sha256, "metrics": version.metrics,
+                      "method": version.method}
+            s.commit()
+        number, pending = result["version"], []
+        try:  # the model exists from here on: serving lag or a lost message never fail the registration
+            publish(name, number)
+            progress("deploying", 0.0)
+            deadline = time.monotonic() + deploy_timeout_s
+            while True:
+                with session_factory() as s:
+                    pending = model_service.replicas_missing(s, name=name, version=number, ttl_s=replica_ttl_s)
+                if not pending or time.monotonic() >= deadline:
+                    break
+                sleep(0.2)
+        except Exception:  # noqa: BLE001
+            log.warning("registration %s: model %s committed; waiting for replicas failed", registration_id, name,
+                        exc_info=True)
+        with session_factory() as s:
             row = s.get(ModelRegistration, registration_id)
             row.status, row.stage, row.percent, row.finished_at = "completed", "completed", 100.0, utcnow()
-            row.result = {"version": version.number, "sha256": version.sha256, "metrics": version.metrics,
-                          "method": version.method}
+            row.result = {**result, "replicas_pending": pending}
             s.add(row)
             s.commit()
         status = "completed"

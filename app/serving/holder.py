@@ -194,6 +194,10 @@ class UpdateListener:
 
     def heartbeat(self) -> None:
         with session_scope(self.engine) as session:
+            # The replica itself is live even with no model loaded (a new model's registration
+            # waits for every live replica to serve it): a row under the reserved name "*".
+            model_service.heartbeat(session, replica_id=self.replica_id, model_name=model_service.ANY_MODEL,
+                                    version=None, loaded_at=None)
             for name, loaded in list(self.holder._loaded.items()):
                 model_service.heartbeat(session, replica_id=self.replica_id, model_name=name,
                                         version=loaded.version, loaded_at=loaded.loaded_at)

@@ -20,10 +20,9 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Callable
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy import func, text
@@ -34,11 +33,10 @@ from sqlmodel import Session, col, select
 from app.core import db
 from app.core.config import Settings
 from app.core.errors import database_unavailable
-from app.db.models import ErasureTarget, Model, UnlearningJob, utcnow
+from app.db.models import ErasureTarget, UnlearningJob, utcnow
 from app.services import audit, jobs
 from app.services import models as model_service
 from app.services.jobs import ACTOR, STAGE_SPAN
-from app.services.lifecycle import TargetStatus
 from workers.lease import LeaseKeeper, acquire_lock, holds_fence, release_lock
 from workers.problem import collect, unlearn_and_publish
 
@@ -256,39 +254,3 @@ def deploy_and_complete(w: Worker, job_id: str) -> None:
         if holds_fence(s, w, job, serving=target_version):
             jobs.complete_job(s, job, w.settings, deploy_s=time.monotonic() - t0)
         s.commit()
-
-
-# ---------------------------------------------------------------- reconciler
-
-
-def reconcile(w: Worker, send: Callable[[str], Any]) -> list[str]:
-    """Re-send work the queue may have lost: models with due targets or orphaned jobs."""
-    with w.session() as s:
-        now = utcnow()
-        queued = set(s.exec(select(ErasureTarget.model_name).where(
-            ErasureTarget.status == TargetStatus.QUEUED,
-            col(ErasureTarget.not_before).is_(None) | (col(ErasureTarget.not_before) <= now))).all())
-        orphaned = {m.name for m in s.exec(select(Model)).all()
-                    if (m.lock_until is None or m.lock_until < now)
-                    and s.exec(select(UnlearningJob.id).where(UnlearningJob.model_name == m.name,
-                                                             col(UnlearningJob.status).in_(("running", "deploying")))
-                               ).first() is not None}
-    names = sorted(queued | orphaned)
-    for name in names:
-        send(name)
-    return names
-
-
-def reconcile_registrations(w: Worker, send: Callable[[str], Any], *, older_than_s: float = 30.0) -> list[str]:
-    """Re-send model registrations still queued after ``older_than_s`` (their message was lost)."""
-    from datetime import timedelta
-
-    from app.db.models import ModelRegistration
-
-    with w.session() as s:
-        cutoff = utcnow() - timedelta(seconds=older_than_s)
-        ids = list(s.exec(select(ModelRegistration.id).where(ModelRegistration.status == "queued",
-                                                            col(ModelRegistration.created_at) < cutoff)).all())
-    for rid in ids:
-        send(rid)
-    return ids

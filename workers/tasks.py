@@ -52,5 +52,7 @@ def register_model(registration_id: str) -> str:
 @celery.task(name=TASK_RECONCILE, ignore_result=True)
 def reconcile() -> list[str]:
     """Re-send work whose message vanished: the DB, not the queue, is the source of truth."""
-    pipeline.reconcile_registrations(worker(), send=enqueue_registration)
-    return pipeline.reconcile(worker(), send=enqueue_unlearn)
+    from workers import reconcile as reconciler
+
+    reconciler.reconcile_registrations(worker(), send=enqueue_registration)
+    return reconciler.reconcile(worker(), send=enqueue_unlearn)

@@ -24,7 +24,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
 from app.core.errors import Conflict, LetheError, NotFound
-from app.db.models import ErasureRequest, ErasureTarget, Sample, Suppression, as_utc, utcnow
+from app.db.models import ErasureRequest, ErasureTarget, Suppression, as_utc, utcnow
 from app.data import registry
 from app.services import audit, lifecycle
 from app.services.lifecycle import OPEN, RequestStatus, TargetStatus

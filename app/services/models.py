@@ -16,7 +16,7 @@ from typing import Any
 from sqlmodel import Session, col, select
 
 from app.core.errors import Conflict, NotFound
-from app.db.models import ErasureTarget, Model, ModelVersion, Replica, Sample, utcnow
+from app.db.models import ErasureTarget, Model, ModelVersion, Replica, utcnow
 from app.ml.specs import get_spec
 from app.services import audit
 

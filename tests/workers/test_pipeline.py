@@ -121,7 +121,9 @@ def test_interrupted_job_resumes_then_fails_after_max_attempts(session: Session,
 def test_reconciler_resends_queued_work(session: Session, settings, toy_model, worker) -> None:  # noqa: ANN001
     _request(session, settings, "toy-02")
     sent: list[str] = []
-    assert pipeline.reconcile(worker, send=sent.append) == ["toy"] and sent == ["toy"]
+    from workers.reconcile import reconcile
+
+    assert reconcile(worker, send=sent.append) == ["toy"] and sent == ["toy"]
 
 
 def test_sisa_model_is_unlearned_exactly_and_old_slices_are_purged(session: Session, settings, worker) -> None:  # noqa: ANN001

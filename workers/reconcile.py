@@ -1,0 +1,49 @@
+"""The reconciler: re-send work the queue may have lost (DESIGN.md section 7).
+
+The DB, not the queue, is the source of truth: every beat tick (``reconcile_interval_s``) sends
+one message per model that has due erasure targets or an orphaned job, and one per model
+registration still queued after its message should have arrived.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+from sqlmodel import col, select
+
+from app.db.models import ErasureTarget, Model, ModelRegistration, UnlearningJob, utcnow
+from app.services.lifecycle import TargetStatus
+
+if TYPE_CHECKING:
+    from workers.pipeline import Worker
+
+
+def reconcile(w: Worker, send: Callable[[str], Any]) -> list[str]:
+    """Re-send work the queue may have lost: models with due targets or orphaned jobs."""
+    with w.session() as s:
+        now = utcnow()
+        queued = set(s.exec(select(ErasureTarget.model_name).where(
+            ErasureTarget.status == TargetStatus.QUEUED,
+            col(ErasureTarget.not_before).is_(None) | (col(ErasureTarget.not_before) <= now))).all())
+        orphaned = {m.name for m in s.exec(select(Model)).all()
+                    if (m.lock_until is None or m.lock_until < now)
+                    and s.exec(select(UnlearningJob.id).where(UnlearningJob.model_name == m.name,
+                                                             col(UnlearningJob.status).in_(("running", "deploying")))
+                               ).first() is not None}
+    names = sorted(queued | orphaned)
+    for name in names:
+        send(name)
+    return names
+
+
+def reconcile_registrations(w: Worker, send: Callable[[str], Any], *, older_than_s: float = 30.0) -> list[str]:
+    """Re-send model registrations still queued after ``older_than_s`` (their message was lost)."""
+    with w.session() as s:
+        cutoff = utcnow() - timedelta(seconds=older_than_s)
+        ids = list(s.exec(select(ModelRegistration.id).where(ModelRegistration.status == "queued",
+                                                            col(ModelRegistration.created_at) < cutoff)).all())
+    for rid in ids:
+        send(rid)
+    return ids

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 SPLITS = ("train", "test", "holdout")
@@ -42,6 +43,9 @@ class TrainRecipe:
     lr: float
     weight_decay: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
+    # Optional (issue 9): the optimiser and learning-rate schedule of the training loop.
+    optimizer: str = "adamw"  # adamw, sgd (momentum 0.9)
+    schedule: str = "constant"  # constant, cosine (to 0 over the run)
 
 
 class ModelSpec:
@@ -93,3 +97,18 @@ class ModelSpec:
     def subject_params_cleared(self, model: nn.Module, meta: dict[str, Any], subject_ids: list[str]) -> bool:
         """True when no per-subject parameter of these subjects remains (checked by the gate)."""
         return True
+
+    # ---- optional hooks with defaults (issue 9); a plugin overrides only what it needs
+
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor, *, reduction: str = "mean") -> torch.Tensor:
+        """The training objective, also the membership signal the gates measure (per example with
+        ``reduction="none"``). Default: cross-entropy over ``num_classes`` logits."""
+        return F.cross_entropy(logits, labels, reduction=reduction)
+
+    def fit(self, model: nn.Module, examples: list[Example], meta: dict[str, Any], *, device: Any, seed: int,
+            recipe: TrainRecipe, progress: Any = None) -> nn.Module | None:
+        """A custom training loop for models whose training is not Lethe's plain loop (``recipe``
+        epochs of minibatches): train ``model`` (freshly built and seeded) on ``examples`` and
+        return it. ``None`` (the default) means: use Lethe's loop. ``retrain`` calls this too, so an
+        exact erasure trains exactly as the model was trained."""
+        return None

@@ -12,7 +12,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -44,10 +43,13 @@ def train_from_scratch(
     torch.manual_seed(seed)
     meta = spec.make_meta([e.features for e in train])
     model = spec.build(meta).to(device)
+    custom = spec.fit(model, train, meta, device=device, seed=seed, recipe=recipe, progress=progress)
+    if custom is not None:  # the plugin trains its own way (ModelSpec.fit)
+        return custom.eval(), meta
     loader = make_loader(spec, meta, train, batch_size=recipe.batch_size, shuffle=True, seed=seed)
     train_epochs(
         spec, model, meta, loader, epochs=recipe.epochs, lr=recipe.lr, weight_decay=recipe.weight_decay,
-        device=device, progress=progress,
+        device=device, progress=progress, optimizer=recipe.optimizer, schedule=recipe.schedule,
     )
     model.eval()
     return model, meta
@@ -64,17 +66,30 @@ def train_epochs(
     weight_decay: float,
     device: torch.device | str,
     progress: Progress | None = None,
+    optimizer: str = "adamw",
+    schedule: str = "constant",
 ) -> nn.Module:
-    """``epochs`` passes of AdamW over ``loader``, in place; returns ``model`` in train mode."""
+    """``epochs`` passes over ``loader`` with the recipe's optimiser (default AdamW) and schedule,
+    minimising ``spec.loss``, in place; returns ``model`` in train mode."""
     model.train()
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    if optimizer == "sgd":
+        opt: torch.optim.Optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9,
+                                                     weight_decay=weight_decay)
+    elif optimizer == "adamw":
+        opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    else:
+        raise ValueError(f"unknown optimizer {optimizer!r} in the recipe (adamw, sgd)")
+    total = max(1, epochs * len(loader))
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total) if schedule == "cosine" else None
     for epoch in range(epochs):
         for batch, labels in loader:
             batch = {k: v.to(device) for k, v in batch.items()}
-            loss = F.cross_entropy(model(**batch), labels.to(device))
+            loss = spec.loss(model(**batch), labels.to(device))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            if sched is not None:
+                sched.step()
         if progress is not None:
             progress((epoch + 1) / epochs)
     return model
@@ -121,7 +136,7 @@ def per_example_loss(
     """Cross-entropy of each example (float64 numpy array, the MIA signal)."""
     logits = predict_logits(spec, model, meta, [e.features for e in examples], device=device)
     labels = torch.tensor([e.label for e in examples], dtype=torch.long)
-    return F.cross_entropy(logits, labels, reduction="none").double().numpy()
+    return spec.loss(logits, labels, reduction="none").double().numpy()
 
 
 def train_for_registration(

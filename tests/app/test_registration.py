@@ -189,3 +189,58 @@ def test_a_model_chain_is_what_auto_runs() -> None:
     from workers.unlearning.engine import method_chain
 
     assert method_chain("toy", "auto", {"toy": ("finetune", "retrain")}) == ["finetune", "retrain"]
+
+
+def test_optional_hooks_loss_fit_and_recipe_optimiser(toy_examples) -> None:  # noqa: ANN001
+    """A plugin may bring its own objective, its own training loop and an SGD / cosine recipe;
+    Lethe's training, exact retrain and approximate methods all go through them."""
+    from dataclasses import replace
+
+    from app.ml.specs.toy import ToySpec
+    from app.ml.train import evaluate, train_from_scratch
+    from workers.unlearning import get_method
+    from workers.unlearning.base import UnlearnContext
+
+    calls = {"loss": 0, "fit": 0}
+
+    class OwnLoss(ToySpec):
+        def loss(self, logits, labels, *, reduction="mean"):  # noqa: ANN001, ANN201
+            calls["loss"] += 1
+            return torch.nn.functional.cross_entropy(logits, labels, reduction=reduction, label_smoothing=0.1)
+
+    class OwnFit(ToySpec):
+        def fit(self, model, examples, meta, *, device, seed, recipe, progress=None):  # noqa: ANN001, ANN201
+            calls["fit"] += 1
+            from app.ml.train import make_loader
+
+            opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+            for _ in range(30):
+                for batch, labels in make_loader(self, meta, examples, batch_size=64, shuffle=True, seed=seed):
+                    opt.zero_grad()
+                    torch.nn.functional.cross_entropy(model(**batch), labels).backward()
+                    opt.step()
+            return model
+
+    train = [e for e in toy_examples if e.split == "train"]
+    test = [e for e in toy_examples if e.split == "test"]
+    spec = OwnLoss()
+    model, meta = train_from_scratch(spec, train, device="cpu")
+    assert calls["loss"] > 0 and evaluate(spec, model, meta, train, device="cpu") > 0.9
+    before = calls["loss"]
+    ctx = UnlearnContext(spec=spec, model=model, meta=meta, forget=train[:10], retain=train[10:],
+                         forget_subject_ids=[], recipe=spec.recipe, device="cpu")
+    get_method("finetune")(ctx)
+    assert calls["loss"] > before  # the method minimises the spec's objective
+
+    own = OwnFit()
+    model, meta = train_from_scratch(own, train, device="cpu")
+    assert calls["fit"] == 1 and evaluate(own, model, meta, train, device="cpu") > 0.9
+    ctx = UnlearnContext(spec=own, model=model, meta=meta, forget=train[:10], retain=train[10:],
+                         forget_subject_ids=[], recipe=own.recipe, device="cpu")
+    get_method("retrain")(ctx)
+    assert calls["fit"] == 2  # the exact retrain trains the way the model was trained
+
+    sgd = replace(ToySpec.recipe, optimizer="sgd", schedule="cosine", lr=0.05)
+    model, meta = train_from_scratch(ToySpec(), train, device="cpu", recipe=sgd)
+    assert evaluate(ToySpec(), model, meta, train, device="cpu") > 0.9
+    assert evaluate(ToySpec(), model, meta, test, device="cpu") > 0.4

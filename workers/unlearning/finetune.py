@@ -11,7 +11,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from workers.unlearning import register
 from workers.unlearning.base import Deadline, UnlearnContext, UnlearnResult, batches, finish, resolve_config, working_copy
@@ -45,7 +44,7 @@ def unlearn(ctx: UnlearnContext) -> UnlearnResult:
         if deadline.expired():
             break
         batch, labels = next(retain)
-        loss = F.cross_entropy(model(**batch), labels)
+        loss = ctx.spec.loss(model(**batch), labels)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

@@ -13,7 +13,6 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from app.ml.train import per_example_loss
 from workers.unlearning import register
@@ -56,10 +55,10 @@ def unlearn(ctx: UnlearnContext) -> UnlearnResult:
         if deadline.expired():
             break
         batch, labels = next(retain)
-        loss = cfg.alpha * F.cross_entropy(model(**batch), labels)
+        loss = cfg.alpha * ctx.spec.loss(model(**batch), labels)
         if forget is not None:
             fbatch, flabels = next(forget)
-            f_loss = F.cross_entropy(model(**fbatch), flabels, reduction="none").clamp(max=tau)
+            f_loss = ctx.spec.loss(model(**fbatch), flabels, reduction="none").clamp(max=tau)
             loss = loss - (1 - cfg.alpha) * f_loss.mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -19,7 +19,6 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from workers.unlearning import register
@@ -96,7 +95,7 @@ def unlearn(ctx: UnlearnContext) -> UnlearnResult:
             group["lr"] = peak * 0.5 * (1 + math.cos(math.pi * t))
         batch, labels, idx = next(retain)
         logits = model(**batch)
-        loss = distill_kl(logits, targets[idx], cfg.temperature) + cfg.ce_weight * F.cross_entropy(logits, labels)
+        loss = distill_kl(logits, targets[idx], cfg.temperature) + cfg.ce_weight * ctx.spec.loss(logits, labels)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

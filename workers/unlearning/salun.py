@@ -20,7 +20,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from app.ml.data import make_loader
@@ -59,7 +58,7 @@ def saliency_mask(ctx: UnlearnContext, model: nn.Module, meta: dict, quantile: f
     loader = make_loader(ctx.spec, meta, ctx.forget, batch_size=1024, shuffle=False)
     for batch, labels in loader:
         batch = {k: v.to(ctx.device) for k, v in batch.items()}
-        loss = F.cross_entropy(model(**batch), labels.to(ctx.device), reduction="sum") / len(ctx.forget)
+        loss = ctx.spec.loss(model(**batch), labels.to(ctx.device), reduction="sum") / len(ctx.forget)
         for (n, _), g in zip(params.items(), torch.autograd.grad(loss, list(params.values()), allow_unused=True)):
             if g is not None:
                 grads[n] += g.detach()
@@ -95,9 +94,9 @@ def unlearn(ctx: UnlearnContext) -> UnlearnResult:
         random_labels = torch.randint(0, ctx.spec.num_classes, flabels.shape, generator=gen).to(ctx.device)
         f_logits = model(**fbatch)
         with torch.no_grad():
-            active = (F.cross_entropy(f_logits, flabels, reduction="none") < targets[fidx]).float()
-        f_loss = (F.cross_entropy(f_logits, random_labels, reduction="none") * active).sum() / len(flabels)
-        loss = F.cross_entropy(model(**batch), labels) + cfg.forget_weight * f_loss
+            active = (ctx.spec.loss(f_logits, flabels, reduction="none") < targets[fidx]).float()
+        f_loss = (ctx.spec.loss(f_logits, random_labels, reduction="none") * active).sum() / len(flabels)
+        loss = ctx.spec.loss(model(**batch), labels) + cfg.forget_weight * f_loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
         for name, m in mask.items():

@@ -23,7 +23,6 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from workers.unlearning import register
 from workers.unlearning.base import (
@@ -91,7 +90,7 @@ def unlearn(ctx: UnlearnContext) -> UnlearnResult:
                 batch, labels, idx = next(forget)
                 logits = model(**batch)
                 with torch.no_grad():
-                    active = (F.cross_entropy(logits, labels, reduction="none") < targets[idx]).float()
+                    active = (ctx.spec.loss(logits, labels, reduction="none") < targets[idx]).float()
                 if not active.any():
                     continue
                 kl = distill_kl(logits, forget_t[idx], cfg.temperature, reduction="none")
@@ -106,7 +105,7 @@ def unlearn(ctx: UnlearnContext) -> UnlearnResult:
                 return finish(ctx, model, meta)
             batch, labels, idx = next(retain)
             logits = model(**batch)
-            loss = distill_kl(logits, retain_t[idx], cfg.temperature) + cfg.alpha * F.cross_entropy(logits, labels)
+            loss = distill_kl(logits, retain_t[idx], cfg.temperature) + cfg.alpha * ctx.spec.loss(logits, labels)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

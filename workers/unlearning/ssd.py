@@ -30,7 +30,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from app.ml.data import make_loader
@@ -77,7 +76,7 @@ def fisher_importance(
         if deadline is not None and deadline.expired():
             break
         batch = {k: v.to(device) for k, v in batch.items()}
-        loss = F.cross_entropy(model(**batch), labels.to(device), reduction="sum")
+        loss = spec.loss(model(**batch), labels.to(device), reduction="sum")
         grads = torch.autograd.grad(loss, list(params.values()), allow_unused=True)
         for (n, _), g in zip(params.items(), grads):
             if g is not None:

@@ -39,7 +39,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from app.ml.spec import Example, ModelSpec, TrainRecipe
@@ -78,7 +77,7 @@ def _cap(examples: list[Example], n: int, rng: np.random.Generator) -> list[Exam
 def _signals(spec: ModelSpec, model: nn.Module, meta: dict[str, Any], examples: list[Example], device) -> dict[str, np.ndarray]:
     logits = predict_logits(spec, model, meta, [e.features for e in examples], device=device)
     labels = torch.tensor([e.label for e in examples], dtype=torch.long)
-    loss = F.cross_entropy(logits, labels, reduction="none").double()
+    loss = spec.loss(logits, labels, reduction="none").double()
     return {"conf": logit_confidence(logits, labels), "prob": torch.exp(-loss).numpy(), "loss": loss.numpy()}
 
 

@@ -34,7 +34,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from app.ml.spec import Example, ModelSpec
@@ -170,7 +169,7 @@ def _signals(spec: ModelSpec, model: nn.Module, meta: dict[str, Any], examples: 
     labels = torch.tensor([e.label for e in examples], dtype=torch.long)
     return {
         "correct": (logits.argmax(-1) == labels).numpy(),
-        "loss": F.cross_entropy(logits, labels, reduction="none").double().numpy(),
+        "loss": spec.loss(logits, labels, reduction="none").double().numpy(),
         "conf": logit_confidence(logits, labels),
         "label": labels.numpy(),
     }

@@ -1,9 +1,11 @@
 """`lethe models ...`: drive a running stack's model registry over its HTTP API.
 
-The stack is ``--url`` / ``LETHE_URL`` (default: the local embedded stack on ``LETHE_PORT``) and
+Also the pieces every remote command shares (``client``, ``call``, ``out``, ``run_remote``,
+``connection_options``). The stack is ``--url`` / ``LETHE_URL`` (default: the local embedded stack on ``LETHE_PORT``) and
 the key ``--key`` / ``LETHE_KEY`` (default: the embedded stack's ``<data_dir>/admin.key``). Human
 output by default, ``--json`` for scripts (one JSON object, the API's fields). Exit codes: 0 ok,
-1 the operation failed (e.g. a registration ended ``failed``), 2 usage or a refused request.
+1 the operation failed (e.g. a registration ended ``failed``, or the stack answered 5xx), 2 usage
+or a refused request (4xx, or the stack cannot be reached).
 """
 
 from __future__ import annotations
@@ -112,8 +114,24 @@ def cmd_policy(args: argparse.Namespace, c: httpx.Client) -> int:
     return 0
 
 
-def out(args: argparse.Namespace, body: dict[str, Any], human: Any) -> None:
-    print(json.dumps(body, default=str) if args.json else human(body))
+def cmd_rollback(args: argparse.Namespace, c: httpx.Client) -> int:
+    body = call(c, "POST", f"/v1/models/{args.name}/rollback", json={"version": args.version})
+    out(args, body, lambda b: f"model {b['model']}: serving v{b['serving_version']}")
+    return 0
+
+
+def out(args: argparse.Namespace, body: Any, human: Any) -> None:
+    """``--json``: the API's object on one line; else ``human(body)``, a string or a rich renderable."""
+    if args.json:
+        print(json.dumps(body, default=str))
+        return
+    shown = human(body)
+    if isinstance(shown, str):
+        print(shown)
+    else:
+        from rich.console import Console
+
+        Console(soft_wrap=True).print(shown)
 
 
 def connection_options(suppress: bool) -> argparse.ArgumentParser:
@@ -151,16 +169,28 @@ def add_models_command(sub: argparse._SubParsersAction) -> None:
     pol.add_argument("--chain", help="comma list of methods, ending with an exact one ('' resets)")
     pol.add_argument("--methods", help="JSON of per-method config overrides")
     pol.set_defaults(models_run=cmd_policy)
+    rb = ms.add_parser("rollback", help="serve an earlier version again (refused if it still carries an erasure)",
+                       parents=common)
+    rb.add_argument("name")
+    rb.add_argument("version", type=int)
+    rb.set_defaults(models_run=cmd_rollback)
     p.set_defaults(run=run_models_command)
 
 
 def run_models_command(args: argparse.Namespace) -> int:
+    return run_remote(args, args.models_run)
+
+
+def run_remote(args: argparse.Namespace, command: Any) -> int:
+    """Run ``command(args, client)``; a refused request exits 2, a server-side failure 1."""
+    c = client(args)  # not ``with``: a test's in-process TestClient would start the app's lifespan
     try:
-        with client(args) as c:
-            return args.models_run(args, c)
+        return command(args, c)
     except ApiError as exc:
         print(f"lethe: {exc}", file=sys.stderr)
-        return 2
+        return 1 if exc.status >= 500 else 2
     except httpx.HTTPError as exc:
         print(f"lethe: cannot reach the stack: {exc}", file=sys.stderr)
         return 2
+    finally:
+        c.close()

@@ -1,14 +1,19 @@
-"""API keys: random bearer tokens with scopes, stored as SHA-256 digests."""
+"""API keys: random bearer tokens with scopes, stored as SHA-256 digests.
+
+Every request is checked against the database, never a per-process cache: a revoked or rotated
+key is refused at once by every replica, whichever process answers. The check is one indexed
+SELECT on a unique column in its own short session (the predict path holds no connection while
+it runs the model); an earlier 10 s per-process cache saved that SELECT but let a revoked key
+work on for up to 10 s on each replica, and a process cannot clear another process's cache.
+"""
 
 from __future__ import annotations
 
-import threading
-import time
+from sqlmodel import Session, col, select
 
-from sqlmodel import Session, select
-
-from app.core.errors import BadRequest, Forbidden, Unauthorized
+from app.core.errors import BadRequest, Conflict, Forbidden, NotFound, Unauthorized
 from app.core import db
+from app.services import audit
 from app.core.security import SCOPES, hash_api_key, new_api_key
 from app.db.models import ApiKey
 
@@ -48,26 +53,61 @@ def require_scope(key: ApiKey, scope: str) -> None:
         raise Forbidden(f"This API key lacks the '{scope}' scope.", code="insufficient_scope")
 
 
-_CACHE_TTL_S = 10.0  # a revoked key stops working within this long
-_cache: dict[str, tuple[float, ApiKey]] = {}
-_cache_lock = threading.Lock()
-
-
 def authenticate_cached(*, authorization: str | None) -> ApiKey:
-    """``authenticate`` with its own short-lived session and a per-process TTL cache."""
-    now = time.monotonic()
-    with _cache_lock:
-        hit = _cache.get(authorization or "")
-    if hit and hit[0] > now:
-        return hit[1]
+    """``authenticate`` with its own short-lived session (the name predates the removed cache)."""
     with db.session_scope() as session:
         key = authenticate(session, authorization=authorization)
         session.expunge(key)
-    with _cache_lock:
-        _cache[authorization or ""] = (now + _CACHE_TTL_S, key)
     return key
 
 
 def clear_cache() -> None:
-    with _cache_lock:
-        _cache.clear()
+    """Nothing is cached any more (see the module docstring); kept for callers that reset state."""
+
+
+def public_view(row: ApiKey) -> dict[str, object]:
+    return {"id": row.id, "name": row.name, "scopes": row.scopes.split(), "created_at": row.created_at,
+            "revoked": row.revoked}
+
+
+def list_keys(session: Session, *, include_revoked: bool = True) -> list[ApiKey]:
+    """Every key, oldest first; never the secrets (only their digests are stored)."""
+    query = select(ApiKey).order_by(col(ApiKey.created_at), col(ApiKey.id))
+    if not include_revoked:
+        query = query.where(col(ApiKey.revoked).is_(False))
+    return list(session.exec(query).all())
+
+
+def _live_key(session: Session, key_id: str) -> ApiKey:
+    row = session.get(ApiKey, key_id)
+    if row is None:
+        raise NotFound("No API key with this id.", code="key_not_found")
+    if row.revoked:
+        raise Conflict("This API key is revoked.", code="key_revoked")
+    return row
+
+
+def revoke_key(session: Session, *, key_id: str, actor: str) -> ApiKey:
+    """Revoke a key (refused at once everywhere); the last live admin key cannot be revoked."""
+    row = _live_key(session, key_id)
+    if "admin" in row.scopes.split():
+        admins = [k for k in list_keys(session, include_revoked=False) if "admin" in k.scopes.split()]
+        if len(admins) <= 1:
+            raise Conflict("This is the last live admin key; create another admin key first.",
+                           code="last_admin_key")
+    row.revoked = True
+    session.add(row)
+    audit.append(session, type="api_key_revoked", actor=actor, payload={"key_id": row.id, "name": row.name})
+    session.flush()
+    return row
+
+
+def rotate_key(session: Session, *, key_id: str, actor: str) -> tuple[ApiKey, str]:
+    """Give a key a new secret (same id, name, scopes); the old secret is refused at once."""
+    row = _live_key(session, key_id)
+    clear = new_api_key()
+    row.key_hash = hash_api_key(clear)
+    session.add(row)
+    audit.append(session, type="api_key_rotated", actor=actor, payload={"key_id": row.id, "name": row.name})
+    session.flush()
+    return row, clear

@@ -1,10 +1,12 @@
-"""API keys (admin): create a key with scopes; the clear key is shown once."""
+"""API keys (admin): create, list, revoke and rotate keys with scopes; a clear key is shown once."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from datetime import datetime
+from typing import Annotated
 
 from fastapi import APIRouter, Depends
+from pydantic import BaseModel
 
 from app.api.deps import SessionDep, require
 from app.api.schemas import KeyCreate
@@ -12,11 +14,57 @@ from app.db.models import ApiKey
 from app.services import keys
 
 router = APIRouter(prefix="/v1/keys", tags=["keys"])
+Admin = Annotated[ApiKey, Depends(require("admin"))]
+
+
+class KeyPublic(BaseModel):
+    id: str
+    name: str
+    scopes: list[str]
+    created_at: datetime
+    revoked: bool
+
+
+class KeyList(BaseModel):
+    items: list[KeyPublic]
+
+
+class KeySecret(BaseModel):
+    """A key with its clear secret: returned once, by create and rotate."""
+
+    id: str
+    name: str
+    scopes: list[str]
+    key: str
 
 
 @router.post("", status_code=201)
-def create_key(body: KeyCreate, session: SessionDep, _: Annotated[ApiKey, Depends(require("admin"))]) -> dict[str, Any]:
+def create_key(body: KeyCreate, session: SessionDep, _: Admin) -> KeySecret:
     """Create an API key; store the returned key, it is not shown again."""
     row, clear = keys.create_key(session, name=body.name, scopes=body.scopes)
     session.commit()
-    return {"id": row.id, "name": row.name, "scopes": row.scopes.split(), "key": clear}
+    return KeySecret(id=row.id, name=row.name, scopes=row.scopes.split(), key=clear)
+
+
+@router.get("")
+def list_keys(session: SessionDep, _: Admin) -> KeyList:
+    """Every API key (revoked ones included), oldest first; never a secret."""
+    return KeyList(items=[KeyPublic(**keys.public_view(row)) for row in keys.list_keys(session)])
+
+
+@router.delete("/{key_id}")
+def revoke_key(key_id: str, session: SessionDep, key: Admin) -> KeyPublic:
+    """Revoke a key: every replica refuses it from the next request (409 for the last admin key)."""
+    row = keys.revoke_key(session, key_id=key_id, actor=f"key:{key.name}")
+    view = KeyPublic(**keys.public_view(row))
+    session.commit()
+    return view
+
+
+@router.post("/{key_id}/rotate")
+def rotate_key(key_id: str, session: SessionDep, key: Admin) -> KeySecret:
+    """Give a key a new secret (same id and scopes); the old secret is refused at once."""
+    row, clear = keys.rotate_key(session, key_id=key_id, actor=f"key:{key.name}")
+    view = KeySecret(id=row.id, name=row.name, scopes=row.scopes.split(), key=clear)
+    session.commit()
+    return view

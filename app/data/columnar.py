@@ -190,6 +190,7 @@ class LiveView(Sequence[Example]):
                 self.starts.append(total)
                 total += len(rows)
         self.total = total
+        self.split_only = split  # every row is of this split (train_from_scratch need not filter)
 
     def __len__(self) -> int:
         return self.total
@@ -204,6 +205,19 @@ class LiveView(Sequence[Example]):
         k = bisect.bisect_right(self.starts, i) - 1
         r = self.tables[k].slice(self.rows[k][i - self.starts[k]].as_py(), 1).to_pylist()[0]
         return Example(r["subject_key"], r["split"], r["features"], int(r["label"]))
+
+    def take(self, indices: list[int]) -> list[Example]:
+        """Many rows in one read per part (a training batch), in the order asked."""
+        by_part: dict[int, list[tuple[int, int]]] = {}
+        for pos, i in enumerate(indices):
+            k = bisect.bisect_right(self.starts, i) - 1
+            by_part.setdefault(k, []).append((pos, i - self.starts[k]))
+        out: list[Example | None] = [None] * len(indices)
+        for k, items in by_part.items():
+            rows = pc.take(self.rows[k], pa.array([j for _, j in items], pa.int64()))
+            for (pos, _), r in zip(items, self.tables[k].take(rows).to_pylist(), strict=True):
+                out[pos] = Example(r["subject_key"], r["split"], r["features"], int(r["label"]))
+        return out  # type: ignore[return-value]
 
     def __iter__(self) -> Iterator[Example]:
         for table, rows in zip(self.tables, self.rows, strict=True):

@@ -6,6 +6,7 @@ per-sample Python work; order comes from a ``torch.Generator`` seeded by the cal
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -28,6 +29,24 @@ class TensorBatches(Dataset):
         return {k: v[index] for k, v in self.tensors.items()}, self.labels[index]
 
 
+class LazyBatches(Dataset):
+    """For a lazy ``Sequence[Example]`` (a columnar store's view): each batch reads and collates
+    only its own examples, so an epoch-free method (finetune: a few hundred steps) touches a few
+    hundred batches, not the whole set. A view with ``take(indices)`` is read in one call."""
+
+    def __init__(self, spec: ModelSpec, meta: dict[str, Any], examples: Sequence[Example]) -> None:
+        self.spec, self.meta, self.examples = spec, meta, examples
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __getitem__(self, idx: list[int]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        take = getattr(self.examples, "take", None)
+        batch = take(list(idx)) if take is not None else [self.examples[i] for i in idx]
+        return (self.spec.collate([e.features for e in batch], self.meta),
+                torch.tensor([e.label for e in batch], dtype=torch.long))
+
+
 def collate_examples(spec: ModelSpec, meta: dict[str, Any], examples: list[Example]) -> TensorBatches:
     tensors = spec.collate([e.features for e in examples], meta)
     labels = torch.tensor([e.label for e in examples], dtype=torch.long)
@@ -37,7 +56,9 @@ def collate_examples(spec: ModelSpec, meta: dict[str, Any], examples: list[Examp
 def make_loader(
     spec: ModelSpec, meta: dict[str, Any], examples: list[Example], *, batch_size: int, shuffle: bool, seed: int = 0
 ) -> DataLoader:
-    data = collate_examples(spec, meta, examples)
+    # A list is collated once (no per-sample work per epoch); a lazy view batch by batch.
+    data = collate_examples(spec, meta, examples) if isinstance(examples, (list, tuple)) else \
+        LazyBatches(spec, meta, examples)
     positions = range(len(data))
     if shuffle:
         order = RandomSampler(positions, generator=torch.Generator().manual_seed(seed))

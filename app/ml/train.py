@@ -6,7 +6,7 @@ the spec's ``TrainRecipe``; cross-entropy on ``num_classes`` logits.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,22 @@ Progress = Callable[[float], None]
 EVAL_BATCH = 4096
 
 
+class _Features(Sequence):
+    """``e.features`` of a lazy example view, for ``make_meta``, without a copy of the set."""
+
+    def __init__(self, examples: Sequence[Example]) -> None:
+        self.examples = examples
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __getitem__(self, i):  # noqa: ANN001, ANN204
+        return self.examples[i].features
+
+    def __iter__(self):  # noqa: ANN204
+        return (e.features for e in self.examples)
+
+
 def train_from_scratch(
     spec: ModelSpec,
     examples: list[Example],
@@ -37,11 +53,13 @@ def train_from_scratch(
     Only examples whose split is ``train`` are used: ``test`` and ``holdout`` are never trained on.
     """
     recipe = recipe or spec.recipe
-    train = [e for e in examples if e.split == "train"]
-    if not train:
+    # A columnar store's view of the train split streams: neither filtered nor copied into a list.
+    lazy = getattr(examples, "split_only", None) == "train"
+    train = examples if lazy else [e for e in examples if e.split == "train"]
+    if not len(train):
         raise ValueError("no examples with split 'train' to train on")
     torch.manual_seed(seed)
-    meta = spec.make_meta([e.features for e in train])
+    meta = spec.make_meta(_Features(train) if lazy else [e.features for e in train])
     model = spec.build(meta).to(device)
     custom = spec.fit(model, train, meta, device=device, seed=seed, recipe=recipe, progress=progress)
     if custom is not None:  # the plugin trains its own way (ModelSpec.fit)

@@ -103,3 +103,30 @@ def test_bulk_ingest_streams_all_or_nothing(client, admin_headers, session, sett
     assert r.json()["ingested"] == 0 and r.json()["refused_suppressed"] == 1
     for path in columnar.model_dir(settings.data_dir, f"bulk-{store}").glob("*.arrow"):
         path.unlink()
+
+
+def test_methods_stream_a_columnar_retain_set(session: Session, settings, columnar_toy, monkeypatch) -> None:  # noqa: ANN001
+    """finetune reads only the batches it draws; the exact retrain streams the view too (no list copy)."""
+    from app.ml import data
+    from app.ml.checkpoint import load_checkpoint
+    from app.ml.specs import get_spec
+    from app.ml.train import evaluate
+    from workers.unlearning import get_method
+    from workers.unlearning.base import UnlearnContext
+
+    spec = get_spec("toy")
+    model = session.get(Model, "toy-col")
+    view = registry.live(session, model, "train", set(), settings.data_dir)
+    served, meta, _ = load_checkpoint(columnar_toy.artifact_path, spec, expected_sha256=columnar_toy.sha256)
+    assert isinstance(data.make_loader(spec, meta, view, batch_size=8, shuffle=True).dataset, data.LazyBatches)
+    read: list[int] = []
+    real_take = columnar.LiveView.take
+    monkeypatch.setattr(columnar.LiveView, "take", lambda self, idx: (read.extend(idx), real_take(self, idx))[1])
+    ctx = UnlearnContext(spec=spec, model=served, meta=meta, forget=[], retain=view, forget_subject_ids=[],
+                         recipe=spec.recipe, device="cpu", config={"steps": 3})
+    get_method("finetune")(ctx)
+    assert 0 < len(read) <= 3 * spec.recipe.batch_size  # three batches, not the set
+    result = get_method("retrain")(ctx)
+    assert len(read) >= spec.recipe.epochs * len(view)  # every epoch streamed from the parts
+    test = list(registry.live(session, model, "test", set(), settings.data_dir))
+    assert evaluate(spec, result.model, result.meta, test, device="cpu") > 0.4

@@ -125,3 +125,33 @@ def test_logit_scaled_confidence():
 def test_rejects_mismatched_shapes():
     with pytest.raises(ValueError):
         forget_quality(np.zeros((4, 3)), np.zeros((5, 3)))
+
+
+def test_tpr_at_fpr_by_hand():
+    from workers.verify.ulira import tpr_at_fpr
+
+    # 100 negatives 0..99; at FPR 1 % one may exceed the threshold, so it is 98 (only 99 is above).
+    # Positives above 98: 98.5, 99.5, 100 -> 3 / 4.
+    assert tpr_at_fpr(np.array([97.5, 98.5, 99.5, 100.0]), np.arange(100.0), 0.01) == 0.75
+
+
+def test_ulira_per_example_attack():
+    from workers.verify.mia import auc_lower_is_member
+    from workers.verify.ulira import ulira
+
+    rng = np.random.default_rng(0)
+    n_models, n_examples = 16, 200
+    # Each example has its own level (spread 5) and seed noise 1, as confidences do.
+    level = rng.normal(0, 5, n_examples)
+    retrained = level + rng.normal(0, 1, (n_models, n_examples))
+    exact = ulira(level + rng.normal(0, 1, (n_models, n_examples)), retrained)
+    # Null: 8 targets x 200 examples per side; AUC sd about 0.01.
+    assert abs(exact["auc"] - 0.5) < 0.04 and exact["tpr_at_fpr"][0.01] < 0.03
+    # A residue of 0.7 sd per example: hidden from one global threshold by the spread of levels,
+    # found by the per-example Gaussians (measured 0.54 vs 0.64).
+    residue = level + 0.7 + rng.normal(0, 1, (n_models, n_examples))
+    global_auc = auc_lower_is_member(-residue.ravel(), -retrained.ravel())
+    found = ulira(residue, retrained)
+    assert global_auc < 0.57 and found["auc"] > 0.6 and found["auc"] > global_auc + 0.05
+    # A deterministic method is found every time.
+    assert ulira(np.tile(level, (n_models, 1)), retrained)["auc"] == 1.0

@@ -34,7 +34,7 @@ The two samples of N values are attacked:
   scores 0. Because rates are multiples of 1/N, the largest finite eps is
   ``ln(N - 1 - N * delta) < ln(N - 1) <= B``, so in practice only perfect separation and the peaky
   guard score 0;
-* F = mean points over forget examples; final score (``main.py`` 295-337) =
+* F = mean points over forget examples; final score (``main.py`` 292-337) =
   ``F * (mean RA_unlearned / mean RA_retrained) * (mean TA_unlearned / mean TA_retrained)``, means
   over the N models, ratios not clipped (an unlearner above the retrains gets a ratio > 1).
 

@@ -2,8 +2,11 @@
 
 ``lethe run`` (what ``make run`` calls): create the DB, train and register the demo models
 on first start, make sure an admin key exists, then start a real Celery worker process and
-the API (uvicorn), send their output to ``<data_dir>/logs/``, and print a short summary: the
-URL, the docs and console URLs, where the admin key and the logs are.
+the API (uvicorn), and print a short summary: the URL, the docs and console URLs, where the
+admin key and the logs are. In a terminal the children's output (the Celery banner, its
+root-user warning, job logs) goes to ``<data_dir>/logs/`` so it does not bury the summary;
+when stdout is not a terminal (a container's log collector, systemd, a test's log file) it
+stays on stdout as before, where whatever collects it expects it (``--logs`` overrides).
 
 The remote commands (``erase``, ``status``, ``requests``, ``retry``, ``audit``, ``keys``,
 ``models``) talk to ``--url`` / ``LETHE_URL`` over the HTTP API: see ``app.cli_models``.
@@ -199,14 +202,14 @@ def run_summary(settings: Settings, key: str, log_paths: list[Path]) -> str:
     lines = [f"Lethe is serving at {url}  (docs: {url}/docs)",
              f"  console:   {url}/console",
              f"  admin key: {admin_key_notice(settings, key)}" + (where if settings.env != "production" else ""),
-             f"  logs:      {', '.join(str(p) for p in log_paths)}"]
+             f"  logs:      {', '.join(str(p) for p in log_paths) or 'this output'}"]
     if settings.env != "production":
         lines.append(f'Try: curl -s -H "Authorization: Bearer {key}" {url}/v1/models')
     lines.append("     lethe erase SUBJECT --follow; lethe requests; lethe audit tail   (Ctrl-C stops)")
     return "\n".join(lines)
 
 
-def cmd_run(settings: Settings) -> int:
+def cmd_run(settings: Settings, *, logs: str = "auto") -> int:
     print(f"Lethe: preparing {settings.db_url.split('://')[0]} database and demo models ...")
     key = bootstrap(settings)
 
@@ -215,19 +218,22 @@ def cmd_run(settings: Settings) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    # The Celery banner and its root-user warning would bury the URL: the children write to files.
-    log_dir = settings.data_dir.resolve() / "logs"
-    log_dir.mkdir(parents=True, exist_ok=True)
+    # In a terminal the Celery banner and its root-user warning would bury the URL: send them to files.
+    to_files = logs == "files" or (logs == "auto" and sys.stdout.isatty())
+    log_dir = settings.data_dir.resolve() / "logs" if to_files else None
+    if log_dir is not None:
+        log_dir.mkdir(parents=True, exist_ok=True)
     children = stack_children(settings, log_dir=log_dir)
-    log_paths = [log_dir / f"{child.name}.log" for child in children]
-    print(f"Lethe: starting the API and a worker (logs in {log_dir}) ...", flush=True)
+    log_paths = [log_dir / f"{child.name}.log" for child in children] if log_dir else []
+    print("Lethe: starting the API and a worker" + (f" (logs in {log_dir})" if log_dir else "") + " ...", flush=True)
     try:
         for child in children:
             child.start()
         if wait_ready(settings.base_url):
             print("\n" + run_summary(settings, key, log_paths) + "\n", flush=True)
         else:
-            print(f"Lethe did not become ready in time; see the logs:\n{log_tail(log_paths)}", file=sys.stderr)
+            print("Lethe did not become ready in time; see the logs"
+                  + (f":\n{log_tail(log_paths)}" if log_paths else " above."), file=sys.stderr)
         return supervise(children)
     except Stopping:
         return 0
@@ -268,7 +274,10 @@ def bench_names() -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="lethe", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="cmd", required=True)
-    sub.add_parser("run", help="bootstrap, then start API + worker (embedded default)")
+    run_p = sub.add_parser("run", help="bootstrap, then start API + worker (embedded default)")
+    run_p.add_argument("--logs", choices=("auto", "files", "console"), default="auto",
+                     help="the API's and worker's output: files under <data_dir>/logs/, or this console "
+                          "(auto: files in a terminal, else the console)")
     sub.add_parser("bootstrap", help="create the DB, train demo models, print the admin key "
                    "(in production: the path of its file)")
     bench = sub.add_parser("bench", help="run a benchmark from bench/")
@@ -285,7 +294,7 @@ def main(argv: list[str] | None = None) -> int:
         return args.run(args)
     settings = get_settings()
     if args.cmd == "run":
-        return cmd_run(settings)
+        return cmd_run(settings, logs=args.logs)
     if args.cmd == "bootstrap":
         print(admin_key_notice(settings, bootstrap(settings)))
         return 0

@@ -1,5 +1,5 @@
-"""``lethe run`` prints a short summary; the children's output (Celery banner, root-user warning)
-goes to ``<data_dir>/logs/``, not over the URL."""
+"""``lethe run`` prints a short summary; in a terminal the children's output (Celery banner,
+root-user warning) goes to ``<data_dir>/logs/``, not over the URL; piped, it stays on stdout."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from app import cli
 REAL_POPEN = subprocess.Popen
 
 
-def test_run_prints_a_summary_and_sends_the_children_to_log_files(settings, monkeypatch: pytest.MonkeyPatch,  # noqa: ANN001
-                                                                   capfd: pytest.CaptureFixture[str]) -> None:
+def run_fake_stack(settings, monkeypatch: pytest.MonkeyPatch, **kw: str) -> list[list[str]]:  # noqa: ANN001
+    """``cmd_run`` with fake children that print a banner to stdout and a warning to stderr."""
     spawned: list[list[str]] = []
 
     def popen(argv: list[str], **kw: object) -> subprocess.Popen:
@@ -35,10 +35,17 @@ def test_run_prints_a_summary_and_sends_the_children_to_log_files(settings, monk
     monkeypatch.setattr(cli.subprocess, "Popen", popen)
     handlers = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
     try:
-        assert cli.cmd_run(settings) == 0
+        assert cli.cmd_run(settings, **kw) == 0
     finally:
         signal.signal(signal.SIGINT, handlers[0])
         signal.signal(signal.SIGTERM, handlers[1])
+    return spawned
+
+
+def test_in_a_terminal_run_prints_a_summary_and_sends_the_children_to_log_files(
+        settings, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]) -> None:  # noqa: ANN001
+    monkeypatch.setattr(cli.sys.stdout, "isatty", lambda: True)
+    spawned = run_fake_stack(settings, monkeypatch)
     out, err = capfd.readouterr()
     url = settings.base_url
     logs = settings.data_dir.resolve() / "logs"
@@ -47,6 +54,15 @@ def test_run_prints_a_summary_and_sends_the_children_to_log_files(settings, monk
     assert "api BANNER" in (logs / "api.log").read_text()
     assert f"Lethe is serving at {url}" in out and f"{url}/docs" in out and f"{url}/console" in out
     assert "lethe_test_key" in out and str(logs / "worker.log") in out
+
+
+def test_piped_run_keeps_the_children_on_stdout(settings, monkeypatch: pytest.MonkeyPatch,  # noqa: ANN001
+                                                capfd: pytest.CaptureFixture[str]) -> None:
+    """A log collector (docker, systemd, the integration tests' run.log) still gets the worker's lines."""
+    run_fake_stack(settings, monkeypatch)  # capfd: stdout is not a terminal
+    out, err = capfd.readouterr()
+    assert "worker BANNER" in out and "worker warning" in err and "Lethe is serving at" in out
+    assert "logs:      this output" in out
 
 
 def test_summary_in_production_never_shows_the_key(settings, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001

@@ -72,6 +72,7 @@ def create_app(*, serve_models: bool = True) -> FastAPI:
     app = FastAPI(title="Lethe", version="0.1.0", lifespan=lifespan, responses=PROBLEM_RESPONSES,
                   description="Machine unlearning for the GDPR right to be forgotten (Art. 17).")
     metrics.register()
+    app.add_middleware(metrics.HttpMetrics)
     app.state.holder = ModelHolder()
     app.state.listener = None
     install_error_handlers(app)

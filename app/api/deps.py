@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Annotated
 
-from fastapi import Depends, Header, Request
+from fastapi import Depends, Request, Security
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlmodel import Session
 
 from app.core.config import Settings, get_settings
@@ -19,9 +20,17 @@ SessionDep = Annotated[Session, Depends(get_session)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 
-def _current_key(authorization: Annotated[str | None, Header()] = None) -> ApiKey:
+# Declares the scheme in OpenAPI (the Authorize button in /docs, ``security`` on each protected
+# operation). auto_error=False: a missing or malformed header still gets authenticate's own
+# problem+json 401, not FastAPI's plain error, so the header is read as it came.
+bearer = HTTPBearer(scheme_name="bearerAuth", auto_error=False,
+                    description="An API key, sent as `Authorization: Bearer lethe_...`.")
+
+
+def _current_key(request: Request,
+                 _declared: Annotated[HTTPAuthorizationCredentials | None, Security(bearer)] = None) -> ApiKey:
     # Own short session + a small TTL cache: predict must not hold a DB connection.
-    return key_service.authenticate_cached(authorization=authorization)
+    return key_service.authenticate_cached(authorization=request.headers.get("authorization"))
 
 
 CurrentKey = Annotated[ApiKey, Depends(_current_key)]

@@ -273,3 +273,14 @@ class FidesResume(SQLModel, table=True):
     token: str  # Fides' short-lived reply-to-token; used once, to resume
     created_at: datetime = Field(default_factory=utcnow)
     resumed_at: datetime | None = None
+
+
+class MetricCounter(SQLModel, table=True):
+    """A monotonic Prometheus counter kept in the DB, because the process that counts (the worker)
+    is not the one scraped (the API). ``series`` names one sample: ``lethe_time_to_forget_seconds``
+    buckets are ``bucket:<le>``, then ``sum`` and ``count``. Incremented by upsert in the
+    transaction of the event it counts (``app/services/metrics.py``); never decremented."""
+
+    name: str = Field(primary_key=True)
+    series: str = Field(primary_key=True)
+    value: float = 0.0

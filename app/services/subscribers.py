@@ -11,7 +11,7 @@ from sqlmodel import Session
 
 from app.core.config import get_settings
 from app.db.models import ErasureRequest, OpenDsrRequest
-from app.services import callbacks, fides, lifecycle
+from app.services import callbacks, fides, lifecycle, metrics
 from app.services import models as model_service
 from app.services.lifecycle import Transition
 
@@ -59,3 +59,11 @@ def art19_recipients(session: Session, req: ErasureRequest, transition: Transiti
     models[ctx["model"]] = {**models.get(ctx["model"], {}), "recipients_notified": names}
     req.result = {**result, "models": models}
     session.add(req)
+
+
+@lifecycle.subscribe
+def time_to_forget(session: Session, req: ErasureRequest, transition: Transition) -> None:
+    """``lethe_time_to_forget_seconds``: observed once per completed request, in its own transaction."""
+    seconds = (req.result or {}).get("time_to_forget_s")
+    if transition.name == "complete" and seconds is not None:
+        metrics.observe_time_to_forget(session, float(seconds))

@@ -26,6 +26,7 @@ DASHBOARD = ROOT / "deploy" / "grafana" / "lethe-dashboard.json"
 # Grafana's built-in interval variables are not PromQL: stand-ins for parsing.
 GRAFANA_VARS = {"$__rate_interval": "5m", "$__interval": "1m", "$__range": "1h"}
 HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")
+COUNTER_SUFFIXES = ("_total",)
 
 
 def alert_rules() -> list[dict]:
@@ -58,12 +59,12 @@ def used_metrics() -> dict[str, set[str]]:
 
 
 def served(client: TestClient) -> dict[str, str]:
-    """Every series name /metrics can serve -> its family type."""
+    """Every series name /metrics can serve -> its family type (a counter's samples are ``_total``)."""
     names = {}
     for family in text_string_to_metric_families(client.get("/metrics").text):
         names[family.name] = family.type
-        if family.type == "histogram":
-            names.update({family.name + s: family.type for s in HISTOGRAM_SUFFIXES})
+        suffixes = {"histogram": HISTOGRAM_SUFFIXES, "counter": COUNTER_SUFFIXES}.get(family.type, ())
+        names.update({family.name + s: family.type for s in suffixes})
     return names
 
 

@@ -10,6 +10,7 @@ so there are no per-subject parameters to clear. Splits by subject: 10 % holdout
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from typing import Any, ClassVar
 
@@ -71,8 +72,10 @@ class InteractionsSpec(ModelSpec):
     n_users: ClassVar[int] = 2_000
 
     def load_examples(self) -> list[Example]:
+        # LETHE_INTERACTIONS_EXAMPLES shrinks the registration sample (the benchmark's smoke run).
+        n = int(os.environ.get("LETHE_INTERACTIONS_EXAMPLES", self.n_examples))
         return [Example(r["subject_id"], r["split"], r["features"], r["label"])
-                for r in generate(self.n_examples, n_users=self.n_users)]
+                for r in generate(n, n_users=min(self.n_users, max(100, n // 10)))]
 
     def make_meta(self, train_features: list[dict[str, Any]]) -> dict[str, Any]:
         return {"spec": self.name, "buckets": BUCKETS, "dim": DIM}

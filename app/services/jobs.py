@@ -112,7 +112,9 @@ def complete_job(session: Session, job: UnlearningJob, settings: Settings, *, de
     session.flush()
     purge_tainted_artifacts(session, job.model_name, settings)
     for req in requests:
-        if req.status not in lifecycle.IN_JOB:
+        # A request of several models may wait for another model's retry (queued) or have
+        # failed there: this model's part is still recorded; only a finished request is left alone.
+        if req.status in lifecycle.FINISHED:
             continue
         lifecycle.complete_model(session, req, model_name=job.model_name, actor=ACTOR, detail={
             "job_id": job.id, "version_before": job.version_before, "version_after": job.version_after,

@@ -58,6 +58,8 @@ ERASED = frozenset({S.COMPLETED, S.NO_DATA})
 # Owed but not in progress: a new request for the subject reopens these.
 OWED_IDLE = frozenset({S.FAILED})
 IN_JOB = frozenset({S.RUNNING, S.VERIFYING, S.DEPLOYING})
+# Nothing more happens to these (a failed request is owed but only reopen moves it).
+FINISHED = frozenset({S.COMPLETED, S.NO_DATA, S.CANCELLED, S.REJECTED})
 # Job stage -> request status while a job runs.
 STAGE_STATUS = {"verifying": S.VERIFYING, "publishing": S.VERIFYING, "deploying": S.DEPLOYING}
 
@@ -246,8 +248,8 @@ def complete_model(session: Session, req: ErasureRequest, *, model_name: str, de
     _announce(session, req, Transition("complete_model", req.status,
                                        {"model": model_name, **detail, "completed_at": completed_at or utcnow()}))
     targets = session.exec(select(ErasureTarget).where(ErasureTarget.request_id == req.id)).all()
-    if not all(t.status in (TargetStatus.DONE, TargetStatus.CANCELLED) for t in targets):
-        return
+    if req.status == S.FAILED or not all(t.status in (TargetStatus.DONE, TargetStatus.CANCELLED) for t in targets):
+        return  # another model still owes its part (a failed one waits for retry / reopen)
     now = utcnow()
     result = dict(req.result or {})  # as the subscribers left it
     req.percent, req.completed_at, req.error = 100.0, now, None

@@ -358,3 +358,33 @@ def test_subjects_still_owed_an_erasure_are_never_trained_on(session: Session, s
     # toy-03's erasure is only queued, yet its samples are already out of the retain set.
     assert not keys & {e.subject_id for e in problem.retain} and problem.retain
     assert session.get(ErasureRequest, waiting).status == "queued"
+
+
+def test_a_request_of_two_models_completes_only_when_both_are_clean(
+        session: Session, settings, toy_model, worker, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
+    import workers.unlearning.engine as engine
+    from app.services import registration
+    from workers.unlearning.engine import ForgetOutcome
+
+    registration.register(session, name="toy-b", spec="toy", secret=settings.subject_key_secret,
+                          artifacts_dir=settings.artifacts_dir, device="cpu")
+    session.commit()
+    rid = _request(session, settings, "toy-02")
+    assert sorted(t.model_name for t in erasure.targets_of(session, rid)) == ["toy", "toy-b"]
+    assert len(pipeline.drain(worker, "toy-b")) == 1
+    session.expire_all()
+    req = session.get(ErasureRequest, rid)
+    assert req.status != "completed" and list(req.result["models"]) == ["toy-b"]  # toy still holds them
+    real = engine.forget
+    monkeypatch.setattr(engine, "forget", lambda **kw: ForgetOutcome(kw["model"], kw["meta"], "retrain", False, []))
+    worker.settings = worker.settings.model_copy(update={"max_request_attempts": 1})
+    pipeline.drain(worker, "toy")
+    session.expire_all()
+    assert session.get(ErasureRequest, rid).status == "failed"
+    monkeypatch.setattr(engine, "forget", real)
+    erasure.retry_request(session, request_id=rid, actor="test")
+    session.commit()
+    pipeline.drain(worker, "toy")
+    session.expire_all()
+    req = session.get(ErasureRequest, rid)
+    assert req.status == "completed" and sorted(req.result["models"]) == ["toy", "toy-b"]

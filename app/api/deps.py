@@ -29,7 +29,8 @@ bearer = HTTPBearer(scheme_name="bearerAuth", auto_error=False,
 
 def _current_key(request: Request,
                  _declared: Annotated[HTTPAuthorizationCredentials | None, Security(bearer)] = None) -> ApiKey:
-    # Own short session + a small TTL cache: predict must not hold a DB connection.
+    # Own short session, closed before the handler runs (predict holds no DB connection); looked up
+    # on every request, so a revoked or rotated key is refused at once on every replica.
     return key_service.authenticate_cached(authorization=request.headers.get("authorization"))
 
 

@@ -117,14 +117,6 @@ class Writer:
             path.unlink(missing_ok=True)
 
 
-def holding(session: Session, subject_keys: list[str]) -> dict[str, list[str]]:
-    out: dict[str, list[str]] = {}
-    for key, model in session.exec(select(SubjectRows.subject_key, SubjectRows.model_name)
-                                   .where(col(SubjectRows.subject_key).in_(subject_keys)).distinct()).all():
-        out.setdefault(key, []).append(model)
-    return out
-
-
 def _index(session: Session, model_name: str, keys: list[str]) -> list[SubjectRows]:
     return list(session.exec(select(SubjectRows).where(SubjectRows.model_name == model_name,
                                                        col(SubjectRows.subject_key).in_(keys))).all())

@@ -24,8 +24,11 @@ install: $(STAMP)
 run: $(STAMP)
 	$(BIN)/python -m app.cli run
 
+# Two phases: unit tests one at a time, then the integration tests (real stacks in subprocesses, mostly
+# waiting on them) two files at a time; every test runs in exactly one phase, and both always run.
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	@rc=0; $(BIN)/python -m pytest -q -m "not integration" || rc=$$?; \
+	$(BIN)/python -m pytest -q -m integration -n 2 --dist loadfile || rc=$$?; exit $$rc
 
 lint: $(STAMP)
 	$(BIN)/hadolint Dockerfile

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -108,7 +109,10 @@ def test_silent_replica_does_not_block_completion(stack2: Stack) -> None:
         done = stack2.wait_status(rid, ("completed", "failed"), timeout=120)
         assert done["status"] == "completed", done
     finally:
-        os.kill(pids[0], signal.SIGCONT)
+        # uvicorn's supervisor may already have replaced the stopped worker (its health ping times out
+        # after a few seconds on a loaded machine); then there is nothing to resume.
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pids[0], signal.SIGCONT)
 
 
 def test_new_replica_is_not_ready_until_it_serves_the_current_version(stack2: Stack, tmp_path: Path) -> None:

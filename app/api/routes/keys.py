@@ -2,40 +2,18 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Depends
-from pydantic import BaseModel
 
 from app.api.deps import SessionDep, require
 from app.api.schemas import KeyCreate
+from app.api.schemas.keys import KeyList, KeyPublic, KeySecret
 from app.db.models import ApiKey
 from app.services import keys
 
 router = APIRouter(prefix="/v1/keys", tags=["keys"])
 Admin = Annotated[ApiKey, Depends(require("admin"))]
-
-
-class KeyPublic(BaseModel):
-    id: str
-    name: str
-    scopes: list[str]
-    created_at: datetime
-    revoked: bool
-
-
-class KeyList(BaseModel):
-    items: list[KeyPublic]
-
-
-class KeySecret(BaseModel):
-    """A key with its clear secret: returned once, by create and rotate."""
-
-    id: str
-    name: str
-    scopes: list[str]
-    key: str
 
 
 @router.post("", status_code=201)

@@ -32,6 +32,7 @@ from app.core.errors import LetheError
 from app.db.models import Model, utcnow
 from app.ml.spec import ModelSpec
 from app.ml.specs import get_spec
+from app.services import keycache
 from app.services import models as model_service
 
 log = logging.getLogger("lethe.serving")
@@ -90,6 +91,7 @@ class UpdateListener:
         self._threads: list[threading.Thread] = []
         self.expected: dict[str, int] = {}  # serving versions seen in the DB at the last sync
         self.last_sync: float | None = None  # time.monotonic() of the last successful sync
+        self.keys = keycache.KeyCache(settings.key_cache_ttl_s)  # this replica's API keys, see keycache
 
     def start(self) -> None:
         for target in (self._run, self._subscribe):
@@ -141,12 +143,17 @@ class UpdateListener:
             try:
                 client = redis.Redis.from_url(self.settings.redis_url, socket_connect_timeout=1)
                 pubsub = client.pubsub(ignore_subscribe_messages=True)
-                pubsub.subscribe(CHANNEL)
+                pubsub.subscribe(CHANNEL, keycache.CHANNEL)
+                self.keys.clear()  # key changes sent while we were not subscribed are lost to us
                 while not self._stop.is_set():
                     msg = pubsub.get_message(timeout=1.0)
-                    if msg:
+                    if msg and msg["channel"] == keycache.CHANNEL.encode():
+                        keycache.on_message(self.keys, msg["data"], replica_id=self.replica_id,
+                                            publish=client.publish)
+                    elif msg:
                         self._wake.set()
             except Exception:  # noqa: BLE001 - Redis absent or restarted: the DB poll covers us
+                self.keys.clear()  # and the key cache's TTL: revokers wait it out without our ack
                 self._stop.wait(5.0)
 
     def sync_once(self) -> list[str]:

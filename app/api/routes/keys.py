@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import time
 from typing import Annotated
 
 from fastapi import APIRouter, Depends
 
-from app.api.deps import SessionDep, require
+from app.api.deps import SessionDep, SettingsDep, require
 from app.api.schemas import KeyCreate
 from app.api.schemas.keys import KeyList, KeyPublic, KeySecret
 from app.db.models import ApiKey
@@ -31,18 +32,20 @@ def list_keys(session: SessionDep, _: Admin) -> KeyList:
 
 
 @router.delete("/{key_id}")
-def revoke_key(key_id: str, session: SessionDep, key: Admin) -> KeyPublic:
-    """Revoke a key: every replica refuses it from the next request (409 for the last admin key)."""
+def revoke_key(key_id: str, session: SessionDep, settings: SettingsDep, key: Admin) -> KeyPublic:
+    """Revoke a key: once this answers, every replica refuses it (409 for the last admin key)."""
     row = keys.revoke_key(session, key_id=key_id, actor=f"key:{key.name}")
     view = KeyPublic(**keys.public_view(row))
     session.commit()
+    keys.await_dropped(session, key_id=key_id, settings=settings, committed_at=time.monotonic())
     return view
 
 
 @router.post("/{key_id}/rotate")
-def rotate_key(key_id: str, session: SessionDep, key: Admin) -> KeySecret:
-    """Give a key a new secret (same id and scopes); the old secret is refused at once."""
+def rotate_key(key_id: str, session: SessionDep, settings: SettingsDep, key: Admin) -> KeySecret:
+    """Give a key a new secret (same id and scopes); once this answers, the old secret is refused everywhere."""
     row, clear = keys.rotate_key(session, key_id=key_id, actor=f"key:{key.name}")
     view = KeySecret(id=row.id, name=row.name, scopes=row.scopes.split(), key=clear)
     session.commit()
+    keys.await_dropped(session, key_id=key_id, settings=settings, committed_at=time.monotonic())
     return view

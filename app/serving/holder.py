@@ -9,7 +9,8 @@ Updates arrive on Redis pub/sub (channel ``lethe:model-updated``) and, as a fall
 a missed message cannot defeat, by polling the DB every ``poll_interval_s``. The replica
 heartbeats ``(replica, model, version, loaded_at)`` to the DB every
 ``heartbeat_interval_s``; the worker completes an erasure only when every live replica
-reports a clean version.
+reports a clean version. The same subscription carries API-key changes for the replica's key
+cache (``app.services.keycache``), which it acks.
 """
 
 from __future__ import annotations

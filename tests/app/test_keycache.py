@@ -49,7 +49,8 @@ def cached_on(replica: UpdateListener, clear: str) -> ApiKey:
 
 
 def test_with_redis_a_revoke_answers_once_every_replica_dropped_the_key(
-        client: TestClient, session: Session, settings, admin_headers: dict, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
+        client: TestClient, session: Session, settings, admin_headers: dict,  # noqa: ANN001
+        monkeypatch: pytest.MonkeyPatch) -> None:
     if not redis_available():
         pytest.fail("Redis must be reachable for this test (127.0.0.1:6379)")
     monkeypatch.setattr(settings, "key_cache_ttl_s", 30.0)  # an answer well inside it came from the acks
@@ -83,7 +84,8 @@ def test_with_redis_a_revoke_answers_once_every_replica_dropped_the_key(
 
 
 def test_without_redis_a_revoke_answers_after_the_cache_ttl(
-        client: TestClient, session: Session, settings, admin_headers: dict, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
+        client: TestClient, session: Session, settings, admin_headers: dict,  # noqa: ANN001
+        monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(settings, "redis_url", NO_REDIS)
     monkeypatch.setattr(settings, "key_cache_ttl_s", 0.8)
     other = UpdateListener(ModelHolder(), settings)  # the embedded default: no subscriber, TTL only
@@ -100,7 +102,8 @@ def test_without_redis_a_revoke_answers_after_the_cache_ttl(
 
 
 def test_a_revoke_with_no_live_replica_answers_at_once(
-        client: TestClient, session: Session, settings, admin_headers: dict, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
+        client: TestClient, session: Session, settings, admin_headers: dict,  # noqa: ANN001
+        monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(settings, "redis_url", NO_REDIS)
     monkeypatch.setattr(settings, "key_cache_ttl_s", 30.0)
     key_id = keys.authenticate_cached(authorization=bearer(make_key(session, ["predict"], "x"))).id

@@ -4,11 +4,18 @@ declare, and the few non-JSON routes keep their own content types."""
 
 from __future__ import annotations
 
+import typing
 from typing import Any
 
 import jsonschema
 import pytest
+from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
+from pydantic import BaseModel
+
+from app.api.routes import (audit, certificates, erasure_requests, fides, health, keys, model_admin, models,
+                            subjects)
+from app.api.schemas._base import _no_default
 
 from tests.app.test_opendsr import DIALECTS, controller, held, new_request  # noqa: F401 - fixtures
 
@@ -116,3 +123,33 @@ def test_keys_a_route_leaves_out_stay_out(client: TestClient, admin_headers: dic
     answer = client.post("/integrations/fides/webhook", headers=admin_headers,
                          json={"privacy_request_id": "pri-post", "direction": "one_way", "callback_type": "post"})
     assert answer.status_code == 200 and answer.json() == {}
+
+
+def _absent_fields(model: type[BaseModel], seen: set[type] | None = None) -> list[str]:
+    """Fields declared with ``absent()`` in ``model`` and the models nested in it."""
+    seen = seen if seen is not None else set()
+    if model in seen:
+        return []
+    seen.add(model)
+    found = []
+    for name, field in model.model_fields.items():
+        if field.json_schema_extra is _no_default:
+            found.append(f"{model.__name__}.{name}")
+        for arg in typing.get_args(field.annotation) or (field.annotation,):
+            for inner in typing.get_args(arg) or (arg,):
+                if isinstance(inner, type) and issubclass(inner, BaseModel):
+                    found += _absent_fields(inner, seen)
+    return found
+
+
+def test_routes_whose_schema_has_absent_fields_exclude_unset_ones() -> None:
+    """Else FastAPI would send a key the service left out as null (a signed certificate would break).
+    The OpenDSR routes are left out: they send pre-signed Responses, never serialised by FastAPI."""
+    routes = [r for module in (audit, certificates, erasure_requests, fides, health, keys, model_admin, models,
+                               subjects) for r in module.router.routes if isinstance(r, APIRoute)]
+    assert len(routes) >= 30
+    with_absent = {r.path: r for r in routes if isinstance(r.response_model, type)
+                   and _absent_fields(r.response_model)}
+    assert {"/v1/audit/verify", "/v1/erasure-requests/{request_id}/certificate",
+            "/integrations/fides/webhook"} <= set(with_absent)
+    assert not [path for path, route in with_absent.items() if not route.response_model_exclude_unset]

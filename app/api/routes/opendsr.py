@@ -159,8 +159,8 @@ def dialect_router(d: Dialect, *, base: str | None = None, meta: bool = True) ->
             """The service is up (spec section 3.1 lists the endpoint without a body; Lethe answers this)."""
             return signed(opendsr.service_status(d), d, settings)
 
-    @router.post(f"/{d.collection}", status_code=201, operation_id=f"{n}_create", response_model=dsr_schema.CreateReceipt,
-                 openapi_extra=create_body_schema(d))
+    @router.post(f"/{d.collection}", status_code=201, operation_id=f"{n}_create",
+                 response_model=dsr_schema.CreateReceipt, openapi_extra=create_body_schema(d))
     def create(raw: RawBody, session: SessionDep, settings: SettingsDep, key: Writer) -> Response:
         """Spec section 7: accept an erasure or access request; 201 with a signed receipt."""
         check_intake(key.id, rate=settings.intake_rate_per_s, burst=settings.intake_burst)

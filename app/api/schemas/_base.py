@@ -6,7 +6,8 @@ what the service returns: ``extra="forbid"`` turns a key a service adds without 
 response-validation error (a 500 in every test of that route) instead of a key dropped silently
 from the wire, and it is ``additionalProperties: false`` in OpenAPI, which the schemathesis fuzz
 checks. Free-form JSON (metrics, verification reports, spec configs) is typed ``dict[str, Any]``
-where it sits, so no model needs ``extra="allow"``.
+where it sits, so no model needs ``extra="allow"``. Fields are declared in the order the services
+write their keys, so the JSON keeps its key order.
 """
 
 from __future__ import annotations
@@ -35,6 +36,4 @@ def absent(description: str) -> Any:
 # passed through as the string it is; signed documents must not be re-parsed and re-formatted.
 Rfc3339 = Annotated[str, WithJsonSchema({"type": "string", "format": "date-time"})]
 
-
-# Fields are declared in the order the services write their keys: the JSON keeps its key order.
 NEXT_CURSOR = "Pass as ``cursor`` to get the next page; null on the last one."

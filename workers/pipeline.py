@@ -33,6 +33,7 @@ from sqlmodel import Session, col, select
 from app.core import db
 from app.core.config import Settings
 from app.core.errors import database_unavailable
+from app.core.logging import log_context
 from app.db.models import ErasureTarget, UnlearningJob, utcnow
 from app.services import audit, jobs
 from app.services import models as model_service
@@ -79,16 +80,17 @@ def drain(w: Worker, model_name: str) -> list[str]:
     drain loop picks up what is queued, and re-checks after releasing the lease.
     """
     done: list[str] = []
-    while True:
-        if not acquire_lock(w, model_name):
-            return done
-        try:
-            with LeaseKeeper(w, model_name):
-                _run_jobs(w, model_name, done)
-        finally:
-            release_lock(w, model_name)
-        if queued_count(w, model_name) == 0:  # a request may have arrived while we held the lease
-            return done
+    with log_context(model=model_name):  # every record of the drain names the model (JSON logs)
+        while True:
+            if not acquire_lock(w, model_name):
+                return done
+            try:
+                with LeaseKeeper(w, model_name):
+                    _run_jobs(w, model_name, done)
+            finally:
+                release_lock(w, model_name)
+            if queued_count(w, model_name) == 0:  # a request may have arrived while we held the lease
+                return done
 
 
 def _run_jobs(w: Worker, model_name: str, done: list[str]) -> None:
@@ -107,7 +109,7 @@ def _run_jobs(w: Worker, model_name: str, done: list[str]) -> None:
             if database_unavailable(exc) is None:
                 raise
             log.warning("model %s: database error (%s); waiting for the database", model_name,
-                        type(exc.orig).__name__)
+                        type(exc.orig).__name__, extra={"job_id": job_id})
             was_down = wait_for_database(w)
             # An outage is a lost connection or a database that did not answer. Anything else
             # (an OperationalError that repeats, e.g. a schema mismatch) counts as a delivery,
@@ -207,6 +209,11 @@ def throttled_progress(w: Worker, job_id: str, every_s: float = 0.5) -> Callable
 
 
 def run_job(w: Worker, job_id: str) -> None:
+    with log_context(job_id=job_id):  # every record of the job, methods' and gates' included, names it
+        _run_job(w, job_id)
+
+
+def _run_job(w: Worker, job_id: str) -> None:
     with w.session() as s:
         job = s.get(UnlearningJob, job_id)
         serving = model_service.serving_version(s, job.model_name)

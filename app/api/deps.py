@@ -29,9 +29,12 @@ bearer = HTTPBearer(scheme_name="bearerAuth", auto_error=False,
 
 def _current_key(request: Request,
                  _declared: Annotated[HTTPAuthorizationCredentials | None, Security(bearer)] = None) -> ApiKey:
-    # Own short session, closed before the handler runs (predict holds no DB connection); looked up
-    # on every request, so a revoked or rotated key is refused at once on every replica.
-    return key_service.authenticate_cached(authorization=request.headers.get("authorization"))
+    # Own short session, closed before the handler runs (predict holds no DB connection), unless the
+    # serving replica's key cache has the key: a revoke or rotate answers only once every replica
+    # dropped it (or the cache TTL ran out), so no replica accepts a revoked key after that.
+    listener = request.app.state.listener
+    return key_service.authenticate_cached(authorization=request.headers.get("authorization"),
+                                           cache=listener.keys if listener is not None else None)
 
 
 CurrentKey = Annotated[ApiKey, Depends(_current_key)]

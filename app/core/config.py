@@ -78,6 +78,11 @@ class Settings(BaseSettings):
     replica_ttl_s: float = Field(10.0, description="A replica silent for longer drops out of the live set.")
     heartbeat_interval_s: float = Field(1.0, description="How often a replica reports its serving version.")
     poll_interval_s: float = Field(2.0, description="DB poll for model updates (fallback to pub/sub).")
+    key_cache_ttl_s: float = Field(
+        3.0, ge=0, description="How long a serving replica may reuse an API key it authenticated. A revoke or "
+                               "rotate answers once every live replica confirmed (Redis pub/sub) it dropped the "
+                               "key, else after this long, so no replica accepts the old secret after it answers. "
+                               "0 = look every key up in the DB.")
     deploy_timeout_s: float = Field(120.0, description="How long a job waits for live replicas to swap.")
     reconcile_interval_s: float = Field(30.0, description="How often queued work whose message vanished is re-sent.")
     log_level: str = Field("INFO", description="Python log level.")

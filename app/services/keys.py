@@ -1,21 +1,27 @@
 """API keys: random bearer tokens with scopes, stored as SHA-256 digests.
 
-Every request is checked against the database, never a per-process cache: a revoked or rotated
-key is refused at once by every replica, whichever process answers. The check is one indexed
-SELECT on a unique column in its own short session (the predict path holds no connection while
-it runs the model); an earlier 10 s per-process cache saved that SELECT but let a revoked key
-work on for up to 10 s on each replica, and a process cannot clear another process's cache.
+A key is looked up in the database (one indexed SELECT on a unique column, in its own short
+session: the predict path holds no connection while it runs the model), or, on a serving replica,
+in that replica's short-lived cache (``keycache``). Revoking or rotating a key answers only once
+no replica can accept the old secret any more: every live replica confirmed over Redis that it
+dropped the key, or the cache TTL ran out (``keycache.await_dropped``).
 """
 
 from __future__ import annotations
 
+import time
+
 from sqlmodel import Session, col, select
 
+from app.core.config import Settings
 from app.core.errors import BadRequest, Conflict, Forbidden, NotFound, Unauthorized
 from app.core import db
 from app.services import audit
 from app.core.security import SCOPES, hash_api_key, new_api_key
 from app.db.models import ApiKey
+from app.services import keycache
+from app.services import models as model_service
+from app.services.keycache import KeyCache
 
 
 def create_key(session: Session, *, name: str, scopes: list[str], key: str | None = None) -> tuple[ApiKey, str]:
@@ -53,16 +59,29 @@ def require_scope(key: ApiKey, scope: str) -> None:
         raise Forbidden(f"This API key lacks the '{scope}' scope.", code="insufficient_scope")
 
 
-def authenticate_cached(*, authorization: str | None) -> ApiKey:
-    """``authenticate`` with its own short-lived session (the name predates the removed cache)."""
+def authenticate_cached(*, authorization: str | None, cache: KeyCache | None = None) -> ApiKey:
+    """``authenticate`` through ``cache`` (a serving replica's), else with its own short session."""
+    digest = _digest(authorization)
+    if cache is not None and digest is not None and (hit := cache.get(digest)) is not None:
+        return hit
+    # Both read before the lookup: see KeyCache.put.
+    generation, looked_up_at = (cache.generation if cache is not None else 0), time.monotonic()
     with db.session_scope() as session:
         key = authenticate(session, authorization=authorization)
         session.expunge(key)
+    if cache is not None and digest is not None:
+        cache.put(digest, key, generation=generation, looked_up_at=looked_up_at)
     return key
 
 
+def _digest(authorization: str | None) -> str | None:
+    if not authorization or not authorization.lower().startswith("bearer "):
+        return None
+    return hash_api_key(authorization[7:].strip())
+
+
 def clear_cache() -> None:
-    """Nothing is cached any more (see the module docstring); kept for callers that reset state."""
+    """Nothing module-level to clear: each serving replica's cache lives in its listener."""
 
 
 def public_view(row: ApiKey) -> dict[str, object]:
@@ -111,3 +130,12 @@ def rotate_key(session: Session, *, key_id: str, actor: str) -> tuple[ApiKey, st
     audit.append(session, type="api_key_rotated", actor=actor, payload={"key_id": row.id, "name": row.name})
     session.flush()
     return row, clear
+
+
+def await_dropped(session: Session, *, key_id: str, settings: Settings, committed_at: float) -> bool:
+    """After a revoke or rotate committed (``committed_at``, monotonic): return once no replica can
+    accept the key's old secret (True: every live replica acked over Redis; False: the TTL ran out)."""
+    live = [r.replica_id for r in model_service.live_replicas(session, name=model_service.ANY_MODEL,
+                                                                  ttl_s=settings.replica_ttl_s)]
+    return keycache.await_dropped(key_id=key_id, redis_url=settings.redis_url, live=live,
+                                  ttl_s=settings.key_cache_ttl_s, committed_at=committed_at)

@@ -9,7 +9,8 @@ Updates arrive on Redis pub/sub (channel ``lethe:model-updated``) and, as a fall
 a missed message cannot defeat, by polling the DB every ``poll_interval_s``. The replica
 heartbeats ``(replica, model, version, loaded_at)`` to the DB every
 ``heartbeat_interval_s``; the worker completes an erasure only when every live replica
-reports a clean version.
+reports a clean version. The same subscription carries API-key changes for the replica's key
+cache (``app.services.keycache``), which it acks.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from app.core.errors import LetheError
 from app.db.models import Model, utcnow
 from app.ml.spec import ModelSpec
 from app.ml.specs import get_spec
+from app.services import keycache
 from app.services import models as model_service
 
 log = logging.getLogger("lethe.serving")
@@ -90,6 +92,7 @@ class UpdateListener:
         self._threads: list[threading.Thread] = []
         self.expected: dict[str, int] = {}  # serving versions seen in the DB at the last sync
         self.last_sync: float | None = None  # time.monotonic() of the last successful sync
+        self.keys = keycache.KeyCache(settings.key_cache_ttl_s)  # this replica's API keys, see keycache
 
     def start(self) -> None:
         for target in (self._run, self._subscribe):
@@ -141,12 +144,17 @@ class UpdateListener:
             try:
                 client = redis.Redis.from_url(self.settings.redis_url, socket_connect_timeout=1)
                 pubsub = client.pubsub(ignore_subscribe_messages=True)
-                pubsub.subscribe(CHANNEL)
+                pubsub.subscribe(CHANNEL, keycache.CHANNEL)
+                self.keys.clear()  # key changes sent while we were not subscribed are lost to us
                 while not self._stop.is_set():
                     msg = pubsub.get_message(timeout=1.0)
-                    if msg:
+                    if msg and msg["channel"] == keycache.CHANNEL.encode():
+                        keycache.on_message(self.keys, msg["data"], replica_id=self.replica_id,
+                                            publish=client.publish)
+                    elif msg:
                         self._wake.set()
             except Exception:  # noqa: BLE001 - Redis absent or restarted: the DB poll covers us
+                self.keys.clear()  # and the key cache's TTL: revokers wait it out without our ack
                 self._stop.wait(5.0)
 
     def sync_once(self) -> list[str]:

@@ -127,3 +127,20 @@ def test_openapi_lists_the_new_routes(client: TestClient) -> None:
               "/opendsr/opencompliance_requests", "/v1/erasure-requests/{request_id}/certificate",
               "/v1/keys/certificate", "/v1/audit/export"):
         assert p in paths, p
+
+
+def test_a_certificate_naming_a_gone_version_is_sent_as_signed(client: TestClient, session: Session,
+                                                                admin_headers: dict, completed: ErasureRequest,
+                                                                tmp_path: Path) -> None:
+    """A version row that is gone is certified as ``{number, sha256: null}``: the response schema must
+    not add its other fields as nulls (the route excludes unset fields), or the signature breaks."""
+    completed.result = {"models": {"mini": {**completed.result["models"]["mini"], "version_before": 9}}}
+    session.add(completed)
+    session.commit()
+    r = client.get(f"/v1/erasure-requests/{completed.id}/certificate", headers=admin_headers)
+    assert r.status_code == 200, r.text
+    assert r.json()["certificate"]["models"][0]["version_before"] == {"number": 9, "sha256": None}
+    path = tmp_path / "cert.json"
+    path.write_bytes(r.content)
+    ok, reason = verify_certificate_file(path, client.get("/v1/keys/certificate").json()["public_key_pem"])
+    assert ok, reason

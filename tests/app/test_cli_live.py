@@ -1,5 +1,7 @@
 """The CLI as a user runs it (``python -m app.cli``) against a real API: uvicorn with two worker
-processes, no model, so nothing trains. A key revoked through one process is refused by both."""
+processes, no model, so nothing trains. A key revoked through one process is refused by both, once
+the revoke answered: with Redis (the replicas confirm they dropped the key from their caches) and
+without (the revoke waits out the key cache TTL)."""
 
 from __future__ import annotations
 
@@ -15,14 +17,24 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.conftest import redis_available
+
 ROOT = Path(__file__).resolve().parents[2]
 ADMIN_KEY = "lethe_cli_live_admin_key"
 
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, dict[str, str]]]:
+# Without Redis the default TTL (3 s); with Redis a long one, which the revoke must not wait out.
+REDIS = {"no-redis": {"LETHE_REDIS_URL": "redis://127.0.0.1:1/0"},
+         "redis": {"LETHE_REDIS_URL": "redis://127.0.0.1:6379/0", "LETHE_KEY_CACHE_TTL_S": "60"}}
+
+
+@pytest.fixture(scope="module", params=sorted(REDIS))
+def stack(request: pytest.FixtureRequest,
+          tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, dict[str, str]]]:
+    if request.param == "redis" and not redis_available():
+        pytest.fail("Redis must be reachable for this test (127.0.0.1:6379)")
     data_dir = tmp_path_factory.mktemp("cli-live")
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -30,7 +42,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, dict[
     env = {k: v for k, v in os.environ.items() if not k.startswith("LETHE_")}
     env.update({"LETHE_DATA_DIR": str(data_dir), "LETHE_MODELS": "", "LETHE_BOOTSTRAP_ADMIN_KEY": ADMIN_KEY,
                 "LETHE_SUBJECT_KEY_SECRET": "cli-live-secret", "LETHE_BROKER_URL": "memory://",
-                "LETHE_REDIS_URL": "redis://127.0.0.1:1/0", "LETHE_PORT": str(port), "LETHE_ENV": "test"})
+                "LETHE_PORT": str(port), "LETHE_ENV": "test", **REDIS[request.param]})
     subprocess.run([sys.executable, "-m", "app.cli", "bootstrap"], cwd=ROOT, env=env, check=True,
                    capture_output=True, timeout=120)
     log = open(data_dir / "api.log", "wb")
@@ -81,8 +93,10 @@ def test_a_revoked_key_is_refused_by_every_api_process(stack: tuple[str, dict[st
     headers = {"Authorization": f"Bearer {key['key']}"}
     with httpx.Client(base_url=url, headers=headers) as c:  # new connections: both processes answer
         assert all(httpx.get(f"{url}/v1/erasure-requests", headers=headers).status_code == 200 for _ in range(12))
+        started = time.monotonic()
         revoked = lethe(env, "keys", "revoke", key["id"])
         assert revoked.returncode == 0 and "revoked" in revoked.stdout, revoked.stderr
+        assert time.monotonic() - started < float(env.get("LETHE_KEY_CACHE_TTL_S", "inf")) / 2, "waited out the TTL"
         codes = [httpx.get(f"{url}/v1/erasure-requests", headers=headers).status_code for _ in range(12)]
         assert codes == [401] * 12
         assert c.get("/v1/erasure-requests").status_code == 401

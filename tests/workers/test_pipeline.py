@@ -388,3 +388,33 @@ def test_a_request_of_two_models_completes_only_when_both_are_clean(
     session.expire_all()
     req = session.get(ErasureRequest, rid)
     assert req.status == "completed" and sorted(req.result["models"]) == ["toy", "toy-b"]
+
+
+def test_a_jobs_log_records_name_its_job_and_model(session: Session, settings, toy_model, worker,  # noqa: ANN001
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """JSON logs (issue 11 section 3): the worker sets ``job_id`` and ``model`` around a job."""
+    import io
+    import json
+    import logging
+
+    from app.core.logging import configure_logging
+
+    class Stop(Exception):
+        pass
+
+    def collect(w, job_id):  # noqa: ANN001, ANN202 - the job's first step, cut short
+        logging.getLogger("lethe.problem").info("collecting")
+        raise Stop
+
+    monkeypatch.setattr(pipeline, "collect", collect)
+    out = io.StringIO()
+    configure_logging("INFO", json_lines=True, stream=out)
+    try:
+        _request(session, settings, "toy-02")
+        with pytest.raises(Stop):
+            pipeline.drain(worker, "toy")
+    finally:
+        configure_logging("INFO", json_lines=False)
+    (record,) = [r for r in map(json.loads, out.getvalue().splitlines()) if r["message"] == "collecting"]
+    job = session.exec(select(UnlearningJob)).one()
+    assert record["job_id"] == job.id and record["model"] == "toy"

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Depends, Query
 from fastapi.responses import StreamingResponse
 
 from app.api.deps import SessionDep, SettingsDep, require
+from app.api.schemas.audit import AuditPage, ChainReport
 from app.core import db
 from app.core.errors import Unprocessable
 from app.core.security import subject_key
@@ -20,7 +21,7 @@ router = APIRouter(prefix="/v1/audit", tags=["audit"])
 Auditor = Annotated[ApiKey, Depends(require("audit:read"))]
 
 
-@router.get("/events")
+@router.get("/events", response_model=AuditPage)
 def list_events(session: SessionDep, settings: SettingsDep, _: Auditor, request_id: str | None = None,
                 subject_id: str | None = None, type: str | None = None, actor: str | None = None,
                 since: datetime | None = None, until: datetime | None = None, cursor: str | None = None,
@@ -36,7 +37,7 @@ def list_events(session: SessionDep, settings: SettingsDep, _: Auditor, request_
             "next_cursor": str(rows[-1].seq) if len(rows) == limit else None}
 
 
-@router.get("/verify")
+@router.get("/verify", response_model=ChainReport, response_model_exclude_unset=True)
 def verify_chain(session: SessionDep, settings: SettingsDep, _: Auditor) -> dict[str, Any]:
     """Recompute the hash chain and compare it with the latest signed checkpoint (head, truncation)."""
     audit.sync(session)

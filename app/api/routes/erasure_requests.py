@@ -8,6 +8,7 @@ from fastapi import APIRouter, Depends, Header, Query, Response
 
 from app.api.deps import SessionDep, SettingsDep, require
 from app.api.schemas import ErasureCreate, ExtendBody, IdentityDecision
+from app.api.schemas.erasure import ErasureRequestOut, ErasureRequestPage
 from app.core.errors import Unprocessable
 from app.core.queue import enqueue_unlearn
 from app.core.ratelimit import check_intake
@@ -22,7 +23,7 @@ KNOWN_POLICIES = ("auto", "retrain", "sisa", "finetune", "neggrad_plus", "scrub"
                   "reinit_repair")
 
 
-@router.post("", status_code=202)
+@router.post("", status_code=202, response_model=ErasureRequestOut)
 def create_erasure_request(body: ErasureCreate, settings: SettingsDep, key: Writer, response: Response,
                            idempotency_key: Annotated[str | None, Header(min_length=1, max_length=200)] = None) -> dict[str, Any]:
     """Record an erasure request; unlearning runs in the background. Poll the status URL."""
@@ -46,14 +47,14 @@ def create_erasure_request(body: ErasureCreate, settings: SettingsDep, key: Writ
     return accepted.view
 
 
-@router.get("/{request_id}")
+@router.get("/{request_id}", response_model=ErasureRequestOut)
 def get_erasure_request(request_id: str, session: SessionDep, settings: SettingsDep, _: Reader) -> dict[str, Any]:
     """Status, stage, percent and (when done) the result of one request."""
     req = erasure.get_request(session, request_id=request_id)
     return erasure.public_view(req, erasure.targets_of(session, req.id), settings.base_url)
 
 
-@router.get("")
+@router.get("", response_model=ErasureRequestPage)
 def list_erasure_requests(session: SessionDep, settings: SettingsDep, _: Reader,
                           status: str | None = None, subject_id: str | None = None, overdue: bool | None = None,
                           cursor: str | None = None, limit: Annotated[int, Query(ge=1, le=500)] = 50) -> dict[str, Any]:
@@ -64,7 +65,7 @@ def list_erasure_requests(session: SessionDep, settings: SettingsDep, _: Reader,
     return {"items": items, "next_cursor": rows[-1].id if len(rows) == limit else None}
 
 
-@router.delete("/{request_id}", status_code=202)
+@router.delete("/{request_id}", status_code=202, response_model=ErasureRequestOut)
 def cancel_erasure_request(request_id: str, session: SessionDep, settings: SettingsDep, key: Writer) -> dict[str, Any]:
     """Cancel a request that no job has started yet."""
     req = erasure.cancel_request(session, request_id=request_id, actor=f"key:{key.name}")
@@ -72,7 +73,7 @@ def cancel_erasure_request(request_id: str, session: SessionDep, settings: Setti
     return erasure.public_view(req, erasure.targets_of(session, req.id), settings.base_url)
 
 
-@router.post("/{request_id}/extend")
+@router.post("/{request_id}/extend", response_model=ErasureRequestOut)
 def extend_erasure_deadline(request_id: str, body: ExtendBody, session: SessionDep, settings: SettingsDep,
                             key: Writer) -> dict[str, Any]:
     """Extend the deadline once by two months, with reasons, within the first month (GDPR Art. 12(3))."""
@@ -82,7 +83,7 @@ def extend_erasure_deadline(request_id: str, body: ExtendBody, session: SessionD
     return view
 
 
-@router.post("/{request_id}/identity")
+@router.post("/{request_id}/identity", response_model=ErasureRequestOut)
 def decide_identity(request_id: str, body: IdentityDecision, session: SessionDep, settings: SettingsDep,
                     key: Writer) -> dict[str, Any]:
     """End the identity check of a request sent with ``identity_verified: false`` (Art. 12(6)).
@@ -100,7 +101,7 @@ def decide_identity(request_id: str, body: IdentityDecision, session: SessionDep
     return view
 
 
-@router.post("/{request_id}/retry", status_code=202)
+@router.post("/{request_id}/retry", status_code=202, response_model=ErasureRequestOut)
 def retry(request_id: str, session: SessionDep, settings: SettingsDep, key: Writer) -> dict[str, Any]:
     """Retry a ``failed`` erasure: it is queued again with fresh attempts (409 unless failed)."""
     req = erasure.retry_request(session, request_id=request_id, actor=f"key:{key.name}")

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Depends, Header
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.api.deps import SessionDep, SettingsDep, require
+from app.api.schemas.fides import FidesAnswer
 from app.core.queue import enqueue_unlearn
 from app.core.ratelimit import check_intake
 from app.db.models import ApiKey
@@ -25,7 +26,7 @@ class FidesWebhook(BaseModel):
     identities: dict[str, Any] | None = None  # older Fides name
 
 
-@router.post("/webhook")
+@router.post("/webhook", response_model=FidesAnswer, response_model_exclude_unset=True)
 def fides_webhook(body: FidesWebhook, session: SessionDep, settings: SettingsDep,
                   key: Annotated[ApiKey, Depends(require("erasure:write"))],
                   reply_to: Annotated[str | None, Header(alias="reply-to")] = None,

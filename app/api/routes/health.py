@@ -7,18 +7,19 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from app.api.schemas.health import Health, Ready
 from app.core.errors import Unavailable
 
 router = APIRouter(tags=["health"])
 
 
 @router.get("/healthz")
-def healthz() -> dict[str, str]:
+def healthz() -> Health:
     """The process is up."""
-    return {"status": "ok"}
+    return Health(status="ok")
 
 
-@router.get("/readyz")
+@router.get("/readyz", response_model=Ready)
 def readyz(request: Request) -> dict[str, Any]:
     """Ready only when this replica serves the current version of every model."""
     listener = request.app.state.listener

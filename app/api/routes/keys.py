@@ -2,40 +2,19 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+import time
 from typing import Annotated
 
 from fastapi import APIRouter, Depends
-from pydantic import BaseModel
 
-from app.api.deps import SessionDep, require
+from app.api.deps import SessionDep, SettingsDep, require
 from app.api.schemas import KeyCreate
+from app.api.schemas.keys import KeyList, KeyPublic, KeySecret
 from app.db.models import ApiKey
 from app.services import keys
 
 router = APIRouter(prefix="/v1/keys", tags=["keys"])
 Admin = Annotated[ApiKey, Depends(require("admin"))]
-
-
-class KeyPublic(BaseModel):
-    id: str
-    name: str
-    scopes: list[str]
-    created_at: datetime
-    revoked: bool
-
-
-class KeyList(BaseModel):
-    items: list[KeyPublic]
-
-
-class KeySecret(BaseModel):
-    """A key with its clear secret: returned once, by create and rotate."""
-
-    id: str
-    name: str
-    scopes: list[str]
-    key: str
 
 
 @router.post("", status_code=201)
@@ -53,18 +32,20 @@ def list_keys(session: SessionDep, _: Admin) -> KeyList:
 
 
 @router.delete("/{key_id}")
-def revoke_key(key_id: str, session: SessionDep, key: Admin) -> KeyPublic:
-    """Revoke a key: every replica refuses it from the next request (409 for the last admin key)."""
+def revoke_key(key_id: str, session: SessionDep, settings: SettingsDep, key: Admin) -> KeyPublic:
+    """Revoke a key: once this answers, every replica refuses it (409 for the last admin key)."""
     row = keys.revoke_key(session, key_id=key_id, actor=f"key:{key.name}")
     view = KeyPublic(**keys.public_view(row))
     session.commit()
+    keys.await_dropped(session, key_id=key_id, settings=settings, committed_at=time.monotonic())
     return view
 
 
 @router.post("/{key_id}/rotate")
-def rotate_key(key_id: str, session: SessionDep, key: Admin) -> KeySecret:
-    """Give a key a new secret (same id and scopes); the old secret is refused at once."""
+def rotate_key(key_id: str, session: SessionDep, settings: SettingsDep, key: Admin) -> KeySecret:
+    """Give a key a new secret (same id and scopes); once this answers, the old secret is refused everywhere."""
     row, clear = keys.rotate_key(session, key_id=key_id, actor=f"key:{key.name}")
     view = KeySecret(id=row.id, name=row.name, scopes=row.scopes.split(), key=clear)
     session.commit()
+    keys.await_dropped(session, key_id=key_id, settings=settings, committed_at=time.monotonic())
     return view

@@ -11,6 +11,7 @@ from starlette.concurrency import run_in_threadpool
 
 from app.api.deps import SessionDep, SettingsDep, require
 from app.api.schemas import ModelRegister, PolicyBody
+from app.api.schemas.models import BulkIngestOut, PolicyOut, RegistrationOut, SpecList
 from app.core.errors import Unprocessable
 from app.core.queue import enqueue_registration
 from app.db.models import ApiKey
@@ -24,7 +25,7 @@ Admin = Annotated[ApiKey, Depends(require("admin"))]
 Predictor = Annotated[ApiKey, Depends(require("predict"))]
 
 
-@router.post("", status_code=202)
+@router.post("", status_code=202, response_model=RegistrationOut)
 def register_model(body: ModelRegister, session: SessionDep, settings: SettingsDep, key: Admin) -> dict[str, Any]:
     """Register a model of an installed spec: data, version 1 (trained or adopted), reference; 202 + status URL."""
     weights = None
@@ -41,25 +42,25 @@ def register_model(body: ModelRegister, session: SessionDep, settings: SettingsD
     return view
 
 
-@router.get("/registrations/{registration_id}")
+@router.get("/registrations/{registration_id}", response_model=RegistrationOut)
 def get_registration(registration_id: str, session: SessionDep, settings: SettingsDep, _: Admin) -> dict[str, Any]:
     """A registration job: status (queued, running, completed, failed), stage, percent, error."""
     return registration.view(registration.get_registration(session, registration_id), settings.base_url)
 
 
-@router.get("/specs/installed")
+@router.get("/specs/installed", response_model=SpecList)
 def installed_specs(_: Predictor) -> dict[str, Any]:
     """Spec entry points installed on this replica."""
     return {"items": list(spec_names())}
 
 
-@router.get("/{name}/policy")
+@router.get("/{name}/policy", response_model=PolicyOut)
 def get_policy(name: str, session: SessionDep, _: Predictor) -> dict[str, Any]:
     """The unlearning policy `auto` runs for this model: chain and method overrides, with their source."""
     return model_service.policy_of(session, name=name)
 
 
-@router.put("/{name}/policy")
+@router.put("/{name}/policy", response_model=PolicyOut)
 def set_policy(name: str, body: PolicyBody, session: SessionDep, key: Admin) -> dict[str, Any]:
     """Set this model's chain and/or method overrides (validated; a chain ends with an exact method)."""
     out = model_service.set_policy(session, name=name, changes=body.model_dump(exclude_unset=True),
@@ -74,7 +75,7 @@ NDJSON_BODY = {"requestBody": {"required": True, "content": {"application/x-ndjs
 LINES_PER_CHUNK = 5000
 
 
-@router.post("/{name}/samples", status_code=201, openapi_extra=NDJSON_BODY)
+@router.post("/{name}/samples", status_code=201, response_model=BulkIngestOut, openapi_extra=NDJSON_BODY)
 async def bulk_ingest(name: str, request: Request, session: SessionDep, settings: SettingsDep,
                       key: Admin) -> dict[str, Any]:
     """Bulk ingest (JSON Lines, streamed): one sample per line, all or nothing; suppressed subjects refused."""

@@ -9,6 +9,7 @@ from starlette.concurrency import run_in_threadpool
 
 from app.api.deps import HolderDep, ListenerDep, SessionDep, SettingsDep, require
 from app.api.schemas import PredictBody, RecipientsBody, RollbackBody
+from app.api.schemas.models import ModelDetail, ModelList, PredictOut, RecipientsOut, RollbackOut
 from app.core.errors import NotFound, Unavailable, Unprocessable
 from app.db.models import ApiKey
 from app.ml.train import predict as run_predict
@@ -19,20 +20,20 @@ Predictor = Annotated[ApiKey, Depends(require("predict"))]
 Admin = Annotated[ApiKey, Depends(require("admin"))]
 
 
-@router.get("")
+@router.get("", response_model=ModelList)
 def list_models(session: SessionDep, _: Predictor) -> dict[str, Any]:
     """Registered models and the version each serves."""
     return {"items": [{"name": m.name, "description": m.description, "serving_version": m.serving_version}
                       for m in model_service.list_models(session)]}
 
 
-@router.get("/{name}")
+@router.get("/{name}", response_model=ModelDetail)
 def get_model(name: str, session: SessionDep, settings: SettingsDep, _: Predictor) -> dict[str, Any]:
     """One model: input schema with an example, live replicas, version history and metrics."""
     return model_service.describe(session, name=name, ttl_s=settings.replica_ttl_s)
 
 
-@router.post("/{name}/predict")
+@router.post("/{name}/predict", response_model=PredictOut)
 async def predict(name: str, body: PredictBody, holder: HolderDep, listener: ListenerDep, response: Response,
                   _: Predictor) -> dict[str, Any]:
     """Predictions from the version this replica serves (also in the X-Model-Version header)."""
@@ -54,7 +55,7 @@ async def predict(name: str, body: PredictBody, holder: HolderDep, listener: Lis
             "predictions": [{"label": int(label), "probability": round(float(p), 6)} for label, p in preds]}
 
 
-@router.post("/{name}/rollback")
+@router.post("/{name}/rollback", response_model=RollbackOut)
 def rollback(name: str, body: RollbackBody, session: SessionDep, key: Admin) -> dict[str, Any]:
     """Serve an earlier version again; refused (409) if it carries any completed erasure."""
     version = model_service.rollback(session, name=name, number=body.version, actor=f"key:{key.name}")
@@ -62,7 +63,7 @@ def rollback(name: str, body: RollbackBody, session: SessionDep, key: Admin) -> 
     return {"model": name, "serving_version": version.number}
 
 
-@router.put("/{name}/recipients")
+@router.put("/{name}/recipients", response_model=RecipientsOut)
 def set_recipients(name: str, body: RecipientsBody, session: SessionDep, key: Admin) -> dict[str, Any]:
     """Record who received this model (GDPR Art. 19); each completed erasure notifies them."""
     recipients = [r.model_dump(mode="json") for r in body.recipients]

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Depends
 
 from app.api.deps import SessionDep, SettingsDep, require
 from app.api.schemas import IngestBody
+from app.api.schemas.subjects import IngestOut, SubjectOut
 from app.core.security import subject_key
 from app.db.models import ApiKey
 from app.services import subjects
@@ -15,7 +16,7 @@ from app.services import subjects
 router = APIRouter(prefix="/v1/subjects", tags=["subjects"])
 
 
-@router.post("/{subject_id}/samples", status_code=201)
+@router.post("/{subject_id}/samples", status_code=201, response_model=IngestOut)
 def ingest_samples(subject_id: str, body: IngestBody, session: SessionDep, settings: SettingsDep,
                    key: Annotated[ApiKey, Depends(require("admin"))]) -> dict[str, Any]:
     """Add training samples of a subject; 409 if the subject was erased."""
@@ -26,7 +27,7 @@ def ingest_samples(subject_id: str, body: IngestBody, session: SessionDep, setti
     return {"model": body.model, "ingested": n}
 
 
-@router.get("/{subject_id}")
+@router.get("/{subject_id}", response_model=SubjectOut)
 def get_subject(subject_id: str, session: SessionDep, settings: SettingsDep,
                 _: Annotated[ApiKey, Depends(require("erasure:read"))]) -> dict[str, Any]:
     """What Lethe holds about a subject and which erasures it ran (GDPR Art. 15)."""

@@ -1,4 +1,4 @@
-"""Request bodies (pydantic). Responses are plain dicts built by the services' public views."""
+"""Request bodies (pydantic); the response schemas are in the sibling modules, one per resource."""
 
 from __future__ import annotations
 

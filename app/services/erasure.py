@@ -316,11 +316,14 @@ def targets_of(session: Session, request_id: str) -> list[ErasureTarget]:
 
 
 def list_requests(session: Session, *, status: str | None = None, subject_key: str | None = None,
-                  overdue: bool | None = None, after: str | None = None, limit: int = 50) -> list[ErasureRequest]:
+                  overdue: bool | None = None, source: str | None = None, after: str | None = None,
+                  limit: int = 50) -> list[ErasureRequest]:
     """Newest first; ``after`` is the id of the last row of the previous page."""
     q = select(ErasureRequest)
     if status:
         q = q.where(ErasureRequest.status == status)
+    if source:
+        q = q.where(ErasureRequest.source == source)
     if subject_key:
         q = q.where(ErasureRequest.subject_key == subject_key)
     if overdue:

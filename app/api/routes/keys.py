@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends
 from pydantic import BaseModel
 
-from app.api.deps import SessionDep, require
+from app.api.deps import CurrentKey, SessionDep, require
 from app.api.schemas import KeyCreate
 from app.db.models import ApiKey
 from app.services import keys
@@ -44,6 +44,12 @@ def create_key(body: KeyCreate, session: SessionDep, _: Admin) -> KeySecret:
     row, clear = keys.create_key(session, name=body.name, scopes=body.scopes)
     session.commit()
     return KeySecret(id=row.id, name=row.name, scopes=row.scopes.split(), key=clear)
+
+
+@router.get("/me")
+def current_key(key: CurrentKey) -> KeyPublic:
+    """The key this request carries: name and scopes (any valid key; how the console logs in)."""
+    return KeyPublic(**keys.public_view(key))
 
 
 @router.get("")

@@ -5,9 +5,11 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+from pathlib import Path
 from collections.abc import AsyncIterator, Callable
 
 from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
 
 from app.api.routes import (audit, certificates, erasure_requests, fides, health, jobs, keys, model_admin, models,
                             opendsr, subjects)
@@ -22,6 +24,7 @@ from app.services import metrics
 
 
 log = logging.getLogger("lethe.app")
+CONSOLE_DIR = Path(__file__).parent / "console"
 
 
 class Periodic:
@@ -79,6 +82,8 @@ def create_app(*, serve_models: bool = True) -> FastAPI:
     for module in (fides, erasure_requests, jobs, certificates, model_admin, models, subjects, audit, keys, health,
                    opendsr):
         app.include_router(module.router)
+    # The web console: static files that call the API above with the operator's key (README).
+    app.mount("/console", StaticFiles(directory=CONSOLE_DIR, html=True), name="console")
     return app
 
 

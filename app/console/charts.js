@@ -26,14 +26,13 @@ function tickLabel(log10) {
 }
 
 /** One panel: the populations' loss histograms (share of samples per log-loss bin) as step areas. */
-function lossPanel(edges, side, { x0, y0, w, hgt, title, yMax }) {
+function lossPanel(edges, side, { x0, y0, w, hgt, title, yMax, yStep }) {
   const g = s("g", { class: "panel" });
   const lo = edges[0], hi = edges[edges.length - 1];
   const X = (e) => x0 + ((e - lo) / (hi - lo)) * w;
   const Y = (f) => y0 + hgt - (f / yMax) * hgt;
   g.append(s("rect", { x: x0, y: y0, width: w, height: hgt, class: "plot-bg" }));
-  for (let i = 0; i <= 4; i++) {
-    const f = (yMax * i) / 4;
+  for (let f = 0; f <= yMax + 1e-9; f += yStep) {
     g.append(s("line", { x1: x0, x2: x0 + w, y1: Y(f), y2: Y(f), class: "grid" }));
     g.append(s("text", { x: x0 - 6, y: Y(f) + 4, class: "tick", "text-anchor": "end" }, `${Math.round(f * 100)}%`));
   }
@@ -51,8 +50,10 @@ function lossPanel(edges, side, { x0, y0, w, hgt, title, yMax }) {
     g.append(s("path", { d, fill: style.color, "fill-opacity": 0.12, stroke: style.color, "stroke-width": 2,
                          "stroke-dasharray": style.dash, class: `series series-${name}`, "data-series": name }));
   }
-  const auc = side.auc === undefined ? "" : `  ·  forget vs held-out AUC ${side.auc.toFixed(3)}`;
-  g.append(s("text", { x: x0, y: y0 - 8, class: "panel-title" }, title + auc));
+  g.append(s("text", { x: x0, y: y0 - 8, class: "panel-title" }, title));
+  if (side.auc !== undefined) {
+    g.append(s("text", { x: x0 + w, y: y0 - 8, class: "tick", "text-anchor": "end" }, `AUC ${side.auc.toFixed(3)}`));
+  }
   g.append(s("text", { x: x0 + w / 2, y: y0 + hgt + 32, class: "axis-label", "text-anchor": "middle" },
              "per-sample loss (log scale)"));
   return g;
@@ -63,14 +64,15 @@ export function lossChart(hist) {
   const W = 760, H = 250, pad = { l: 48, r: 16, t: 28, b: 40 }, gap = 40;
   const w = (W - pad.l - pad.r - gap) / 2, hgt = H - pad.t - pad.b;
   const sides = ["before", "after"].filter((k) => hist[k] && Object.keys(hist[k]).length);
-  let yMax = 0.05;
-  for (const k of sides) for (const n of Object.keys(SERIES)) if (hist[k][n]) yMax = Math.max(yMax, ...frac(hist[k][n]));
-  yMax = Math.ceil(yMax * 20) / 20;
+  let top = 0.05;
+  for (const k of sides) for (const n of Object.keys(SERIES)) if (hist[k][n]) top = Math.max(top, ...frac(hist[k][n]));
+  const step = top <= 0.2 ? 0.05 : top <= 0.4 ? 0.1 : 0.25;
+  const yMax = Math.min(1, Math.ceil(top / step) * step);
   const svg = s("svg", { viewBox: `0 0 ${W} ${H}`, class: "chart loss-chart", role: "img",
                          "aria-label": "Loss distributions before and after unlearning" });
-  const titles = { before: "Before unlearning (served model)", after: "After unlearning (candidate)" };
+  const titles = { before: "Before: the served model", after: "After: the candidate" };
   sides.forEach((k, i) => svg.append(lossPanel(hist.edges, hist[k], {
-    x0: pad.l + i * (w + gap), y0: pad.t, w: sides.length === 1 ? W - pad.l - pad.r : w, hgt, title: titles[k], yMax })));
+    x0: pad.l + i * (w + gap), y0: pad.t, w: sides.length === 1 ? W - pad.l - pad.r : w, hgt, title: titles[k], yMax, yStep: step })));
   return svg;
 }
 

@@ -60,7 +60,7 @@ export function toast(message, ok = true) {
 export async function render(view, build) {
   view.replaceChildren(h("p", { class: "muted" }, "Loading…"));
   try {
-    view.replaceChildren(...[await build()].flat());
+    view.replaceChildren(...[await build()].flat(Infinity).filter((n) => n !== null && n !== undefined && n !== false));
   } catch (err) {
     view.replaceChildren(problemBox(err));
   }

@@ -1,6 +1,6 @@
 // Audit: the hash chain's verification status, the latest signed checkpoint, export downloads.
 import { api } from "./api.js";
-import { card, h, kv, problemBox, toast } from "./ui.js";
+import { card, h, kv, toast } from "./ui.js";
 
 const ORDER = ["ok", "events", "size", "head", "reason", "truncated", "checkpoint_valid"];
 
@@ -24,7 +24,7 @@ export async function auditPage() {
       ok ? "✓ The hash chain verifies" : "✗ The hash chain does NOT verify",
       v.reason ? ` — ${v.reason}` : ""),
     h("div", { class: "cols" },
-      card("Chain", kv(rest.map(([k, val]) => [k.replace(/_/g, " "), String(val)]))),
+      card("Chain", kv(rest.map(([k, val]) => [k.replace(/_/g, " "), val === null ? "—" : String(val)]))),
       card("Latest signed checkpoint", cp ? kv([["Size", String(cp.size)], ["Root hash", h("span", { class: "mono wrap" }, cp.hash)],
         ["Signed at", cp.time], ["Key id", h("span", { class: "mono" }, cp.key_id)],
         ["Signature", v.checkpoint_valid ? "valid (Ed25519)" : "not verified"]])
@@ -33,5 +33,3 @@ export async function auditPage() {
       h("div", { class: "row" }, exportButton("jsonl"), exportButton("csv"))),
   ];
 }
-
-export { problemBox };

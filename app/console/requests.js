@@ -104,7 +104,11 @@ async function timeline(id) {
 
 function summary(payload) {
   const keep = Object.entries(payload || {}).filter(([, v]) => v !== null && typeof v !== "object");
-  return keep.length ? h("div", { class: "payload" }, keep.map(([k, v]) => `${k}: ${v}`).join(" · ")) : null;
+  if (!keep.length) return null;
+  const parts = keep.map(([k, v]) => (k === "job_id"
+    ? h("span", {}, "job: ", h("a", { href: `#/jobs/${v}`, class: "mono" }, short(v)))
+    : h("span", {}, `${k}: ${v}`)));
+  return h("div", { class: "payload" }, parts.flatMap((p, i) => (i ? [" · ", p] : [p])));
 }
 
 export async function detailPage(id) {

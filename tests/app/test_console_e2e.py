@@ -57,9 +57,10 @@ def live(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict]:
     import workers.unlearning.engine as engine
     from app.core import db
     from app.core.config import get_settings
+    from app.core.signing import get_keys
     from app.core.security import subject_key
     from app.main import create_app
-    from app.services import erasure, keys
+    from app.services import audit, erasure, keys
     from app.services import models as model_service
     from workers import pipeline
 
@@ -93,6 +94,11 @@ def live(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict]:
         for subject, verified in (("toy-04", True), ("toy-07", False)):
             erasure.create_request(session, subject_key=subject_key(settings.subject_key_secret, subject),
                                    identity_verified=verified)
+        session.commit()
+
+    with db.new_session() as session:  # a signed checkpoint for the audit page
+        audit.sync(session)
+        audit.write_checkpoint(session, keys=get_keys(settings), path=audit.checkpoint_path(settings))
         session.commit()
 
     captured = Captured()
@@ -184,8 +190,13 @@ def test_console_login_find_request_job_plot_and_retry(live: dict) -> None:
             page.click("#nav a[data-section='models']")
             page.locator("#models a", has_text="toy").click()
             expect(page.locator("#versions")).to_contain_text("v1")
+            page.screenshot(path=str(ARTIFACTS / "model.png"), full_page=True)
             page.click("#nav a[data-section='audit']")
             expect(page.locator("#chain-status")).to_contain_text("verifies")
+            expect(page.locator("main")).to_contain_text("valid (Ed25519)")
+            with page.expect_download() as download:
+                page.click("#export-jsonl")
+            assert Path(download.value.path()).read_text().count("\n") >= 10  # the chain's events, one a line
             page.screenshot(path=str(ARTIFACTS / "audit.png"), full_page=True)
 
             # The console enforces scopes exactly as the API does: a read-only key's retry is a 403.

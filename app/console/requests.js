@@ -8,14 +8,13 @@ export const STATUSES = ["awaiting_identity", "received", "queued", "running", "
 export const SOURCES = ["api", "opendsr", "fides"];
 const PAGE = 25;
 
-const state = { filters: { status: "", source: "", overdue: false }, overdueFirst: true, cursors: [null] };
+const state = { filters: { status: "", source: "", overdue: false, order: "due" }, cursors: [null] };
 
 export async function listPage() {
-  const { status, source, overdue } = state.filters;
+  const { status, source, overdue, order } = state.filters;
   const cursor = state.cursors[state.cursors.length - 1];
-  const page = await api.get("/v1/erasure-requests", { status, source, overdue, cursor, limit: PAGE });
-  let items = page.items;
-  if (state.overdueFirst) items = [...items].sort((a, b) => Number(isOverdue(b)) - Number(isOverdue(a)));
+  const page = await api.get("/v1/erasure-requests", { status, source, overdue, order, cursor, limit: PAGE });
+  const items = page.items;
   const rerender = () => document.dispatchEvent(new CustomEvent("lethe:rerender"));
   const select = (name, options) => h("select", { name, id: `f-${name}`, onchange: (e) => {
     state.filters[name] = e.target.value; state.cursors = [null]; rerender(); } },
@@ -25,8 +24,9 @@ export async function listPage() {
     select("status", STATUSES), select("source", SOURCES),
     h("label", { class: "check" }, h("input", { type: "checkbox", id: "f-overdue", checked: state.filters.overdue,
       onchange: (e) => { state.filters.overdue = e.target.checked; state.cursors = [null]; rerender(); } }), "overdue only"),
-    h("label", { class: "check" }, h("input", { type: "checkbox", id: "f-overdue-first", checked: state.overdueFirst,
-      onchange: (e) => { state.overdueFirst = e.target.checked; rerender(); } }), "overdue first"),
+    h("select", { id: "f-order", onchange: (e) => { state.filters.order = e.target.value; state.cursors = [null]; rerender(); } },
+      [["due", "due date, overdue first"], ["received", "newest first"]].map(([v, label]) =>
+        h("option", { value: v, selected: state.filters.order === v }, label))),
     h("span", { class: "spacer" }),
     h("button", { type: "button", class: "ghost", disabled: state.cursors.length === 1,
                   onclick: () => { state.cursors.pop(); rerender(); } }, "‹ Newer"),
@@ -46,7 +46,8 @@ export async function listPage() {
       .map((t) => h("th", {}, t)))),
     h("tbody", {}, rows.length ? rows : h("tr", {}, h("td", { colspan: 8, class: "muted" }, "No requests match."))));
   return [h("h1", {}, "Erasure requests"), toolbar, card(null, table),
-          h("p", { class: "muted" }, `Page ${state.cursors.length} · ${items.length} shown · newest first`)];
+          h("p", { class: "muted" }, `Page ${state.cursors.length} · ${items.length} shown · ` +
+            (order === "due" ? "open requests by due date (overdue first), then finished ones" : "newest first"))];
 }
 
 function action(label, run, opts = {}) {

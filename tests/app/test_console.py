@@ -13,7 +13,7 @@ from app.core.security import subject_key
 from app.db.models import ErasureTarget, UnlearningJob
 from app.main import CONSOLE_DIR, create_app
 from app.services import erasure
-from app.services.lifecycle import RequestStatus
+from app.services.lifecycle import OPEN, RequestStatus
 from tests.conftest import make_key
 
 PROBLEM = "application/problem+json"
@@ -55,9 +55,11 @@ def test_console_never_puts_the_key_in_a_url_or_lasting_storage() -> None:
     assert 'type="password"' in SOURCES["index.html"]
 
 
-def test_console_status_filter_is_the_request_status_enum() -> None:
+def test_console_statuses_are_the_lifecycle_ones() -> None:
     listed = re.search(r"export const STATUSES = \[([^\]]*)\]", SOURCES["requests.js"]).group(1)
     assert re.findall(r'"(\w+)"', listed) == [s.value for s in RequestStatus]
+    open_ = re.search(r"export const OPEN = new Set\(\[([^\]]*)\]", SOURCES["ui.js"]).group(1)
+    assert set(re.findall(r'"(\w+)"', open_)) == {s.value for s in OPEN}  # what can be overdue
 
 
 def test_current_key_shows_name_and_scopes(client: TestClient, session: Session) -> None:
@@ -111,3 +113,33 @@ def test_model_versions_say_which_completed_erasures_they_carry(client: TestClie
     assert versions[0]["tainted_by_requests"] == 1
     r = client.post("/v1/models/toy/rollback", json={"version": 1}, headers=admin_headers)
     assert r.status_code == 409 and r.json()["code"] == "tainted_version"  # the reason the console shows
+
+
+def test_request_list_by_due_date_puts_open_overdue_requests_first_and_pages(
+        client: TestClient, session: Session, admin_headers: dict, settings) -> None:  # noqa: ANN001
+    from datetime import timedelta
+
+    from app.db.models import ErasureRequest, utcnow
+
+    now = utcnow()
+    made = {}
+    for name, due_days, status in (("late", -3, "queued"), ("soon", 5, "queued"), ("later", 20, "failed"),
+                                   ("done", -40, "completed"), ("latest", 30, "queued")):
+        req, _ = erasure.create_request(session, subject_key=subject_key(settings.subject_key_secret, name))
+        row = session.get(ErasureRequest, req.id)
+        row.due_at, row.status = now + timedelta(days=due_days), status
+        session.add(row)
+        made[req.id] = name
+    session.commit()
+    order, cursor = [], None
+    while True:  # pages of two
+        params = {"order": "due", "limit": 2, **({"cursor": cursor} if cursor else {})}
+        page = client.get("/v1/erasure-requests", params=params, headers=admin_headers).json()
+        order += [made[i["id"]] for i in page["items"]]
+        if not (cursor := page["next_cursor"]):
+            break
+    assert order == ["late", "soon", "later", "latest", "done"]
+    newest = client.get("/v1/erasure-requests", headers=admin_headers).json()["items"]
+    assert [made[i["id"]] for i in newest] == ["latest", "done", "later", "soon", "late"]
+    r = client.get("/v1/erasure-requests", params={"order": "oldest"}, headers=admin_headers)
+    assert r.status_code == 422 and r.headers["content-type"].startswith(PROBLEM)

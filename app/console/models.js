@@ -51,7 +51,8 @@ export async function modelPage(name) {
       h("td", { class: v.tainted_by_requests ? "late" : "" }, v.tainted_by_requests
         ? `${v.tainted_by_requests} completed erasure${v.tainted_by_requests === 1 ? "" : "s"} (tainted)` : "none"),
       h("td", {}, serving.has(v.version) ? m.replicas.filter((r) => r.version === v.version).length : "—"),
-      h("td", {}, v.version !== m.serving_version && v.state !== "purged" ? rollbackButton(name, v) : null,
+      // Offered for every other version: the API decides and its refusal (tainted, purged) is shown.
+      h("td", {}, v.version !== m.serving_version ? rollbackButton(name, v) : null,
         h("div", { class: "result" }))))));
   return [
     h("p", { class: "crumbs" }, h("a", { href: "#/models" }, "Models"), " / ", name),

@@ -47,7 +47,7 @@ export async function listPage() {
     h("tbody", {}, rows.length ? rows : h("tr", {}, h("td", { colspan: 8, class: "muted" }, "No requests match."))));
   return [h("h1", {}, "Erasure requests"), toolbar, card(null, table),
           h("p", { class: "muted" }, `Page ${state.cursors.length} · ${items.length} shown · ` +
-            (order === "due" ? "open requests by due date (overdue first), then finished ones" : "newest first"))];
+            (order === "due" ? "unfinished requests by due date (overdue first), then finished ones" : "newest first"))];
 }
 
 function action(label, run, opts = {}) {

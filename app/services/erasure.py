@@ -318,8 +318,8 @@ def targets_of(session: Session, request_id: str) -> list[ErasureTarget]:
 def list_requests(session: Session, *, status: str | None = None, subject_key: str | None = None,
                   overdue: bool | None = None, source: str | None = None, order: str = "received",
                   after: str | None = None, limit: int = 50) -> list[ErasureRequest]:
-    """``order="received"``: newest first; ``"due"``: open requests by deadline (overdue first),
-    then finished ones. ``after`` is the id of the last row of the previous page."""
+    """``order="received"``: newest first; ``"due"``: unfinished requests by deadline (overdue
+    first), then finished ones. ``after`` is the id of the last row of the previous page."""
     q = select(ErasureRequest)
     if status:
         q = q.where(ErasureRequest.status == status)
@@ -332,9 +332,9 @@ def list_requests(session: Session, *, status: str | None = None, subject_key: s
     last = session.get(ErasureRequest, after) if after else None
     received, due, rid = col(ErasureRequest.received_at), col(ErasureRequest.due_at), col(ErasureRequest.id)
     if order == "due":
-        closed = case((col(ErasureRequest.status).in_(OPEN_STATUSES), 0), else_=1)
+        closed = case((col(ErasureRequest.status).in_(sorted(lifecycle.FINISHED)), 1), else_=0)
         if last is not None:
-            last_closed = int(last.status not in OPEN_STATUSES)
+            last_closed = int(last.status in lifecycle.FINISHED)
             q = q.where((closed > last_closed) | ((closed == last_closed) & (
                 (due > last.due_at) | ((due == last.due_at) & (rid > last.id)))))
         q = q.order_by(closed, due, rid)

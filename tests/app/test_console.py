@@ -124,7 +124,7 @@ def test_request_list_by_due_date_puts_open_overdue_requests_first_and_pages(
     now = utcnow()
     made = {}
     for name, due_days, status in (("late", -3, "queued"), ("soon", 5, "queued"), ("later", 20, "failed"),
-                                   ("done", -40, "completed"), ("latest", 30, "queued")):
+                                   ("done", -40, "completed"), ("latest", 30, "awaiting_identity")):
         req, _ = erasure.create_request(session, subject_key=subject_key(settings.subject_key_secret, name))
         row = session.get(ErasureRequest, req.id)
         row.due_at, row.status = now + timedelta(days=due_days), status

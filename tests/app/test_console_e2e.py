@@ -4,8 +4,8 @@ A real app on a free port (uvicorn in a thread) over a fresh SQLite database; th
 registered and a real unlearning job fails its gates (one finetune step leaves the forget set
 remembered, and the exact fallback is taken out of the chain), so the request ends ``failed``
 with a real verification report. In the browser: log in with an operator key, find the request,
-open its job page and see the loss plot, retry the request; a read-only key is refused the retry
-with the API's 403. Screenshots go to ``tests/artifacts/console/``; the key never appears in a
+open its job page and see the loss plot, retry the request; an admin is refused a rollback to
+a version that carries a completed erasure; a read-only key is refused a cancel with the API's 403. Screenshots go to ``tests/artifacts/console/``; the key never appears in a
 URL the browser requested nor in the server's log.
 """
 
@@ -74,8 +74,16 @@ def live(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict]:
     with db.new_session() as session:
         _, operator = keys.create_key(session, name="operator", scopes=OPERATOR)
         _, reader = keys.create_key(session, name="reader", scopes=["erasure:read"])
+        _, admin = keys.create_key(session, name="admin", scopes=["admin"])
         model_service.register_demo_model(session, name="toy", secret=settings.subject_key_secret,
                                           artifacts_dir=settings.artifacts_dir, device="cpu")
+        # A first erasure completes (v2 serves; v1 carries it, so it is purged and may never serve again).
+        erasure.create_request(session, subject_key=subject_key(settings.subject_key_secret, "toy-07"))
+        session.commit()
+    worker = pipeline.Worker(settings=settings.model_copy(update={"max_request_attempts": 1, "deploy_timeout_s": 1}),
+                             engine=None, device=torch.device("cpu"), sleep=lambda s: None)
+    assert len(pipeline.drain(worker, "toy")) == 1
+    with db.new_session() as session:
         model_service.set_policy(session, name="toy", changes={"methods": {"finetune": {"steps": 1}}}, actor="test")
         # Two subjects in one job: 20 forget samples, enough for the set-level MIA test.
         failed, _ = erasure.create_request(session, subject_key=subject_key(settings.subject_key_secret, "toy-02"),
@@ -85,9 +93,7 @@ def live(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict]:
         session.commit()
         failed_id = failed.id
     monkeypatch.setattr(engine, "method_chain", lambda *a, **kw: ["finetune"])
-    worker = pipeline.Worker(settings=settings.model_copy(update={"max_request_attempts": 1, "deploy_timeout_s": 1}),
-                             engine=None, device=torch.device("cpu"), sleep=lambda s: None)
-    [job_id] = pipeline.drain(worker, "toy")[:1]
+    [job_id] = pipeline.drain(worker, "toy")
     with db.new_session() as session:
         assert erasure.get_request(session, request_id=failed_id).status == "failed"
         # Two more for the list: one queued, one waiting for its identity check.
@@ -111,7 +117,7 @@ def live(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict]:
     while not server.started and time.monotonic() < deadline:
         time.sleep(0.05)
     try:
-        yield {"url": f"http://127.0.0.1:{port}", "operator": operator, "reader": reader, "failed": failed_id,
+        yield {"url": f"http://127.0.0.1:{port}", "operator": operator, "reader": reader, "admin": admin, "failed": failed_id,
                "job": job_id, "log": captured}
     finally:
         server.should_exit = True
@@ -154,7 +160,7 @@ def test_console_login_find_request_job_plot_and_retry(live: dict) -> None:
             expect(row).to_be_visible()
             expect(page.locator("#requests tbody tr")).to_have_count(2)
             page.select_option("#f-status", "")
-            expect(page.locator("#requests tbody tr")).to_have_count(4)
+            expect(page.locator("#requests tbody tr")).to_have_count(5)
             page.screenshot(path=str(ARTIFACTS / "requests.png"), full_page=True)
 
             # Its detail page and timeline from the audit chain.
@@ -187,10 +193,6 @@ def test_console_login_find_request_job_plot_and_retry(live: dict) -> None:
             page.screenshot(path=str(ARTIFACTS / "request-retried.png"), full_page=True)
 
             # Models and audit pages render from the API.
-            page.click("#nav a[data-section='models']")
-            page.locator("#models a", has_text="toy").click()
-            expect(page.locator("#versions")).to_contain_text("v1")
-            page.screenshot(path=str(ARTIFACTS / "model.png"), full_page=True)
             page.click("#nav a[data-section='audit']")
             expect(page.locator("#chain-status")).to_contain_text("verifies")
             expect(page.locator("main")).to_contain_text("valid (Ed25519)")
@@ -199,7 +201,21 @@ def test_console_login_find_request_job_plot_and_retry(live: dict) -> None:
             assert Path(download.value.path()).read_text().count("\n") >= 10  # the chain's events, one a line
             page.screenshot(path=str(ARTIFACTS / "audit.png"), full_page=True)
 
-            # The console enforces scopes exactly as the API does: a read-only key's retry is a 403.
+            # An admin sees the versions and is refused a rollback to the version carrying an erasure.
+            page.click("#logout")
+            page.fill("#key", live["admin"])
+            page.click("#login-form button[type=submit]")
+            expect(page.locator("#who-name")).to_have_text("admin")
+            page.click("#nav a[data-section='models']")
+            page.locator("#models a", has_text="toy").click()
+            v1 = page.locator("#versions tr", has_text="completed erasure")
+            expect(v1).to_contain_text("v1")
+            expect(page.locator("#versions tr.current")).to_contain_text("v2")
+            v1.locator("button[data-rollback='1']").click()
+            expect(v1.locator(".problem")).to_contain_text("409")
+            page.screenshot(path=str(ARTIFACTS / "model.png"), full_page=True)
+
+            # The console enforces scopes exactly as the API does: a read-only key's cancel is a 403.
             page.click("#logout")
             page.fill("#key", live["reader"])
             page.click("#login-form button[type=submit]")
@@ -214,7 +230,7 @@ def test_console_login_find_request_job_plot_and_retry(live: dict) -> None:
             page.screenshot(path=str(ARTIFACTS / "last.png"), full_page=True)
             browser.close()
 
-    for key in (live["operator"], live["reader"]):
+    for key in (live["operator"], live["reader"], live["admin"]):
         assert not [u for u in requested if key in u], "an API key appeared in a URL"
         assert not [line for line in live["log"].lines if key in line], "an API key appeared in the server log"
     assert any("/v1/jobs/" in u for u in requested)

@@ -60,7 +60,7 @@ def list_erasure_requests(session: SessionDep, settings: SettingsDep, _: Reader,
                           order: Annotated[str, Query(pattern="^(received|due)$")] = "received",
                           cursor: str | None = None,
                           limit: Annotated[int, Query(ge=1, le=500)] = 50) -> dict[str, Any]:
-    """List requests with a cursor: newest first, or ``order=due`` (open ones by deadline, overdue first);
+    """List requests with a cursor: newest first, or ``order=due`` (unfinished ones by deadline, overdue first);
     filter by status, subject, overdue, source (api, opendsr, fides)."""
     key = subject_key(settings.subject_key_secret, subject_id) if subject_id else None
     rows = erasure.list_requests(session, status=status, subject_key=key, overdue=overdue, source=source,

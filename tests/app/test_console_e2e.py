@@ -107,10 +107,13 @@ def live(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict]:
         audit.write_checkpoint(session, keys=get_keys(settings), path=audit.checkpoint_path(settings))
         session.commit()
 
+    config = uvicorn.Config(create_app(serve_models=False), host="127.0.0.1", port=port, log_level="info",
+                            access_log=True)  # configures uvicorn's loggers (access: no propagation)
     captured = Captured()
-    logging.getLogger().addHandler(captured)
-    server = uvicorn.Server(uvicorn.Config(create_app(serve_models=False), host="127.0.0.1", port=port,
-                                           log_level="info", access_log=True))
+    loggers = [logging.getLogger(name) for name in ("", "uvicorn.access", "uvicorn.error")]
+    for logger in loggers:
+        logger.addHandler(captured)
+    server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 20
@@ -122,7 +125,8 @@ def live(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict]:
     finally:
         server.should_exit = True
         thread.join(10)
-        logging.getLogger().removeHandler(captured)
+        for logger in loggers:
+            logger.removeHandler(captured)
         db.get_engine().dispose()
         monkeypatch.undo()
         get_settings.cache_clear()
@@ -234,3 +238,6 @@ def test_console_login_find_request_job_plot_and_retry(live: dict) -> None:
         assert not [u for u in requested if key in u], "an API key appeared in a URL"
         assert not [line for line in live["log"].lines if key in line], "an API key appeared in the server log"
     assert any("/v1/jobs/" in u for u in requested)
+    # The log check saw the traffic: uvicorn's access log (full paths and queries) and Lethe's.
+    assert any("GET /v1/erasure-requests?" in line for line in live["log"].lines)
+    assert any("/v1/jobs/{job_id}" in line for line in live["log"].lines)

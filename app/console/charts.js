@@ -92,7 +92,7 @@ export function legend(names) {
 
 /** MIA AUC on a 0..1 line: the pass band (reference ± margin), the candidate, and the model before. */
 export function aucBand({ auc, reference, margin, before, label = "MIA AUC" }) {
-  const W = 760, H = 74, x0 = 48, w = W - x0 - 16, y = 34;
+  const W = 760, H = 84, x0 = 48, w = W - x0 - 16, y = 34;
   const X = (v) => x0 + Math.max(0, Math.min(1, v)) * w;
   const svg = s("svg", { viewBox: `0 0 ${W} ${H}`, class: "chart auc-band", role: "img", "aria-label": label });
   svg.append(s("line", { x1: X(0), x2: X(1), y1: y, y2: y, class: "axis" }));
@@ -108,7 +108,10 @@ export function aucBand({ auc, reference, margin, before, label = "MIA AUC" }) {
   }
   if (before !== null && before !== undefined) {
     svg.append(s("circle", { cx: X(before), cy: y, r: 6, class: "marker-before" }));
-    svg.append(s("text", { x: X(before), y: y + 32, class: "tick", "text-anchor": "middle" }, `before ${before.toFixed(3)}`));
+    // Below the "after" label when the two would collide.
+    const low = auc !== null && auc !== undefined && Math.abs(X(auc) - X(before)) < 90;
+    svg.append(s("text", { x: X(before), y: y + (low ? 46 : 32), class: "tick", "text-anchor": "middle" },
+                 `before ${before.toFixed(3)}`));
   }
   if (auc !== null && auc !== undefined) {
     svg.append(s("path", { d: `M ${X(auc)} ${y - 9} l 7 9 l -7 9 l -7 -9 z`, class: "marker-after" }));

@@ -5,12 +5,11 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
-from pathlib import Path
 from collections.abc import AsyncIterator, Callable
 
 from fastapi import FastAPI
-from fastapi.staticfiles import StaticFiles
 
+from app.api.console import ConsoleFiles
 from app.api.routes import (audit, certificates, erasure_requests, fides, health, jobs, keys, model_admin, models,
                             opendsr, subjects)
 from app.core.config import get_settings
@@ -24,7 +23,6 @@ from app.services import metrics
 
 
 log = logging.getLogger("lethe.app")
-CONSOLE_DIR = Path(__file__).parent / "console"
 
 
 class Periodic:
@@ -83,7 +81,7 @@ def create_app(*, serve_models: bool = True) -> FastAPI:
                    opendsr):
         app.include_router(module.router)
     # The web console: static files that call the API above with the operator's key (README).
-    app.mount("/console", StaticFiles(directory=CONSOLE_DIR, html=True), name="console")
+    app.mount("/console", ConsoleFiles(), name="console")
     return app
 
 

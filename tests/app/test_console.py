@@ -11,7 +11,8 @@ from sqlmodel import Session
 
 from app.core.security import subject_key
 from app.db.models import ErasureTarget, UnlearningJob
-from app.main import CONSOLE_DIR, create_app
+from app.api.console import CONSOLE_DIR
+from app.main import create_app
 from app.services import erasure
 from app.services.lifecycle import OPEN, RequestStatus
 from tests.conftest import make_key
@@ -37,6 +38,12 @@ def test_console_and_every_asset_it_loads_are_served_by_lethe() -> None:
         assert r.headers["content-type"].split(";")[0] in ("text/javascript", "text/css"), name
     for name, text in SOURCES.items():  # no CDN, no remote font, no analytics
         assert not re.findall(r"https?://", text.replace(SVG_NS, "")), name
+    # ...and the browser is told so: only Lethe's own scripts, styles and API; nothing inline, no framing.
+    csp = page.headers["content-security-policy"]
+    assert "default-src 'none'" in csp and "script-src 'self';" in csp and "connect-src 'self';" in csp
+    assert "frame-ancestors 'none'" in csp and "unsafe-inline" not in csp
+    assert not re.search(r"<script(?![^>]*\bsrc=)", SOURCES["index.html"])  # no inline script (CSP forbids it)
+    assert " style=" not in SOURCES["index.html"]
 
 
 def test_console_never_puts_the_key_in_a_url_or_lasting_storage() -> None:

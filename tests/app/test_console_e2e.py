@@ -150,6 +150,10 @@ def test_console_login_find_request_job_plot_and_retry(live: dict) -> None:
         browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=FLAGS)
         page = browser.new_page(viewport={"width": 1280, "height": 900})
         page.on("request", lambda r: requested.append(r.url))
+        errors: list[str] = []  # script errors and CSP violations (reported on the console)
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" and "status of 40" not in msg.text
+                else None)
         try:
             page.goto(f"{url}/console/")
             expect(page.locator("#login")).to_be_visible()
@@ -234,6 +238,7 @@ def test_console_login_find_request_job_plot_and_retry(live: dict) -> None:
             page.screenshot(path=str(ARTIFACTS / "last.png"), full_page=True)
             browser.close()
 
+    assert errors == []
     for key in (live["operator"], live["reader"], live["admin"]):
         assert not [u for u in requested if key in u], "an API key appeared in a URL"
         assert not [line for line in live["log"].lines if key in line], "an API key appeared in the server log"

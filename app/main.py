@@ -9,8 +9,9 @@ from collections.abc import AsyncIterator, Callable
 
 from fastapi import FastAPI
 
-from app.api.routes import (audit, certificates, erasure_requests, fides, health, keys, model_admin, models, opendsr,
-                            subjects)
+from app.api.console import ConsoleFiles
+from app.api.routes import (audit, certificates, erasure_requests, fides, health, jobs, keys, model_admin, models,
+                            opendsr, subjects)
 from app.core.config import get_settings
 from app.core.db import create_schema, get_engine, session_scope
 from app.core.errors import PROBLEM_RESPONSES, install_error_handlers
@@ -76,8 +77,11 @@ def create_app(*, serve_models: bool = True) -> FastAPI:
     app.state.holder = ModelHolder()
     app.state.listener = None
     install_error_handlers(app)
-    for module in (fides, erasure_requests, certificates, model_admin, models, subjects, audit, keys, health, opendsr):
+    for module in (fides, erasure_requests, jobs, certificates, model_admin, models, subjects, audit, keys, health,
+                   opendsr):
         app.include_router(module.router)
+    # The web console: static files that call the API above with the operator's key (README).
+    app.mount("/console", ConsoleFiles(), name="console")
     return app
 
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import insert
+from sqlalchemy import case, insert
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
@@ -316,22 +316,33 @@ def targets_of(session: Session, request_id: str) -> list[ErasureTarget]:
 
 
 def list_requests(session: Session, *, status: str | None = None, subject_key: str | None = None,
-                  overdue: bool | None = None, after: str | None = None, limit: int = 50) -> list[ErasureRequest]:
-    """Newest first; ``after`` is the id of the last row of the previous page."""
+                  overdue: bool | None = None, source: str | None = None, order: str = "received",
+                  after: str | None = None, limit: int = 50) -> list[ErasureRequest]:
+    """``order="received"``: newest first; ``"due"``: unfinished requests by deadline (overdue
+    first), then finished ones. ``after`` is the id of the last row of the previous page."""
     q = select(ErasureRequest)
     if status:
         q = q.where(ErasureRequest.status == status)
+    if source:
+        q = q.where(ErasureRequest.source == source)
     if subject_key:
         q = q.where(ErasureRequest.subject_key == subject_key)
     if overdue:
         q = q.where(col(ErasureRequest.status).in_(OPEN_STATUSES), col(ErasureRequest.due_at) < utcnow())
-    if after:
-        last = session.get(ErasureRequest, after)
+    last = session.get(ErasureRequest, after) if after else None
+    received, due, rid = col(ErasureRequest.received_at), col(ErasureRequest.due_at), col(ErasureRequest.id)
+    if order == "due":
+        closed = case((col(ErasureRequest.status).in_(sorted(lifecycle.FINISHED)), 1), else_=0)
         if last is not None:
-            q = q.where((col(ErasureRequest.received_at) < last.received_at)
-                        | ((ErasureRequest.received_at == last.received_at) & (col(ErasureRequest.id) < last.id)))
-    q = q.order_by(col(ErasureRequest.received_at).desc(), col(ErasureRequest.id).desc()).limit(limit)
-    return list(session.exec(q).all())
+            last_closed = int(last.status in lifecycle.FINISHED)
+            q = q.where((closed > last_closed) | ((closed == last_closed) & (
+                (due > last.due_at) | ((due == last.due_at) & (rid > last.id)))))
+        q = q.order_by(closed, due, rid)
+    else:
+        if last is not None:
+            q = q.where((received < last.received_at) | ((received == last.received_at) & (rid < last.id)))
+        q = q.order_by(received.desc(), rid.desc())
+    return list(session.exec(q.limit(limit)).all())
 
 
 def cancel_request(session: Session, *, request_id: str, actor: str) -> ErasureRequest:

@@ -15,6 +15,7 @@ from sqlmodel import Session, col, select
 from app.core.config import Settings
 from app.data import registry
 from app.db.models import ErasureRequest, ErasureTarget, ModelVersion, UnlearningJob, utcnow
+from app.core.errors import NotFound
 from app.services import audit, lifecycle
 from app.services import models as model_service
 from app.services.lifecycle import TargetStatus
@@ -30,6 +31,13 @@ def due_targets(model_name: str):  # noqa: ANN201 - a select
     now = utcnow()
     return select(ErasureTarget).where(ErasureTarget.model_name == model_name, ErasureTarget.status == TargetStatus.QUEUED,
                                        col(ErasureTarget.not_before).is_(None) | (col(ErasureTarget.not_before) <= now))
+
+
+def get_job(session: Session, *, job_id: str) -> UnlearningJob:
+    job = session.get(UnlearningJob, job_id)
+    if job is None:
+        raise NotFound(f"No unlearning job {job_id!r}.", code="job_not_found")
+    return job
 
 
 def requests_of(session: Session, job: UnlearningJob) -> list[ErasureRequest]:

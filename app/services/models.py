@@ -167,6 +167,7 @@ def describe(session: Session, *, name: str, ttl_s: float) -> dict[str, Any]:
                       "last_seen": r.last_seen} for r in live_replicas(session, name=name, ttl_s=ttl_s)],
         "versions": [{"version": v.number, "parent": v.parent, "method": v.method, "state": v.state,
                       "sha256": v.sha256, "metrics": v.metrics, "free_of_requests": len(v.free_of),
+                      "tainted_by_requests": len(taint_of(session, v)),
                       "data_manifest": v.manifest,
                       "created_at": v.created_at} for v in versions],
     }

@@ -112,7 +112,7 @@ def forget(
                 spec=spec, candidate=result.model, meta=result.meta, forget=forget, retain=retain, test=test,
                 holdout=holdout, forget_subject_ids=list(forget_subject_ids), baseline=baseline,
                 reference=reference, gates=gates, device=device, exact=method.exact, method=name,
-                forget_unseen=forget_unseen,
+                forget_unseen=forget_unseen, original=(model, meta),
             )
             report_progress(f"verify:{name}", 1.0)
             attempts.append({

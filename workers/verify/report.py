@@ -38,6 +38,7 @@ from torch import nn
 
 from app.ml.spec import Example, ModelSpec
 from app.ml.train import predict_logits
+from workers.verify.distributions import loss_histograms
 from workers.verify.mia import auc_lower_is_member, logit_confidence, loss_auc, per_sample_rank_test
 
 DISCLAIMER = "Quick gate: a regression test against known attacks, not a proof of privacy."
@@ -102,6 +103,11 @@ class VerificationReport:
     within_sigma: float | None = None
     n_forget_unseen: int = 0
     warnings: list[str] = field(default_factory=list)
+    # Per-sample loss histograms before / after unlearning (``distributions.loss_histograms``).
+    loss_hist: dict[str, Any] = field(default_factory=dict)
+    # The accuracies a model without the subjects reaches (what the utility and forget gates
+    # compared with) and where they come from: shown beside the candidate's.
+    reference_acc: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
     disclaimer: str = DISCLAIMER
 
@@ -237,6 +243,7 @@ def verify_candidate(
     exact: bool,
     method: str | None = None,
     forget_unseen: list[Example] | None = None,
+    original: tuple[nn.Module, dict[str, Any]] | None = None,
 ) -> VerificationReport:
     """Measure the candidate and decide each gate; ``passed`` only if every gate passes.
 
@@ -327,9 +334,14 @@ def verify_candidate(
     else:
         result["forget_acc"] = _gate(True, "no forget samples or no held-out band: not checked")
 
+    forget_ref = unseen_acc if within and not math.isnan(unseen_acc) else center
+    reference_acc: dict[str, Any] = {"forget": forget_ref, "forget_source": (
+        "same subjects' never-trained samples" if within and not math.isnan(unseen_acc)
+        else "retrain reference" if "forget_acc" in reference else "held-out subjects")}
     for name, acc, n in (("retain", retain_acc, len(retain_s)), ("test", test_acc, len(test_s))):
-        result[f"{name}_acc"] = gate = _utility_gate(name, acc, utility_reference(reference, baseline, name), n, gates,
-                                                      exact=exact)
+        ref = utility_reference(reference, baseline, name)
+        reference_acc[name], reference_acc[f"{name}_source"] = ref[0], ref[2]
+        result[f"{name}_acc"] = gate = _utility_gate(name, acc, ref, n, gates, exact=exact)
         if exact and not gate.get("within_band", True):
             warnings.append(f"exact candidate below the retrain band: {gate['reason']}")
     if exact:
@@ -340,6 +352,12 @@ def verify_candidate(
         result["sanity_test_acc"] = _gate(
             math.isnan(test_acc) or math.isnan(floor) or test_acc > floor or floor >= 1.0,
             f"test acc {test_acc:.4f} above the majority-class rate {floor:.4f}")
+    after = {"forget": sf["loss"], "holdout": sh["loss"], "forget_unseen": su["loss"] if within else np.empty(0)}
+    before: dict[str, np.ndarray] = {}
+    if original is not None:
+        before = {name: _signals(spec, original[0], original[1], xs, device)["loss"] if xs else np.empty(0)
+                  for name, xs in (("forget", forget), ("holdout", holdout_s),
+                                   ("forget_unseen", unseen if within else []))}
     cleared = bool(spec.subject_params_cleared(candidate, meta, forget_subject_ids))
     result["subject_params"] = _gate(cleared, "per-subject parameters removed" if cleared else "per-subject parameters remain")
 
@@ -349,5 +367,6 @@ def verify_candidate(
         mia_auc=auc, mia_sigma=sigma, mia_null_sd=null_auc_sd, mia_margin=margin, mia_test=mia_test, reference_auc=ref_auc,
         n_forget=n_forget, n_holdout=len(holdout_s), n_retain=len(retain_s), n_test=len(test_s),
         low_power=low_power, rank_z=rank_z, subject_params_cleared=cleared, gates=result,
-        within_auc=within_auc, within_sigma=within_sigma, n_forget_unseen=len(unseen), warnings=warnings, seconds=time.perf_counter() - start,
+        within_auc=within_auc, within_sigma=within_sigma, n_forget_unseen=len(unseen), warnings=warnings,
+        loss_hist=loss_histograms(before, after), reference_acc=reference_acc, seconds=time.perf_counter() - start,
     )

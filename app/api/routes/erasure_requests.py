@@ -57,10 +57,15 @@ def get_erasure_request(request_id: str, session: SessionDep, settings: Settings
 @router.get("", response_model=ErasureRequestPage)
 def list_erasure_requests(session: SessionDep, settings: SettingsDep, _: Reader,
                           status: str | None = None, subject_id: str | None = None, overdue: bool | None = None,
-                          cursor: str | None = None, limit: Annotated[int, Query(ge=1, le=500)] = 50) -> dict[str, Any]:
-    """List requests, newest first, with a cursor."""
+                          source: str | None = None,
+                          order: Annotated[str, Query(pattern="^(received|due)$")] = "received",
+                          cursor: str | None = None,
+                          limit: Annotated[int, Query(ge=1, le=500)] = 50) -> dict[str, Any]:
+    """List requests with a cursor: newest first, or ``order=due`` (unfinished ones by deadline, overdue first);
+    filter by status, subject, overdue, source (api, opendsr, fides)."""
     key = subject_key(settings.subject_key_secret, subject_id) if subject_id else None
-    rows = erasure.list_requests(session, status=status, subject_key=key, overdue=overdue, after=cursor, limit=limit)
+    rows = erasure.list_requests(session, status=status, subject_key=key, overdue=overdue, source=source,
+                                 order=order, after=cursor, limit=limit)
     items = [erasure.public_view(r, erasure.targets_of(session, r.id), settings.base_url) for r in rows]
     return {"items": items, "next_cursor": rows[-1].id if len(rows) == limit else None}
 

@@ -7,7 +7,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends
 
-from app.api.deps import SessionDep, SettingsDep, require
+from app.api.deps import CurrentKey, SessionDep, SettingsDep, require
 from app.api.schemas import KeyCreate
 from app.api.schemas.keys import KeyList, KeyPublic, KeySecret
 from app.db.models import ApiKey
@@ -23,6 +23,12 @@ def create_key(body: KeyCreate, session: SessionDep, _: Admin) -> KeySecret:
     row, clear = keys.create_key(session, name=body.name, scopes=body.scopes)
     session.commit()
     return KeySecret(id=row.id, name=row.name, scopes=row.scopes.split(), key=clear)
+
+
+@router.get("/me")
+def current_key(key: CurrentKey) -> KeyPublic:
+    """The key this request carries: name and scopes (any valid key; how the console logs in)."""
+    return KeyPublic(**keys.public_view(key))
 
 
 @router.get("")

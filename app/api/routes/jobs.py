@@ -2,38 +2,17 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Depends
-from pydantic import BaseModel, Field
 
 from app.api.deps import SessionDep, require
+from app.api.schemas.jobs import JobPublic
 from app.db.models import ApiKey
 from app.services import jobs
 
 router = APIRouter(prefix="/v1/jobs", tags=["erasure"])
 Reader = Annotated[ApiKey, Depends(require("erasure:read"))]
-
-
-class JobPublic(BaseModel):
-    id: str
-    model_name: str
-    status: str = Field(description="running, deploying, completed or failed.")
-    stage: str
-    policy: str
-    method: str | None = Field(description="The method whose candidate passed (or was tried last).")
-    request_ids: list[str]
-    attempts: list[dict[str, Any]] = Field(
-        description="Each method tried, in order: method, exact, seed, seconds, passed and its verification "
-                    "report (metrics, MIA AUC and band, gate decisions, loss histograms before / after).")
-    timings: dict[str, Any]
-    version_before: int | None
-    version_after: int | None
-    device: str | None
-    error: str | None
-    started_at: datetime
-    finished_at: datetime | None
 
 
 @router.get("/{job_id}")

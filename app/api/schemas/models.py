@@ -44,6 +44,8 @@ class VersionOut(Out):
     # Open JSON: the training or verification metrics of the method that made this version.
     metrics: dict[str, Any]
     free_of_requests: int = Field(description="Erasure requests whose subjects this version is free of.")
+    tainted_by_requests: int = Field(description="Completed erasure requests this version still carries (a "
+                                                 "rollback to it is refused while this is above 0).")
     # {"store", "rows", "sha256"} of the data it was trained on (app/data/registry.py); empty before manifests.
     data_manifest: dict[str, Any]
     created_at: datetime

@@ -30,8 +30,30 @@ by its sha256 when loaded. Every version gets its own directory (unchanged files
 never rewritten), so a served version's files are never overwritten and a purged version's
 directory can be removed whole (``app.ml.checkpoint.companion_dirs``).
 
-Only specs without per-subject parameters are supported (toy, digits): a per-user embedding
-(movielens) lives in one constituent and would need per-member ``forget_subjects``.
+Recommenders: user-sharded SISA (issue 10 section 4). A spec with per-subject parameters
+(MovieLens: a user's embedding and bias rows) declares ``subject_input``, the collate output that
+carries the subject's row. Shards are still assigned by subject, so a user's ratings *and* their
+row belong to exactly one shard. All constituents share one row layout (the registration's
+``make_meta``: shapes and id -> row numbering), and each is restricted to its own shard's data
+(``spec.restrict``): it holds rows only for its own users and for the items its users rated; every
+other row is zero, exactly like the "unknown" row 0, and stays zero (no sample of the shard maps to
+it, so it gets no gradient; AdamW's update and decay are element-wise). Items are shared
+*catalogue* ids, but each shard learns its own item rows from its own users only; that is what
+makes a shard's retrain exact. An erasure restarts the owning shard from its last checkpoint
+before the user's slice, restricted to the remaining data (the user's row, and the row of any item
+only they rated in that shard, zeroed; the rewritten earlier checkpoints no longer name them), and
+retrains the later slices. With the recorded seeds and layout this equals, bit for bit, training
+the ensemble from scratch without the user (``tests/ml/test_sisa_recsys.py``); the layout keeps an
+erased user's row as an inert zero row no id maps to, which changes nothing a computation reads, so
+it is equal in distribution to a layout built without them.
+
+Aggregation for such an ensemble (``meta["sisa"]["routes"]``: row -> owning shard): a known user's
+prediction comes from the shard that owns them, alone. The other constituents never saw that
+user; averaging them in would shrink the only personalised answer towards S - 1 cold-start answers
+(measured: it costs accuracy, ``bench/sisa_recsys.py``). A user no shard owns (unknown, held out,
+erased: the collate maps them to row 0) gets the mean over all shards of their cold-start
+prediction, the item-only knowledge of every shard. So an erased user is scored exactly like a
+stranger id, by construction and by test.
 """
 
 from __future__ import annotations
@@ -61,15 +83,35 @@ SALT = "sisa"
 
 
 class SISAEnsemble(nn.Module):
-    """Constituents aggregated by mean softmax; ``forward`` returns log of the mean probability."""
+    """Constituents aggregated by mean softmax; ``forward`` returns log of the mean probability.
 
-    def __init__(self, members: list[nn.Module]) -> None:
+    With ``routes`` (row -> shard, a user-sharded ensemble) and ``route_key`` (the batch input
+    carrying the row), an example whose row a shard owns gets that shard's log-probabilities
+    instead; rows no shard owns (0: unknown or erased) keep the mean.
+    """
+
+    def __init__(self, members: list[nn.Module], routes: dict[str, int] | None = None,
+                 route_key: str | None = None) -> None:
         super().__init__()
         self.members = nn.ModuleList(members)
+        self.route_key = route_key if routes is not None else None
+        owner = torch.full((max((int(r) for r in routes or {}), default=0) + 1,), -1, dtype=torch.long)
+        for row, shard in (routes or {}).items():
+            owner[int(row)] = int(shard)
+        # Derived from meta, not weights: not part of the state dict.
+        self.register_buffer("owner", owner, persistent=False)
 
     def forward(self, **batch: torch.Tensor) -> torch.Tensor:
         logp = torch.stack([torch.log_softmax(m(**batch).float(), dim=-1) for m in self.members])
-        return torch.logsumexp(logp, dim=0) - math.log(len(self.members))
+        mean = torch.logsumexp(logp, dim=0) - math.log(len(self.members))
+        if self.route_key is None:
+            return mean
+        rows = batch[self.route_key]
+        owner = torch.full_like(rows, -1)
+        inside = rows < self.owner.numel()
+        owner[inside] = self.owner[rows[inside]]
+        own = logp[owner.clamp(min=0), torch.arange(rows.numel(), device=rows.device)]
+        return torch.where((owner >= 0).unsqueeze(-1), own, mean)
 
 
 def is_sisa(meta: dict[str, Any] | None) -> bool:
@@ -86,7 +128,26 @@ def build_network(spec: ModelSpec, meta: dict[str, Any]) -> nn.Module:
     if not is_sisa(meta):
         return spec.build(meta)
     inner = base_meta(meta)
-    return SISAEnsemble([spec.build(inner) for _ in range(int(meta["sisa"]["shards"]))])
+    return SISAEnsemble([spec.build(inner) for _ in range(int(meta["sisa"]["shards"]))],
+                        routes=meta["sisa"].get("routes"), route_key=spec.subject_input)
+
+
+def forget_subjects(spec: ModelSpec, model: nn.Module, meta: dict[str, Any], subject_ids: list[str]) -> dict[str, Any]:
+    """``spec.forget_subjects`` on one network, or on every constituent of an ensemble."""
+    if not isinstance(model, SISAEnsemble):
+        return spec.forget_subjects(model, meta, subject_ids)
+    inner, new = base_meta(meta), base_meta(meta)
+    for member in model.members:
+        new = spec.forget_subjects(member, inner, subject_ids)
+    return {**new, "sisa": meta["sisa"]} if is_sisa(meta) else new
+
+
+def subject_params_cleared(spec: ModelSpec, model: nn.Module, meta: dict[str, Any], subject_ids: list[str]) -> bool:
+    """``spec.subject_params_cleared`` of one network, or of every constituent of an ensemble
+    against the ensemble's map: no constituent may hold a row for an id the ensemble no longer maps."""
+    if not isinstance(model, SISAEnsemble):
+        return spec.subject_params_cleared(model, meta, subject_ids)
+    return all(spec.subject_params_cleared(m, base_meta(meta), subject_ids) for m in model.members)
 
 
 def assign(subject_id: str, shards: int, slices: int, salt: str = SALT) -> tuple[int, int]:
@@ -132,7 +193,7 @@ def _partition(examples: list[Example], cfg: dict[str, Any]) -> dict[int, list[l
 
 
 def _train_stages(
-    spec: ModelSpec, member: nn.Module, inner: dict[str, Any], cfg: dict[str, Any], shard: int,
+    spec: ModelSpec, member: nn.Module, view: dict[str, Any], cfg: dict[str, Any], shard: int,
     slices: list[list[Example]], start: int, out_dir: Path, shas: dict[str, str], counts: dict[str, int],
     device: torch.device | str, tick: Callable[[], None],
 ) -> None:
@@ -145,19 +206,19 @@ def _train_stages(
         if data:
             seed = _seed(cfg["seed"], shard, r)
             torch.manual_seed(seed)  # forward-time randomness (dropout) is part of the stage's recipe
-            loader = make_loader(spec, inner, data, batch_size=cfg["batch_size"], shuffle=True, seed=seed)
-            train_epochs(spec, member, inner, loader, epochs=cfg["epochs_per_slice"], lr=cfg["lr"],
+            loader = make_loader(spec, view, data, batch_size=cfg["batch_size"], shuffle=True, seed=seed)
+            train_epochs(spec, member, view, loader, epochs=cfg["epochs_per_slice"], lr=cfg["lr"],
                          weight_decay=cfg["weight_decay"], device=device)
         name = slice_name(shard, r)
         info = {"sisa_shard": shard, "sisa_stage": r, "samples": len(data)}
-        shas[name] = save_checkpoint(out_dir / f"{name}.safetensors", member, inner, info)
+        shas[name] = save_checkpoint(out_dir / f"{name}.safetensors", member, view, info)
         tick()
 
 
 def _check_supported(spec: ModelSpec) -> None:
-    if spec.subject_feature is not None:
-        raise ValueError(f"SISA ensembles need a spec without per-subject parameters; {spec.name!r} has "
-                         f"{spec.subject_feature!r}")
+    if spec.subject_feature is not None and spec.subject_input is None:
+        raise ValueError(f"SISA ensembles of a spec with per-subject parameters ({spec.name!r}: "
+                         f"{spec.subject_feature!r}) need its subject_input to route a subject to their shard")
 
 
 def train_sisa(
@@ -171,11 +232,14 @@ def train_sisa(
     slices: int = 3,
     recipe: TrainRecipe | None = None,
     epochs_per_slice: int | None = None,
+    layout: dict[str, Any] | None = None,
     progress: Progress | None = None,
 ) -> tuple[SISAEnsemble, dict[str, Any]]:
     """Train a SISA ensemble on the ``train`` split; slice checkpoints go to ``out_dir`` (created).
 
-    ``out_dir`` must be new or empty: a served version's files are never overwritten.
+    ``out_dir`` must be new or empty: a served version's files are never overwritten. ``layout``:
+    the constituents' meta (default ``spec.make_meta`` of the training data); a recorded one
+    reproduces an ensemble whose rows were numbered before some subjects were erased.
     """
     _check_supported(spec)
     recipe = recipe or spec.recipe
@@ -189,7 +253,7 @@ def train_sisa(
         "lr": recipe.lr, "weight_decay": recipe.weight_decay,
         "epochs_per_slice": epochs_per_slice or default_epochs_per_slice(recipe.epochs, slices),
     }
-    inner = spec.make_meta([e.features for e in train])
+    inner = base_meta(layout) if layout is not None else spec.make_meta([e.features for e in train])
     return _train(spec, inner, cfg, _partition(train, cfg), {k: 0 for k in range(shards)}, None,
                   Path(out_dir), device, progress)
 
@@ -213,27 +277,61 @@ def _train(
         if progress is not None:
             progress(done[0] / total)
 
-    members = []
+    routed = spec.subject_input is not None
+    members, routes, everything = [], {}, []
     for k in range(cfg["shards"]):
         start = starts.get(k)
+        feats = [e.features for s in parts[k] for e in s]
+        everything += feats
         if start is None:  # untouched shard: its last checkpoint is its weights
             for r in [None, *range(cfg["slices"])]:
                 _link(old, out_dir, slice_name(k, r), shas)
-            member, _, _ = load_slice(spec, old, k, cfg["slices"] - 1, device=device)
+            member, view, _ = load_slice(spec, old, k, cfg["slices"] - 1, device=device)
         elif start == 0 and old is None:
             torch.manual_seed(_seed(cfg["seed"], k, "init"))
             member = spec.build(inner).to(device)
-            shas[slice_name(k, None)] = save_checkpoint(out_dir / f"{slice_name(k, None)}.safetensors", member, inner,
+            view = spec.restrict(inner, feats, model=member)  # rows only for this shard's users and items
+            shas[slice_name(k, None)] = save_checkpoint(out_dir / f"{slice_name(k, None)}.safetensors", member, view,
                                                         {"sisa_shard": k, "sisa_stage": None})
         else:  # restart from the last checkpoint before the first slice that changed
-            for r in [None, *range(start)]:
-                _link(old, out_dir, slice_name(k, r), shas)
-            member, _, _ = load_slice(spec, old, k, start - 1 if start else None, device=device)
+            member, view = _restart(spec, old, inner, feats, k, start, out_dir, shas, device, rewrite=routed)
         if start is not None:
-            _train_stages(spec, member, inner, cfg, k, parts[k], start, out_dir, shas, counts, device, tick)
+            _train_stages(spec, member, view, cfg, k, parts[k], start, out_dir, shas, counts, device, tick)
+        if routed and feats:
+            rows = spec.collate(feats, view)[spec.subject_input]
+            routes.update({str(int(r)): k for r in torch.unique(rows).tolist() if r})
         members.append(member.eval())
-    meta = {**inner, "sisa": {**cfg, "dir": str(out_dir.resolve()), "slice_sha256": shas, "counts": counts}}
-    return SISAEnsemble(members).to(device).eval(), meta
+    section = {**cfg, "dir": str(out_dir.resolve()), "slice_sha256": shas, "counts": counts}
+    if routed:  # the ensemble maps only ids some shard still holds
+        inner, section["routes"] = spec.restrict(inner, everything), routes
+    meta = {**inner, "sisa": section}
+    ensemble = SISAEnsemble(members, routes=routes if routed else None, route_key=spec.subject_input)
+    return ensemble.to(device).eval(), meta
+
+
+def _restart(
+    spec: ModelSpec, old: dict[str, Any], inner: dict[str, Any], feats: list[dict[str, Any]], shard: int, start: int,
+    out_dir: Path, shas: dict[str, str], device: torch.device | str, *, rewrite: bool,
+) -> tuple[nn.Module, dict[str, Any]]:
+    """The shard's checkpoint before stage ``start`` and its meta, the earlier checkpoints carried over.
+
+    Without per-id parameters they are hard-linked unchanged. With them (``rewrite``), each is
+    restricted to the shard's remaining data and saved anew: an erased user's row (and the row of
+    an item only they rated here) is zeroed and their id leaves the checkpoint's meta. Nothing read
+    those rows before the user's slice, so the result is what training without them would have saved.
+    """
+    stages = [None, *range(start)]
+    if not rewrite:
+        for r in stages:
+            _link(old, out_dir, slice_name(shard, r), shas)
+        member, view, _ = load_slice(spec, old, shard, stages[-1], device=device)
+        return member, view
+    for r in stages:
+        member, _, info = load_slice(spec, old, shard, r, device=device)
+        view = spec.restrict(inner, feats, model=member)
+        name = slice_name(shard, r)
+        shas[name] = save_checkpoint(out_dir / f"{name}.safetensors", member, view, info)
+    return member, view
 
 
 def _link(old: dict[str, Any], out_dir: Path, name: str, shas: dict[str, str]) -> None:

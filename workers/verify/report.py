@@ -36,6 +36,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from app.ml.sisa import subject_params_cleared
 from app.ml.spec import Example, ModelSpec
 from app.ml.train import predict_logits
 from workers.verify.mia import auc_lower_is_member, logit_confidence, loss_auc, per_sample_rank_test
@@ -340,7 +341,7 @@ def verify_candidate(
         result["sanity_test_acc"] = _gate(
             math.isnan(test_acc) or math.isnan(floor) or test_acc > floor or floor >= 1.0,
             f"test acc {test_acc:.4f} above the majority-class rate {floor:.4f}")
-    cleared = bool(spec.subject_params_cleared(candidate, meta, forget_subject_ids))
+    cleared = bool(subject_params_cleared(spec, candidate, meta, forget_subject_ids))  # per constituent for SISA
     result["subject_params"] = _gate(cleared, "per-subject parameters removed" if cleared else "per-subject parameters remain")
 
     return VerificationReport(

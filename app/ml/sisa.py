@@ -58,6 +58,7 @@ stranger id, by construction and by test.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
@@ -70,9 +71,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import load as load_safetensors
 from torch import nn
 
-from app.ml.checkpoint import load_checkpoint, save_checkpoint
+from app.ml.checkpoint import ChecksumMismatch, load_checkpoint, save_checkpoint
 from app.ml.data import make_loader
 from app.ml.spec import Example, ModelSpec, TrainRecipe
 from app.ml.specs.common import stable_fraction
@@ -186,9 +188,11 @@ def default_epochs_per_slice(epochs: int, slices: int) -> int:
 
 def _partition(examples: list[Example], cfg: dict[str, Any]) -> dict[int, list[list[Example]]]:
     parts = {k: [[] for _ in range(cfg["slices"])] for k in range(cfg["shards"])}
+    cells: dict[str, tuple[int, int]] = {}  # two sha256 per subject, not per sample
     for e in examples:
-        k, r = assign(e.subject_id, cfg["shards"], cfg["slices"], cfg["salt"])
-        parts[k][r].append(e)
+        if (cell := cells.get(e.subject_id)) is None:
+            cell = cells[e.subject_id] = assign(e.subject_id, cfg["shards"], cfg["slices"], cfg["salt"])
+        parts[cell[0]][cell[1]].append(e)
     return parts
 
 
@@ -261,9 +265,10 @@ def train_sisa(
 def _train(
     spec: ModelSpec, inner: dict[str, Any], cfg: dict[str, Any], parts: dict[int, list[list[Example]]],
     starts: dict[int, int], old: dict[str, Any] | None, out_dir: Path, device: torch.device | str,
-    progress: Progress | None,
+    progress: Progress | None, served: SISAEnsemble | None = None,
 ) -> tuple[SISAEnsemble, dict[str, Any]]:
-    """Train the shards in ``starts`` from their stage; copy every other checkpoint from ``old``."""
+    """Train the shards in ``starts`` from their stage; copy every other checkpoint from ``old``
+    (and, given ``served`` constituents known to equal those checkpoints, their weights from it)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     if any(out_dir.iterdir()):
         raise ValueError(f"SISA output directory {out_dir} is not empty")
@@ -286,7 +291,10 @@ def _train(
         if start is None:  # untouched shard: its last checkpoint is its weights
             for r in [None, *range(cfg["slices"])]:
                 _link(old, out_dir, slice_name(k, r), shas)
-            member, view, _ = load_slice(spec, old, k, cfg["slices"] - 1, device=device)
+            if served is not None:  # checked equal to those checkpoints: no reload
+                member, view = copy.deepcopy(served.members[k]).to(device), spec.restrict(inner, feats)
+            else:
+                member, view, _ = load_slice(spec, old, k, cfg["slices"] - 1, device=device)
         elif start == 0 and old is None:
             torch.manual_seed(_seed(cfg["seed"], k, "init"))
             member = spec.build(inner).to(device)
@@ -354,14 +362,18 @@ def load_slice(
     return model.train(), meta, info
 
 
-def _matches_checkpoints(spec: ModelSpec, model: nn.Module, sisa: dict[str, Any]) -> bool:
-    """Whether the served constituents are exactly their final slice checkpoints."""
+def _matches_checkpoints(model: nn.Module, sisa: dict[str, Any]) -> bool:
+    """Whether the served constituents are exactly their final slice checkpoints (the weights,
+    read from the sha256-verified files without building a network)."""
     if not isinstance(model, SISAEnsemble) or len(model.members) != sisa["shards"]:
         return False
     for k, member in enumerate(model.members):
-        saved, _, _ = load_slice(spec, sisa, k, sisa["slices"] - 1)
-        served = member.state_dict()
-        if any(not torch.equal(v.cpu(), served[n].cpu()) for n, v in saved.state_dict().items()):
+        name = slice_name(k, sisa["slices"] - 1)
+        data = (Path(sisa["dir"]) / f"{name}.safetensors").read_bytes()
+        if hashlib.sha256(data).hexdigest() != sisa["slice_sha256"][name]:
+            raise ChecksumMismatch(f"SISA checkpoint {name} does not match its recorded sha256")
+        saved, served = load_safetensors(data), member.state_dict()
+        if saved.keys() != served.keys() or any(not torch.equal(v, served[n].cpu()) for n, v in saved.items()):
             return False
     return True
 
@@ -399,11 +411,12 @@ def unlearn_sisa(
     keep = [e for e in retain if e.split == "train" and e.subject_id not in forget_keys]
     out = Path(out_dir) if out_dir is not None else new_run_dir(Path(old["dir"]).parent)
     previous: dict[str, Any] | None = old
-    if not _matches_checkpoints(spec, model, old):
+    served: SISAEnsemble | None = model  # type: ignore[assignment]
+    if not _matches_checkpoints(model, old):
         log.warning("served SISA ensemble differs from its slice checkpoints; retraining every shard")
-        starts, previous = {k: 0 for k in range(cfg["shards"])}, None
+        starts, previous, served = {k: 0 for k in range(cfg["shards"])}, None, None
     ensemble, new_meta = _train(spec, base_meta(meta), cfg, _partition(keep, cfg), starts, previous, out,
-                                device, progress)
+                                device, progress, served)
     return ensemble, new_meta, starts
 
 

@@ -66,8 +66,10 @@ class MovieLensNet(nn.Module):
             for emb in (self.user_emb, self.user_bias, self.movie_emb, self.movie_bias):
                 emb.weight[UNKNOWN].zero_()
         genres = torch.zeros(n_movies + 1, n_genres)
-        for row, idx in enumerate(movie_genres):
-            genres[row, idx] = 1.0
+        # One indexed write, not one per movie: building the net is on every checkpoint load's path.
+        rows = [row for row, idx in enumerate(movie_genres) for _ in idx]
+        cols = [c for idx in movie_genres for c in idx]
+        genres[torch.tensor(rows, dtype=torch.long), torch.tensor(cols, dtype=torch.long)] = 1.0
         # Derived from meta, so not part of the checkpoint's weights.
         self.register_buffer("genres", genres, persistent=False)
         self.mlp = nn.Sequential(nn.Linear(3 * dim + n_genres, hidden), nn.ReLU(), nn.Linear(hidden, 1))

@@ -16,6 +16,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from app.ml.data import make_loader
+from app.ml.policy import sisa_layout, sisa_wins
 from app.ml.spec import Example, ModelSpec, TrainRecipe
 
 Progress = Callable[[float], None]
@@ -196,10 +197,11 @@ def train_for_registration(
 
 
 def demo_training(name: str, *, sisa_models: str = "", update_log_models: str = "") -> dict[str, Any] | None:
-    """The ``training`` option of demo model ``name`` from the settings' comma lists."""
+    """The ``training`` option of demo model ``name`` from the settings' comma lists: a SISA ensemble
+    in its spec's measured layout when listed or measured to win (``app/ml/policy.py``)."""
     listed = lambda value: {n.strip() for n in value.split(",") if n.strip()}  # noqa: E731
-    if name in listed(sisa_models):
-        return {"sisa": {"shards": 4, "slices": 3}}
+    if name in listed(sisa_models) or sisa_wins(name):  # listed, or measured to win (app/ml/policy.py)
+        return {"sisa": sisa_layout(name)}
     if name in listed(update_log_models):
         return {"update_log": True}
     return None

@@ -81,6 +81,21 @@ def test_chains_follow_the_model():
     assert method_chain("toy", "finetune", meta=plain) == ["finetune", "retrain"]
 
 
+def test_auto_prefers_user_sharded_sisa_only_where_measured_to_win():
+    """app/ml/policy.py: the demo MovieLens recipe (1.6x, 3 points lost) stays one network; the
+    benchmark's large recipe (14.6x at S=8, no accuracy lost) is registered as an ensemble."""
+    from app.ml import policy
+    from app.ml.spec import TrainRecipe
+
+    demo, large = get_spec("movielens").recipe, TrainRecipe(epochs=24, batch_size=256, lr=3e-4, weight_decay=1e-4)
+    assert not policy.sisa_wins("movielens", demo) and policy.sisa_layout("movielens", demo) == {"shards": 4, "slices": 4}
+    assert policy.sisa_wins("movielens", large) and policy.sisa_layout("movielens", large) == {"shards": 8, "slices": 4}
+    assert not policy.sisa_wins("toy", get_spec("toy").recipe)
+    assert policy.sisa_layout("toy", get_spec("toy").recipe) == policy.DEFAULT_SISA_LAYOUT
+    assert policy.effective("movielens", {"training": {"sisa": {"shards": 8, "slices": 4}}})["chain"] == ["sisa"]
+    assert policy.effective("movielens", {"training": {"sisa": True}, "chain": ["finetune", "retrain"]})["chain"] == ["sisa"]
+
+
 def test_register_demo_model_as_sisa(session, settings):
     from app.services import models
 
@@ -127,8 +142,9 @@ def test_a_movielens_sisa_model_forgets_a_user_exactly_through_the_pipeline(sess
     from workers import pipeline
 
     training = demo_training("movielens", sisa_models="toy,movielens")
-    assert training == {"sisa": policy.sisa_layout("movielens")} and not policy.sisa_wins("movielens")
-    assert demo_training("movielens") is None  # not a win on the demo model: one network unless listed
+    recipe = get_spec("movielens").recipe
+    assert training == {"sisa": policy.sisa_layout("movielens", recipe)} == {"sisa": {"shards": 4, "slices": 4}}
+    assert demo_training("movielens") is None  # not a win on the demo recipe: one network unless listed
     models.register_demo_model(session, name="movielens", secret=settings.subject_key_secret,
                                artifacts_dir=settings.artifacts_dir, device="cpu", training=training)
     session.commit()

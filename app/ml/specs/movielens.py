@@ -15,6 +15,11 @@ user (``forget_subjects``) zeroes their rows and drops them from the id map, aft
 model treats them exactly like someone it never saw. During training a share of samples is
 routed to row 0 ("user dropout") so that predictions for unknown users are trained, not
 extrapolated. ``meta`` holds the id -> row maps (keys as strings) and each movie row's genres.
+
+As a user-sharded SISA constituent (``app/ml/sisa.py``) the network is ``restrict``-ed to its
+shard's ratings: its maps keep only that shard's users and movies (``n_movie_rows`` keeps the
+shape) and every other user and movie row is zero, so it treats other shards' users as unknown
+and knows other movies by their genres only.
 """
 
 from __future__ import annotations

@@ -158,3 +158,20 @@ def test_an_erased_user_is_scored_exactly_like_a_stranger(ml, small, trained, er
                            predict_logits(ml, model, meta, as_stranger, device="cpu"))
     assert torch.equal(predict_logits(ml, new, new_meta, as_user, device="cpu"),
                        predict_logits(ml, new, new_meta, as_stranger, device="cpu"))
+
+
+def test_a_second_erasure_from_slice_zero_still_equals_scratch(ml, train, erased, user, tmp_path):
+    """Erasures accumulate: from the first erasure's ensemble, a user of another shard whose slice is
+    0 (the retrain restarts from the rewritten initialisation) -> scratch without both users."""
+    first, first_meta, _ = erased
+    shard = assign(user, SHARDS, SLICES)[0]
+    second = next(s for s in sorted({e.subject_id for e in train}, key=int)
+                  if assign(s, SHARDS, SLICES)[0] != shard and assign(s, SHARDS, SLICES)[1] == 0)
+    retain = [e for e in train if e.subject_id not in (user, second)]
+    new, new_meta, starts = unlearn_sisa(ml, first, first_meta, retain=retain, forget_keys={second}, device="cpu")
+    assert starts == {assign(second, SHARDS, SLICES)[0]: 0}
+    layout = ml.restrict(base_meta(first_meta), [e.features for e in retain])
+    scratch, scratch_meta = train_sisa(ml, retain, out_dir=tmp_path / "scratch", device="cpu", seed=0,
+                                       shards=SHARDS, slices=SLICES, layout=layout)
+    assert same(new, scratch) and new_meta["sisa"]["routes"] == scratch_meta["sisa"]["routes"]
+    assert subject_params_cleared(ml, new, new_meta, [user, second])

@@ -292,8 +292,8 @@ def _train(
         if start is None:  # untouched shard: its last checkpoint is its weights
             for r in [None, *range(cfg["slices"])]:
                 _link(old, out_dir, slice_name(k, r), shas)
-            if served is not None:  # checked equal to those checkpoints: no reload
-                member, view = copy.deepcopy(served.members[k]).to(device), spec.restrict(inner, feats)
+            if served is not None:  # checked equal to those checkpoints: no reload (routes carried over below)
+                member, view = copy.deepcopy(served.members[k]).to(device), None
             else:
                 member, view, _ = load_slice(spec, old, k, cfg["slices"] - 1, device=device)
         elif start == 0 and old is None:
@@ -306,7 +306,9 @@ def _train(
             member, view = _restart(spec, old, inner, feats, k, start, out_dir, shas, device, rewrite=routed)
         if start is not None:
             _train_stages(spec, member, view, cfg, k, parts[k], start, out_dir, shas, counts, device, tick)
-        if routed and feats:
+        if routed and feats and start is None and old is not None and "routes" in old:
+            routes.update({row: k for row, owner in old["routes"].items() if owner == k})  # same users, same rows
+        elif routed and feats:
             rows = spec.collate(feats, view)[spec.subject_input]
             routes.update({str(int(r)): k for r in torch.unique(rows).tolist() if r})
         members.append(member.eval())

@@ -80,8 +80,8 @@ class SisaMeasurement:
 # (checkpoint reads and fsync'd writes, partitioning 83k ratings) dominate and each shard learns item
 # rows from 1/S of the users: 1.1x / 3.0 points (S=4), 1.8x / 4.6 points (S=8); three runs ranged
 # 1.1-1.6x and 1.6-2.0x (S=2 R=4, measured for accuracy only, costs 1.3 points and retrains half
-# the data per erasure). Not a win: the demo
-# stays one network, finetune first. The benchmark's movielens-large recipe (dim 128, 24 epochs,
+# the data per erasure). Not a win: the demo stays one network, finetune first. The benchmark's
+# movielens-large recipe (dim 128, 24 epochs,
 # batch 256, bench/unlearning_parts/configs.py) retrains in ~190 s: 5.5x / -3.0 points (S=4),
 # 14.6x / -1.7 points (S=8) -- that full model over-fits (test 0.643 vs the demo's 0.709) and the
 # shards, each fitting fewer users, do not. A win: S=8 R=4 for it.

@@ -65,7 +65,7 @@ def bootstrap(settings: Settings, *, quiet: bool = False) -> str:
             version = models.register_demo_model(
                 session, name=name, secret=settings.subject_key_secret, artifacts_dir=settings.artifacts_dir,
                 device=settings.device, progress=progress, calibrate=calibrate_reference, spec=spec,
-                training=demo_training(name, sisa_models=settings.sisa_models,
+                training=demo_training(name, spec=spec, sisa_models=settings.sisa_models,
                                        update_log_models=settings.update_log_models))
             session.commit()
             bar.close()

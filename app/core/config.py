@@ -113,8 +113,9 @@ class Settings(BaseSettings):
         None, description="JSONL file of signed audit-chain heads, outside the DB; default "
         "<data_dir>/audit-checkpoints.jsonl.")
     sisa_models: str = Field(
-        "", description="Comma list of demo models registered as SISA ensembles (4 shards x 3 slices): exact, "
-        "cheap `sisa` unlearning; only exact methods run on them.")
+        "", description="Comma list of demo models registered as SISA ensembles (4 shards x 3 slices, or the "
+        "spec's measured layout: movielens 4 x 4, user-sharded): exact, cheap `sisa` unlearning; only exact "
+        "methods run on them.")
     update_log_models: str = Field(
         "", description="Comma list of demo models trained with a per-step update log for `amnesiac` (storage: "
         "a parameter vector per step: ~25 MB toy, ~97 MB digits).")

@@ -7,6 +7,7 @@ The API validates and shows policies from here without importing the worker's me
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 # name -> exact? (an exact method never saw the forget set: retrain, sisa)
@@ -45,6 +46,74 @@ DEFAULT_CONFIGS: dict[str, dict[str, dict[str, Any]]] = {
 
 
 
+# User-sharded SISA (issue 10 section 4; app/ml/sisa.py). A model registered as a SISA ensemble
+# (``training.sisa``, e.g. ``LETHE_SISA_MODELS=movielens``) runs exact methods only: ``auto`` on it is
+# ``sisa`` alone (``engine.method_chain``; ``effective`` below shows the same). Whether ``auto`` should
+# *prefer* that form is decided per spec and training recipe -- the recipe's cost decides whether
+# SISA's fixed costs per erasure matter -- from bench/sisa_recsys.py (median single-user SISA erasure
+# vs median full retrain, and test accuracy of the ensemble vs one model, same run): it wins where the
+# erasure is >= SISA_MIN_SPEEDUP times faster (below that a finetune-first chain answers in about the
+# same time) and the ensemble costs <= SISA_MAX_COST_POINTS of test accuracy (DESIGN.md 8: within 0.5
+# points of the retrained reference). A demo model whose spec and recipe win registers as an ensemble
+# by default (``train.demo_training``); any other only when an operator lists it.
+SISA_MIN_SPEEDUP = 5.0
+SISA_MAX_COST_POINTS = 0.5
+DEFAULT_SISA_LAYOUT: dict[str, int] = {"shards": 4, "slices": 3}
+
+
+@dataclass(frozen=True)
+class SisaMeasurement:
+    recipe: tuple[int, int, float]  # (epochs, batch size, lr) of the measured recipe
+    shards: int
+    slices: int
+    retrain_s: float  # median full retrain of one model, the baseline
+    speedup: float  # median full retrain / median single-user SISA erasure
+    cost_points: float  # the full model's test accuracy minus the ensemble's, in points (< 0: a gain)
+
+    @property
+    def wins(self) -> bool:
+        return self.speedup >= SISA_MIN_SPEEDUP and self.cost_points <= SISA_MAX_COST_POINTS
+
+
+# movielens, 1 torch thread on 2 shared cores (load 5-7), bench/results/sisa_recsys.md and -large.md.
+# Demo recipe (4 epochs, batch 1024): a full retrain takes ~1.4 s, so one erasure's fixed costs
+# (checkpoint reads and fsync'd writes, partitioning 83k ratings) dominate and each shard learns item
+# rows from 1/S of the users: 1.1x / 3.0 points (S=4), 1.8x / 4.6 points (S=8); three runs ranged
+# 1.1-1.6x and 1.6-2.0x (S=2 R=4, measured for accuracy only, costs 1.3 points and retrains half
+# the data per erasure). Not a win: the demo stays one network, finetune first. The benchmark's
+# movielens-large recipe (dim 128, 24 epochs,
+# batch 256, bench/unlearning_parts/configs.py) retrains in ~190 s: 5.5x / -3.0 points (S=4),
+# 14.6x / -1.7 points (S=8) -- that full model over-fits (test 0.643 vs the demo's 0.709) and the
+# shards, each fitting fewer users, do not. A win: S=8 R=4 for it.
+SISA_MEASURED: dict[str, tuple[SisaMeasurement, ...]] = {
+    "movielens": (
+        SisaMeasurement((4, 1024, 3e-3), shards=4, slices=4, retrain_s=1.38, speedup=1.1, cost_points=3.0),
+        SisaMeasurement((4, 1024, 3e-3), shards=8, slices=4, retrain_s=1.38, speedup=1.8, cost_points=4.6),
+        SisaMeasurement((24, 256, 3e-4), shards=4, slices=4, retrain_s=188, speedup=5.5, cost_points=-3.0),
+        SisaMeasurement((24, 256, 3e-4), shards=8, slices=4, retrain_s=188, speedup=14.6, cost_points=-1.7),
+    ),
+}
+
+
+def _measured(spec_name: str, recipe: Any) -> list[SisaMeasurement]:
+    key = (recipe.epochs, recipe.batch_size, recipe.lr)
+    return [m for m in SISA_MEASURED.get(spec_name, ()) if m.recipe == key]
+
+
+def sisa_wins(spec_name: str, recipe: Any) -> bool:
+    """Whether ``auto`` prefers a user-sharded SISA ensemble for this spec and ``TrainRecipe``."""
+    return any(m.wins for m in _measured(spec_name, recipe))
+
+
+def sisa_layout(spec_name: str, recipe: Any) -> dict[str, int]:
+    """Shards and slices to register this spec and recipe with as a SISA ensemble: the fastest
+    measured win, else the measured layout that costs the least accuracy, else the default."""
+    measured = _measured(spec_name, recipe)
+    wins = [m for m in measured if m.wins]
+    best = max(wins, key=lambda m: m.speedup) if wins else min(measured, key=lambda m: m.cost_points, default=None)
+    return {"shards": best.shards, "slices": best.slices} if best else dict(DEFAULT_SISA_LAYOUT)
+
+
 def validate(chain: list[str] | None, methods: dict[str, dict[str, Any]] | None) -> list[str]:
     """Problems with a per-model policy (empty list: valid). A chain must name known methods and
     end with an exact one, so an erasure can always finish."""
@@ -66,6 +135,10 @@ def validate(chain: list[str] | None, methods: dict[str, dict[str, Any]] | None)
 def effective(spec_name: str, config: dict[str, Any]) -> dict[str, Any]:
     """The chain and method overrides a model's ``auto`` policy runs, and where each comes from."""
     chain = config.get("chain")
+    methods = {**DEFAULT_CONFIGS.get(spec_name, {}), **(config.get("methods") or {})}
+    if (config.get("training") or {}).get("sisa"):  # as engine.method_chain: exact methods only, then sisa
+        kept = [m for m in chain or [] if METHODS.get(m) and m not in ("retrain", "sisa")]
+        return {"chain": [*kept, "sisa"], "chain_source": "SISA ensemble", "methods": methods}
     return {
         "chain": list(chain) if chain else list(DEFAULT_CHAINS.get(spec_name, FALLBACK_CHAIN)),
         "chain_source": "model" if chain else ("spec default" if spec_name in DEFAULT_CHAINS else "fallback"),

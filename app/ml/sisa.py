@@ -23,19 +23,43 @@ Layout, all of it referenced from ``meta["sisa"]`` (stored in the artifact's hea
     {"shards": K, "slices": R, "seed": s, "epochs_per_slice": e, "batch_size": b, "lr": lr,
      "weight_decay": wd, "salt": "sisa", "dir": "<abs path>/sisa-<run id>",
      "slice_sha256": {"s0-init": sha, "s0-r0": sha, ..., "s3-r2": sha},
-     "counts": {"s0-r0": n, ...}}            # samples per slice (no subject ids)
+     "counts": {"s0-r0": n, ...},            # samples per slice (no subject ids)
+     "routes": {"<row>": k, ...}}            # user-sharded only: subject row -> owning shard
 ``dir`` sits next to the version's artifact (``<artifacts>/<model>/``) and holds one
 self-describing checkpoint per entry of ``slice_sha256`` (``<name>.safetensors``), each verified
-by its sha256 when loaded. Every version gets its own directory (unchanged files are hard-linked,
-never rewritten), so a served version's files are never overwritten and a purged version's
+by its sha256 when loaded. Every version gets its own directory (unchanged files are hard-linked;
+changed ones are new files there), so a served version's files are never overwritten and a purged version's
 directory can be removed whole (``app.ml.checkpoint.companion_dirs``).
 
-Only specs without per-subject parameters are supported (toy, digits): a per-user embedding
-(movielens) lives in one constituent and would need per-member ``forget_subjects``.
+Recommenders: user-sharded SISA (issue 10 section 4). A spec with per-subject parameters
+(MovieLens: a user's embedding and bias rows) declares ``subject_input``, the collate output that
+carries the subject's row. Shards are still assigned by subject, so a user's ratings *and* their
+row belong to exactly one shard. All constituents share one row layout (the registration's
+``make_meta``: shapes and id -> row numbering), and each is restricted to its own shard's data
+(``spec.restrict``): it holds rows only for its own users and for the items its users rated; every
+other row is zero, exactly like the "unknown" row 0, and stays zero (no sample of the shard maps to
+it, so it gets no gradient; AdamW's update and decay are element-wise). Items are shared
+*catalogue* ids, but each shard learns its own item rows from its own users only; that is what
+makes a shard's retrain exact. An erasure restarts the owning shard from its last checkpoint
+before the user's slice, restricted to the remaining data (the user's row, and the row of any item
+only they rated in that shard, zeroed; the rewritten earlier checkpoints no longer name them), and
+retrains the later slices. With the recorded seeds and layout this equals, bit for bit, training
+the ensemble from scratch without the user (``tests/ml/test_sisa_recsys.py``); the layout keeps an
+erased user's row as an inert zero row no id maps to, which changes nothing a computation reads, so
+it is equal in distribution to a layout built without them.
+
+Aggregation for such an ensemble (``meta["sisa"]["routes"]``: row -> owning shard): a known user's
+prediction comes from the shard that owns them, alone. The other constituents never saw that
+user; averaging them in would shrink the only personalised answer towards S - 1 cold-start answers
+(measured, ``bench/sisa_recsys.py``: test accuracy 0.678 routed vs 0.663 averaged at S = 4). A user no shard owns (unknown, held out,
+erased: the collate maps them to row 0) gets the mean over all shards of their cold-start
+prediction, the item-only knowledge of every shard. So an erased user is scored exactly like a
+stranger id, by construction and by test.
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
@@ -48,9 +72,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import load as load_safetensors
 from torch import nn
 
-from app.ml.checkpoint import load_checkpoint, save_checkpoint
+from app.ml.checkpoint import ChecksumMismatch, load_checkpoint, save_checkpoint
 from app.ml.data import make_loader
 from app.ml.spec import Example, ModelSpec, TrainRecipe
 from app.ml.specs.common import stable_fraction
@@ -61,15 +86,35 @@ SALT = "sisa"
 
 
 class SISAEnsemble(nn.Module):
-    """Constituents aggregated by mean softmax; ``forward`` returns log of the mean probability."""
+    """Constituents aggregated by mean softmax; ``forward`` returns log of the mean probability.
 
-    def __init__(self, members: list[nn.Module]) -> None:
+    With ``routes`` (row -> shard, a user-sharded ensemble) and ``route_key`` (the batch input
+    carrying the row), an example whose row a shard owns gets that shard's log-probabilities
+    instead; rows no shard owns (0: unknown or erased) keep the mean.
+    """
+
+    def __init__(self, members: list[nn.Module], routes: dict[str, int] | None = None,
+                 route_key: str | None = None) -> None:
         super().__init__()
         self.members = nn.ModuleList(members)
+        self.route_key = route_key if routes is not None else None
+        owner = torch.full((max((int(r) for r in routes or {}), default=0) + 1,), -1, dtype=torch.long)
+        for row, shard in (routes or {}).items():
+            owner[int(row)] = int(shard)
+        # Derived from meta, not weights: not part of the state dict.
+        self.register_buffer("owner", owner, persistent=False)
 
     def forward(self, **batch: torch.Tensor) -> torch.Tensor:
         logp = torch.stack([torch.log_softmax(m(**batch).float(), dim=-1) for m in self.members])
-        return torch.logsumexp(logp, dim=0) - math.log(len(self.members))
+        mean = torch.logsumexp(logp, dim=0) - math.log(len(self.members))
+        if self.route_key is None:
+            return mean
+        rows = batch[self.route_key]
+        owner = torch.full_like(rows, -1)
+        inside = rows < self.owner.numel()
+        owner[inside] = self.owner[rows[inside]]
+        own = logp[owner.clamp(min=0), torch.arange(rows.numel(), device=rows.device)]
+        return torch.where((owner >= 0).unsqueeze(-1), own, mean)
 
 
 def is_sisa(meta: dict[str, Any] | None) -> bool:
@@ -86,7 +131,26 @@ def build_network(spec: ModelSpec, meta: dict[str, Any]) -> nn.Module:
     if not is_sisa(meta):
         return spec.build(meta)
     inner = base_meta(meta)
-    return SISAEnsemble([spec.build(inner) for _ in range(int(meta["sisa"]["shards"]))])
+    return SISAEnsemble([spec.build(inner) for _ in range(int(meta["sisa"]["shards"]))],
+                        routes=meta["sisa"].get("routes"), route_key=spec.subject_input)
+
+
+def forget_subjects(spec: ModelSpec, model: nn.Module, meta: dict[str, Any], subject_ids: list[str]) -> dict[str, Any]:
+    """``spec.forget_subjects`` on one network, or on every constituent of an ensemble."""
+    if not isinstance(model, SISAEnsemble):
+        return spec.forget_subjects(model, meta, subject_ids)
+    inner, new = base_meta(meta), base_meta(meta)
+    for member in model.members:
+        new = spec.forget_subjects(member, inner, subject_ids)
+    return {**new, "sisa": meta["sisa"]} if is_sisa(meta) else new
+
+
+def subject_params_cleared(spec: ModelSpec, model: nn.Module, meta: dict[str, Any], subject_ids: list[str]) -> bool:
+    """``spec.subject_params_cleared`` of one network, or of every constituent of an ensemble
+    against the ensemble's map: no constituent may hold a row for an id the ensemble no longer maps."""
+    if not isinstance(model, SISAEnsemble):
+        return spec.subject_params_cleared(model, meta, subject_ids)
+    return all(spec.subject_params_cleared(m, base_meta(meta), subject_ids) for m in model.members)
 
 
 def assign(subject_id: str, shards: int, slices: int, salt: str = SALT) -> tuple[int, int]:
@@ -125,14 +189,16 @@ def default_epochs_per_slice(epochs: int, slices: int) -> int:
 
 def _partition(examples: list[Example], cfg: dict[str, Any]) -> dict[int, list[list[Example]]]:
     parts = {k: [[] for _ in range(cfg["slices"])] for k in range(cfg["shards"])}
+    cells: dict[str, tuple[int, int]] = {}  # two sha256 per subject, not per sample
     for e in examples:
-        k, r = assign(e.subject_id, cfg["shards"], cfg["slices"], cfg["salt"])
-        parts[k][r].append(e)
+        if (cell := cells.get(e.subject_id)) is None:
+            cell = cells[e.subject_id] = assign(e.subject_id, cfg["shards"], cfg["slices"], cfg["salt"])
+        parts[cell[0]][cell[1]].append(e)
     return parts
 
 
 def _train_stages(
-    spec: ModelSpec, member: nn.Module, inner: dict[str, Any], cfg: dict[str, Any], shard: int,
+    spec: ModelSpec, member: nn.Module, view: dict[str, Any], cfg: dict[str, Any], shard: int,
     slices: list[list[Example]], start: int, out_dir: Path, shas: dict[str, str], counts: dict[str, int],
     device: torch.device | str, tick: Callable[[], None],
 ) -> None:
@@ -145,19 +211,19 @@ def _train_stages(
         if data:
             seed = _seed(cfg["seed"], shard, r)
             torch.manual_seed(seed)  # forward-time randomness (dropout) is part of the stage's recipe
-            loader = make_loader(spec, inner, data, batch_size=cfg["batch_size"], shuffle=True, seed=seed)
-            train_epochs(spec, member, inner, loader, epochs=cfg["epochs_per_slice"], lr=cfg["lr"],
+            loader = make_loader(spec, view, data, batch_size=cfg["batch_size"], shuffle=True, seed=seed)
+            train_epochs(spec, member, view, loader, epochs=cfg["epochs_per_slice"], lr=cfg["lr"],
                          weight_decay=cfg["weight_decay"], device=device)
         name = slice_name(shard, r)
         info = {"sisa_shard": shard, "sisa_stage": r, "samples": len(data)}
-        shas[name] = save_checkpoint(out_dir / f"{name}.safetensors", member, inner, info)
+        shas[name] = save_checkpoint(out_dir / f"{name}.safetensors", member, view, info)
         tick()
 
 
 def _check_supported(spec: ModelSpec) -> None:
-    if spec.subject_feature is not None:
-        raise ValueError(f"SISA ensembles need a spec without per-subject parameters; {spec.name!r} has "
-                         f"{spec.subject_feature!r}")
+    if spec.subject_feature is not None and spec.subject_input is None:
+        raise ValueError(f"SISA ensembles of a spec with per-subject parameters ({spec.name!r}: "
+                         f"{spec.subject_feature!r}) need its subject_input to route a subject to their shard")
 
 
 def train_sisa(
@@ -171,11 +237,14 @@ def train_sisa(
     slices: int = 3,
     recipe: TrainRecipe | None = None,
     epochs_per_slice: int | None = None,
+    layout: dict[str, Any] | None = None,
     progress: Progress | None = None,
 ) -> tuple[SISAEnsemble, dict[str, Any]]:
     """Train a SISA ensemble on the ``train`` split; slice checkpoints go to ``out_dir`` (created).
 
-    ``out_dir`` must be new or empty: a served version's files are never overwritten.
+    ``out_dir`` must be new or empty: a served version's files are never overwritten. ``layout``:
+    the constituents' meta (default ``spec.make_meta`` of the training data); a recorded one
+    reproduces an ensemble whose rows were numbered before some subjects were erased.
     """
     _check_supported(spec)
     recipe = recipe or spec.recipe
@@ -189,7 +258,7 @@ def train_sisa(
         "lr": recipe.lr, "weight_decay": recipe.weight_decay,
         "epochs_per_slice": epochs_per_slice or default_epochs_per_slice(recipe.epochs, slices),
     }
-    inner = spec.make_meta([e.features for e in train])
+    inner = base_meta(layout) if layout is not None else spec.make_meta([e.features for e in train])
     return _train(spec, inner, cfg, _partition(train, cfg), {k: 0 for k in range(shards)}, None,
                   Path(out_dir), device, progress)
 
@@ -197,9 +266,10 @@ def train_sisa(
 def _train(
     spec: ModelSpec, inner: dict[str, Any], cfg: dict[str, Any], parts: dict[int, list[list[Example]]],
     starts: dict[int, int], old: dict[str, Any] | None, out_dir: Path, device: torch.device | str,
-    progress: Progress | None,
+    progress: Progress | None, served: SISAEnsemble | None = None,
 ) -> tuple[SISAEnsemble, dict[str, Any]]:
-    """Train the shards in ``starts`` from their stage; copy every other checkpoint from ``old``."""
+    """Train the shards in ``starts`` from their stage; copy every other checkpoint from ``old``
+    (and, given ``served`` constituents known to equal those checkpoints, their weights from it)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     if any(out_dir.iterdir()):
         raise ValueError(f"SISA output directory {out_dir} is not empty")
@@ -213,27 +283,66 @@ def _train(
         if progress is not None:
             progress(done[0] / total)
 
-    members = []
+    routed = spec.subject_input is not None
+    members, routes, everything = [], {}, []
     for k in range(cfg["shards"]):
         start = starts.get(k)
+        feats = [e.features for s in parts[k] for e in s]
+        everything += feats
         if start is None:  # untouched shard: its last checkpoint is its weights
             for r in [None, *range(cfg["slices"])]:
                 _link(old, out_dir, slice_name(k, r), shas)
-            member, _, _ = load_slice(spec, old, k, cfg["slices"] - 1, device=device)
+            if served is not None:  # checked equal to those checkpoints: no reload (routes carried over below)
+                member, view = copy.deepcopy(served.members[k]).to(device), None
+            else:
+                member, view, _ = load_slice(spec, old, k, cfg["slices"] - 1, device=device)
         elif start == 0 and old is None:
             torch.manual_seed(_seed(cfg["seed"], k, "init"))
             member = spec.build(inner).to(device)
-            shas[slice_name(k, None)] = save_checkpoint(out_dir / f"{slice_name(k, None)}.safetensors", member, inner,
+            view = spec.restrict(inner, feats, model=member)  # rows only for this shard's users and items
+            shas[slice_name(k, None)] = save_checkpoint(out_dir / f"{slice_name(k, None)}.safetensors", member, view,
                                                         {"sisa_shard": k, "sisa_stage": None})
         else:  # restart from the last checkpoint before the first slice that changed
-            for r in [None, *range(start)]:
-                _link(old, out_dir, slice_name(k, r), shas)
-            member, _, _ = load_slice(spec, old, k, start - 1 if start else None, device=device)
+            member, view = _restart(spec, old, inner, feats, k, start, out_dir, shas, device, rewrite=routed)
         if start is not None:
-            _train_stages(spec, member, inner, cfg, k, parts[k], start, out_dir, shas, counts, device, tick)
+            _train_stages(spec, member, view, cfg, k, parts[k], start, out_dir, shas, counts, device, tick)
+        if routed and feats and start is None and old is not None and "routes" in old:
+            routes.update({row: k for row, owner in old["routes"].items() if owner == k})  # same users, same rows
+        elif routed and feats:
+            rows = spec.collate(feats, view)[spec.subject_input]
+            routes.update({str(int(r)): k for r in torch.unique(rows).tolist() if r})
         members.append(member.eval())
-    meta = {**inner, "sisa": {**cfg, "dir": str(out_dir.resolve()), "slice_sha256": shas, "counts": counts}}
-    return SISAEnsemble(members).to(device).eval(), meta
+    section = {**cfg, "dir": str(out_dir.resolve()), "slice_sha256": shas, "counts": counts}
+    if routed:  # the ensemble maps only ids some shard still holds
+        inner, section["routes"] = spec.restrict(inner, everything), routes
+    meta = {**inner, "sisa": section}
+    ensemble = SISAEnsemble(members, routes=routes if routed else None, route_key=spec.subject_input)
+    return ensemble.to(device).eval(), meta
+
+
+def _restart(
+    spec: ModelSpec, old: dict[str, Any], inner: dict[str, Any], feats: list[dict[str, Any]], shard: int, start: int,
+    out_dir: Path, shas: dict[str, str], device: torch.device | str, *, rewrite: bool,
+) -> tuple[nn.Module, dict[str, Any]]:
+    """The shard's checkpoint before stage ``start`` and its meta, the earlier checkpoints carried over.
+
+    Without per-id parameters they are hard-linked unchanged. With them (``rewrite``), each is
+    restricted to the shard's remaining data and saved anew: an erased user's row (and the row of
+    an item only they rated here) is zeroed and their id leaves the checkpoint's meta. Nothing read
+    those rows before the user's slice, so the result is what training without them would have saved.
+    """
+    stages = [None, *range(start)]
+    if not rewrite:
+        for r in stages:
+            _link(old, out_dir, slice_name(shard, r), shas)
+        member, view, _ = load_slice(spec, old, shard, stages[-1], device=device)
+        return member, view
+    for r in stages:
+        member, _, info = load_slice(spec, old, shard, r, device=device)
+        view = spec.restrict(inner, feats, model=member)
+        name = slice_name(shard, r)
+        shas[name] = save_checkpoint(out_dir / f"{name}.safetensors", member, view, info)
+    return member, view
 
 
 def _link(old: dict[str, Any], out_dir: Path, name: str, shas: dict[str, str]) -> None:
@@ -256,14 +365,18 @@ def load_slice(
     return model.train(), meta, info
 
 
-def _matches_checkpoints(spec: ModelSpec, model: nn.Module, sisa: dict[str, Any]) -> bool:
-    """Whether the served constituents are exactly their final slice checkpoints."""
+def _matches_checkpoints(model: nn.Module, sisa: dict[str, Any]) -> bool:
+    """Whether the served constituents are exactly their final slice checkpoints (the weights,
+    read from the sha256-verified files without building a network)."""
     if not isinstance(model, SISAEnsemble) or len(model.members) != sisa["shards"]:
         return False
     for k, member in enumerate(model.members):
-        saved, _, _ = load_slice(spec, sisa, k, sisa["slices"] - 1)
-        served = member.state_dict()
-        if any(not torch.equal(v.cpu(), served[n].cpu()) for n, v in saved.state_dict().items()):
+        name = slice_name(k, sisa["slices"] - 1)
+        data = (Path(sisa["dir"]) / f"{name}.safetensors").read_bytes()
+        if hashlib.sha256(data).hexdigest() != sisa["slice_sha256"][name]:
+            raise ChecksumMismatch(f"SISA checkpoint {name} does not match its recorded sha256")
+        saved, served = load_safetensors(data), member.state_dict()
+        if saved.keys() != served.keys() or any(not torch.equal(v, served[n].cpu()) for n, v in saved.items()):
             return False
     return True
 
@@ -301,11 +414,12 @@ def unlearn_sisa(
     keep = [e for e in retain if e.split == "train" and e.subject_id not in forget_keys]
     out = Path(out_dir) if out_dir is not None else new_run_dir(Path(old["dir"]).parent)
     previous: dict[str, Any] | None = old
-    if not _matches_checkpoints(spec, model, old):
+    served: SISAEnsemble | None = model  # type: ignore[assignment]
+    if not _matches_checkpoints(model, old):
         log.warning("served SISA ensemble differs from its slice checkpoints; retraining every shard")
-        starts, previous = {k: 0 for k in range(cfg["shards"])}, None
+        starts, previous, served = {k: 0 for k in range(cfg["shards"])}, None, None
     ensemble, new_meta = _train(spec, base_meta(meta), cfg, _partition(keep, cfg), starts, previous, out,
-                                device, progress)
+                                device, progress, served)
     return ensemble, new_meta, starts
 
 

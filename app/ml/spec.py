@@ -61,6 +61,10 @@ class ModelSpec:
     # Feature that carries the subject's own ID when the network has per-subject
     # parameters (MovieLens: "user_id" -> a user embedding row); None otherwise.
     subject_feature: ClassVar[str | None] = None
+    # The ``collate`` output that carries the row of those per-subject parameters (MovieLens:
+    # "user", 0 for an unknown subject). Declaring it lets a user-sharded SISA ensemble route a
+    # subject's prediction to the one constituent that holds their row (``app/ml/sisa.py``).
+    subject_input: ClassVar[str | None] = None
 
     def load_examples(self) -> list[Example]:
         """All examples of the bundled data set, deterministic (no downloads)."""
@@ -97,6 +101,14 @@ class ModelSpec:
     def subject_params_cleared(self, model: nn.Module, meta: dict[str, Any], subject_ids: list[str]) -> bool:
         """True when no per-subject parameter of these subjects remains (checked by the gate)."""
         return True
+
+    def restrict(self, meta: dict[str, Any], features: list[dict[str, Any]], model: nn.Module | None = None) -> dict[str, Any]:
+        """The meta of only the ids (subjects, items) that ``features`` mention, shapes unchanged;
+        with ``model``, every row the returned meta does not map is zeroed in place, so the network
+        holds parameters only for what those samples contain. A SISA constituent is restricted to
+        its shard's data. Models without per-id parameters return ``meta`` unchanged (default).
+        """
+        return meta
 
     # ---- optional hooks with defaults (issue 9); a plugin overrides only what it needs
 

@@ -16,7 +16,9 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from app.ml.data import make_loader
+from app.ml.policy import sisa_layout, sisa_wins
 from app.ml.spec import Example, ModelSpec, TrainRecipe
+from app.ml.specs import get_spec
 
 Progress = Callable[[float], None]
 # Inference batch: large enough to amortise Python overhead, small enough for any model here.
@@ -195,11 +197,16 @@ def train_for_registration(
     return train_from_scratch(spec, examples, device=device, seed=seed, progress=progress)
 
 
-def demo_training(name: str, *, sisa_models: str = "", update_log_models: str = "") -> dict[str, Any] | None:
-    """The ``training`` option of demo model ``name`` from the settings' comma lists."""
+def demo_training(name: str, *, spec: str | None = None, sisa_models: str = "",
+                  update_log_models: str = "") -> dict[str, Any] | None:
+    """The ``training`` option of demo model ``name`` (of spec ``spec``, default the same name) from
+    the settings' comma lists: a SISA ensemble, in the layout measured for the spec and its recipe,
+    when listed or measured to win (``app/ml/policy.py``)."""
     listed = lambda value: {n.strip() for n in value.split(",") if n.strip()}  # noqa: E731
-    if name in listed(sisa_models):
-        return {"sisa": {"shards": 4, "slices": 3}}
+    spec_name = spec or name
+    recipe = get_spec(spec_name).recipe
+    if name in listed(sisa_models) or sisa_wins(spec_name, recipe):
+        return {"sisa": sisa_layout(spec_name, recipe)}
     if name in listed(update_log_models):
         return {"update_log": True}
     return None

@@ -119,9 +119,12 @@ def test_tampered_slice_checkpoint_is_refused(toy, train, tmp_path):
         unlearn_sisa(toy, model, meta, retain=train, forget_keys={"toy-02"}, device="cpu")
 
 
-def test_refuses_per_subject_specs_and_non_empty_dirs(toy, train, tmp_path):
+def test_refuses_unroutable_per_subject_specs_and_non_empty_dirs(toy, train, tmp_path):
+    class Unroutable(type(get_spec("movielens"))):
+        subject_input = None  # per-subject rows, but no way to route a subject to their shard
+
     with pytest.raises(ValueError, match="per-subject"):
-        train_sisa(get_spec("movielens"), [], out_dir=tmp_path / "m", device="cpu")
+        train_sisa(Unroutable(), [], out_dir=tmp_path / "m", device="cpu")
     (tmp_path / "used").mkdir()
     (tmp_path / "used" / "x").write_text("x")
     with pytest.raises(ValueError, match="not empty"):

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from app.ml.data import make_loader
+from app.ml.sisa import forget_subjects  # one network, or every constituent of a SISA ensemble
 from app.ml.spec import Example, ModelSpec, TrainRecipe
 
 C = TypeVar("C")
@@ -86,7 +87,7 @@ class Deadline:
 def finish(ctx: UnlearnContext, model: nn.Module, meta: dict[str, Any]) -> UnlearnResult:
     """Every method's exit: eval mode, and the subjects' per-subject parameters gone."""
     model.eval()
-    meta = ctx.spec.forget_subjects(model, meta, ctx.forget_subject_ids)
+    meta = forget_subjects(ctx.spec, model, meta, ctx.forget_subject_ids)
     ctx.progress(1.0)
     return UnlearnResult(model, meta)
 

@@ -36,6 +36,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from app.ml.sisa import subject_params_cleared
 from app.ml.spec import Example, ModelSpec
 from app.ml.train import predict_logits
 from workers.verify.distributions import loss_histograms
@@ -358,7 +359,7 @@ def verify_candidate(
         before = {name: _signals(spec, original[0], original[1], xs, device)["loss"] if xs else np.empty(0)
                   for name, xs in (("forget", forget), ("holdout", holdout_s),
                                    ("forget_unseen", unseen if within else []))}
-    cleared = bool(spec.subject_params_cleared(candidate, meta, forget_subject_ids))
+    cleared = bool(subject_params_cleared(spec, candidate, meta, forget_subject_ids))  # per constituent for SISA
     result["subject_params"] = _gate(cleared, "per-subject parameters removed" if cleared else "per-subject parameters remain")
 
     return VerificationReport(

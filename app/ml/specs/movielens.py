@@ -15,6 +15,11 @@ user (``forget_subjects``) zeroes their rows and drops them from the id map, aft
 model treats them exactly like someone it never saw. During training a share of samples is
 routed to row 0 ("user dropout") so that predictions for unknown users are trained, not
 extrapolated. ``meta`` holds the id -> row maps (keys as strings) and each movie row's genres.
+
+As a user-sharded SISA constituent (``app/ml/sisa.py``) the network is ``restrict``-ed to its
+shard's ratings: its maps keep only that shard's users and movies (``n_movie_rows`` keeps the
+shape) and every other user and movie row is zero, so it treats other shards' users as unknown
+and knows other movies by their genres only.
 """
 
 from __future__ import annotations
@@ -66,8 +71,10 @@ class MovieLensNet(nn.Module):
             for emb in (self.user_emb, self.user_bias, self.movie_emb, self.movie_bias):
                 emb.weight[UNKNOWN].zero_()
         genres = torch.zeros(n_movies + 1, n_genres)
-        for row, idx in enumerate(movie_genres):
-            genres[row, idx] = 1.0
+        # One indexed write, not one per movie: building the net is on every checkpoint load's path.
+        rows = [row for row, idx in enumerate(movie_genres) for _ in idx]
+        cols = [c for idx in movie_genres for c in idx]
+        genres[torch.tensor(rows, dtype=torch.long), torch.tensor(cols, dtype=torch.long)] = 1.0
         # Derived from meta, so not part of the checkpoint's weights.
         self.register_buffer("genres", genres, persistent=False)
         self.mlp = nn.Sequential(nn.Linear(3 * dim + n_genres, hidden), nn.ReLU(), nn.Linear(hidden, 1))
@@ -101,6 +108,7 @@ class MovieLensSpec(ModelSpec):
     input_example: ClassVar[dict[str, Any]] = {"user_id": 1, "movie_id": 31}
     # The user embedding row is a per-subject parameter: erasure must reset it.
     subject_feature: ClassVar[str | None] = "user_id"
+    subject_input: ClassVar[str | None] = "user"
 
     def load_examples(self) -> list[Example]:
         df = _ratings()
@@ -135,9 +143,9 @@ class MovieLensSpec(ModelSpec):
         }
 
     def build(self, meta: dict[str, Any]) -> nn.Module:
-        return MovieLensNet(
-            meta["n_user_rows"], len(meta["movie_rows"]), meta["movie_genres"], len(meta["genres"]), meta["dim"], meta["hidden"]
-        )
+        n_movies = meta.get("n_movie_rows", len(meta["movie_rows"]))  # a restricted meta keeps the shape
+        return MovieLensNet(meta["n_user_rows"], n_movies, meta["movie_genres"], len(meta["genres"]), meta["dim"],
+                            meta["hidden"])
 
     def collate(self, features: list[dict[str, Any]], meta: dict[str, Any]) -> dict[str, torch.Tensor]:
         users, movies = meta["user_rows"], meta["movie_rows"]
@@ -160,6 +168,22 @@ class MovieLensSpec(ModelSpec):
                 model.user_emb.weight[idx] = 0.0
                 model.user_bias.weight[idx] = 0.0
         return {**meta, "user_rows": rows}
+
+    def restrict(self, meta: dict[str, Any], features: list[dict[str, Any]], model: nn.Module | None = None) -> dict[str, Any]:
+        users = {str(f["user_id"]) for f in features}
+        movies = {str(f["movie_id"]) for f in features}
+        view = {**meta, "n_movie_rows": meta.get("n_movie_rows", len(meta["movie_rows"])),
+                "user_rows": {u: r for u, r in meta["user_rows"].items() if u in users},
+                "movie_rows": {m: r for m, r in meta["movie_rows"].items() if m in movies}}
+        if model is not None:
+            with torch.no_grad():
+                for rows, tables in ((view["user_rows"], (model.user_emb, model.user_bias)),
+                                     (view["movie_rows"], (model.movie_emb, model.movie_bias))):
+                    dead = torch.ones(tables[0].num_embeddings, dtype=torch.bool)
+                    dead[torch.tensor(list(rows.values()), dtype=torch.long)] = False
+                    for table in tables:
+                        table.weight[dead.to(table.weight.device)] = 0.0
+        return view
 
     def subject_params_cleared(self, model: nn.Module, meta: dict[str, Any], subject_ids: list[str]) -> bool:
         rows = meta["user_rows"]

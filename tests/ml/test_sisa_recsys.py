@@ -19,12 +19,7 @@ SHARDS, SLICES = 4, 3
 STRANGER = 10**9  # a user id no model has seen
 
 
-@pytest.fixture(autouse=True)
-def deterministic():
-    torch.use_deterministic_algorithms(True)
-    yield
-    torch.use_deterministic_algorithms(False)
-
+pytestmark = pytest.mark.usefixtures("deterministic_torch")  # bit-for-bit comparisons
 
 @pytest.fixture(scope="module")
 def ml():

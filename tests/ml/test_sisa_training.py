@@ -15,12 +15,7 @@ from app.ml.train import evaluate, predict_logits
 FORGET = {"toy-02", "toy-07"}  # shards 0 and 3 (slices 0 and 1): shards 1 and 2 stay untouched
 
 
-@pytest.fixture(autouse=True)
-def deterministic():
-    torch.use_deterministic_algorithms(True)
-    yield
-    torch.use_deterministic_algorithms(False)
-
+pytestmark = pytest.mark.usefixtures("deterministic_torch")  # bit-for-bit comparisons
 
 @pytest.fixture(scope="module")
 def train(toy_examples):

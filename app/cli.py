@@ -10,31 +10,33 @@ stays on stdout as before, where whatever collects it expects it (``--logs`` ove
 
 The remote commands (``erase``, ``status``, ``requests``, ``retry``, ``audit``, ``keys``,
 ``models``) talk to ``--url`` / ``LETHE_URL`` over the HTTP API: see ``app.cli_models``.
-It stays argparse (with rich for tables and progress): the scripts and tests that call
-``lethe models ... --url U --key K --json`` with the options before or after the subcommand,
-``bench NAME ARGS...`` passing everything through, and ``main(argv) -> int`` all keep working
-unchanged, which a migration to typer would have put at risk for no user-visible gain.
+The commands are typer's (issue 11 §2; rich draws the tables and the progress bars), thin
+wrappers over the functions here and in ``app.cli_*``. ``main(argv) -> int`` runs them the way
+the argparse CLI before them did: it returns the command's exit code, and a usage error prints
+the usage and raises ``SystemExit(2)``.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
+from typing import Annotated
 
 import httpx
+import typer
+from typer import rich_utils
 
-from app.cli_audit import add_audit_command
+from app.cli_audit import audit_app
 from app.cli_erasure import add_erasure_commands
-from app.cli_keys import add_keys_command
-from app.cli_migrate import add_migrate_command
-from app.cli_models import add_models_command
+from app.cli_keys import keys_app
+from app.cli_migrate import migrate_command
+from app.cli_models import models_app
+from app.cli_supervise import Child, Stopping, log_tail, stop_children, supervise, wait_ready
 from app.core.config import Settings, get_settings
 
 BENCH_DIR = Path(__file__).resolve().parent.parent / "bench"
@@ -104,19 +106,6 @@ def child_env(settings: Settings) -> dict[str, str]:
     return env
 
 
-@dataclass
-class Child:
-    """One supervised process of ``lethe run``; ``spawn`` (re)starts it."""
-
-    name: str
-    spawn: Callable[[], subprocess.Popen]
-    proc: subprocess.Popen | None = None
-    restarts: list[float] = field(default_factory=list)  # monotonic times of recent restarts
-
-    def start(self) -> None:
-        self.proc = self.spawn()
-
-
 def stack_children(settings: Settings, *, log_dir: Path | None = None) -> list[Child]:
     env = child_env(settings)
     out = (lambda name: open(log_dir / f"{name}.log", "ab")) if log_dir else (lambda name: None)  # noqa: E731
@@ -129,69 +118,6 @@ def stack_children(settings: Settings, *, log_dir: Path | None = None) -> list[C
     spawn = lambda name, argv: lambda: subprocess.Popen(  # noqa: E731
         argv, env=env, stdout=out(name), stderr=subprocess.STDOUT if log_dir else None)
     return [Child("worker", spawn("worker", worker_argv)), Child("api", spawn("api", api_argv))]
-
-
-class Stopping(Exception):
-    """SIGTERM / SIGINT reached ``lethe run``: stop the children, do not restart them."""
-
-
-def supervise(children: list[Child], *, max_restarts: int = 5, window_s: float = 300.0,
-              sleep: Callable[[float], None] = time.sleep) -> int:
-    """Keep every child running until a signal stops ``lethe run``.
-
-    A child that exits on its own (e.g. the Celery worker after a broker failure it cannot
-    recover from) is restarted with exponential backoff, and the others keep serving: work it
-    held is in the DB and the reconciler re-sends it. More than ``max_restarts`` of one child
-    within ``window_s`` means something is wrong that restarts will not fix: give up with exit
-    code 1, so a process supervisor (systemd, compose) sees a failure, not a clean exit.
-    """
-    while True:
-        for child in children:
-            rc = child.proc.poll() if child.proc is not None else 0
-            if rc is None:
-                continue
-            now = time.monotonic()
-            child.restarts = [t for t in child.restarts if now - t < window_s]
-            if len(child.restarts) >= max_restarts:
-                print(f"lethe: {child.name} exited (code {rc}) {len(child.restarts) + 1} times in "
-                      f"{window_s:.0f} s; giving up", file=sys.stderr, flush=True)
-                return 1
-            delay = min(30.0, 2.0 ** len(child.restarts))
-            print(f"lethe: {child.name} exited unexpectedly (code {rc}); restarting it in {delay:.0f} s",
-                  file=sys.stderr, flush=True)
-            sleep(delay)
-            child.restarts.append(time.monotonic())
-            child.start()
-        sleep(1.0)
-
-
-def stop_children(children: list[Child]) -> None:
-    procs = [c.proc for c in children if c.proc is not None]
-    for p in procs:
-        if p.poll() is None:
-            p.send_signal(signal.SIGTERM)
-    for p in procs:
-        try:
-            p.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            p.kill()
-
-
-def wait_ready(url: str, timeout: float = 120.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                return True
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    return False
-
-
-def log_tail(paths: list[Path], lines: int = 15) -> str:
-    return "".join(f"--- {p} (last {lines} lines)\n" + "".join(p.read_text(errors="replace").splitlines(True)[-lines:])
-                   for p in paths if p.exists())
 
 
 def run_summary(settings: Settings, key: str, log_paths: list[Path]) -> str:
@@ -243,25 +169,16 @@ def cmd_run(settings: Settings, *, logs: str = "auto") -> int:
         stop_children(children)
 
 
-def add_verify_command(sub: argparse._SubParsersAction) -> None:
-    """`lethe verify-certificate FILE --key PEM | --url BASE`: offline check of a certificate."""
-    p = sub.add_parser("verify-certificate", help="check an erasure certificate's Ed25519 signature")
-    p.add_argument("file", help="certificate JSON, as served by GET /v1/erasure-requests/{id}/certificate")
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--key", help="PEM file of the public key")
-    src.add_argument("--url", help="Lethe base URL; the key is fetched from /v1/keys/certificate")
-    p.set_defaults(run=run_verify_command)
-
-
-def run_verify_command(args: argparse.Namespace) -> int:
+def verify_certificate(file: Path, *, pem_file: str | None, url: str | None) -> int:
+    """Check a certificate's Ed25519 signature against a PEM file or the key a stack serves."""
     from app.services import certificates
 
-    if args.key:
-        pem = Path(args.key).read_text()
+    if pem_file:
+        pem = Path(pem_file).read_text()
     else:
-        pem = httpx.get(f"{args.url.rstrip('/')}/v1/keys/certificate", timeout=10).raise_for_status() \
+        pem = httpx.get(f"{url.rstrip('/')}/v1/keys/certificate", timeout=10).raise_for_status() \
             .json()["public_key_pem"]
-    ok, reason = certificates.verify_certificate_file(args.file, pem)
+    ok, reason = certificates.verify_certificate_file(file, pem)
     print(("OK " if ok else "FAILED ") + reason, file=sys.stdout if ok else sys.stderr)
     return 0 if ok else 1
 
@@ -271,37 +188,70 @@ def bench_names() -> list[str]:
     return sorted(p.stem for p in BENCH_DIR.glob("*.py") if p.stem != "common")
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="lethe", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="cmd", required=True)
-    run_p = sub.add_parser("run", help="bootstrap, then start API + worker (embedded default)")
-    run_p.add_argument("--logs", choices=("auto", "files", "console"), default="auto",
-                     help="the API's and worker's output: files under <data_dir>/logs/, or this console "
-                          "(auto: files in a terminal, else the console)")
-    sub.add_parser("bootstrap", help="create the DB, train demo models, print the admin key "
-                   "(in production: the path of its file)")
-    bench = sub.add_parser("bench", help="run a benchmark from bench/")
-    bench.add_argument("name", help=f"benchmark name: {', '.join(bench_names())}")
-    bench.add_argument("args", nargs=argparse.REMAINDER)
-    add_verify_command(sub)
-    add_models_command(sub)
-    add_migrate_command(sub)
-    add_erasure_commands(sub)
-    add_audit_command(sub)
-    add_keys_command(sub)
-    args = parser.parse_args(argv)
-    if getattr(args, "run", None) is not None:  # every command but run, bootstrap and bench
-        return args.run(args)
+class Logs(StrEnum):
+    auto = "auto"
+    files = "files"
+    console = "console"
+
+
+app = typer.Typer(name="lethe", help=__doc__.splitlines()[0].replace("``", ""))
+
+
+@app.command("run", help="bootstrap, then start API + worker (embedded default)")
+def run(logs: Annotated[Logs, typer.Option(
+        help="the API's and worker's output: files under <data_dir>/logs/, or this console "
+             "(auto: files in a terminal, else the console)")] = Logs.auto) -> int:
+    return cmd_run(get_settings(), logs=logs.value)
+
+
+@app.command("bootstrap", help="create the DB, train demo models, print the admin key (in production: the path "
+                               "of its file)")
+def bootstrap_command() -> int:
     settings = get_settings()
-    if args.cmd == "run":
-        return cmd_run(settings, logs=args.logs)
-    if args.cmd == "bootstrap":
-        print(admin_key_notice(settings, bootstrap(settings)))
-        return 0
-    script = BENCH_DIR / f"{args.name}.py"
-    if args.name not in bench_names():
-        parser.error(f"no benchmark {args.name!r} in bench/")
-    return subprocess.call([sys.executable, str(script), *args.args])
+    print(admin_key_notice(settings, bootstrap(settings)))
+    return 0
+
+
+# Everything after NAME goes to the script, --help included (allow_interspersed_args=False).
+@app.command("bench", help="run a benchmark from bench/", context_settings={"allow_interspersed_args": False})
+def bench(name: Annotated[str, typer.Argument(help=f"benchmark name: {', '.join(bench_names())}")],
+          args: Annotated[list[str] | None, typer.Argument(help="passed on to the script")] = None) -> int:
+    if name not in bench_names():
+        raise typer.BadParameter(f"no benchmark {name!r} in bench/", param_hint="NAME")
+    return subprocess.call([sys.executable, str(BENCH_DIR / f"{name}.py"), *(args or [])])
+
+
+@app.command("verify-certificate", help="check an erasure certificate's Ed25519 signature")
+def verify_certificate_command(
+        file: Annotated[Path, typer.Argument(
+            help="certificate JSON, as served by GET /v1/erasure-requests/{id}/certificate")],
+        key: Annotated[str | None, typer.Option(help="PEM file of the public key")] = None,
+        url: Annotated[str | None, typer.Option(
+            help="Lethe base URL; the key is fetched from /v1/keys/certificate")] = None) -> int:
+    if (key is None) == (url is None):  # exactly one, as argparse's required exclusive group had it
+        raise typer.BadParameter("give one of --key and --url", param_hint="--key / --url")
+    return verify_certificate(file, pem_file=key, url=url)
+
+
+app.command("migrate", help="upgrade the database schema to head (alembic); stamps a create_all schema")(
+    migrate_command)
+app.add_typer(models_app, name="models")
+add_erasure_commands(app)
+app.add_typer(audit_app, name="audit")
+app.add_typer(keys_app, name="keys")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run ``lethe argv``; returns the exit code. A usage error shows the usage and exits 2."""
+    command = typer.main.get_command(app)
+    try:
+        return command.main(args=argv, prog_name="lethe", standalone_mode=False) or 0
+    except typer.TyperException as exc:  # typer's click raises its usage errors as these
+        rich_utils.rich_format_error(exc)
+        raise SystemExit(exc.exit_code) from None
+    except typer.Abort:
+        print("Aborted!", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

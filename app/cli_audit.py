@@ -6,14 +6,15 @@ is broken or truncated.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
-from typing import Any
+from enum import StrEnum
+from typing import Annotated, Any
 
 import httpx
+import typer
 
-from app.cli_models import call, connection_options, out, run_remote
+from app.cli_models import JsonOpt, KeyOpt, Remote, UrlOpt, call, out, remote, remote_group, run_remote
 
 
 def has_event(c: httpx.Client, seq: int) -> bool:
@@ -33,18 +34,18 @@ def last_seq(c: httpx.Client) -> int:
     return lo
 
 
-def cmd_tail(args: argparse.Namespace, c: httpx.Client) -> int:
-    params: dict[str, Any] = {"limit": args.n}
-    if args.request_id:
-        params["request_id"] = args.request_id
-    if args.type:
-        params["type"] = args.type
-    if args.request_id or args.type:
-        body = newest_matching(c, params, args.n)
+def cmd_tail(r: Remote, c: httpx.Client, *, n: int, request_id: str | None, type_: str | None) -> int:
+    params: dict[str, Any] = {"limit": n}
+    if request_id:
+        params["request_id"] = request_id
+    if type_:
+        params["type"] = type_
+    if request_id or type_:
+        body = newest_matching(c, params, n)
     else:
-        params["cursor"] = str(max(0, last_seq(c) - args.n))
+        params["cursor"] = str(max(0, last_seq(c) - n))
         body = call(c, "GET", "/v1/audit/events", params=params)
-    out(args, body, events_table)
+    out(r, body, events_table)
     return 0
 
 
@@ -74,49 +75,59 @@ def events_table(body: dict[str, Any]) -> Any:
     return table
 
 
-def cmd_verify(args: argparse.Namespace, c: httpx.Client) -> int:
+def cmd_verify(r: Remote, c: httpx.Client) -> int:
     report = call(c, "GET", "/v1/audit/verify")
-    out(args, report, lambda r: (f"audit chain OK: {r.get('events')} events" if r["ok"] else
+    out(r, report, lambda r: (f"audit chain OK: {r.get('events')} events" if r["ok"] else
                                  f"audit chain BROKEN: {r.get('reason')} (first broken seq "
                                  f"{r.get('first_broken_seq')})")
         + "".join(f"\n  {k}: {v}" for k, v in r.items() if k not in ("ok", "reason", "events")))
     return 0 if report["ok"] else 1
 
 
-def cmd_export(args: argparse.Namespace, c: httpx.Client) -> int:
+def cmd_export(_: Remote, c: httpx.Client, *, format_: str, output: str | None) -> int:
     from app.cli_models import ApiError
 
-    with c.stream("GET", "/v1/audit/export", params={"format": args.format}) as r:
-        if r.status_code >= 400:
-            r.read()
-            raise ApiError(r)
-        sink = open(args.output, "w", encoding="utf-8", newline="") if args.output else sys.stdout
+    with c.stream("GET", "/v1/audit/export", params={"format": format_}) as response:
+        if response.status_code >= 400:
+            response.read()
+            raise ApiError(response)
+        sink = open(output, "w", encoding="utf-8", newline="") if output else sys.stdout
         lines = 0
         try:
-            for chunk in r.iter_text():
+            for chunk in response.iter_text():
                 sink.write(chunk)
                 lines += chunk.count("\n")
         finally:
-            if args.output:
+            if output:
                 sink.close()
-    if args.output:
-        print(f"wrote {lines} lines ({args.format}) to {args.output}", file=sys.stderr)
+    if output:
+        print(f"wrote {lines} lines ({format_}) to {output}", file=sys.stderr)
     return 0
 
 
-def add_audit_command(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("audit", help="tail, verify or export the audit log", parents=[connection_options(False)])
-    au = p.add_subparsers(dest="audit_cmd", required=True)
-    common = [connection_options(True)]
-    t = au.add_parser("tail", help="the newest audit events", parents=common)
-    t.add_argument("-n", type=int, default=20, help="how many (1-1000, default 20)")
-    t.add_argument("--request-id", help="only this erasure request's events")
-    t.add_argument("--type", help="only events of this type")
-    t.set_defaults(audit_run=cmd_tail)
-    au.add_parser("verify", help="recompute the hash chain; exit 1 if broken or truncated",
-                  parents=common).set_defaults(audit_run=cmd_verify)
-    e = au.add_parser("export", help="the whole log, streamed", parents=common)
-    e.add_argument("--format", choices=("jsonl", "csv"), default="jsonl")
-    e.add_argument("-o", "--output", help="file to write (default stdout)")
-    e.set_defaults(audit_run=cmd_export)
-    p.set_defaults(run=lambda args: run_remote(args, args.audit_run))
+class ExportFormat(StrEnum):
+    jsonl = "jsonl"
+    csv = "csv"
+
+
+audit_app = remote_group("tail, verify or export the audit log")
+
+
+@audit_app.command("tail", help="the newest audit events")
+def tail(ctx: typer.Context, n: Annotated[int, typer.Option("-n", help="how many (1-1000)")] = 20,
+         request_id: Annotated[str | None, typer.Option(help="only this erasure request's events")] = None,
+         type_: Annotated[str | None, typer.Option("--type", help="only events of this type")] = None,
+         url: UrlOpt = None, key: KeyOpt = None, json_: JsonOpt = False) -> int:
+    return run_remote(remote(ctx, url, key, json_), cmd_tail, n=n, request_id=request_id, type_=type_)
+
+
+@audit_app.command("verify", help="recompute the hash chain; exit 1 if broken or truncated")
+def verify(ctx: typer.Context, url: UrlOpt = None, key: KeyOpt = None, json_: JsonOpt = False) -> int:
+    return run_remote(remote(ctx, url, key, json_), cmd_verify)
+
+
+@audit_app.command("export", help="the whole log, streamed")
+def export(ctx: typer.Context, format_: Annotated[ExportFormat, typer.Option("--format")] = ExportFormat.jsonl,
+           output: Annotated[str | None, typer.Option("-o", "--output", help="file to write (default stdout)")] = None,
+           url: UrlOpt = None, key: KeyOpt = None, json_: JsonOpt = False) -> int:
+    return run_remote(remote(ctx, url, key, json_), cmd_export, format_=format_.value, output=output)

@@ -8,13 +8,13 @@ or ``awaiting_identity``, which waits for an operator).
 
 from __future__ import annotations
 
-import argparse
 import time
-from typing import Any
+from typing import Annotated, Any
 
 import httpx
+import typer
 
-from app.cli_models import call, connection_options, out, run_remote
+from app.cli_models import JsonOpt, KeyOpt, Remote, UrlOpt, call, out, remote, run_remote
 
 POLL_S = 0.5
 
@@ -71,38 +71,40 @@ def request_table(view: dict[str, Any]) -> Any:
     return grid
 
 
-def cmd_erase(args: argparse.Namespace, c: httpx.Client) -> int:
-    body: dict[str, Any] = {"subject_id": args.subject}
-    if args.policy:
-        body["policy"] = args.policy
-    if args.reason:
-        body["reason"] = args.reason
-    headers = {"Idempotency-Key": args.idempotency_key} if args.idempotency_key else {}
+def cmd_erase(r: Remote, c: httpx.Client, *, subject: str, follow_: bool, policy: str | None, reason: str | None,
+              idempotency_key: str | None, timeout: float | None) -> int:
+    body: dict[str, Any] = {"subject_id": subject}
+    if policy:
+        body["policy"] = policy
+    if reason:
+        body["reason"] = reason
+    headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
     view = call(c, "POST", "/v1/erasure-requests", json=body, headers=headers)
-    if args.follow:
-        view = follow(c, view, quiet=args.json, timeout_s=args.timeout)
-    out(args, view, request_table)
-    if not args.follow:
+    if follow_:
+        view = follow(c, view, quiet=r.json, timeout_s=timeout)
+    out(r, view, request_table)
+    if not follow_:
         return 0
     return 0 if view["status"] in statuses()[0] else 1
 
 
-def cmd_status(args: argparse.Namespace, c: httpx.Client) -> int:
-    out(args, call(c, "GET", f"/v1/erasure-requests/{args.id}"), request_table)
+def cmd_status(r: Remote, c: httpx.Client, *, request_id: str) -> int:
+    out(r, call(c, "GET", f"/v1/erasure-requests/{request_id}"), request_table)
     return 0
 
 
-def cmd_requests(args: argparse.Namespace, c: httpx.Client) -> int:
-    params: dict[str, Any] = {"limit": args.limit}
-    if args.status:
-        params["status"] = args.status
-    if args.overdue:
+def cmd_requests(r: Remote, c: httpx.Client, *, status: str | None, overdue: bool, subject: str | None, limit: int,
+                 cursor: str | None) -> int:
+    params: dict[str, Any] = {"limit": limit}
+    if status:
+        params["status"] = status
+    if overdue:
         params["overdue"] = "true"
-    if args.subject:
-        params["subject_id"] = args.subject
-    if args.cursor:
-        params["cursor"] = args.cursor
-    out(args, call(c, "GET", "/v1/erasure-requests", params=params), requests_table)
+    if subject:
+        params["subject_id"] = subject
+    if cursor:
+        params["cursor"] = cursor
+    out(r, call(c, "GET", "/v1/erasure-requests", params=params), requests_table)
     return 0
 
 
@@ -120,33 +122,52 @@ def requests_table(body: dict[str, Any]) -> Any:
     return table
 
 
-def cmd_retry(args: argparse.Namespace, c: httpx.Client) -> int:
-    out(args, call(c, "POST", f"/v1/erasure-requests/{args.id}/retry"), request_table)
+def cmd_retry(r: Remote, c: httpx.Client, *, request_id: str) -> int:
+    out(r, call(c, "POST", f"/v1/erasure-requests/{request_id}/retry"), request_table)
     return 0
 
 
-def add_erasure_commands(sub: argparse._SubParsersAction) -> None:
-    common = [connection_options(False)]
-    e = sub.add_parser("erase", help="submit an erasure request for a data subject", parents=common)
-    e.add_argument("subject", help="the data subject's ID as your training data knows it")
-    e.add_argument("--follow", action="store_true",
-                   help="show progress until the request settles; exit 0 only when the subject is erased")
-    e.add_argument("--policy", help="unlearning policy: auto (default) or a method name")
-    e.add_argument("--reason", help="free text kept with the request")
-    e.add_argument("--idempotency-key", help="makes a retried submission safe")
-    e.add_argument("--timeout", type=float, help="with --follow: stop following after this many seconds (exit 1)")
-    e.set_defaults(run=lambda args: run_remote(args, cmd_erase))
-    s = sub.add_parser("status", help="one erasure request: status, stage, percent", parents=common)
-    s.add_argument("id")
-    s.set_defaults(run=lambda args: run_remote(args, cmd_status))
-    r = sub.add_parser("requests", help="list erasure requests, newest first", parents=common)
-    r.add_argument("--status", help="only this status (queued, running, failed, ...)")
-    r.add_argument("--overdue", action="store_true", help="only requests past their deadline")
-    r.add_argument("--subject", help="only this data subject's requests")
-    r.add_argument("--limit", type=int, default=50, help="page size (1-500, default 50)")
-    r.add_argument("--cursor", help="next_cursor of the previous page")
-    r.set_defaults(run=lambda args: run_remote(args, cmd_requests))
-    t = sub.add_parser("retry", help="queue a failed erasure request again", parents=common)
-    t.add_argument("id")
-    t.set_defaults(run=lambda args: run_remote(args, cmd_retry))
+RequestId = Annotated[str, typer.Argument(metavar="ID", help="the erasure request's id")]
 
+
+def erase(ctx: typer.Context,
+          subject: Annotated[str, typer.Argument(help="the data subject's ID as your training data knows it")],
+          follow_: Annotated[bool, typer.Option(
+              "--follow", help="show progress until the request settles; exit 0 only when the subject is erased")] = False,
+          policy: Annotated[str | None, typer.Option(help="unlearning policy: auto (default) or a method name")] = None,
+          reason: Annotated[str | None, typer.Option(help="free text kept with the request")] = None,
+          idempotency_key: Annotated[str | None, typer.Option(help="makes a retried submission safe")] = None,
+          timeout: Annotated[float | None, typer.Option(
+              help="with --follow: stop following after this many seconds (exit 1)")] = None,
+          url: UrlOpt = None, key: KeyOpt = None, json_: JsonOpt = False) -> int:
+    return run_remote(remote(ctx, url, key, json_), cmd_erase, subject=subject, follow_=follow_, policy=policy,
+                      reason=reason, idempotency_key=idempotency_key, timeout=timeout)
+
+
+def status(ctx: typer.Context, request_id: RequestId, url: UrlOpt = None, key: KeyOpt = None,
+           json_: JsonOpt = False) -> int:
+    return run_remote(remote(ctx, url, key, json_), cmd_status, request_id=request_id)
+
+
+def requests(ctx: typer.Context,
+             status: Annotated[str | None, typer.Option(help="only this status (queued, running, failed, ...)")] = None,
+             overdue: Annotated[bool, typer.Option("--overdue", help="only requests past their deadline")] = False,
+             subject: Annotated[str | None, typer.Option(help="only this data subject's requests")] = None,
+             limit: Annotated[int, typer.Option(help="page size (1-500)")] = 50,
+             cursor: Annotated[str | None, typer.Option(help="next_cursor of the previous page")] = None,
+             url: UrlOpt = None, key: KeyOpt = None, json_: JsonOpt = False) -> int:
+    return run_remote(remote(ctx, url, key, json_), cmd_requests, status=status, overdue=overdue, subject=subject,
+                      limit=limit, cursor=cursor)
+
+
+def retry(ctx: typer.Context, request_id: RequestId, url: UrlOpt = None, key: KeyOpt = None,
+          json_: JsonOpt = False) -> int:
+    return run_remote(remote(ctx, url, key, json_), cmd_retry, request_id=request_id)
+
+
+def add_erasure_commands(app: typer.Typer) -> None:
+    """``erase``, ``status``, ``requests``, ``retry``: top-level commands, the options after them."""
+    app.command("erase", help="submit an erasure request for a data subject")(erase)
+    app.command("status", help="one erasure request: status, stage, percent")(status)
+    app.command("requests", help="list erasure requests, newest first")(requests)
+    app.command("retry", help="queue a failed erasure request again")(retry)

@@ -6,14 +6,17 @@ keeps only its digest. A revoked or rotated-away key is refused by every replica
 
 from __future__ import annotations
 
-import argparse
 import sys
-from typing import Any
+from enum import StrEnum
+from typing import Annotated, Any
 
 import httpx
+import typer
 
-from app.cli_models import call, connection_options, out, run_remote
+from app.cli_models import JsonOpt, KeyOpt, Remote, UrlOpt, call, out, remote, remote_group, run_remote
 from app.core.security import SCOPES
+
+Scope = StrEnum("Scope", {scope: scope for scope in SCOPES})  # --scope's choices: the one list of scopes
 
 
 def secret_text(body: dict[str, Any]) -> str:
@@ -22,13 +25,13 @@ def secret_text(body: dict[str, Any]) -> str:
     return body["key"]  # alone on stdout, so `KEY=$(lethe keys create ...)` works
 
 
-def cmd_create(args: argparse.Namespace, c: httpx.Client) -> int:
-    out(args, call(c, "POST", "/v1/keys", json={"name": args.name, "scopes": args.scope}), secret_text)
+def cmd_create(r: Remote, c: httpx.Client, *, name: str, scopes: list[str]) -> int:
+    out(r, call(c, "POST", "/v1/keys", json={"name": name, "scopes": scopes}), secret_text)
     return 0
 
 
-def cmd_list(args: argparse.Namespace, c: httpx.Client) -> int:
-    out(args, call(c, "GET", "/v1/keys"), keys_table)
+def cmd_list(r: Remote, c: httpx.Client) -> int:
+    out(r, call(c, "GET", "/v1/keys"), keys_table)
     return 0
 
 
@@ -44,29 +47,37 @@ def keys_table(body: dict[str, Any]) -> Any:
     return table
 
 
-def cmd_revoke(args: argparse.Namespace, c: httpx.Client) -> int:
-    out(args, call(c, "DELETE", f"/v1/keys/{args.id}"), lambda k: f"key {k['id']} ({k['name']}) revoked")
+def cmd_revoke(r: Remote, c: httpx.Client, *, key_id: str) -> int:
+    out(r, call(c, "DELETE", f"/v1/keys/{key_id}"), lambda k: f"key {k['id']} ({k['name']}) revoked")
     return 0
 
 
-def cmd_rotate(args: argparse.Namespace, c: httpx.Client) -> int:
-    out(args, call(c, "POST", f"/v1/keys/{args.id}/rotate"), secret_text)
+def cmd_rotate(r: Remote, c: httpx.Client, *, key_id: str) -> int:
+    out(r, call(c, "POST", f"/v1/keys/{key_id}/rotate"), secret_text)
     return 0
 
 
-def add_keys_command(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("keys", help="create, list, revoke, rotate API keys", parents=[connection_options(False)])
-    ks = p.add_subparsers(dest="keys_cmd", required=True)
-    common = [connection_options(True)]
-    cr = ks.add_parser("create", help="a new key; prints the clear key once", parents=common)
-    cr.add_argument("--name", required=True)
-    cr.add_argument("--scope", action="append", required=True, choices=SCOPES, help="repeat for several scopes")
-    cr.set_defaults(keys_run=cmd_create)
-    ks.add_parser("list", help="every key (never a secret)", parents=common).set_defaults(keys_run=cmd_list)
-    rv = ks.add_parser("revoke", help="revoke a key: refused at once everywhere", parents=common)
-    rv.add_argument("id")
-    rv.set_defaults(keys_run=cmd_revoke)
-    ro = ks.add_parser("rotate", help="a new secret for a key; the old one is refused at once", parents=common)
-    ro.add_argument("id")
-    ro.set_defaults(keys_run=cmd_rotate)
-    p.set_defaults(run=lambda args: run_remote(args, args.keys_run))
+keys_app = remote_group("create, list, revoke, rotate API keys")
+KeyId = Annotated[str, typer.Argument(metavar="ID", help="the key's id (lethe keys list)")]
+
+
+@keys_app.command("create", help="a new key; prints the clear key once")
+def create(ctx: typer.Context, name: Annotated[str, typer.Option(help="what the key is for")],
+           scope: Annotated[list[Scope], typer.Option(help="repeat for several scopes")],
+           url: UrlOpt = None, key: KeyOpt = None, json_: JsonOpt = False) -> int:
+    return run_remote(remote(ctx, url, key, json_), cmd_create, name=name, scopes=[s.value for s in scope])
+
+
+@keys_app.command("list", help="every key (never a secret)")
+def list_keys(ctx: typer.Context, url: UrlOpt = None, key: KeyOpt = None, json_: JsonOpt = False) -> int:
+    return run_remote(remote(ctx, url, key, json_), cmd_list)
+
+
+@keys_app.command("revoke", help="revoke a key: refused at once everywhere")
+def revoke(ctx: typer.Context, key_id: KeyId, url: UrlOpt = None, key: KeyOpt = None, json_: JsonOpt = False) -> int:
+    return run_remote(remote(ctx, url, key, json_), cmd_revoke, key_id=key_id)
+
+
+@keys_app.command("rotate", help="a new secret for a key; the old one is refused at once")
+def rotate(ctx: typer.Context, key_id: KeyId, url: UrlOpt = None, key: KeyOpt = None, json_: JsonOpt = False) -> int:
+    return run_remote(remote(ctx, url, key, json_), cmd_rotate, key_id=key_id)

@@ -20,9 +20,11 @@ Kubernetes Deployments wait on it in an init container, so that only the migrati
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
+from typing import Annotated
+
+import typer
 
 SOURCE_ROOT = Path(__file__).resolve().parent.parent
 
@@ -96,20 +98,15 @@ def migrate(url: str) -> str:
     return "stamped head (schema made by create_all, already current)"
 
 
-def add_migrate_command(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("migrate", help="upgrade the database schema to head (alembic); stamps a create_all schema")
-    p.add_argument("--check", action="store_true", help="change nothing; exit 0 if the schema is at head, else 1")
-    p.set_defaults(run=run_migrate_command)
-
-
-def run_migrate_command(args: argparse.Namespace) -> int:
+def migrate_command(check: Annotated[bool, typer.Option(
+        "--check", help="change nothing; exit 0 if the schema is at head, else 1")] = False) -> int:
     from sqlalchemy.exc import OperationalError
 
     from app.core.config import get_settings
 
     url = get_settings().db_url
     try:
-        if args.check:
+        if check:
             ok, current, head = at_head(url)
             print(f"lethe migrate: database at {current or 'no revision'}, head is {head}",
                   file=sys.stdout if ok else sys.stderr)

@@ -159,9 +159,9 @@ def record_chain(*, name: str, chain: list[str], db_url: str, url: str | None = 
     ``http`` is given, as ``lethe models policy`` would; else directly in ``db_url``.
     """
     if http is not None or url or key or os.environ.get("LETHE_URL") or os.environ.get("LETHE_KEY"):
-        from app.cli_models import call, client
+        from app.cli_models import Remote, call, client
 
-        c = http or client(argparse.Namespace(url=url, key=key))
+        c = http or client(Remote(url=url, key=key))
         try:
             before = call(c, "GET", f"/v1/models/{name}/policy")["chain"]
             after = call(c, "PUT", f"/v1/models/{name}/policy", json={"chain": chain})["chain"]

@@ -192,6 +192,16 @@ def test_connection_options_before_and_after_the_subcommand(lethe) -> None:  # n
 def test_the_real_client_reads_url_and_key_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LETHE_URL", "http://stack.example:9000/")
     monkeypatch.setenv("LETHE_KEY", "lethe_env")
-    args = cli.argparse.Namespace(url=None, key=None)
-    c = cli_models.client(args)
+    c = cli_models.client(cli_models.Remote(url=None, key=None))
     assert str(c.base_url) == "http://stack.example:9000" and c.headers["authorization"] == "Bearer lethe_env"
+
+
+def test_usage_errors_raise_exit_2_and_help_returns_0(capsys: pytest.CaptureFixture[str]) -> None:
+    """``main`` keeps the argparse contract: a usage error shows the usage on stderr and exits 2."""
+    for argv in ([], ["models"], ["bench", "no-such-bench"], ["verify-certificate", "c.json"],
+                 ["verify-certificate", "c.json", "--key", "k.pem", "--url", "http://a"], ["models", "rollback", "toy", "x"]):
+        with pytest.raises(SystemExit) as usage:
+            cli.main(argv)
+        assert usage.value.code == 2, argv
+        assert "Usage: lethe" in capsys.readouterr().err, argv
+    assert cli.main(["--help"]) == 0 and "verify-certificate" in capsys.readouterr().out

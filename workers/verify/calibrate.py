@@ -85,13 +85,15 @@ def calibrate_reference(
     rng = np.random.default_rng(seed)
     test_all = [e for e in examples if e.split == "test"]
     test = [test_all[i] for i in sorted(rng.choice(len(test_all), min(MAX_TEST, len(test_all)), replace=False))]
-    aucs, accs, remembered, remembered_acc, runs = [], [], [], [], []
+    aucs, accs, remembered, remembered_acc, runs, seconds = [], [], [], [], [], []
     for i in range(n_sets):
         chosen = set(rng.choice(train_subjects, subjects_per_set, replace=False).tolist())
         forget = [e for e in examples if e.split == "train" and e.subject_id in chosen]
         kept = [e for e in examples if not (e.split == "train" and e.subject_id in chosen)]
         holdout = match_class_mix(forget, holdout_all, MAX_HOLDOUT, rng)
+        trained_at = time.perf_counter()
         retrained, retrained_meta = train_from_scratch(spec, kept, device=device, seed=seed)
+        seconds.append(time.perf_counter() - trained_at)
         auc, acc = _measure(spec, retrained, retrained_meta, forget, holdout, device)
         aucs.append(auc)
         accs.append(acc)
@@ -110,6 +112,9 @@ def calibrate_reference(
     out: dict[str, Any] = {
         "mia_auc": mia_auc, "mia_auc_sd": mia_sd, "forget_acc": forget_acc, "forget_acc_sd": forget_sd,
         "n_sets": n_sets, "subjects_per_set": subjects_per_set, "utility_runs": runs,
+        # What an exact retrain costs on this device: ``engine.forget`` weighs approximate attempts
+        # against it (an ``auto`` erasure must never cost more than its exact fallback).
+        "retrain_seconds": float(np.mean(seconds)),
     }
     out.update(_utility(runs))
     if remembered:

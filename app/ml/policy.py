@@ -7,6 +7,8 @@ The API validates and shows policies from here without importing the worker's me
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
 from typing import Any
 
 # name -> exact? (an exact method never saw the forget set: retrain, sisa)
@@ -43,6 +45,66 @@ DEFAULT_CONFIGS: dict[str, dict[str, dict[str, Any]]] = {
 }
 
 
+
+
+@dataclass(frozen=True)
+class Escalation:
+    """When ``auto`` tries approximate methods at all, and for how long (issue 10 section 3).
+
+    ``auto`` must never cost much more than the exact method it falls back to. The model's
+    exact-retrain time ``T`` is measured at registration (``calibrate_reference`` records
+    ``reference["retrain_seconds"]``; every exact candidate that serves refreshes it). Approximate
+    attempts, verification included, share a budget of ``approx_budget_share x T``; an attempt
+    starts only if the remaining budget covers its last measured cost, and each gets the remaining
+    budget as its deadline, so the worst case of an escalating ``auto`` is ``(1 + share) x T`` and a
+    passing one costs at most ``share x T``. A forget set holding more than ``max_forget_share`` of
+    the training samples goes straight to the exact method.
+    """
+
+    # Measured on movielens (bench/results/unlearning-epsilon.md, N=16): see DEFAULT_ESCALATION.
+    approx_budget_share: float = 0.5
+    # Share of training samples above which approximate candidates fail the gate (or score far
+    # below the floor) so often that their expected cost exceeds their saving: exact directly.
+    # 1.0 (never) unless measured for the spec (DEFAULT_ESCALATION).
+    max_forget_share: float = 1.0
+    # Expected exact time below which trying an approximate method cannot save anything worth its
+    # verification (a retrain of a few seconds is its own fastest path): exact directly.
+    min_exact_seconds: float = 0.0
+
+
+DEFAULT_ESCALATION: dict[str, Escalation] = {}
+FALLBACK_ESCALATION = Escalation()
+
+
+def plan(chain: list[str], *, exact: dict[str, bool], retrain_seconds: float | None, n_forget: int, n_train: int,
+         rule: Escalation) -> tuple[list[str], float | None, dict[str, Any]]:
+    """``(chain to run, approximate budget in seconds or None, decision)`` for one erasure.
+
+    ``decision`` (JSON-able, recorded in the job and its audit trail) says which rule decided and
+    why: ``approximate_first`` (with the budget), ``exact_direct`` (heavy forget set, or a retrain
+    too cheap to undercut) or ``no_cost_data`` (no recorded retrain time: the chain as configured).
+    """
+    share = n_forget / n_train if n_train else 0.0
+    info: dict[str, Any] = {"forget_share": round(share, 5), "expected_exact_s": retrain_seconds,
+                            "max_forget_share": rule.max_forget_share, "budget_share": rule.approx_budget_share}
+    exact_tail = [m for m in chain if exact.get(m, False)]
+    approx = [m for m in chain if not exact.get(m, False)]
+    if not approx:
+        return chain, None, {**info, "rule": "exact_only", "reason": "the chain has no approximate method"}
+    if share > rule.max_forget_share:
+        return exact_tail, None, {**info, "rule": "exact_direct", "reason": (
+            f"forget set is {100 * share:.2f} % of the training samples (> {100 * rule.max_forget_share:.2f} %): "
+            "approximate candidates are measured to fail there, so escalating would cost more than retraining")}
+    if retrain_seconds is None or not math.isfinite(retrain_seconds) or retrain_seconds <= 0:
+        return chain, None, {**info, "rule": "no_cost_data",
+                             "reason": "no recorded exact-retrain time: the chain runs without a budget"}
+    if retrain_seconds < rule.min_exact_seconds:
+        return exact_tail, None, {**info, "rule": "exact_direct", "reason": (
+            f"expected retrain {retrain_seconds:.1f} s < {rule.min_exact_seconds:.1f} s: nothing to save")}
+    budget = rule.approx_budget_share * retrain_seconds
+    return chain, budget, {**info, "rule": "approximate_first", "budget_s": round(budget, 3), "reason": (
+        f"forget share {100 * share:.2f} % <= {100 * rule.max_forget_share:.2f} %; approximate attempts get "
+        f"{budget:.1f} s ({rule.approx_budget_share:.2f} x the {retrain_seconds:.1f} s retrain)")}
 
 
 def validate(chain: list[str] | None, methods: dict[str, dict[str, Any]] | None) -> list[str]:

@@ -133,11 +133,16 @@ def _utility(runs: list[dict[str, Any]]) -> dict[str, float]:
     return out
 
 
-def absorb_exact(reference: dict[str, Any] | None, *, retain_acc: float | None, test_acc: float | None) -> dict[str, Any]:
+def absorb_exact(reference: dict[str, Any] | None, *, retain_acc: float | None, test_acc: float | None,
+                 seconds: float | None = None) -> dict[str, Any]:
     """The reference after an exact candidate served: its utility joins the last ``UTILITY_RUNS``
-    exact runs (calibration retrains first), and the utility mean and spread are re-computed."""
+    exact runs (calibration retrains first), and the utility mean and spread are re-computed.
+    ``seconds`` (the exact method's run time) becomes the expected retrain time ``auto`` budgets
+    against, so the budget follows the data and the device."""
     ref = dict(reference or {})
     runs = [*ref.get("utility_runs", []), {"retain_acc": retain_acc, "test_acc": test_acc}][-UTILITY_RUNS:]
     ref["utility_runs"] = runs
     ref.update(_utility(runs))
+    if seconds is not None and seconds > 0:
+        ref["retrain_seconds"] = float(seconds)
     return ref

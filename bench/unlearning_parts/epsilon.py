@@ -27,6 +27,7 @@ from bench.unlearning_parts.configs import CONFIGS, ForgetSet
 from bench.unlearning_parts.measure import Stage
 from workers.unlearning import METHODS, engine
 from workers.unlearning.base import UnlearnContext
+from workers.verify.calibrate import conf
 from workers.verify.epsilon import final_score, forget_quality, logit_scaled_confidence
 from workers.verify.report import Gates
 
@@ -70,6 +71,7 @@ class Sample:
     gate: list[bool | None] = field(default_factory=list)
     served: list[str] = field(default_factory=list)
     decisions: list[str] = field(default_factory=list)
+    shift: list[float | None] = field(default_factory=list)  # the gate's shift from the served model
 
     def add(self, seconds: float, model, meta, ev: "Evaluator", *, gate: bool | None = None, served: str = "",
             decision: str = "") -> None:
@@ -125,6 +127,7 @@ def run_set(st: Stage, original, meta, baseline: dict[str, float], n: int, metho
             model, m = train_from_scratch(st.spec, st.fs.retain, device=st.device, seed=seed)
             sample.add(time.perf_counter() - started, model, m, ev)
         done(sample)
+    served_conf = conf(st.spec, original, meta, st.fs.forget, st.device)
     for name in methods:
         sample = Sample(name)
         method = METHODS[name]
@@ -139,8 +142,10 @@ def run_set(st: Stage, original, meta, baseline: dict[str, float], n: int, metho
             started = time.perf_counter()
             result = method(ctx)
             seconds = time.perf_counter() - started
-            report = st.verify(result.model, result.meta, baseline, exact=method.exact, method=name)
+            report = st.verify(result.model, result.meta, baseline, exact=method.exact, method=name,
+                               served_conf=served_conf)
             sample.add(seconds, result.model, result.meta, ev, gate=report.passed)
+            sample.shift.append(report.shift)
         done(sample)
     sample = Sample("auto")
     for seed in range(1, n + 1):
@@ -186,6 +191,7 @@ def summarise(label: str, n_forget: int, samples: dict[str, Sample], n_scored: i
             "d_retain_acc": float(np.mean(s.retain_acc) - np.mean(ret.retain_acc)),
             "d_test_acc": float(np.mean(s.test_acc) - np.mean(ret.test_acc)),
             "gate_passed": sum(gates), "gate_runs": len(gates), "peaky": q["counts"]["peaky"],
+            "shift": float(np.mean(shifts)) if (shifts := [x for x in s.shift if x is not None]) else None,
             "served": ", ".join(f"{m} {c}" for m, c in served.items()),
             "decisions": sorted(set(s.decisions) - {""})[:4],
         })

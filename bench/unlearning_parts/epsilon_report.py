@@ -26,7 +26,7 @@ from workers.verify.epsilon import epsilon_ceiling
 
 COLUMNS = ["config", "forget_set", "n_forget", "n_scored", "n_models", "method", "F", "floor", "share_of_floor",
            "final_score", "seconds", "retrain_seconds", "speedup", "retain_acc", "test_acc", "d_retain_acc",
-           "d_test_acc", "gate_passed", "gate_runs", "peaky", "served"]
+           "d_test_acc", "gate_passed", "gate_runs", "peaky", "shift", "served"]
 TARGET_SHARE = 0.8  # auto's F >= 0.8 x floor (issue 10)
 TARGET_TEST_POINTS = 0.005  # test accuracy within 0.5 points of retrain's
 
@@ -99,7 +99,7 @@ def write(out: Path, key: str, rows: list[dict], info: dict, args, argv: list[st
     base = out / stem(key)
     fp = false_pass(rows)
     cols = ["forget_set", "method", "F", "floor", "share_of_floor", "final_score", "speedup", "seconds",
-            "retain_acc", "d_retain_acc", "test_acc", "d_test_acc", "gate_passed", "gate_runs", "peaky"]
+            "retain_acc", "d_retain_acc", "test_acc", "d_test_acc", "gate_passed", "gate_runs", "peaky", "shift"]
     md = [f"# Unlearning benchmark, competition metric (epsilon mode): `{key}`", "",
           f"Command: `python bench/unlearning.py {' '.join(argv)}`  ",
           f"Machine: {machine()}; device {args.device}. Wall time {elapsed / 60:.1f} min.", "",
@@ -109,7 +109,10 @@ def write(out: Path, key: str, rows: list[dict], info: dict, args, argv: list[st
           "best any method can expect; share = F / floor; final score = F x retain-acc ratio x test-acc ratio; "
           "speed-up: mean retrain time / mean method time measured in this run (auto: incl. verification and "
           "escalations); gate: runs the quick gate passed.", "",
-          f"Original trained in {info['train_seconds']:.1f} s; {info['model']}.", "",
+          f"Original trained in {info['train_seconds']:.1f} s; {info['model']}. Reference (calibrate_reference, "
+          f"3 single-subject retrains): retrain {fmt(info['reference'].get('retrain_seconds'))} s, forget-set "
+          f"shift of a retrain from the original {fmt(info['reference'].get('retrain_shift'))} (column `shift`: "
+          "the candidate's, as the gate measures it).", "",
           "## Per method", "", table(rows, cols), "",
           "## Targets (auto)", "", *targets(rows), "",
           "## Gate false-pass rate (issue 10 section 5)", "",

@@ -106,6 +106,9 @@ def forget(
         chain, budget, decision = plan(chain, exact={m: get_method(m).exact for m in chain},
                                        retrain_seconds=(reference or {}).get("retrain_seconds"),
                                        n_forget=len(forget), n_train=len(forget) + len(retain), rule=rule)
+    from workers.verify.calibrate import conf
+
+    served_conf = conf(spec, model, meta, forget, device) if forget else None
     spent = 0.0  # seconds of approximate attempts, verification included
     last_cost = 0.0
     attempts: list[dict[str, Any]] = []
@@ -137,7 +140,7 @@ def forget(
                 spec=spec, candidate=result.model, meta=result.meta, forget=forget, retain=retain, test=test,
                 holdout=holdout, forget_subject_ids=list(forget_subject_ids), baseline=baseline,
                 reference=reference, gates=gates, device=device, exact=method.exact, method=name,
-                forget_unseen=forget_unseen,
+                forget_unseen=forget_unseen, served_conf=served_conf,
             )
             report_progress(f"verify:{name}", 1.0)
             if not method.exact:

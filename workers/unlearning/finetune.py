@@ -13,7 +13,9 @@ from dataclasses import dataclass
 import torch
 
 from workers.unlearning import register
-from workers.unlearning.base import Deadline, UnlearnContext, UnlearnResult, batches, finish, resolve_config, working_copy
+from workers.unlearning.base import (
+    Deadline, UnlearnContext, UnlearnResult, batches, finish, perturb, resolve_config, working_copy,
+)
 
 
 @dataclass(frozen=True)
@@ -27,6 +29,10 @@ class FinetuneConfig:
     # None: the recipe's batch size.
     batch_size: int | None = None
     weight_decay: float | None = None
+    # Seeded Gaussian noise on every weight before the retain steps, x each tensor's std
+    # (``base.perturb``; noise injection as in the NeurIPS 2023 competition's top entries): gives
+    # the candidates a retrain-like seed-to-seed spread. 0: plain fine-tuning.
+    noise_scale: float = 0.0
 
 
 @register("finetune", exact=False)
@@ -35,6 +41,7 @@ def unlearn(ctx: UnlearnContext) -> UnlearnResult:
     model, meta = working_copy(ctx)
     if not ctx.retain:
         return finish(ctx, model, meta)
+    perturb(model, ctx.seed, cfg.noise_scale)
     wd = ctx.recipe.weight_decay if cfg.weight_decay is None else cfg.weight_decay
     opt = torch.optim.AdamW(model.parameters(), lr=ctx.recipe.lr * cfg.lr_scale, weight_decay=wd)
     retain = batches(ctx, meta, ctx.retain, cfg.batch_size or ctx.recipe.batch_size)

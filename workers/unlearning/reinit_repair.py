@@ -46,6 +46,10 @@ class ReinitRepairConfig:
     temperature: float = 2.0
     # Weight of retain cross-entropy next to the KL to the original outputs.
     ce_weight: float = 1.0
+    # Weight of the KL to the original outputs. Distillation pulls every seed back onto the served
+    # model's function, so the candidates have less seed-to-seed spread than retrains do (the
+    # competition metric's signal); 0 repairs with cross-entropy only, like a short retrain.
+    kl_weight: float = 1.0
     batch_size: int | None = None
 
 
@@ -79,7 +83,7 @@ def unlearn(ctx: UnlearnContext) -> UnlearnResult:
     model, meta = working_copy(ctx)
     if not ctx.retain:
         return finish(ctx, model, meta)
-    targets = teacher_logits(ctx, ctx.retain)
+    targets = teacher_logits(ctx, ctx.retain) if cfg.kl_weight else None
     reinitialise(ctx, model, meta, cfg)
     retain = indexed_batches(ctx, meta, ctx.retain, cfg.batch_size or ctx.recipe.batch_size)
     peak = ctx.recipe.lr * cfg.lr_scale
@@ -95,7 +99,9 @@ def unlearn(ctx: UnlearnContext) -> UnlearnResult:
             group["lr"] = peak * 0.5 * (1 + math.cos(math.pi * t))
         batch, labels, idx = next(retain)
         logits = model(**batch)
-        loss = distill_kl(logits, targets[idx], cfg.temperature) + cfg.ce_weight * ctx.spec.loss(logits, labels)
+        loss = cfg.ce_weight * ctx.spec.loss(logits, labels)
+        if cfg.kl_weight:
+            loss = loss + cfg.kl_weight * distill_kl(logits, targets[idx], cfg.temperature)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

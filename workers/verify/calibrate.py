@@ -27,8 +27,8 @@ import torch
 from torch import nn
 
 from app.ml.spec import Example, ModelSpec
-from app.ml.train import evaluate, per_example_loss, train_from_scratch
-from workers.verify.mia import loss_auc
+from app.ml.train import evaluate, per_example_loss, predict_logits, train_from_scratch
+from workers.verify.mia import logit_confidence, loss_auc
 from workers.verify.report import match_class_mix
 
 # Caps per measurement, as in the gate (``Gates.max_holdout`` / ``max_retain`` / ``max_test``).
@@ -48,6 +48,12 @@ def _measure(
         n_boot=0,
     )
     return auc, evaluate(spec, model, meta, forget, device=device)
+
+
+def conf(spec: ModelSpec, model: nn.Module, meta: dict[str, Any], examples: list[Example], device) -> np.ndarray:
+    """Logit-scaled confidence of the true label (the competition metric's signal) per example."""
+    logits = predict_logits(spec, model, meta, [e.features for e in examples], device=device)
+    return logit_confidence(logits, torch.tensor([e.label for e in examples], dtype=torch.long))
 
 
 def _summary(values: list[float]) -> tuple[float, float]:
@@ -85,7 +91,7 @@ def calibrate_reference(
     rng = np.random.default_rng(seed)
     test_all = [e for e in examples if e.split == "test"]
     test = [test_all[i] for i in sorted(rng.choice(len(test_all), min(MAX_TEST, len(test_all)), replace=False))]
-    aucs, accs, remembered, remembered_acc, runs, seconds = [], [], [], [], [], []
+    aucs, accs, remembered, remembered_acc, runs, seconds, shifts = [], [], [], [], [], [], []
     for i in range(n_sets):
         chosen = set(rng.choice(train_subjects, subjects_per_set, replace=False).tolist())
         forget = [e for e in examples if e.split == "train" and e.subject_id in chosen]
@@ -102,6 +108,8 @@ def calibrate_reference(
         runs.append({"retain_acc": evaluate(spec, retrained, retrained_meta, retain, device=device),
                      "test_acc": evaluate(spec, retrained, retrained_meta, test, device=device) if test else None})
         if model is not None and meta is not None:
+            shifts.append(float(np.mean(np.abs(conf(spec, retrained, retrained_meta, forget, device)
+                                               - conf(spec, model, meta, forget, device)))))
             auc, acc = _measure(spec, model, meta, forget, holdout, device)
             remembered.append(auc)
             remembered_acc.append(acc)
@@ -117,6 +125,10 @@ def calibrate_reference(
         "retrain_seconds": float(np.mean(seconds)),
     }
     out.update(_utility(runs))
+    if shifts:
+        # Mean |change| of the forget samples' logit-scaled confidence from the served model to a
+        # retrain: the gate's "moved like a retrain" bar (``Gates.min_shift_ratio``).
+        out["retrain_shift"] = float(np.mean(shifts))
     if remembered:
         out["remembered_auc"], out["remembered_auc_sd"] = _summary(remembered)
         out["remembered_forget_acc"] = _summary(remembered_acc)[0]

@@ -72,6 +72,13 @@ class Gates:
     null_draws: int = 100
     # Fewest never-trained samples of the forgotten subjects for the within-subject test.
     within_min: int = 10
+    # "Moved like a retrain" (approximate candidates, when the reference has ``retrain_shift``): the
+    # candidate's mean |change| of logit-scaled confidence on the forget samples, from the served
+    # model, must reach this share of what an exact retrain changes (calibrated at registration).
+    # The competition metric compares the spread of unlearned and retrained outputs; a candidate
+    # that barely moved from the served model sits outside the retrains' cloud (plain SSD: F 0,
+    # passed the other gates 16/16). Value: bench/results/unlearning-epsilon.md (issue 10 section 5).
+    min_shift_ratio: float = 0.0
     seed: int = 0
 
 
@@ -100,6 +107,8 @@ class VerificationReport:
     gates: dict[str, dict[str, Any]]
     within_auc: float | None = None
     within_sigma: float | None = None
+    shift: float | None = None
+    reference_shift: float | None = None
     n_forget_unseen: int = 0
     warnings: list[str] = field(default_factory=list)
     seconds: float = 0.0
@@ -237,13 +246,15 @@ def verify_candidate(
     exact: bool,
     method: str | None = None,
     forget_unseen: list[Example] | None = None,
+    served_conf: np.ndarray | None = None,
 ) -> VerificationReport:
     """Measure the candidate and decide each gate; ``passed`` only if every gate passes.
 
     ``reference``: the model's exact-retrain reference (``calibrate.calibrate_reference``);
     ``baseline``: a fixed utility bar used only where the reference has no accuracy figures (the
     model's first version; never the serving version). ``forget_unseen``: samples of the
-    forgotten subjects that were never trained on (optional).
+    forgotten subjects that were never trained on (optional). ``served_conf``: the served model's
+    logit-scaled confidence on ``forget`` (for the shift gate; optional).
     """
     start = time.perf_counter()
     rng = np.random.default_rng(gates.seed)
@@ -340,6 +351,14 @@ def verify_candidate(
         result["sanity_test_acc"] = _gate(
             math.isnan(test_acc) or math.isnan(floor) or test_acc > floor or floor >= 1.0,
             f"test acc {test_acc:.4f} above the majority-class rate {floor:.4f}")
+    shift = ref_shift = None
+    if served_conf is not None and n_forget and len(served_conf) == n_forget:
+        shift = float(np.mean(np.abs(sf["conf"] - np.asarray(served_conf))))
+        ref_shift = reference.get("retrain_shift")
+        if not exact and ref_shift and gates.min_shift_ratio > 0:
+            bar = gates.min_shift_ratio * float(ref_shift)
+            result["shift"] = _gate(shift >= bar, f"forget-set outputs moved {shift:.3f} from the served model; "
+                                                  f"a retrain moves {float(ref_shift):.3f}, at least {bar:.3f} needed")
     cleared = bool(spec.subject_params_cleared(candidate, meta, forget_subject_ids))
     result["subject_params"] = _gate(cleared, "per-subject parameters removed" if cleared else "per-subject parameters remain")
 
@@ -349,5 +368,6 @@ def verify_candidate(
         mia_auc=auc, mia_sigma=sigma, mia_null_sd=null_auc_sd, mia_margin=margin, mia_test=mia_test, reference_auc=ref_auc,
         n_forget=n_forget, n_holdout=len(holdout_s), n_retain=len(retain_s), n_test=len(test_s),
         low_power=low_power, rank_z=rank_z, subject_params_cleared=cleared, gates=result,
-        within_auc=within_auc, within_sigma=within_sigma, n_forget_unseen=len(unseen), warnings=warnings, seconds=time.perf_counter() - start,
+        within_auc=within_auc, within_sigma=within_sigma, shift=shift, reference_shift=ref_shift,
+        n_forget_unseen=len(unseen), warnings=warnings, seconds=time.perf_counter() - start,
     )

@@ -73,6 +73,14 @@ class Escalation:
 
 
 DEFAULT_ESCALATION: dict[str, Escalation] = {}
+
+# Audited forget quality per spec and approximate method: the lowest F / floor the competition
+# metric measured over person-level forget sets (bench/unlearning.py --epsilon 16, N models per
+# side; bench/results/unlearning-epsilon.md). The quick gate cannot measure F (it needs N models);
+# it refuses candidates of a method audited below ``Gates.min_audited_share`` of the floor, which
+# brings its false-pass rate (passed, but F < floor / 2) under 5 % (issue 10 section 5).
+# A method missing here has not been audited for the spec and is not refused on this ground.
+AUDITED_F_SHARE: dict[str, dict[str, float]] = {}
 FALLBACK_ESCALATION = Escalation()
 
 

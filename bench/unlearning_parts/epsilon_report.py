@@ -26,7 +26,7 @@ from workers.verify.epsilon import epsilon_ceiling
 
 COLUMNS = ["config", "forget_set", "n_forget", "n_scored", "n_models", "method", "F", "floor", "share_of_floor",
            "final_score", "seconds", "retrain_seconds", "speedup", "retain_acc", "test_acc", "d_retain_acc",
-           "d_test_acc", "gate_passed", "gate_runs", "peaky", "shift", "served"]
+           "d_test_acc", "gate_passed", "quick_passed", "gate_runs", "peaky", "shift", "served"]
 TARGET_SHARE = 0.8  # auto's F >= 0.8 x floor (issue 10)
 TARGET_TEST_POINTS = 0.005  # test accuracy within 0.5 points of retrain's
 
@@ -97,9 +97,9 @@ def targets(rows: list[dict]) -> list[str]:
 def write(out: Path, key: str, rows: list[dict], info: dict, args, argv: list[str], elapsed: float) -> str:
     out.mkdir(parents=True, exist_ok=True)
     base = out / stem(key)
-    fp = false_pass(rows)
+    fp, fq = false_pass(rows), false_pass(rows, "quick_passed")
     cols = ["forget_set", "method", "F", "floor", "share_of_floor", "final_score", "speedup", "seconds",
-            "retain_acc", "d_retain_acc", "test_acc", "d_test_acc", "gate_passed", "gate_runs", "peaky", "shift"]
+            "retain_acc", "d_retain_acc", "test_acc", "d_test_acc", "gate_passed", "quick_passed", "gate_runs", "peaky", "shift"]
     md = [f"# Unlearning benchmark, competition metric (epsilon mode): `{key}`", "",
           f"Command: `python bench/unlearning.py {' '.join(argv)}`  ",
           f"Machine: {machine()}; device {args.device}. Wall time {elapsed / 60:.1f} min.", "",
@@ -116,8 +116,10 @@ def write(out: Path, key: str, rows: list[dict], info: dict, args, argv: list[st
           "## Per method", "", table(rows, cols), "",
           "## Targets (auto)", "", *targets(rows), "",
           "## Gate false-pass rate (issue 10 section 5)", "",
-          f"Approximate candidates the quick gate passed: {fp['passed']}; of them with their method's F below half "
-          f"the floor: {fp['false_pass']} ({fmt(fp['rate'])}); target < 0.05.", ""]
+          f"Approximate candidates the gate passed: {fp['passed']}; of them with their method's F below half "
+          f"the floor: {fp['false_pass']} (false-pass rate {fmt(fp['rate'])}); target < 0.05.  ",
+          f"Without the audit admission (`audited_f`, app/ml/policy.py AUDITED_F_SHARE; column `quick_passed`): "
+          f"{fq['passed']} passed, {fq['false_pass']} of them below half the floor (rate {fmt(fq['rate'])}).", ""]
     served = [f"- {r['forget_set']}: {r['served']}; {'; '.join(r.get('decisions') or [])}" for r in rows
               if r["method"] == "auto"]
     md += ["## What auto served", "", *served, ""]
@@ -128,7 +130,7 @@ def write(out: Path, key: str, rows: list[dict], info: dict, args, argv: list[st
         w.writeheader()
         w.writerows(rows)
     base.with_suffix(".json").write_text(json.dumps(
-        {"argv": argv, "info": info, "rows": rows, "false_pass": fp, "elapsed_s": elapsed, "machine": machine()},
+        {"argv": argv, "info": info, "rows": rows, "false_pass": fp, "false_pass_quick_only": fq, "elapsed_s": elapsed, "machine": machine()},
         indent=1, default=lambda v: None if isinstance(v, float) and not math.isfinite(v) else str(v)))
     plot(rows, base.with_suffix(".png"), key)
     return text

@@ -36,6 +36,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from app.ml.policy import AUDITED_F_SHARE
 from app.ml.spec import Example, ModelSpec
 from app.ml.train import predict_logits
 from workers.verify.mia import auc_lower_is_member, logit_confidence, loss_auc, per_sample_rank_test
@@ -79,6 +80,10 @@ class Gates:
     # that barely moved from the served model sits outside the retrains' cloud (plain SSD: F 0,
     # passed the other gates 16/16). Value: bench/results/unlearning-epsilon.md (issue 10 section 5).
     min_shift_ratio: float = 0.0
+    # Approximate methods audited (``app.ml.policy.AUDITED_F_SHARE``, the competition metric at
+    # N=16) below this share of the retrain floor are refused for the spec: the issue's "F below
+    # half the floor" is a false pass by definition, and one candidate cannot show its own F.
+    min_audited_share: float = 0.5
     seed: int = 0
 
 
@@ -359,6 +364,11 @@ def verify_candidate(
             bar = gates.min_shift_ratio * float(ref_shift)
             result["shift"] = _gate(shift >= bar, f"forget-set outputs moved {shift:.3f} from the served model; "
                                                   f"a retrain moves {float(ref_shift):.3f}, at least {bar:.3f} needed")
+    audited = AUDITED_F_SHARE.get(spec.name, {}).get(method or "")
+    if not exact and audited is not None and gates.min_audited_share > 0:
+        result["audited_f"] = _gate(audited >= gates.min_audited_share,
+                                    f"{method} audited at F {audited:.2f} x the retrain floor on {spec.name} "
+                                    f"(competition metric, N=16), {gates.min_audited_share:.2f} needed")
     cleared = bool(spec.subject_params_cleared(candidate, meta, forget_subject_ids))
     result["subject_params"] = _gate(cleared, "per-subject parameters removed" if cleared else "per-subject parameters remain")
 

@@ -79,8 +79,19 @@ DEFAULT_ESCALATION: dict[str, Escalation] = {}
 # side; bench/results/unlearning-epsilon.md). The quick gate cannot measure F (it needs N models);
 # it refuses candidates of a method audited below ``Gates.min_audited_share`` of the floor, which
 # brings its false-pass rate (passed, but F < floor / 2) under 5 % (issue 10 section 5).
-# A method missing here has not been audited for the spec and is not refused on this ground.
-AUDITED_F_SHARE: dict[str, dict[str, float]] = {}
+# Each entry: (forget share of the training samples the set had, F / floor measured there). A
+# candidate is judged by the measurement at the nearest share at or above its own (larger sets
+# are harder), else the largest measured. A method missing here has not been audited for the
+# spec and is not refused on this ground.
+AUDITED_F_SHARE: dict[str, dict[str, tuple[tuple[float, float], ...]]] = {}
+
+
+def audited_share(spec_name: str, method: str, forget_share: float) -> float | None:
+    """The audited F / floor of ``method`` on ``spec_name`` for a forget set of ``forget_share``."""
+    points = sorted(AUDITED_F_SHARE.get(spec_name, {}).get(method, ()))
+    if not points:
+        return None
+    return next((f for share, f in points if share >= forget_share), points[-1][1])
 FALLBACK_ESCALATION = Escalation()
 
 

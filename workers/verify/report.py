@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from app.ml.policy import AUDITED_F_SHARE
+from app.ml.policy import audited_share
 from app.ml.spec import Example, ModelSpec
 from app.ml.train import predict_logits
 from workers.verify.mia import auc_lower_is_member, logit_confidence, loss_auc, per_sample_rank_test
@@ -364,11 +364,11 @@ def verify_candidate(
             bar = gates.min_shift_ratio * float(ref_shift)
             result["shift"] = _gate(shift >= bar, f"forget-set outputs moved {shift:.3f} from the served model; "
                                                   f"a retrain moves {float(ref_shift):.3f}, at least {bar:.3f} needed")
-    audited = AUDITED_F_SHARE.get(spec.name, {}).get(method or "")
+    audited = audited_share(spec.name, method or "", n_forget / max(n_forget + len(retain), 1))
     if not exact and audited is not None and gates.min_audited_share > 0:
         result["audited_f"] = _gate(audited >= gates.min_audited_share,
                                     f"{method} audited at F {audited:.2f} x the retrain floor on {spec.name} "
-                                    f"(competition metric, N=16), {gates.min_audited_share:.2f} needed")
+                                    f"for a forget set of this share (competition metric, N=16), {gates.min_audited_share:.2f} needed")
     cleared = bool(spec.subject_params_cleared(candidate, meta, forget_subject_ids))
     result["subject_params"] = _gate(cleared, "per-subject parameters removed" if cleared else "per-subject parameters remain")
 

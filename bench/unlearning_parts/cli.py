@@ -55,6 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                             "per method and auto; default configs: movielens")
     e.add_argument("--epsilon-sets", default=",".join(EPSILON_SETS), help=_pct(f"comma list of {EPSILON_SETS}"))
     e.add_argument("--epsilon-examples", type=int, default=1000, help="forget examples scored per set (cap)")
+    e.add_argument("--epsilon-seed", type=int, default=0, help="seed of the original model and the random "
+                                                               "forget-set draws (a new one re-measures out of sample)")
     m = p.add_argument_group("a registered model (instead of the bundled configs)")
     m.add_argument("--model", help="measure the serving version of this model, registered in --db-url")
     m.add_argument("--db-url", help="SQLAlchemy URL of the Lethe database (default: LETHE_DATABASE_URL, else the "

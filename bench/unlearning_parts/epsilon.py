@@ -4,7 +4,7 @@ Triantafillou et al. 2024 (arXiv 2406.09073) and ``workers/verify/epsilon.py``. 
 person-level forget set (1 heavy user, 10 random users, 10 % of users) of one original model:
 two independent sets of N retrains (seeds 1..N and 1001..1000+N: the second gives the noise
 floor, the best F any method can expect at this N), N unlearned runs per method (seeds 1..N, the
-same original), and N runs of ``auto`` (``engine.forget`` with its gate and escalations, as a job
+same original), and N runs of ``auto`` (seeds 2001..2000+N) (``engine.forget`` with its gate and escalations, as a job
 runs it). Per forget example, each model's output is the logit-scaled confidence of the true
 label; F compares the N unlearned outputs with the N retrained ones. Each method candidate also
 goes through the quick gate (``workers/verify/report.py``), which gives the gate's false-pass
@@ -28,12 +28,15 @@ from bench.unlearning_parts.measure import Stage
 from workers.unlearning import METHODS, engine
 from workers.unlearning.base import UnlearnContext
 from workers.verify.calibrate import conf
-from workers.verify.epsilon import final_score, forget_quality, logit_scaled_confidence
+from workers.verify.epsilon import logit_scaled_confidence
 from workers.verify.report import Gates
 
 EPSILON_SETS = ("1 heavy user", "10 random users", "10% of users")
 EPSILON_METHODS = ("finetune", "neggrad_plus", "reinit_repair", "ssd", "scrub", "salun")
 FLOOR_SEED = 1000  # the second, independent set of retrains starts here
+# auto's seeds: when it serves an exact retrain, that retrain must not be one of the reference
+# retrains (seeds 1..N), or auto would be scored against itself.
+AUTO_SEED = 2000
 MAX_RETAIN_EVAL = 3000  # retain accuracy on a fixed subsample, as the gate does
 
 
@@ -150,7 +153,7 @@ def run_set(st: Stage, original, meta, baseline: dict[str, float], n: int, metho
             sample.gate_quick.append(all(g["passed"] for k, g in report.gates.items() if k != "audited_f"))
         done(sample)
     sample = Sample("auto")
-    for seed in range(1, n + 1):
+    for seed in range(AUTO_SEED + 1, AUTO_SEED + n + 1):
         started = time.perf_counter()
         outcome = engine.forget(
             spec=st.spec, model=original, meta=meta, forget=st.fs.forget, retain=st.fs.retain, test=st.test,
@@ -166,57 +169,8 @@ def run_set(st: Stage, original, meta, baseline: dict[str, float], n: int, metho
     return out
 
 
-def summarise(label: str, n_forget: int, samples: dict[str, Sample], n_scored: int) -> list[dict[str, Any]]:
-    """One row per method: F, final score, floor, share of the floor, speed-up, accuracies, gate passes."""
-    ret = samples.get("retrain")
-    if ret is None:
-        return []
-    ref = np.stack(ret.outputs)
-    floor_sample = samples.get("retrain_floor")
-    floor = forget_quality(np.stack(floor_sample.outputs), ref)["F"] if floor_sample else float("nan")
-    retrain_s = float(np.mean(ret.seconds))
-    rows = []
-    for name, s in samples.items():
-        if name == "retrain":
-            continue
-        q = forget_quality(np.stack(s.outputs), ref)
-        gates = [g for g in s.gate if g is not None]
-        served = {m: s.served.count(m) for m in dict.fromkeys(s.served)} if name == "auto" else {}
-        rows.append({
-            "forget_set": label, "n_forget": n_forget, "n_scored": n_scored, "n_models": len(s.outputs),
-            "method": "retrain (2nd set: floor)" if name == "retrain_floor" else name,
-            "F": q["F"], "floor": floor, "share_of_floor": q["F"] / floor if floor else float("nan"),
-            "final_score": final_score(q["F"], s.retain_acc, ret.retain_acc, s.test_acc, ret.test_acc),
-            "seconds": float(np.mean(s.seconds)), "retrain_seconds": retrain_s,
-            "speedup": retrain_s / float(np.mean(s.seconds)),
-            "retain_acc": float(np.mean(s.retain_acc)), "test_acc": float(np.mean(s.test_acc)),
-            "d_retain_acc": float(np.mean(s.retain_acc) - np.mean(ret.retain_acc)),
-            "d_test_acc": float(np.mean(s.test_acc) - np.mean(ret.test_acc)),
-            "gate_passed": sum(gates), "gate_runs": len(gates), "peaky": q["counts"]["peaky"],
-            "quick_passed": sum(s.gate_quick) if s.gate_quick else None,
-            "shift": float(np.mean(shifts)) if (shifts := [x for x in s.shift if x is not None]) else None,
-            "served": ", ".join(f"{m} {c}" for m, c in served.items()),
-            "decisions": sorted(set(s.decisions) - {""})[:4],
-        })
-    return rows
-
-
-def false_pass(rows: list[dict[str, Any]], key: str = "gate_passed") -> dict[str, Any]:
-    """Among gate-passed approximate candidates: the share whose method's F is below half the floor.
-
-    ``key``: ``gate_passed`` (every gate) or ``quick_passed`` (every gate but the audit admission,
-    i.e. what the quick tests alone would pass)."""
-    passed = bad = 0
-    for r in rows:
-        if r["method"] in ("auto", "retrain (2nd set: floor)") or not r["gate_runs"] or r.get(key) is None:
-            continue
-        passed += r[key]
-        if r["F"] < 0.5 * r["floor"]:
-            bad += r[key]
-    return {"passed": passed, "false_pass": bad, "rate": bad / passed if passed else float("nan")}
-
-
-def stage_for(key: str, spec: ModelSpec, examples: list[Example], label: str, device, reference) -> Stage:
-    fs = person_set(spec, examples, label)
+def stage_for(key: str, spec: ModelSpec, examples: list[Example], label: str, device, reference,
+              seed: int = 0) -> Stage:
+    fs = person_set(spec, examples, label, seed)
     return Stage(spec, fs, [e for e in examples if e.split == "test"], [e for e in examples if e.split == "holdout"],
                  device, 0, reference, Gates(), CONFIGS[key].method_config)

@@ -1,6 +1,6 @@
 """Epsilon mode's run and outputs: ``unlearning-epsilon[-CONFIG].{md,csv,json,png}`` under ``--out``.
 
-The original model is trained once (seed 0); the exact-retrain reference the gate and ``auto``
+The original model is trained once (``--epsilon-seed``, default 0); the exact-retrain reference the gate and ``auto``
 read is calibrated as at registration (``calibrate_reference``, 3 single-subject sets, which also
 records the retrain time ``auto``'s cost rule uses). Outputs are rewritten after every method, so a
 run stopped early keeps what it measured. The plot is F against speed-up (log x) with the floor
@@ -18,7 +18,8 @@ from typing import Any
 
 from app.ml.train import evaluate, train_from_scratch
 from bench.unlearning_parts.configs import CONFIGS
-from bench.unlearning_parts.epsilon import EPSILON_SETS, false_pass, run_set, stage_for, summarise
+from bench.unlearning_parts.epsilon import run_set, stage_for
+from bench.unlearning_parts.epsilon_summary import false_pass, summarise
 from bench.unlearning_parts.report import machine
 from bench.unlearning_parts.summary import fmt
 from workers.verify.calibrate import calibrate_reference
@@ -43,18 +44,19 @@ def run(args, device, argv: list[str], log) -> str:
         spec = cfg.make_spec()
         examples = spec.load_examples()
         started = time.perf_counter()
-        original, meta = train_from_scratch(spec, examples, device=device, seed=0)
+        original, meta = train_from_scratch(spec, examples, device=device, seed=args.epsilon_seed)
         train_s = time.perf_counter() - started
         reference = calibrate_reference(spec, examples, device=device, n_sets=3, subjects_per_set=1, seed=0,
                                         model=original, meta=meta)
         log(f"{key}: original {train_s:.1f} s; reference AUC {reference['mia_auc']:.3f}, retrain "
             f"{reference.get('retrain_seconds', float('nan')):.1f} s")
         info = {"config": key, "model": cfg.model, "train_seconds": train_s, "n": args.epsilon,
+                "seed": args.epsilon_seed,
                 "floor_B": epsilon_ceiling(args.epsilon), "reference": {k: v for k, v in reference.items()
                                                                         if k != "utility_runs"}}
         rows: list[dict[str, Any]] = []
         for label in args.epsilon_sets:
-            st = stage_for(key, spec, examples, label, device, reference)
+            st = stage_for(key, spec, examples, label, device, reference, seed=args.epsilon_seed)
             base = {"retain_acc": evaluate(spec, original, meta, st.fs.retain[:3000], device=device),
                     "test_acc": evaluate(spec, original, meta, st.test, device=device)}
             log(f"{key} {label}: {len(st.fs.subjects)} subjects, {len(st.fs.forget)} samples")
@@ -109,7 +111,8 @@ def write(out: Path, key: str, rows: list[dict], info: dict, args, argv: list[st
           "best any method can expect; share = F / floor; final score = F x retain-acc ratio x test-acc ratio; "
           "speed-up: mean retrain time / mean method time measured in this run (auto: incl. verification and "
           "escalations); gate: runs the quick gate passed.", "",
-          f"Original trained in {info['train_seconds']:.1f} s; {info['model']}. Reference (calibrate_reference, "
+          f"Original (seed {info.get('seed', 0)}) trained in {info['train_seconds']:.1f} s; {info['model']}. "
+          "Reference (calibrate_reference, "
           f"3 single-subject retrains): retrain {fmt(info['reference'].get('retrain_seconds'))} s, forget-set "
           f"shift of a retrain from the original {fmt(info['reference'].get('retrain_shift'))} (column `shift`: "
           "the candidate's, as the gate measures it).", "",

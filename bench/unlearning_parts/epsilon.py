@@ -68,6 +68,7 @@ class Sample:
 
     method: str
     seconds: list[float] = field(default_factory=list)
+    cpu_seconds: list[float] = field(default_factory=list)  # process CPU time: robust to shared cores
     outputs: list[np.ndarray] = field(default_factory=list)
     retain_acc: list[float] = field(default_factory=list)
     test_acc: list[float] = field(default_factory=list)
@@ -78,8 +79,9 @@ class Sample:
     gate_quick: list[bool] = field(default_factory=list)  # passed every gate but the audit admission
 
     def add(self, seconds: float, model, meta, ev: "Evaluator", *, gate: bool | None = None, served: str = "",
-            decision: str = "") -> None:
+            decision: str = "", cpu_seconds: float = float("nan")) -> None:
         self.seconds.append(seconds)
+        self.cpu_seconds.append(cpu_seconds)
         self.outputs.append(ev.outputs(model, meta))
         self.retain_acc.append(evaluate(ev.spec, model, meta, ev.retain, device=ev.device))
         self.test_acc.append(evaluate(ev.spec, model, meta, ev.test, device=ev.device))
@@ -127,9 +129,9 @@ def run_set(st: Stage, original, meta, baseline: dict[str, float], n: int, metho
         sample = Sample(name)
         for seed in range(1 + offset, n + 1 + offset):
             torch.manual_seed(seed)
-            started = time.perf_counter()
+            started, cpu = time.perf_counter(), time.process_time()
             model, m = train_from_scratch(st.spec, st.fs.retain, device=st.device, seed=seed)
-            sample.add(time.perf_counter() - started, model, m, ev)
+            sample.add(time.perf_counter() - started, model, m, ev, cpu_seconds=time.process_time() - cpu)
         done(sample)
     served_conf = conf(st.spec, original, meta, st.fs.forget, st.device)
     for name in methods:
@@ -143,18 +145,18 @@ def run_set(st: Stage, original, meta, baseline: dict[str, float], n: int, metho
                         **st.method_config.get(name, {})},
                 calibration=st.test,
             )
-            started = time.perf_counter()
+            started, cpu = time.perf_counter(), time.process_time()
             result = method(ctx)
-            seconds = time.perf_counter() - started
+            seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu
             report = st.verify(result.model, result.meta, baseline, exact=method.exact, method=name,
                                served_conf=served_conf)
-            sample.add(seconds, result.model, result.meta, ev, gate=report.passed)
+            sample.add(seconds, result.model, result.meta, ev, gate=report.passed, cpu_seconds=cpu_seconds)
             sample.shift.append(report.shift)
             sample.gate_quick.append(all(g["passed"] for k, g in report.gates.items() if k != "audited_f"))
         done(sample)
     sample = Sample("auto")
     for seed in range(AUTO_SEED + 1, AUTO_SEED + n + 1):
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         outcome = engine.forget(
             spec=st.spec, model=original, meta=meta, forget=st.fs.forget, retain=st.fs.retain, test=st.test,
             holdout=st.holdout, forget_subject_ids=st.fs.subject_ids, forget_unseen=st.fs.unseen, policy="auto",
@@ -162,7 +164,8 @@ def run_set(st: Stage, original, meta, baseline: dict[str, float], n: int, metho
             config=st.method_config,
         )
         tried = ">".join(f"{a['method']}{'' if a['passed'] else '(fail)'}" for a in outcome.attempts)
-        sample.add(time.perf_counter() - started, outcome.model, outcome.meta, ev, gate=outcome.passed,
+        seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu
+        sample.add(seconds, outcome.model, outcome.meta, ev, gate=outcome.passed, cpu_seconds=cpu_seconds,
                    served=outcome.method, decision=f"{outcome.decision.get('rule', '')}: {tried}"
                    if hasattr(outcome, "decision") else tried)
     done(sample)

@@ -34,6 +34,7 @@ def summarise(label: str, n_forget: int, samples: dict[str, Sample], n_scored: i
             "final_score": final_score(q["F"], s.retain_acc, ret.retain_acc, s.test_acc, ret.test_acc),
             "seconds": float(np.mean(s.seconds)), "retrain_seconds": retrain_s,
             "speedup": retrain_s / float(np.mean(s.seconds)),
+            "cpu_speedup": float(np.mean(ret.cpu_seconds) / np.mean(s.cpu_seconds)) if s.cpu_seconds else None,
             "retain_acc": float(np.mean(s.retain_acc)), "test_acc": float(np.mean(s.test_acc)),
             "d_retain_acc": float(np.mean(s.retain_acc) - np.mean(ret.retain_acc)),
             "d_test_acc": float(np.mean(s.test_acc) - np.mean(ret.test_acc)),

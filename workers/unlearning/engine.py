@@ -24,6 +24,7 @@ from app.ml.policy import (
 from app.ml.spec import Example, ModelSpec
 from workers.unlearning import get_method
 from workers.unlearning.base import UnlearnContext
+from workers.verify.calibrate import conf
 from workers.verify.report import Gates, verify_candidate
 
 # Seeds an exact method gets before the job fails (and is retried later with backoff).
@@ -106,8 +107,6 @@ def forget(
         chain, budget, decision = plan(chain, exact={m: get_method(m).exact for m in chain},
                                        retrain_seconds=(reference or {}).get("retrain_seconds"),
                                        n_forget=len(forget), n_train=len(forget) + len(retain), rule=rule)
-    from workers.verify.calibrate import conf
-
     served_conf = conf(spec, model, meta, forget, device) if forget else None
     spent = 0.0  # seconds of approximate attempts, verification included
     last_cost = 0.0

@@ -83,6 +83,9 @@ class Escalation:
 # thread, about what one approximate attempt and its verification cost (0.4-1.8 s + 0.3-0.5 s):
 # below 5 s the exact path is the cheapest, and the only one at the floor. The scaled-up model
 # (movielens-large, ~80-110 s per retrain) tries approximate methods within half a retrain.
+# Measured with this rule (original seed 1): auto served retrain on all three sets, F 0.84 / 1.01 /
+# 0.96 x floor, test accuracy within 0.1 point, at 0.86 / 0.86 / 0.64x a bare retrain's CPU time
+# (the difference is the exact candidate's sanity verification).
 DEFAULT_ESCALATION: dict[str, Escalation] = {
     "movielens": Escalation(approx_budget_share=0.5, max_forget_share=0.02, min_exact_seconds=5.0),
 }

@@ -28,7 +28,7 @@ from bench.unlearning_parts.measure import Stage
 from workers.unlearning import METHODS, engine
 from workers.unlearning.base import UnlearnContext
 from workers.verify.calibrate import conf
-from workers.verify.epsilon import logit_scaled_confidence
+from workers.verify.epsilon import forget_quality, logit_scaled_confidence
 from workers.verify.report import Gates
 
 EPSILON_SETS = ("1 heavy user", "10 random users", "10% of users")
@@ -77,6 +77,14 @@ class Sample:
     decisions: list[str] = field(default_factory=list)
     shift: list[float | None] = field(default_factory=list)  # the gate's shift from the served model
     gate_quick: list[bool] = field(default_factory=list)  # passed every gate but the audit admission
+    quality: dict | None = None  # forget_quality against the retrains, once the sample is complete
+
+    def quality_against(self, retrained: "Sample") -> dict:
+        """``forget_quality`` of these runs against ``retrained``'s, computed once (outputs are
+        rewritten after every method, and scoring 1,000 examples takes seconds)."""
+        if self.quality is None:
+            self.quality = forget_quality(np.stack(self.outputs), np.stack(retrained.outputs))
+        return self.quality
 
     def add(self, seconds: float, model, meta, ev: "Evaluator", *, gate: bool | None = None, served: str = "",
             decision: str = "", cpu_seconds: float = float("nan")) -> None:

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from bench.unlearning_parts.epsilon import Sample
-from workers.verify.epsilon import final_score, forget_quality
+from workers.verify.epsilon import final_score
 
 
 def summarise(label: str, n_forget: int, samples: dict[str, Sample], n_scored: int) -> list[dict[str, Any]]:
@@ -16,15 +16,14 @@ def summarise(label: str, n_forget: int, samples: dict[str, Sample], n_scored: i
     ret = samples.get("retrain")
     if ret is None:
         return []
-    ref = np.stack(ret.outputs)
     floor_sample = samples.get("retrain_floor")
-    floor = forget_quality(np.stack(floor_sample.outputs), ref)["F"] if floor_sample else float("nan")
+    floor = floor_sample.quality_against(ret)["F"] if floor_sample else float("nan")
     retrain_s = float(np.mean(ret.seconds))
     rows = []
     for name, s in samples.items():
         if name == "retrain":
             continue
-        q = forget_quality(np.stack(s.outputs), ref)
+        q = s.quality_against(ret)
         gates = [g for g in s.gate if g is not None]
         served = {m: s.served.count(m) for m in dict.fromkeys(s.served)} if name == "auto" else {}
         rows.append({

@@ -55,6 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                             "per method and auto; default configs: movielens")
     e.add_argument("--epsilon-sets", default=",".join(EPSILON_SETS), help=_pct(f"comma list of {EPSILON_SETS}"))
     e.add_argument("--epsilon-examples", type=int, default=1000, help="forget examples scored per set (cap)")
+    e.add_argument("--auto-min-exact-seconds", type=float, help="override the spec's Escalation.min_exact_seconds "
+                   "for auto (0: try approximate methods even where a retrain is cheap, as on a dearer model)")
     e.add_argument("--epsilon-seed", type=int, default=0, help="seed of the original model and the random "
                                                                "forget-set draws (a new one re-measures out of sample)")
     m = p.add_argument_group("a registered model (instead of the bundled configs)")

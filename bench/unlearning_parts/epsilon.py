@@ -121,7 +121,7 @@ def _subsample(xs: list[Example], n: int, seed: int) -> list[Example]:
 
 
 def run_set(st: Stage, original, meta, baseline: dict[str, float], n: int, methods: list[str], max_examples: int,
-            log, on_sample=None) -> dict[str, Sample]:
+            log, on_sample=None, escalation=None) -> dict[str, Sample]:
     """Retrains (two sets), every method and ``auto``, N seeds each, on one forget set."""
     ev = Evaluator(st.spec, st.device, _subsample(st.fs.forget, max_examples, 1),
                    _subsample(st.fs.retain, MAX_RETAIN_EVAL, 2), st.test)
@@ -169,7 +169,7 @@ def run_set(st: Stage, original, meta, baseline: dict[str, float], n: int, metho
             spec=st.spec, model=original, meta=meta, forget=st.fs.forget, retain=st.fs.retain, test=st.test,
             holdout=st.holdout, forget_subject_ids=st.fs.subject_ids, forget_unseen=st.fs.unseen, policy="auto",
             device=st.device, seed=seed, baseline=baseline, reference=st.reference, gates=st.gates,
-            config=st.method_config,
+            config=st.method_config, escalation=escalation,
         )
         tried = ">".join(f"{a['method']}{'' if a['passed'] else '(fail)'}" for a in outcome.attempts)
         seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu

@@ -51,7 +51,7 @@ def run(args, device, argv: list[str], log) -> str:
         log(f"{key}: original {train_s:.1f} s; reference AUC {reference['mia_auc']:.3f}, retrain "
             f"{reference.get('retrain_seconds', float('nan')):.1f} s")
         info = {"config": key, "model": cfg.model, "train_seconds": train_s, "n": args.epsilon,
-                "seed": args.epsilon_seed,
+                "seed": args.epsilon_seed, "auto_min_exact_seconds": getattr(args, "auto_min_exact_seconds", None),
                 "floor_B": epsilon_ceiling(args.epsilon), "reference": {k: v for k, v in reference.items()
                                                                         if k != "utility_runs"}}
         rows: list[dict[str, Any]] = []
@@ -68,11 +68,23 @@ def run(args, device, argv: list[str], log) -> str:
                 return md_
 
             samples = run_set(st, original, meta, base, args.epsilon, args.methods_eps, args.epsilon_examples, log,
-                              on_sample=partial)
+                              on_sample=partial, escalation=escalation(spec.name, args))
             rows += [{"config": key, **r} for r in
                      summarise(label, len(st.fs.forget), samples, min(len(st.fs.forget), args.epsilon_examples))]
         md = write(args.out, key, rows, info, args, argv, time.perf_counter() - started)
     return md
+
+
+def escalation(spec_name: str, args):
+    """The engine's escalation rule for ``auto``, with ``--auto-min-exact-seconds`` applied (or None)."""
+    if getattr(args, "auto_min_exact_seconds", None) is None:
+        return None
+    import dataclasses
+
+    from app.ml.policy import DEFAULT_ESCALATION, FALLBACK_ESCALATION
+
+    rule = DEFAULT_ESCALATION.get(spec_name, FALLBACK_ESCALATION)
+    return dataclasses.replace(rule, min_exact_seconds=args.auto_min_exact_seconds)
 
 
 def table(rows: list[dict], cols: list[str]) -> str:

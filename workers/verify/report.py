@@ -78,7 +78,9 @@ class Gates:
     # model, must reach this share of what an exact retrain changes (calibrated at registration).
     # The competition metric compares the spread of unlearned and retrained outputs; a candidate
     # that barely moved from the served model sits outside the retrains' cloud (plain SSD: F 0,
-    # passed the other gates 16/16). Value: bench/results/unlearning-epsilon.md (issue 10 section 5).
+    # passed the other gates 16/16). Off by default: in bench/results/unlearning-epsilon.md every
+    # MovieLens method moved the forget outputs more than a retrain does (0.68-1.38 vs 0.49), so it
+    # separated nothing there; the audit admission below is what brought false passes to 0/32.
     min_shift_ratio: float = 0.0
     # Approximate methods audited (``app.ml.policy.AUDITED_F_SHARE``, the competition metric at
     # N=16) below this share of the retrain floor are refused for the spec: the issue's "F below
@@ -367,8 +369,9 @@ def verify_candidate(
     audited = audited_share(spec.name, method or "", n_forget / max(n_forget + len(retain), 1))
     if not exact and audited is not None and gates.min_audited_share > 0:
         result["audited_f"] = _gate(audited >= gates.min_audited_share,
-                                    f"{method} audited at F {audited:.2f} x the retrain floor on {spec.name} "
-                                    f"for a forget set of this share (competition metric, N=16), {gates.min_audited_share:.2f} needed")
+                                    f"{method} audited at F {audited:.2f} x the retrain floor on {spec.name} for a "
+                                    f"forget set of this share (competition metric, N=16), "
+                                    f"{gates.min_audited_share:.2f} needed")
     cleared = bool(spec.subject_params_cleared(candidate, meta, forget_subject_ids))
     result["subject_params"] = _gate(cleared, "per-subject parameters removed" if cleared else "per-subject parameters remain")
 

@@ -126,12 +126,14 @@ def unlearn_and_publish(w: Worker, job_id: str, p: ForgetProblem, *, progress: C
         if not holds_fence(s, w, job, serving=p.serving):
             s.commit()  # the job_fenced audit event
             return False
-        job.timings = {**job.timings, "seed": seed}
+        job.timings = {**job.timings, "seed": seed, "decision": outcome.decision}
         for attempt in outcome.attempts:
             audit.append(s, type="unlearning_attempted", actor=ACTOR,
                          payload={"job_id": job_id, "model": p.model_name, "method": attempt["method"],
                                   "seed": attempt.get("seed"), "passed": attempt["passed"],
-                                  "seconds": attempt["seconds"], "gates": _failed_gates(attempt)})
+                                  "seconds": attempt["seconds"], "gates": _failed_gates(attempt),
+                                  "decision": outcome.decision.get("rule"),
+                                  "decision_reason": outcome.decision.get("reason")})
         if not outcome.passed:
             jobs.record_outcome(s, job, method=None, attempts=outcome.attempts, version_after=None, seconds=seconds)
             jobs.fail_job(s, job, "no unlearning candidate passed verification (exact ones failed their sanity "
@@ -149,7 +151,7 @@ def unlearn_and_publish(w: Worker, job_id: str, p: ForgetProblem, *, progress: C
         jobs.record_outcome(s, job, method=outcome.method, attempts=outcome.attempts, version_after=version.number,
                             seconds=seconds)
         if report.get("exact"):
-            _recalibrate(s, p.model_name, report, absorb_exact)
+            _recalibrate(s, p.model_name, report, absorb_exact, seconds=outcome.attempts[-1].get("seconds"))
         for warning in report.get("warnings") or []:
             # An exact candidate below the retrain band serves (it never saw the subjects) but
             # an operator should look: data drift, or a recipe that no longer fits.
@@ -165,9 +167,10 @@ def _failed_gates(attempt: dict[str, Any]) -> list[str]:
     return sorted(k for k, g in (attempt.get("report") or {}).get("gates", {}).items() if not g.get("passed"))
 
 
-def _recalibrate(s: Any, model_name: str, report: dict[str, Any], absorb: Callable[..., dict[str, Any]]) -> None:
+def _recalibrate(s: Any, model_name: str, report: dict[str, Any], absorb: Callable[..., dict[str, Any]],
+                 seconds: float | None = None) -> None:
     model = s.get(Model, model_name)
     model.config = {**model.config, "reference": absorb(model.config.get("reference"),
                                                         retain_acc=report.get("retain_acc"),
-                                                        test_acc=report.get("test_acc"))}
+                                                        test_acc=report.get("test_acc"), seconds=seconds)}
     s.add(model)

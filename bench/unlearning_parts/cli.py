@@ -18,6 +18,7 @@ from app.cli_models import ApiError
 from app.core.errors import LetheError
 from app.ml.device import pick_device, set_cpu_threads
 from bench.unlearning_parts.bundled import bench_config
+from bench.unlearning_parts.epsilon import EPSILON_METHODS, EPSILON_SETS
 from bench.unlearning_parts.configs import CONFIGS, FULL_CONFIGS, QUICK_CONFIGS, RESULTS_DIR, SIZES
 from bench.unlearning_parts.registered import bench_model, load_registered, record_chain, safe_url
 from bench.unlearning_parts.report import machine, write_outputs
@@ -49,6 +50,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--note", action="append", default=[], help="a line of context for the report (repeatable)")
     p.add_argument("--out", type=Path, help="output directory (default bench/results; with --model "
                                             "bench/results/model-NAME)")
+    e = p.add_argument_group("epsilon mode: the competition metric (bench/unlearning_parts/epsilon.py)")
+    e.add_argument("--epsilon", type=int, metavar="N", help="N retrains (and N more for the floor) and N runs "
+                                                            "per method and auto; default configs: movielens")
+    e.add_argument("--epsilon-sets", default=",".join(EPSILON_SETS), help=_pct(f"comma list of {EPSILON_SETS}"))
+    e.add_argument("--epsilon-examples", type=int, default=1000, help="forget examples scored per set (cap)")
+    e.add_argument("--auto-min-exact-seconds", type=float, help="override the spec's Escalation.min_exact_seconds "
+                   "for auto (0: try approximate methods even where a retrain is cheap, as on a dearer model)")
+    e.add_argument("--epsilon-seed", type=int, default=0, help="seed of the original model and the random "
+                                                               "forget-set draws (a new one re-measures out of sample)")
     m = p.add_argument_group("a registered model (instead of the bundled configs)")
     m.add_argument("--model", help="measure the serving version of this model, registered in --db-url")
     m.add_argument("--db-url", help="SQLAlchemy URL of the Lethe database (default: LETHE_DATABASE_URL, else the "
@@ -71,7 +81,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--model measures one registered model: drop --configs")
     if args.record_chain and not args.model:
         p.error("--record-chain needs --model")
-    args.configs = [c.strip() for c in (args.configs or ",".join(QUICK_CONFIGS if q else FULL_CONFIGS)).split(",")]
+    default = "movielens" if args.epsilon else ",".join(QUICK_CONFIGS if q else FULL_CONFIGS)
+    args.configs = [c.strip() for c in (args.configs or default).split(",")]
     unknown = [c for c in args.configs if c not in CONFIGS]
     if unknown:
         p.error(f"unknown config(s) {unknown}; known: {', '.join(CONFIGS)}")
@@ -80,10 +91,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if any(s not in SIZES for s in args.sizes or ()):
         p.error(f"--sizes: choose from {', '.join(SIZES)}")
     args.audit_sizes = [s.strip() for s in args.audit_sizes.split(",")]
+    args.methods_arg = bool(args.methods)
     names = [m.strip() for m in args.methods.split(",")] if args.methods else sorted(METHODS)
     if any(m not in METHODS for m in names):
         p.error(f"--methods: choose from {', '.join(sorted(METHODS))}")
     args.methods = ["retrain"] + sorted(set(names) - {"retrain"})
+    args.methods_eps = [m for m in (names if args.methods_arg else EPSILON_METHODS) if not METHODS[m].exact]
+    args.epsilon_sets = [s.strip() for s in args.epsilon_sets.split(",")]
+    if args.epsilon is not None and (args.epsilon < 3 or any(s not in EPSILON_SETS for s in args.epsilon_sets)):
+        p.error(f"--epsilon needs N >= 3 and --epsilon-sets from {', '.join(EPSILON_SETS)}")
     args.seeds = args.seeds or (1 if q else 2)
     args.n_shadow = (2 if q else 4) if args.n_shadow is None else args.n_shadow
     if args.out is None:
@@ -181,7 +197,12 @@ def main(argv: list[str] | None = None) -> int:
     log = lambda msg: tqdm.write(msg, file=sys.stderr)  # noqa: E731
     argv = redacted(sys.argv[1:] if argv is None else argv)
     try:
-        print(run_registered(args, device, argv, log) if args.model else run_bundled(args, device, argv, log))
+        if args.epsilon:
+            from bench.unlearning_parts import epsilon_report
+
+            print(epsilon_report.run(args, device, argv, log))
+        else:
+            print(run_registered(args, device, argv, log) if args.model else run_bundled(args, device, argv, log))
     except (LetheError, ApiError, httpx.HTTPError) as exc:  # unknown model, refused chain, no stack: say so
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -63,8 +63,10 @@ class Stage:
     # The auto chain to run (a registered model's ``config["chain"]``); None: the spec default.
     chain: list[str] | None = None
 
-    def verify(self, model, meta, baseline, *, exact: bool, method: str):
+    def verify(self, model, meta, baseline, *, exact: bool, method: str, served_conf=None):
         extra = {"forget_unseen": self.fs.unseen} if _accepts(verify_candidate, "forget_unseen") else {}
+        if served_conf is not None:
+            extra["served_conf"] = served_conf
         return verify_candidate(
             spec=self.spec, candidate=model, meta=meta, forget=self.fs.forget, retain=self.fs.retain, test=self.test,
             holdout=self.holdout, forget_subject_ids=self.fs.subject_ids, baseline=baseline, reference=self.reference,

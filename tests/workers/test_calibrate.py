@@ -14,6 +14,9 @@ def reference(toy, toy_examples, toy_trained):
 def test_reference_keys_and_values(reference):
     assert {"mia_auc", "mia_auc_sd", "forget_acc", "remembered_auc", "n_sets", "subjects_per_set", "seconds"} <= set(reference)
     assert reference["n_sets"] == 3 and reference["subjects_per_set"] == 2
+    # What auto's cost rule and the shift gate read: a retrain's time and how far it moves the
+    # forget samples' outputs from the served model.
+    assert reference["retrain_seconds"] > 0 and reference["retrain_shift"] > 0
     assert 0.3 <= reference["mia_auc"] <= 0.7
     assert 0.0 <= reference["forget_acc"] <= 1.0 and reference["mia_auc_sd"] >= 0
     json.dumps(reference, allow_nan=False)

@@ -87,8 +87,10 @@ def test_salun_moves_only_salient_weights(toy, toy_trained, toy_sets):
 
 
 def test_ssd_only_dampens_and_accepts_cached_importance(toy, toy_trained, toy_sets):
+    # The dampening step alone (no noise, no repair: those make it stochastic, test_method_seeds.py).
     model, meta = toy_trained
-    computed = get_method("ssd")(make_ctx(toy, model, meta, toy_sets, {"alpha": 3.0}))
+    plain = {"alpha": 3.0, "noise_scale": 0.0, "repair_steps": 0}
+    computed = get_method("ssd")(make_ctx(toy, model, meta, toy_sets, plain))
     params = dict(model.named_parameters())
     for n, p in computed.model.named_parameters():
         assert (p.abs() <= params[n].abs() + 1e-7).all() and (p * params[n] >= 0).all()
@@ -97,7 +99,7 @@ def test_ssd_only_dampens_and_accepts_cached_importance(toy, toy_trained, toy_se
     r_sum, n_r = fisher_importance(toy, model, meta, toy_sets["retain"], device="cpu")
     f_sum, n_f = fisher_importance(toy, model, meta, toy_sets["forget"], device="cpu")
     full = {n: (r_sum[n] + f_sum[n]) / (n_r + n_f) for n in r_sum}
-    cached = get_method("ssd")(make_ctx(toy, model, meta, toy_sets, {"alpha": 3.0, "full_importance": full}))
+    cached = get_method("ssd")(make_ctx(toy, model, meta, toy_sets, {**plain, "full_importance": full}))
     for (n, a), b in zip(computed.model.named_parameters(), cached.model.parameters()):
         assert torch.allclose(a, b, atol=1e-6), n
 

@@ -51,7 +51,13 @@ def test_job_forgets_publishes_and_completes(session: Session, settings, toy_mod
     assert result["version_before"] == 1 and result["version_after"] == 2
     assert result["attempts"] and result["attempts"][-1]["passed"]
     assert "mia_auc" in result["attempts"][-1]["report"]
+    # auto's escalation decision (app.ml.policy.plan) is recorded with the job and in the audit trail.
+    decision = result["timings"]["decision"]
+    assert decision["rule"] in ("approximate_first", "no_cost_data") and decision["reason"]
     audit.sync(session)
+    attempted = audit.list_events(session, type="unlearning_attempted", limit=100)
+    assert attempted and all(e.payload["decision"] == decision["rule"] and e.payload["decision_reason"]
+                             for e in attempted)
     types = [e.type for e in audit.list_events(session, request_id=rid, limit=100)]
     assert types[:2] == ["erasure_requested", "erasure_queued"]
     assert "samples_deleted" in types and types[-1] == "erasure_completed"

@@ -1,6 +1,9 @@
 """Policy engine: run a method, verify it, escalate, finally retrain exactly (DESIGN.md 3, 4).
 
-``auto`` starts with the cheapest approximate method measured to pass for the spec
+Before any work, ``app.ml.policy.plan`` weighs the chain against the model's recorded exact-retrain
+time: a heavy forget set goes straight to the exact method, otherwise the approximate attempts
+share a budget that is a fraction of the expected retrain (``Escalation``); the decision and its
+reason travel in ``ForgetOutcome.decision``. ``auto`` starts with the cheapest approximate method measured to pass for the spec
 (``DEFAULT_CHAINS``, per spec, overridable) and ends with ``retrain``; a named policy runs that
 method, then ``retrain`` if it fails. A candidate that fails a gate is never reported as passed.
 """
@@ -9,16 +12,19 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 
-from app.ml.policy import DEFAULT_CHAINS, DEFAULT_CONFIGS, FALLBACK_CHAIN
+from app.ml.policy import (
+    DEFAULT_CHAINS, DEFAULT_CONFIGS, DEFAULT_ESCALATION, FALLBACK_CHAIN, FALLBACK_ESCALATION, Escalation, plan,
+)
 from app.ml.spec import Example, ModelSpec
 from workers.unlearning import get_method
 from workers.unlearning.base import UnlearnContext
+from workers.verify.calibrate import conf
 from workers.verify.report import Gates, verify_candidate
 
 # Seeds an exact method gets before the job fails (and is retried later with backoff).
@@ -32,6 +38,8 @@ class ForgetOutcome:
     method: str
     passed: bool
     attempts: list[dict[str, Any]]
+    # ``plan``'s decision: rule, reason, budget (JSON-able; recorded in the job and the audit trail).
+    decision: dict[str, Any] = field(default_factory=dict)
 
 
 def method_chain(
@@ -82,6 +90,7 @@ def forget(
     config: dict[str, dict[str, Any]] | None = None,
     chains: dict[str, tuple[str, ...]] | None = None,
     time_budget_s: float | None = None,
+    escalation: Escalation | None = None,
 ) -> ForgetOutcome:
     """Unlearn ``forget_subject_ids`` from ``model``; ``config`` maps method name -> overrides.
 
@@ -91,16 +100,34 @@ def forget(
     gates = gates or Gates()
     report_progress = progress or (lambda stage, fraction: None)
     chain = method_chain(spec.name, policy, chains, meta=meta)
+    decision: dict[str, Any] = {"rule": "named", "reason": f"policy {policy!r} names its method"}
+    budget = None
+    if policy == "auto":
+        rule = escalation or DEFAULT_ESCALATION.get(spec.name, FALLBACK_ESCALATION)
+        chain, budget, decision = plan(chain, exact={m: get_method(m).exact for m in chain},
+                                       retrain_seconds=(reference or {}).get("retrain_seconds"),
+                                       n_forget=len(forget), n_train=len(forget) + len(retain), rule=rule)
+    served_conf = conf(spec, model, meta, forget, device) if forget else None
+    spent = 0.0  # seconds of approximate attempts, verification included
+    last_cost = 0.0
     attempts: list[dict[str, Any]] = []
     for name in chain:
         method = get_method(name)
+        method_budget = time_budget_s
+        if budget is not None and not method.exact:
+            left = budget - spent
+            if left <= 0 or (last_cost and left < last_cost):  # the next attempt would overrun: go exact
+                decision = {**decision, "escalated_early": f"{left:.1f} s of the approximate budget left, last "
+                                                           f"attempt cost {last_cost:.1f} s: skipped {name}"}
+                continue
+            method_budget = left if time_budget_s is None else min(left, time_budget_s)
         # An exact candidate fails only a sanity gate (diverged, collapsed): a new seed, not a
         # weaker method, is the remedy; approximate methods get one try each.
         for attempt_seed in range(seed, seed + (EXACT_TRIES if method.exact else 1)):
             ctx = UnlearnContext(
                 spec=spec, model=model, meta=meta, forget=forget, retain=retain,
                 forget_subject_ids=list(forget_subject_ids), recipe=spec.recipe, device=device, seed=attempt_seed,
-                time_budget_s=time_budget_s, progress=lambda f, n=name: report_progress(f"unlearn:{n}", f),
+                time_budget_s=method_budget, progress=lambda f, n=name: report_progress(f"unlearn:{n}", f),
                 config={**DEFAULT_CONFIGS.get(spec.name, {}).get(name, {}), **(config or {}).get(name, {})},
                 calibration=test,
             )
@@ -112,13 +139,16 @@ def forget(
                 spec=spec, candidate=result.model, meta=result.meta, forget=forget, retain=retain, test=test,
                 holdout=holdout, forget_subject_ids=list(forget_subject_ids), baseline=baseline,
                 reference=reference, gates=gates, device=device, exact=method.exact, method=name,
-                forget_unseen=forget_unseen, original=(model, meta),
+                forget_unseen=forget_unseen, original=(model, meta), served_conf=served_conf,
             )
             report_progress(f"verify:{name}", 1.0)
+            if not method.exact:
+                last_cost = time.perf_counter() - started
+                spent += last_cost
             attempts.append({
                 "method": name, "exact": method.exact, "seed": attempt_seed, "seconds": unlearn_s,
                 "verify_seconds": report.seconds, "passed": report.passed, "report": report.to_dict(),
             })
             if report.passed:
-                return ForgetOutcome(result.model, result.meta, name, True, attempts)
-    return ForgetOutcome(result.model, result.meta, chain[-1], False, attempts)
+                return ForgetOutcome(result.model, result.meta, name, True, attempts, decision)
+    return ForgetOutcome(result.model, result.meta, chain[-1], False, attempts, decision)

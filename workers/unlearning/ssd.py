@@ -21,6 +21,13 @@ them) plus the forget set, which costs about one training epoch of backward pass
 Measured: passes MovieLens and digits in 0.3-2 s; fails toy, whose retain set is memorised by
 the same weights as the forget set (a memorised subject stays at rank z 2.2-2.6, or retain
 accuracy falls below 0.9 at stronger settings). Not for models that memorise their retain set.
+
+Plain SSD is a deterministic function of the served model: every seed gives the same weights, so
+the competition metric (``workers/verify/epsilon.py``) scores it 0 on every example (its peaky
+guard: the unlearned outputs have no spread where retrains have plenty). After dampening, this
+module therefore adds seeded Gaussian noise (``base.perturb``) and repairs utility with a few
+seeded retain steps (seeded data order), as the competition's top entries paired pruning with
+noise and retain training (Triantafillou et al. 2024).
 """
 
 from __future__ import annotations
@@ -35,7 +42,9 @@ from torch import nn
 from app.ml.data import make_loader
 from app.ml.spec import Example, ModelSpec
 from workers.unlearning import register
-from workers.unlearning.base import Deadline, UnlearnContext, UnlearnResult, finish, resolve_config, working_copy
+from workers.unlearning.base import (
+    Deadline, UnlearnContext, UnlearnResult, batches, finish, perturb, resolve_config, working_copy,
+)
 
 
 @dataclass(frozen=True)
@@ -55,6 +64,15 @@ class SSDConfig:
     full_samples: int | None = None
     # Precomputed {parameter name: I_full} (``fisher_importance`` on the train split), or None.
     full_importance: dict[str, Any] | None = None
+    # Seeded noise after dampening, x each tensor's std (``base.perturb``), then retain steps at
+    # ``repair_lr_scale`` x the recipe rate with a seeded order: without them the method is
+    # bit-identical across seeds and the competition metric scores it 0 (issue 10: F 0 on every
+    # movielens set). Measured on movielens' heaviest user (N=16 seeds): plain SSD F 0 (every
+    # example peaky); 0.05 / 30 steps F 0.059 = 0.36 x the retrain floor, test -0.14 points, 3 s;
+    # 0.2 / 60 steps F 0.066 (0.40 x) at 11.5 s, dearer than a retrain. Kept the cheap one.
+    noise_scale: float = 0.05
+    repair_steps: int = 30
+    repair_lr_scale: float = 1.0
 
 
 def fisher_importance(
@@ -127,6 +145,20 @@ def unlearn(ctx: UnlearnContext) -> UnlearnResult:
         # The retain estimate stands for all retain samples, the forget set is added exactly.
         n_all = len(ctx.retain) + n_f
         full_imp = {n: (r_sum[n] * (len(ctx.retain) / n_r) + f_sum[n]) / n_all for n in r_sum}
-    ctx.progress(0.9)
+    ctx.progress(0.8)
     dampen(model, forget_imp, full_imp, cfg.alpha, cfg.lam)
+    perturb(model, ctx.seed, cfg.noise_scale)
+    if cfg.repair_steps and ctx.retain:
+        opt = torch.optim.AdamW(model.parameters(), lr=ctx.recipe.lr * cfg.repair_lr_scale,
+                                weight_decay=ctx.recipe.weight_decay)
+        retain = batches(ctx, meta, ctx.retain, ctx.recipe.batch_size, seed_offset=2)
+        model.train()
+        for _ in range(cfg.repair_steps):
+            if deadline.expired():
+                break
+            batch, labels = next(retain)
+            loss = ctx.spec.loss(model(**batch), labels)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
     return finish(ctx, model, meta)

@@ -27,8 +27,8 @@ import torch
 from torch import nn
 
 from app.ml.spec import Example, ModelSpec
-from app.ml.train import evaluate, per_example_loss, train_from_scratch
-from workers.verify.mia import loss_auc
+from app.ml.train import evaluate, per_example_loss, predict_logits, train_from_scratch
+from workers.verify.mia import logit_confidence, loss_auc
 from workers.verify.report import match_class_mix
 
 # Caps per measurement, as in the gate (``Gates.max_holdout`` / ``max_retain`` / ``max_test``).
@@ -48,6 +48,12 @@ def _measure(
         n_boot=0,
     )
     return auc, evaluate(spec, model, meta, forget, device=device)
+
+
+def conf(spec: ModelSpec, model: nn.Module, meta: dict[str, Any], examples: list[Example], device) -> np.ndarray:
+    """Logit-scaled confidence of the true label (the competition metric's signal) per example."""
+    logits = predict_logits(spec, model, meta, [e.features for e in examples], device=device)
+    return logit_confidence(logits, torch.tensor([e.label for e in examples], dtype=torch.long))
 
 
 def _summary(values: list[float]) -> tuple[float, float]:
@@ -85,13 +91,15 @@ def calibrate_reference(
     rng = np.random.default_rng(seed)
     test_all = [e for e in examples if e.split == "test"]
     test = [test_all[i] for i in sorted(rng.choice(len(test_all), min(MAX_TEST, len(test_all)), replace=False))]
-    aucs, accs, remembered, remembered_acc, runs = [], [], [], [], []
+    aucs, accs, remembered, remembered_acc, runs, seconds, shifts = [], [], [], [], [], [], []
     for i in range(n_sets):
         chosen = set(rng.choice(train_subjects, subjects_per_set, replace=False).tolist())
         forget = [e for e in examples if e.split == "train" and e.subject_id in chosen]
         kept = [e for e in examples if not (e.split == "train" and e.subject_id in chosen)]
         holdout = match_class_mix(forget, holdout_all, MAX_HOLDOUT, rng)
+        trained_at = time.perf_counter()
         retrained, retrained_meta = train_from_scratch(spec, kept, device=device, seed=seed)
+        seconds.append(time.perf_counter() - trained_at)
         auc, acc = _measure(spec, retrained, retrained_meta, forget, holdout, device)
         aucs.append(auc)
         accs.append(acc)
@@ -100,6 +108,8 @@ def calibrate_reference(
         runs.append({"retain_acc": evaluate(spec, retrained, retrained_meta, retain, device=device),
                      "test_acc": evaluate(spec, retrained, retrained_meta, test, device=device) if test else None})
         if model is not None and meta is not None:
+            shifts.append(float(np.mean(np.abs(conf(spec, retrained, retrained_meta, forget, device)
+                                               - conf(spec, model, meta, forget, device)))))
             auc, acc = _measure(spec, model, meta, forget, holdout, device)
             remembered.append(auc)
             remembered_acc.append(acc)
@@ -110,8 +120,15 @@ def calibrate_reference(
     out: dict[str, Any] = {
         "mia_auc": mia_auc, "mia_auc_sd": mia_sd, "forget_acc": forget_acc, "forget_acc_sd": forget_sd,
         "n_sets": n_sets, "subjects_per_set": subjects_per_set, "utility_runs": runs,
+        # What an exact retrain costs on this device: ``engine.forget`` weighs approximate attempts
+        # against it (an ``auto`` erasure must never cost more than its exact fallback).
+        "retrain_seconds": float(np.mean(seconds)),
     }
     out.update(_utility(runs))
+    if shifts:
+        # Mean |change| of the forget samples' logit-scaled confidence from the served model to a
+        # retrain: the gate's "moved like a retrain" bar (``Gates.min_shift_ratio``).
+        out["retrain_shift"] = float(np.mean(shifts))
     if remembered:
         out["remembered_auc"], out["remembered_auc_sd"] = _summary(remembered)
         out["remembered_forget_acc"] = _summary(remembered_acc)[0]
@@ -128,11 +145,16 @@ def _utility(runs: list[dict[str, Any]]) -> dict[str, float]:
     return out
 
 
-def absorb_exact(reference: dict[str, Any] | None, *, retain_acc: float | None, test_acc: float | None) -> dict[str, Any]:
+def absorb_exact(reference: dict[str, Any] | None, *, retain_acc: float | None, test_acc: float | None,
+                 seconds: float | None = None) -> dict[str, Any]:
     """The reference after an exact candidate served: its utility joins the last ``UTILITY_RUNS``
-    exact runs (calibration retrains first), and the utility mean and spread are re-computed."""
+    exact runs (calibration retrains first), and the utility mean and spread are re-computed.
+    ``seconds`` (the exact method's run time) becomes the expected retrain time ``auto`` budgets
+    against, so the budget follows the data and the device."""
     ref = dict(reference or {})
     runs = [*ref.get("utility_runs", []), {"retain_acc": retain_acc, "test_acc": test_acc}][-UTILITY_RUNS:]
     ref["utility_runs"] = runs
     ref.update(_utility(runs))
+    if seconds is not None and seconds > 0:
+        ref["retrain_seconds"] = float(seconds)
     return ref

@@ -57,12 +57,19 @@ export function toast(message, ok = true) {
   toastTimer = setTimeout(() => { el.hidden = true; }, 6000);
 }
 
-/** Render a page: a loading line, then the page or the API's problem. */
+let generation = 0;
+
+/** Render a page: a loading line, then the page or the API's problem. Only the newest render
+ *  writes: a slower page started earlier (a re-render after an action, a click on another page
+ *  while one loads) must not land over the page the operator moved to. */
 export async function render(view, build) {
+  const mine = ++generation;
   view.replaceChildren(h("p", { class: "muted" }, "Loading…"));
+  let nodes;
   try {
-    view.replaceChildren(...[await build()].flat(Infinity).filter((n) => n !== null && n !== undefined && n !== false));
+    nodes = [await build()].flat(Infinity).filter((n) => n !== null && n !== undefined && n !== false);
   } catch (err) {
-    view.replaceChildren(problemBox(err));
+    nodes = [problemBox(err)];
   }
+  if (mine === generation) view.replaceChildren(...nodes);
 }

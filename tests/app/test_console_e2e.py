@@ -233,7 +233,8 @@ def test_console_login_find_request_job_plot_and_retry(live: dict) -> None:
             expect(page.locator(".actions .result")).to_contain_text("403")
             expect(page.locator(".actions .result")).to_contain_text("erasure:write")
             page.click("#nav a[data-section='audit']")
-            expect(page.locator("main .problem")).to_contain_text("audit:read")
+            expect(page.locator("#view > .problem")).to_contain_text("audit:read")  # the page's own refusal
+            expect(page.locator("#view .actions")).to_have_count(0)  # and nothing of the request page left
         finally:
             page.screenshot(path=str(ARTIFACTS / "last.png"), full_page=True)
             browser.close()

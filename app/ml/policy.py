@@ -32,7 +32,12 @@ METHODS: dict[str, bool] = {
 DEFAULT_CHAINS: dict[str, tuple[str, ...]] = {
     "movielens": ("reinit_repair", "finetune", "retrain"),
     "digits": ("finetune", "retrain"),
-    "mnist": ("finetune", "salun", "retrain"),
+    # A CNN that memorises (bench mnist-memo: MNIST with 20 % wrong labels, the competition metric at
+    # N=16 on 10 random users, bench/results/unlearning-epsilon-mnist-memo.md): finetune passed the
+    # quick gate 16/16 yet scored 0.38 x the retrain floor, ssd 0.38, reinit_repair 0.26, salun 0.13;
+    # served by auto, finetune was 4.6x faster at 0.28 x floor. No approximate method is fit to
+    # serve, so auto retrains (the demo mnist model shows no membership signal to rank them by).
+    "mnist": ("retrain",),
     "toy": ("neggrad_plus", "retrain"),
 }
 FALLBACK_CHAIN: tuple[str, ...] = ("finetune", "retrain")
@@ -179,6 +184,14 @@ AUDITED_F_SHARE: dict[str, dict[str, tuple[tuple[float, float], ...]]] = {
         "ssd": ((0.0258, 0.36),),
         "scrub": ((0.0258, 0.37),),
         "salun": ((0.0258, 0.32),),
+    },
+    # mnist-memo, 10 random users = 3.5 % of the training images (see DEFAULT_CHAINS): refuses them
+    # at the gate too, should a per-model chain name them.
+    "mnist": {
+        "finetune": ((0.0355, 0.38),),
+        "ssd": ((0.0355, 0.38),),
+        "reinit_repair": ((0.0355, 0.26),),
+        "salun": ((0.0355, 0.13),),
     },
 }
 

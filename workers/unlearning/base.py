@@ -89,6 +89,23 @@ class Deadline:
         return self.end is not None and time.monotonic() >= self.end
 
 
+def retain_descent(ctx: UnlearnContext, model: nn.Module, opt: torch.optim.Optimizer, retain: Iterator, steps: int,
+                   deadline: Deadline, progress: bool = False) -> None:
+    """``steps`` plain descent steps of the spec's loss on ``retain`` batches (fewer if the deadline
+    passes); with ``progress``, each step reports its share of ``steps``."""
+    model.train()
+    for step in range(steps):
+        if deadline.expired():
+            break
+        batch, labels = next(retain)
+        loss = ctx.spec.loss(model(**batch), labels)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if progress:
+            ctx.progress((step + 1) / steps)
+
+
 def finish(ctx: UnlearnContext, model: nn.Module, meta: dict[str, Any]) -> UnlearnResult:
     """Every method's exit: eval mode, and the subjects' per-subject parameters gone."""
     model.eval()

@@ -14,7 +14,7 @@ import torch
 
 from workers.unlearning import register
 from workers.unlearning.base import (
-    Deadline, UnlearnContext, UnlearnResult, batches, finish, perturb, resolve_config, working_copy,
+    Deadline, UnlearnContext, UnlearnResult, batches, finish, perturb, resolve_config, retain_descent, working_copy,
 )
 
 
@@ -48,15 +48,5 @@ def unlearn(ctx: UnlearnContext) -> UnlearnResult:
     wd = ctx.recipe.weight_decay if cfg.weight_decay is None else cfg.weight_decay
     opt = torch.optim.AdamW(model.parameters(), lr=ctx.recipe.lr * cfg.lr_scale, weight_decay=wd)
     retain = batches(ctx, meta, ctx.retain, cfg.batch_size or ctx.recipe.batch_size)
-    deadline = Deadline(ctx.time_budget_s)
-    model.train()
-    for step in range(cfg.steps):
-        if deadline.expired():
-            break
-        batch, labels = next(retain)
-        loss = ctx.spec.loss(model(**batch), labels)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        ctx.progress((step + 1) / cfg.steps)
+    retain_descent(ctx, model, opt, retain, cfg.steps, Deadline(ctx.time_budget_s), progress=True)
     return finish(ctx, model, meta)

@@ -43,7 +43,7 @@ from app.ml.data import make_loader
 from app.ml.spec import Example, ModelSpec
 from workers.unlearning import register
 from workers.unlearning.base import (
-    Deadline, UnlearnContext, UnlearnResult, batches, finish, perturb, resolve_config, working_copy,
+    Deadline, UnlearnContext, UnlearnResult, batches, finish, perturb, resolve_config, retain_descent, working_copy,
 )
 
 
@@ -152,13 +152,5 @@ def unlearn(ctx: UnlearnContext) -> UnlearnResult:
         opt = torch.optim.AdamW(model.parameters(), lr=ctx.recipe.lr * cfg.repair_lr_scale,
                                 weight_decay=ctx.recipe.weight_decay)
         retain = batches(ctx, meta, ctx.retain, ctx.recipe.batch_size, seed_offset=2)
-        model.train()
-        for _ in range(cfg.repair_steps):
-            if deadline.expired():
-                break
-            batch, labels = next(retain)
-            loss = ctx.spec.loss(model(**batch), labels)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+        retain_descent(ctx, model, opt, retain, cfg.repair_steps, deadline)
     return finish(ctx, model, meta)

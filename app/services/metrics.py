@@ -285,7 +285,8 @@ HTTP_LATENCY = Histogram("lethe_http_request_duration_seconds", "Time to the res
 class HttpMetrics:
     """ASGI middleware: counts, times and logs (the access log, ``lethe.http``) each request under its
     route template (``/v1/subjects/{subject_id}``, never the path itself); a request that matched no
-    route counts as ``unmatched``."""
+    route counts as ``unmatched``. A mounted app (the console's static files) has no route template:
+    it counts under its mount, ``/console/{path}``, so operators' ``unmatched`` stays what it says."""
 
     def __init__(self, app: Any) -> None:
         self.app = app
@@ -295,19 +296,28 @@ class HttpMetrics:
             await self.app(scope, receive, send)
             return
         start, code = time.perf_counter(), 500
+        root = scope.get("root_path", "")
+
+        def route_of() -> str:
+            # The router updates this scope in place: a route match sets ``route``, a mount extends
+            # ``root_path`` by its own path.
+            if (path := getattr(scope.get("route"), "path", None)) is not None:
+                return path
+            mounted = scope.get("root_path", "")[len(root):]
+            return f"{mounted}/{{path}}" if mounted else "unmatched"
 
         async def send_wrapper(message: dict[str, Any]) -> None:
             nonlocal code
             if message["type"] == "http.response.start":
                 code = message["status"]
-                route = getattr(scope.get("route"), "path", None) or "unmatched"
+                route = route_of()
                 HTTP_LATENCY.labels(scope["method"], route).observe(time.perf_counter() - start)
             await send(message)
 
         try:
             await self.app(scope, receive, send_wrapper)
         finally:
-            route = getattr(scope.get("route"), "path", None) or "unmatched"
+            route = route_of()
             HTTP_REQUESTS.labels(scope["method"], route, str(code)).inc()
             access_log.info("%s %s %s %.1f ms", scope["method"], route, code, (time.perf_counter() - start) * 1000)
 

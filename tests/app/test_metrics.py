@@ -150,10 +150,12 @@ def test_http_metrics_name_route_templates_not_paths(client: TestClient, admin_h
     secret = "subject-" + uuid.uuid4().hex
     client.get(f"/v1/subjects/{secret}", headers=admin_headers)
     client.get(f"/no/such/{secret}")
+    assert client.get("/console/console.css").status_code == 200
     text = client.get("/metrics").text
     assert secret not in text
     samples = scrape(client)
     routes = {dict(labels).get("route") for (name, labels) in samples if name == "lethe_http_requests_total"}
     assert "/v1/subjects/{subject_id}" in routes and "unmatched" in routes
+    assert "/console/{path}" in routes and not any("console.css" in (r or "") for r in routes)  # its mount
     assert any(name == "lethe_http_request_duration_seconds_bucket" and ("route", "/v1/subjects/{subject_id}") in labels
                for name, labels in samples)

@@ -57,6 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--epsilon-examples", type=int, default=1000, help="forget examples scored per set (cap)")
     e.add_argument("--auto-min-exact-seconds", type=float, help="override the spec's Escalation.min_exact_seconds "
                    "for auto (0: try approximate methods even where a retrain is cheap, as on a dearer model)")
+    e.add_argument("--jobs", type=int, default=1, help="worker processes of one torch thread each (CPU; runs are "
+                   "independent, so times stay per run: use at most one per free core)")
     e.add_argument("--epsilon-seed", type=int, default=0, help="seed of the original model and the random "
                                                                "forget-set draws (a new one re-measures out of sample)")
     m = p.add_argument_group("a registered model (instead of the bundled configs)")

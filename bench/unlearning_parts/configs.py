@@ -49,6 +49,14 @@ class MovieLensLarge(MovieLensSpec):
         return {**super().make_meta(train_features), "dim": 128, "hidden": 256}
 
 
+class MovieLens30s(MovieLensLarge):
+    """``movielens-large`` trained 16 epochs instead of 24: a retrain takes >= 30 s on one CPU core
+    (43 s measured here on a quiet core), the issue 10 configuration, sized so that the competition
+    metric's 2 N retrains per forget set fit a 16-core run (``--jobs 16``)."""
+
+    recipe: ClassVar[TrainRecipe] = TrainRecipe(epochs=16, batch_size=256, lr=3e-4, weight_decay=1e-4)
+
+
 class MnistMemo(MnistSpec):
     """A CNN that memorises, for the competition metric (issue 10): the MNIST spec on its first 400
     subjects (2,000 images, ~1,400 trained), 20 % of the labels replaced by fixed random wrong ones,
@@ -102,6 +110,8 @@ CONFIGS = {c.key: c for c in (
     # Its recipe rate is 1/10 of the demo model's: measured on a 10 % forget set (12-epoch variant),
     # finetune at the default 1x rate left AUC 0.56 vs retrain 0.49 and failed the gate; 150 steps
     # at 5x passed (on the demo model 3-5x costs 1-2 points of test accuracy, so it stays here).
+    BenchConfig("movielens-30s", MovieLens30s, "embeddings + MLP, dim 128 / hidden 256, 16 epochs (retrain >= 30 s)",
+                large=True, sizes=("1 subject", "10%"), method_config={"finetune": {"steps": 150, "lr_scale": 5.0}}),
     BenchConfig("movielens-large", MovieLensLarge, "embeddings + MLP, dim 128 / hidden 256, 24 epochs", large=True,
                 sizes=("1 subject", "10%"), method_config={"finetune": {"steps": 150, "lr_scale": 5.0}}),
 )}

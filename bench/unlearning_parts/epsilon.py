@@ -14,20 +14,15 @@ Outputs: ``epsilon_report.write`` (``unlearning-epsilon[-CONFIG].{md,csv,json,pn
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import torch
 
 from app.ml.spec import Example, ModelSpec
-from app.ml.train import evaluate, predict_logits, train_from_scratch
+from app.ml.train import predict_logits
 from bench.unlearning_parts.configs import CONFIGS, ForgetSet
 from bench.unlearning_parts.measure import Stage
-from workers.unlearning import METHODS, engine
-from workers.unlearning.base import UnlearnContext
-from workers.verify.calibrate import conf
 from workers.verify.epsilon import forget_quality, logit_scaled_confidence
 from workers.verify.report import Gates
 
@@ -86,16 +81,20 @@ class Sample:
             self.quality = forget_quality(np.stack(self.outputs), np.stack(retrained.outputs))
         return self.quality
 
-    def add(self, seconds: float, model, meta, ev: "Evaluator", *, gate: bool | None = None, served: str = "",
-            decision: str = "", cpu_seconds: float = float("nan")) -> None:
-        self.seconds.append(seconds)
-        self.cpu_seconds.append(cpu_seconds)
-        self.outputs.append(ev.outputs(model, meta))
-        self.retain_acc.append(evaluate(ev.spec, model, meta, ev.retain, device=ev.device))
-        self.test_acc.append(evaluate(ev.spec, model, meta, ev.test, device=ev.device))
-        self.gate.append(gate)
-        self.served.append(served or self.method)
-        self.decisions.append(decision)
+    def record(self, run: dict[str, Any]) -> None:
+        """Append one run as ``epsilon_tasks`` returns it."""
+        self.seconds.append(run["seconds"])
+        self.cpu_seconds.append(run.get("cpu_seconds", float("nan")))
+        self.outputs.append(run["outputs"])
+        self.retain_acc.append(run["retain_acc"])
+        self.test_acc.append(run["test_acc"])
+        self.gate.append(run.get("gate"))
+        self.served.append(run.get("served") or self.method)
+        self.decisions.append(run.get("decision", ""))
+        if "shift" in run:
+            self.shift.append(run["shift"])
+        if "gate_quick" in run:
+            self.gate_quick.append(run["gate_quick"])
 
 
 @dataclass
@@ -113,71 +112,17 @@ class Evaluator:
         return logit_scaled_confidence(logits.numpy(), np.array([e.label for e in self.scored]))
 
 
+def evaluator(st: Stage, max_examples: int) -> Evaluator:
+    """Forget examples scored (a fixed subsample of at most ``max_examples``), retain and test."""
+    return Evaluator(st.spec, st.device, _subsample(st.fs.forget, max_examples, 1),
+                     _subsample(st.fs.retain, MAX_RETAIN_EVAL, 2), st.test)
+
+
 def _subsample(xs: list[Example], n: int, seed: int) -> list[Example]:
     if len(xs) <= n:
         return list(xs)
     idx = np.random.default_rng(seed).choice(len(xs), n, replace=False)
     return [xs[i] for i in sorted(idx)]
-
-
-def run_set(st: Stage, original, meta, baseline: dict[str, float], n: int, methods: list[str], max_examples: int,
-            log, on_sample=None, escalation=None) -> dict[str, Sample]:
-    """Retrains (two sets), every method and ``auto``, N seeds each, on one forget set."""
-    ev = Evaluator(st.spec, st.device, _subsample(st.fs.forget, max_examples, 1),
-                   _subsample(st.fs.retain, MAX_RETAIN_EVAL, 2), st.test)
-    out: dict[str, Sample] = {}
-
-    def done(sample: Sample) -> None:
-        out[sample.method] = sample
-        log(f"  {st.fs.label}: {sample.method} x{n} in {sum(sample.seconds):.0f} s")
-        if on_sample is not None:
-            on_sample(out)
-
-    for name, offset in (("retrain", 0), ("retrain_floor", FLOOR_SEED)):
-        sample = Sample(name)
-        for seed in range(1 + offset, n + 1 + offset):
-            torch.manual_seed(seed)
-            started, cpu = time.perf_counter(), time.process_time()
-            model, m = train_from_scratch(st.spec, st.fs.retain, device=st.device, seed=seed)
-            sample.add(time.perf_counter() - started, model, m, ev, cpu_seconds=time.process_time() - cpu)
-        done(sample)
-    served_conf = conf(st.spec, original, meta, st.fs.forget, st.device)
-    for name in methods:
-        sample = Sample(name)
-        method = METHODS[name]
-        for seed in range(1, n + 1):
-            ctx = UnlearnContext(
-                spec=st.spec, model=original, meta=meta, forget=st.fs.forget, retain=st.fs.retain,
-                forget_subject_ids=list(st.fs.subject_ids), recipe=st.spec.recipe, device=st.device, seed=seed,
-                config={**engine.DEFAULT_CONFIGS.get(st.spec.name, {}).get(name, {}),
-                        **st.method_config.get(name, {})},
-                calibration=st.test,
-            )
-            started, cpu = time.perf_counter(), time.process_time()
-            result = method(ctx)
-            seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu
-            report = st.verify(result.model, result.meta, baseline, exact=method.exact, method=name,
-                               served_conf=served_conf)
-            sample.add(seconds, result.model, result.meta, ev, gate=report.passed, cpu_seconds=cpu_seconds)
-            sample.shift.append(report.shift)
-            sample.gate_quick.append(all(g["passed"] for k, g in report.gates.items() if k != "audited_f"))
-        done(sample)
-    sample = Sample("auto")
-    for seed in range(AUTO_SEED + 1, AUTO_SEED + n + 1):
-        started, cpu = time.perf_counter(), time.process_time()
-        outcome = engine.forget(
-            spec=st.spec, model=original, meta=meta, forget=st.fs.forget, retain=st.fs.retain, test=st.test,
-            holdout=st.holdout, forget_subject_ids=st.fs.subject_ids, forget_unseen=st.fs.unseen, policy="auto",
-            device=st.device, seed=seed, baseline=baseline, reference=st.reference, gates=st.gates,
-            config=st.method_config, escalation=escalation,
-        )
-        tried = ">".join(f"{a['method']}{'' if a['passed'] else '(fail)'}" for a in outcome.attempts)
-        seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu
-        sample.add(seconds, outcome.model, outcome.meta, ev, gate=outcome.passed, cpu_seconds=cpu_seconds,
-                   served=outcome.method, decision=f"{outcome.decision.get('rule', '')}: {tried}"
-                   if hasattr(outcome, "decision") else tried)
-    done(sample)
-    return out
 
 
 def stage_for(key: str, spec: ModelSpec, examples: list[Example], label: str, device, reference,

@@ -2,8 +2,9 @@
 
 The original model is trained once (``--epsilon-seed``, default 0); the exact-retrain reference the gate and ``auto``
 read is calibrated as at registration (``calibrate_reference``, 3 single-subject sets, which also
-records the retrain time ``auto``'s cost rule uses). Outputs are rewritten after every method, so a
-run stopped early keeps what it measured. The plot is F against speed-up (log x) with the floor
+records the retrain time ``auto``'s cost rule uses). Runs go to ``--jobs`` single-threaded workers
+(``epsilon_tasks``); outputs are rewritten after every forget set, so a run stopped early keeps the
+sets it finished. The plot is F against speed-up (log x) with the floor
 as a line and 0.8 x floor dashed (issue 10's target).
 """
 
@@ -12,17 +13,20 @@ from __future__ import annotations
 import csv
 import json
 import math
+import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from app.ml.train import evaluate, train_from_scratch
+from tqdm import tqdm
+
+from bench.unlearning_parts import epsilon_tasks as tasks
 from bench.unlearning_parts.configs import CONFIGS
-from bench.unlearning_parts.epsilon import run_set, stage_for
+from bench.unlearning_parts.epsilon import AUTO_SEED, FLOOR_SEED, Sample, evaluator, stage_for
 from bench.unlearning_parts.epsilon_summary import false_pass, summarise
 from bench.unlearning_parts.report import machine
 from bench.unlearning_parts.summary import fmt
-from workers.verify.calibrate import calibrate_reference
 from workers.verify.epsilon import epsilon_ceiling
 
 COLUMNS = ["config", "forget_set", "n_forget", "n_scored", "n_models", "method", "F", "floor", "share_of_floor",
@@ -40,38 +44,74 @@ def run(args, device, argv: list[str], log) -> str:
     """Every configuration of ``args.configs`` in epsilon mode; returns the last markdown."""
     md = ""
     for key in args.configs:
-        cfg = CONFIGS[key]
-        spec = cfg.make_spec()
-        examples = spec.load_examples()
-        started = time.perf_counter()
-        original, meta = train_from_scratch(spec, examples, device=device, seed=args.epsilon_seed)
-        train_s = time.perf_counter() - started
-        reference = calibrate_reference(spec, examples, device=device, n_sets=3, subjects_per_set=1, seed=0,
-                                        model=original, meta=meta)
-        log(f"{key}: original {train_s:.1f} s; reference AUC {reference['mia_auc']:.3f}, retrain "
+        md = run_config(key, args, device, argv, log)
+    return md
+
+
+def run_config(key: str, args, device, argv: list[str], log) -> str:
+    """One configuration: the original and its reference, then per forget set 2 N retrains, N runs
+    per method and N of ``auto``, on ``--jobs`` workers (``epsilon_tasks``). The outputs are rewritten
+    as each forget set completes, so a run stopped early keeps the sets it finished."""
+    cfg, n = CONFIGS[key], args.epsilon
+    spec = cfg.make_spec()
+    examples = spec.load_examples()
+    started = time.perf_counter()
+    stages = {label: stage_for(key, spec, examples, label, device, None, seed=args.epsilon_seed)
+              for label in args.epsilon_sets}
+    for label, st in stages.items():
+        log(f"{key} {label}: {len(st.fs.subjects)} subjects, {len(st.fs.forget)} samples")
+    tasks.prepare(spec, examples, stages, {label: evaluator(st, args.epsilon_examples) for label, st in stages.items()},
+                  device)
+    names = ["retrain", "retrain_floor", *args.methods_eps, "auto"]
+    samples = {label: {name: Sample(name) for name in names} for label in stages}
+    pending: list[tuple[str, str, Any]] = []
+    total = len(stages) * n * len(names) + 1
+    rows: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="lethe-eps-") as tmp, tasks.executor(args.jobs, device) as pool, \
+            tqdm(total=total, file=sys.stderr, unit="run", dynamic_ncols=True) as bar:
+        original = pool.submit(tasks.original_task, args.epsilon_seed, f"{tmp}/original.pt", 3)
+
+        def retrains(label: str) -> list[tuple[str, str, Any]]:
+            return [(label, name, pool.submit(tasks.retrain_task, label, seed))
+                    for name, offset in (("retrain", 0), ("retrain_floor", FLOOR_SEED))
+                    for seed in range(1 + offset, n + 1 + offset)]
+
+        # The first two sets' retrains need no original, so workers start on them while it trains;
+        # later sets queue behind the earlier sets' methods, so sets finish (and are written) in turn.
+        early = list(stages)[:2]
+        for label in early:
+            pending += retrains(label)
+        orig = original.result()
+        bar.update(1)
+        reference = orig["reference"]
+        log(f"{key}: original {orig['train_seconds']:.1f} s; reference AUC {reference['mia_auc']:.3f}, retrain "
             f"{reference.get('retrain_seconds', float('nan')):.1f} s")
-        info = {"config": key, "model": cfg.model, "train_seconds": train_s, "n": args.epsilon,
-                "seed": args.epsilon_seed, "auto_min_exact_seconds": getattr(args, "auto_min_exact_seconds", None),
-                "floor_B": epsilon_ceiling(args.epsilon), "reference": {k: v for k, v in reference.items()
-                                                                        if k != "utility_runs"}}
-        rows: list[dict[str, Any]] = []
-        for label in args.epsilon_sets:
-            st = stage_for(key, spec, examples, label, device, reference, seed=args.epsilon_seed)
-            base = {"retain_acc": evaluate(spec, original, meta, st.fs.retain[:3000], device=device),
-                    "test_acc": evaluate(spec, original, meta, st.test, device=device)}
-            log(f"{key} {label}: {len(st.fs.subjects)} subjects, {len(st.fs.forget)} samples")
-
-            def partial(samples, label=label, n_forget=len(st.fs.forget)):
-                now = summarise(label, n_forget, samples, min(len(st.fs.forget), args.epsilon_examples))
-                md_ = write(args.out, key, [*rows, *({"config": key, **r} for r in now)], info, args, argv,
-                            time.perf_counter() - started)
-                return md_
-
-            samples = run_set(st, original, meta, base, args.epsilon, args.methods_eps, args.epsilon_examples, log,
-                              on_sample=partial, escalation=escalation(spec.name, args))
-            rows += [{"config": key, **r} for r in
-                     summarise(label, len(st.fs.forget), samples, min(len(st.fs.forget), args.epsilon_examples))]
-        md = write(args.out, key, rows, info, args, argv, time.perf_counter() - started)
+        info = {"config": key, "model": cfg.model, "train_seconds": orig["train_seconds"], "n": n,
+                "seed": args.epsilon_seed, "jobs": args.jobs,
+                "auto_min_exact_seconds": getattr(args, "auto_min_exact_seconds", None),
+                "floor_B": epsilon_ceiling(n), "reference": {k: v for k, v in reference.items()
+                                                              if k != "utility_runs"}}
+        rule = escalation(spec.name, args)
+        for label in stages:
+            pending += [] if label in early else retrains(label)
+            # auto first: with its exact fallbacks it holds the longest runs
+            pending += [(label, "auto", pool.submit(tasks.auto_task, label, seed, orig, rule))
+                        for seed in range(AUTO_SEED + 1, AUTO_SEED + n + 1)]
+            pending += [(label, name, pool.submit(tasks.method_task, label, name, seed, orig))
+                        for name in args.methods_eps for seed in range(1, n + 1)]
+        left = {label: sum(p[0] == label for p in pending) for label in stages}
+        # In submission order: each sample's runs keep their seed order, and sets complete in turn.
+        for label, name, future in pending:
+            samples[label][name].record(future.result())
+            bar.update(1)
+            left[label] -= 1
+            if not left[label]:
+                st = stages[label]
+                n_scored = min(len(st.fs.forget), args.epsilon_examples)
+                rows += [{"config": key, **r} for r in summarise(label, len(st.fs.forget), samples[label], n_scored)]
+                for name_, s in samples[label].items():
+                    log(f"  {label}: {name_} x{n} in {sum(s.seconds):.0f} s")
+                md = write(args.out, key, rows, info, args, argv, time.perf_counter() - started)
     return md
 
 
@@ -116,7 +156,8 @@ def write(out: Path, key: str, rows: list[dict], info: dict, args, argv: list[st
             "retain_acc", "d_retain_acc", "test_acc", "d_test_acc", "gate_passed", "quick_passed", "gate_runs", "peaky", "shift"]
     md = [f"# Unlearning benchmark, competition metric (epsilon mode): `{key}`", "",
           f"Command: `python bench/unlearning.py {' '.join(argv)}`  ",
-          f"Machine: {machine()}; device {args.device}. Wall time {elapsed / 60:.1f} min.", "",
+          f"Machine: {machine()}; device {args.device}; {info.get('jobs', 1)} worker process(es) of one torch "
+          f"thread each. Wall time {elapsed / 60:.1f} min.", "",
           f"N = {args.epsilon} models per side (B = ceil(ln(N-1)) = {info['floor_B']:.0f}); forget examples scored "
           f"per set: at most {args.epsilon_examples}. F: mean points over forget examples (1 = indistinguishable "
           "from retraining at this N); floor: F of a second, independent set of N retrains against the first, the "

@@ -49,3 +49,19 @@ def test_epsilon_mode_end_to_end(tmp_path):
     data = json.loads((out / "unlearning-epsilon-toy.json").read_text())
     assert data["info"]["floor_B"] == 1 and "false_pass" in data and "false_pass_quick_only" in data
     assert "Gate false-pass rate" in (out / "unlearning-epsilon-toy.md").read_text()
+
+
+def test_jobs_runs_the_same_measurements_in_forked_workers(tmp_path):
+    """--jobs 2 forks workers for the runs; every seeded run (retrains, the floor, each method) must
+    give the numbers the serial run gives (auto is left out: its time budget makes it timing-dependent)."""
+    rows = {}
+    for jobs in (1, 2):
+        out = tmp_path / f"j{jobs}"
+        assert main(["--epsilon", "3", "--configs", "toy", "--epsilon-sets", "10 random users", "--methods",
+                     "finetune", "--jobs", str(jobs), "--out", str(out)]) == 0
+        rows[jobs] = {r["method"]: r for r in csv.DictReader((out / "unlearning-epsilon-toy.csv").open())}
+        assert json.loads((out / "unlearning-epsilon-toy.json").read_text())["info"]["jobs"] == jobs
+    for method in ("retrain (2nd set: floor)", "finetune"):
+        for col in ("F", "floor", "retain_acc", "test_acc", "gate_passed"):
+            assert rows[1][method][col] == rows[2][method][col], (method, col)
+    assert int(rows[2]["auto"]["n_models"]) == 3

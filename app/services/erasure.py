@@ -23,7 +23,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
-from app.core.errors import Conflict, LetheError, NotFound
+from app.core.errors import Conflict, LetheError, NotFound, Unprocessable
 from app.db.models import ErasureRequest, ErasureTarget, Suppression, as_utc, utcnow
 from app.data import registry
 from app.services import audit, lifecycle
@@ -330,6 +330,9 @@ def list_requests(session: Session, *, status: str | None = None, subject_key: s
     if overdue:
         q = q.where(col(ErasureRequest.status).in_(OPEN_STATUSES), col(ErasureRequest.due_at) < utcnow())
     last = session.get(ErasureRequest, after) if after else None
+    if after and last is None:  # a stale or mistyped cursor must not silently restart from the first page
+        raise Unprocessable(f"Cursor {after!r} names no erasure request; start without a cursor.",
+                            code="invalid_cursor")
     received, due, rid = col(ErasureRequest.received_at), col(ErasureRequest.due_at), col(ErasureRequest.id)
     if order == "due":
         closed = case((col(ErasureRequest.status).in_(sorted(lifecycle.FINISHED)), 1), else_=0)

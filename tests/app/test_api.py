@@ -272,3 +272,29 @@ def test_metrics_expose_time_to_forget_and_deadlines(client: TestClient, admin_h
     assert "lethe_completed_erasure_requests_30d 1.0" in text
     assert "# TYPE lethe_time_to_forget_seconds histogram" in text
     assert 'lethe_open_erasure_requests{days_to_due="14+"}' in text
+
+
+def test_request_list_rejects_unknown_filters_and_stale_cursors(client: TestClient, admin_headers: dict) -> None:
+    for i in range(3):
+        client.post("/v1/erasure-requests", json={"subject_id": f"nobody-{i}"}, headers=admin_headers)
+    done = client.get("/v1/erasure-requests", params={"status": "no_data", "source": "api"}, headers=admin_headers)
+    assert done.status_code == 200 and len(done.json()["items"]) == 3
+    for params in ({"status": "complete"}, {"source": "email"}):  # a typo must not list everything
+        r = client.get("/v1/erasure-requests", params=params, headers=admin_headers)
+        assert r.status_code == 422 and r.headers["content-type"].startswith("application/problem+json")
+    r = client.get("/v1/erasure-requests", params={"cursor": "no-such-request"}, headers=admin_headers)
+    assert r.status_code == 422 and r.json()["code"] == "invalid_cursor"
+    first = client.get("/v1/erasure-requests", params={"limit": 2}, headers=admin_headers).json()
+    rest = client.get("/v1/erasure-requests", params={"limit": 2, "cursor": first["next_cursor"]},
+                      headers=admin_headers).json()
+    assert len(first["items"]) == 2 and len(rest["items"]) == 1
+    assert not {i["id"] for i in first["items"]} & {i["id"] for i in rest["items"]}
+
+
+def test_policy_names_come_from_the_method_registry(client: TestClient, admin_headers: dict) -> None:
+    from app.api.routes.erasure_requests import KNOWN_POLICIES
+    from workers.unlearning import METHODS
+
+    assert set(KNOWN_POLICIES) == {"auto", *METHODS}
+    r = client.post("/v1/erasure-requests", json={"subject_id": "x", "policy": "forget_harder"}, headers=admin_headers)
+    assert r.status_code == 422 and r.json()["code"] == "unknown_policy"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Header, Query, Response
 
@@ -14,13 +14,16 @@ from app.core.queue import enqueue_unlearn
 from app.core.ratelimit import check_intake
 from app.core.security import subject_key
 from app.db.models import ApiKey
+from app.ml import policy as policy_rules
 from app.services import erasure, intake
+from app.services.lifecycle import RequestStatus
 
 router = APIRouter(prefix="/v1/erasure-requests", tags=["erasure"])
 Writer = Annotated[ApiKey, Depends(require("erasure:write"))]
 Reader = Annotated[ApiKey, Depends(require("erasure:read"))]
-KNOWN_POLICIES = ("auto", "retrain", "sisa", "finetune", "neggrad_plus", "scrub", "ssd", "salun", "amnesiac",
-                  "reinit_repair")
+# ``auto`` and every registered method (app/ml/policy.py mirrors the worker registry; a test keeps them equal).
+KNOWN_POLICIES = ("auto", *sorted(policy_rules.METHODS))
+Source = Literal["api", "opendsr", "fides"]
 
 
 @router.post("", status_code=202, response_model=ErasureRequestOut)
@@ -56,13 +59,14 @@ def get_erasure_request(request_id: str, session: SessionDep, settings: Settings
 
 @router.get("", response_model=ErasureRequestPage)
 def list_erasure_requests(session: SessionDep, settings: SettingsDep, _: Reader,
-                          status: str | None = None, subject_id: str | None = None, overdue: bool | None = None,
-                          source: str | None = None,
+                          status: RequestStatus | None = None, subject_id: str | None = None,
+                          overdue: bool | None = None, source: Source | None = None,
                           order: Annotated[str, Query(pattern="^(received|due)$")] = "received",
                           cursor: str | None = None,
                           limit: Annotated[int, Query(ge=1, le=500)] = 50) -> dict[str, Any]:
     """List requests with a cursor: newest first, or ``order=due`` (unfinished ones by deadline, overdue first);
-    filter by status, subject, overdue, source (api, opendsr, fides)."""
+    filter by status, subject, overdue, source (api, opendsr, fides). An unknown status or source, or a
+    cursor that names no request, is a 422 (never an unfiltered or restarted listing)."""
     key = subject_key(settings.subject_key_secret, subject_id) if subject_id else None
     rows = erasure.list_requests(session, status=status, subject_key=key, overdue=overdue, source=source,
                                  order=order, after=cursor, limit=limit)

@@ -50,11 +50,12 @@ class MovieLensLarge(MovieLensSpec):
 
 
 class MovieLens30s(MovieLensLarge):
-    """``movielens-large`` trained 16 epochs instead of 24: a retrain takes >= 30 s on one CPU core
-    (43 s measured here on a quiet core), the issue 10 configuration, sized so that the competition
-    metric's 2 N retrains per forget set fit a 16-core run (``--jobs 16``)."""
+    """``movielens-large`` trained 13 epochs instead of 24: a retrain takes >= 30 s on one CPU core
+    (16 epochs took 41 s on a quiet core here, so 13 take ~34 s), issue 10's ">= 30 s configuration",
+    no larger, so that the competition metric's 2 N retrains per forget set fit an afternoon on
+    2 cores (``--jobs 2``)."""
 
-    recipe: ClassVar[TrainRecipe] = TrainRecipe(epochs=16, batch_size=256, lr=3e-4, weight_decay=1e-4)
+    recipe: ClassVar[TrainRecipe] = TrainRecipe(epochs=13, batch_size=256, lr=3e-4, weight_decay=1e-4)
 
 
 class MnistMemo(MnistSpec):
@@ -110,7 +111,7 @@ CONFIGS = {c.key: c for c in (
     # Its recipe rate is 1/10 of the demo model's: measured on a 10 % forget set (12-epoch variant),
     # finetune at the default 1x rate left AUC 0.56 vs retrain 0.49 and failed the gate; 150 steps
     # at 5x passed (on the demo model 3-5x costs 1-2 points of test accuracy, so it stays here).
-    BenchConfig("movielens-30s", MovieLens30s, "embeddings + MLP, dim 128 / hidden 256, 16 epochs (retrain >= 30 s)",
+    BenchConfig("movielens-30s", MovieLens30s, "embeddings + MLP, dim 128 / hidden 256, 13 epochs (retrain >= 30 s)",
                 large=True, sizes=("1 subject", "10%"), method_config={"finetune": {"steps": 150, "lr_scale": 5.0}}),
     BenchConfig("movielens-large", MovieLensLarge, "embeddings + MLP, dim 128 / hidden 256, 24 epochs", large=True,
                 sizes=("1 subject", "10%"), method_config={"finetune": {"steps": 150, "lr_scale": 5.0}}),

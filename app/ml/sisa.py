@@ -430,10 +430,14 @@ def retrain_sisa(
     *,
     device: torch.device | str,
     progress: Progress | None = None,
+    out_dir: str | os.PathLike[str] | None = None,
 ) -> tuple[SISAEnsemble, dict[str, Any]]:
-    """Full SISA training on ``retain`` with the served ensemble's configuration (``retrain``)."""
+    """Full SISA training on ``retain`` with the served ensemble's configuration (``retrain``; and
+    calibration, which measures what an exact erasure of this model yields). Checkpoints go to
+    ``out_dir`` (default: a new ``sisa-<id>`` directory next to the served one)."""
     old = meta["sisa"]
     recipe = TrainRecipe(epochs=1, batch_size=old["batch_size"], lr=old["lr"], weight_decay=old["weight_decay"])
-    return train_sisa(spec, retain, out_dir=new_run_dir(Path(old["dir"]).parent), device=device, seed=old["seed"],
+    out = Path(out_dir) if out_dir is not None else new_run_dir(Path(old["dir"]).parent)
+    return train_sisa(spec, retain, out_dir=out, device=device, seed=old["seed"],
                       shards=old["shards"], slices=old["slices"], recipe=recipe,
                       epochs_per_slice=old["epochs_per_slice"], progress=progress)

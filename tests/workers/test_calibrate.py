@@ -1,7 +1,9 @@
 import json
 
+import numpy as np
 import pytest
 
+from app.ml.train import evaluate
 from workers.verify.calibrate import calibrate_reference
 
 
@@ -41,3 +43,32 @@ def test_rejects_impossible_sets(toy, toy_examples):
         calibrate_reference(toy, toy_examples, device="cpu", n_sets=0)
     with pytest.raises(ValueError, match="too few"):
         calibrate_reference(toy, toy_examples, device="cpu", subjects_per_set=1000)
+
+
+def test_a_sisa_model_is_calibrated_against_sisa_retrains(toy, toy_examples, monkeypatch, tmp_path) -> None:  # noqa: ANN001
+    """A SISA model's exact erasures serve ensembles: its reference must be measured on SISA retrains
+    (one network's accuracy would flag every SISA erasure as a utility regression)."""
+    from app.ml import sisa
+    from workers.verify import calibrate as cal
+
+    model, meta = sisa.train_sisa(toy, toy_examples, out_dir=tmp_path / "served", device="cpu", seed=0,
+                                  shards=2, slices=2)
+    trained = []
+    real = cal.retrain_sisa
+
+    def spy(*args, **kwargs):  # the real SISA training, recorded
+        out = real(*args, **kwargs)
+        trained.append(out)
+        return out
+
+    monkeypatch.setattr(cal, "retrain_sisa", spy)
+    ref = cal.calibrate_reference(toy, toy_examples, device="cpu", n_sets=2, model=model, meta=meta)
+    assert len(trained) == 2
+    assert all(isinstance(m, sisa.SISAEnsemble) and (m_meta["sisa"]["shards"], m_meta["sisa"]["slices"]) == (2, 2)
+               for m, m_meta in trained)
+    test = [e for e in toy_examples if e.split == "test"]
+    last, last_meta = trained[-1]
+    assert ref["utility_runs"][-1]["test_acc"] == pytest.approx(
+        evaluate(toy, last, last_meta, [test[i] for i in sorted(
+            np.random.default_rng(0).choice(len(test), min(cal.MAX_TEST, len(test)), replace=False))], device="cpu"))
+    assert not list(tmp_path.glob("sisa-*"))  # calibration's checkpoints never land beside the served ones

@@ -3,7 +3,8 @@
 DESIGN.md section 4: "AUC_reference comes from an exactly retrained model measured at
 registration on comparable random forget sets". For ``n_sets`` random sets of
 ``subjects_per_set`` training subjects, a model is trained from scratch without them (the
-``retrain`` recipe) and the loss-threshold AUC of their samples against held-out subjects
+``retrain`` recipe; for a SISA model, a whole SISA ensemble with its shards, slices and recipe, as
+its exact erasures serve) and the loss-threshold AUC of their samples against held-out subjects
 (Yeom et al., CSF 2018; the same signal and class-mix matching as the gate) and their accuracy
 are measured. Given the served model, the same sets are measured on it too: the "remembered"
 level a candidate must clearly fall below. The result is the ``reference`` dict that
@@ -18,6 +19,7 @@ utility bar approximate candidates face follows the data instead of the serving 
 
 from __future__ import annotations
 
+import tempfile
 import time
 from collections.abc import Callable
 from typing import Any
@@ -26,6 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from app.ml.sisa import is_sisa, retrain_sisa
 from app.ml.spec import Example, ModelSpec
 from app.ml.train import evaluate, per_example_loss, predict_logits, train_from_scratch
 from workers.verify.mia import logit_confidence, loss_auc
@@ -98,7 +101,7 @@ def calibrate_reference(
         kept = [e for e in examples if not (e.split == "train" and e.subject_id in chosen)]
         holdout = match_class_mix(forget, holdout_all, MAX_HOLDOUT, rng)
         trained_at = time.perf_counter()
-        retrained, retrained_meta = train_from_scratch(spec, kept, device=device, seed=seed)
+        retrained, retrained_meta = _exact_retrain(spec, kept, meta, device=device, seed=seed)
         seconds.append(time.perf_counter() - trained_at)
         auc, acc = _measure(spec, retrained, retrained_meta, forget, holdout, device)
         aucs.append(auc)
@@ -134,6 +137,17 @@ def calibrate_reference(
         out["remembered_forget_acc"] = _summary(remembered_acc)[0]
     out["seconds"] = time.perf_counter() - start
     return out
+
+
+def _exact_retrain(spec: ModelSpec, kept: list[Example], meta: dict[str, Any] | None, *, device, seed: int):
+    """What this model's exact path trains: a SISA ensemble with the served layout's shards, slices
+    and recipe for a SISA model (its erasures serve ensembles, whose accuracy differs from one
+    network's: a single-model reference would flag every SISA erasure as a utility regression), else
+    one network with the spec's recipe."""
+    if meta is not None and is_sisa(meta):
+        with tempfile.TemporaryDirectory(prefix="lethe-calibrate-sisa-") as tmp:
+            return retrain_sisa(spec, meta, kept, device=device, out_dir=tmp)  # weights stay in memory
+    return train_from_scratch(spec, kept, device=device, seed=seed)
 
 
 def _utility(runs: list[dict[str, Any]]) -> dict[str, float]:

@@ -94,10 +94,11 @@ def cmd_status(r: Remote, c: httpx.Client, *, request_id: str) -> int:
 
 
 def cmd_requests(r: Remote, c: httpx.Client, *, status: str | None, overdue: bool, subject: str | None, limit: int,
-                 cursor: str | None) -> int:
+                 cursor: str | None, source: str | None = None, dialect: str | None = None) -> int:
     params: dict[str, Any] = {"limit": limit}
-    if status:
-        params["status"] = status
+    for name, value in (("status", status), ("source", source), ("dialect", dialect)):
+        if value:
+            params[name] = value
     if overdue:
         params["overdue"] = "true"
     if subject:
@@ -153,11 +154,14 @@ def requests(ctx: typer.Context,
              status: Annotated[str | None, typer.Option(help="only this status (queued, running, failed, ...)")] = None,
              overdue: Annotated[bool, typer.Option("--overdue", help="only requests past their deadline")] = False,
              subject: Annotated[str | None, typer.Option(help="only this data subject's requests")] = None,
+             source: Annotated[str | None, typer.Option(help="only requests from api, opendsr or fides")] = None,
+             dialect: Annotated[str | None, typer.Option(
+                 help="only OpenDSR-family requests in this dialect (opengdpr, opendsr, opencompliance)")] = None,
              limit: Annotated[int, typer.Option(help="page size (1-500)")] = 50,
              cursor: Annotated[str | None, typer.Option(help="next_cursor of the previous page")] = None,
              url: UrlOpt = None, key: KeyOpt = None, json_: JsonOpt = False) -> int:
     return run_remote(remote(ctx, url, key, json_), cmd_requests, status=status, overdue=overdue, subject=subject,
-                      limit=limit, cursor=cursor)
+                      limit=limit, cursor=cursor, source=source, dialect=dialect)
 
 
 def retry(ctx: typer.Context, request_id: RequestId, url: UrlOpt = None, key: KeyOpt = None,

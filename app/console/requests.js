@@ -6,14 +6,15 @@ import { badge, card, h, isOverdue, kv, problemBox, short, toast, when } from ".
 export const STATUSES = ["awaiting_identity", "received", "queued", "running", "verifying", "deploying", "completed",
                          "no_data", "failed", "cancelled", "rejected"];
 export const SOURCES = ["api", "opendsr", "fides"];
+export const DIALECTS = ["opengdpr", "opendsr", "opencompliance"];  // OpenDSR-family requests only
 const PAGE = 25;
 
-const state = { filters: { status: "", source: "", overdue: false, order: "due" }, cursors: [null] };
+const state = { filters: { status: "", source: "", dialect: "", overdue: false, order: "due" }, cursors: [null] };
 
 export async function listPage() {
-  const { status, source, overdue, order } = state.filters;
+  const { status, source, dialect, overdue, order } = state.filters;
   const cursor = state.cursors[state.cursors.length - 1];
-  const page = await api.get("/v1/erasure-requests", { status, source, overdue, order, cursor, limit: PAGE });
+  const page = await api.get("/v1/erasure-requests", { status, source, dialect, overdue, order, cursor, limit: PAGE });
   const items = page.items;
   const rerender = () => document.dispatchEvent(new CustomEvent("lethe:rerender"));
   const select = (name, options) => h("select", { name, id: `f-${name}`, onchange: (e) => {
@@ -21,7 +22,7 @@ export async function listPage() {
     h("option", { value: "" }, `any ${name}`),
     options.map((o) => h("option", { value: o, selected: state.filters[name] === o }, o.replace(/_/g, " "))));
   const toolbar = h("div", { class: "toolbar" },
-    select("status", STATUSES), select("source", SOURCES),
+    select("status", STATUSES), select("source", SOURCES), select("dialect", DIALECTS),
     h("label", { class: "check" }, h("input", { type: "checkbox", id: "f-overdue", checked: state.filters.overdue,
       onchange: (e) => { state.filters.overdue = e.target.checked; state.cursors = [null]; rerender(); } }), "overdue only"),
     h("select", { id: "f-order", onchange: (e) => { state.filters.order = e.target.value; state.cursors = [null]; rerender(); } },

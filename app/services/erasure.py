@@ -24,7 +24,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
 from app.core.errors import Conflict, LetheError, NotFound, Unprocessable
-from app.db.models import ErasureRequest, ErasureTarget, Suppression, as_utc, utcnow
+from app.db.models import ErasureRequest, ErasureTarget, OpenDsrRequest, Suppression, as_utc, utcnow
 from app.data import registry
 from app.services import audit, lifecycle
 from app.services.lifecycle import OPEN, RequestStatus, TargetStatus
@@ -316,8 +316,8 @@ def targets_of(session: Session, request_id: str) -> list[ErasureTarget]:
 
 
 def list_requests(session: Session, *, status: str | None = None, subject_key: str | None = None,
-                  overdue: bool | None = None, source: str | None = None, order: str = "received",
-                  after: str | None = None, limit: int = 50) -> list[ErasureRequest]:
+                  overdue: bool | None = None, source: str | None = None, dialect: str | None = None,
+                  order: str = "received", after: str | None = None, limit: int = 50) -> list[ErasureRequest]:
     """``order="received"``: newest first; ``"due"``: unfinished requests by deadline (overdue
     first), then finished ones. ``after`` is the id of the last row of the previous page."""
     q = select(ErasureRequest)
@@ -327,6 +327,9 @@ def list_requests(session: Session, *, status: str | None = None, subject_key: s
         q = q.where(ErasureRequest.source == source)
     if subject_key:
         q = q.where(ErasureRequest.subject_key == subject_key)
+    if dialect:
+        q = q.where(col(ErasureRequest.id).in_(select(OpenDsrRequest.erasure_request_id)
+                                              .where(OpenDsrRequest.dialect == dialect)))
     if overdue:
         q = q.where(col(ErasureRequest.status).in_(OPEN_STATUSES), col(ErasureRequest.due_at) < utcnow())
     last = session.get(ErasureRequest, after) if after else None

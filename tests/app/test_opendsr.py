@@ -252,3 +252,23 @@ def test_wrong_method_is_405_in_spec_format(client: TestClient) -> None:
     check_error(r, 405, "method_not_allowed")
     assert r.headers["allow"] == "POST"
     assert client.put("/v1/keys").headers["content-type"].startswith("application/problem+json")
+
+
+def test_operators_list_requests_by_dialect(client: TestClient, controller: dict, admin_headers: dict) -> None:
+    ids = {}
+    for dialect in ("opengdpr", "opencompliance"):
+        req = new_request(subject=f"nobody-{dialect}")
+        assert client.post(DIALECTS[dialect][0], json=req, headers=controller).status_code == 201
+        ids[dialect] = req["subject_request_id"]
+    client.post("/v1/erasure-requests", json={"subject_id": "nobody-native"}, headers=admin_headers)
+    listed = {}
+    for dialect in ("opengdpr", "opencompliance", "opendsr"):
+        r = client.get("/v1/erasure-requests", params={"dialect": dialect}, headers=admin_headers)
+        assert r.status_code == 200
+        listed[dialect] = r.json()["items"]
+    assert len(listed["opengdpr"]) == len(listed["opencompliance"]) == 1 and listed["opendsr"] == []
+    assert listed["opengdpr"][0]["id"] != listed["opencompliance"][0]["id"]
+    assert all(i["source"] == "opendsr" for i in listed["opengdpr"] + listed["opencompliance"])
+    assert len(client.get("/v1/erasure-requests", headers=admin_headers).json()["items"]) == 3
+    bad = client.get("/v1/erasure-requests", params={"dialect": "opendsr3"}, headers=admin_headers)
+    assert bad.status_code == 422

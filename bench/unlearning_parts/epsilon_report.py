@@ -127,6 +127,10 @@ def escalation(spec_name: str, args):
     return dataclasses.replace(rule, min_exact_seconds=args.auto_min_exact_seconds)
 
 
+def rate(fp: dict) -> str:
+    return fmt(fp["rate"]) if fp["passed"] else "n/a: the gate passed none"
+
+
 def table(rows: list[dict], cols: list[str]) -> str:
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     return "\n".join(lines + ["| " + " | ".join(fmt(r.get(c)) for c in cols) + " |" for r in rows])
@@ -174,9 +178,9 @@ def write(out: Path, key: str, rows: list[dict], info: dict, args, argv: list[st
           "## Targets (auto)", "", *targets(rows), "",
           "## Gate false-pass rate (issue 10 section 5)", "",
           f"Approximate candidates the gate passed: {fp['passed']}; of them with their method's F below half "
-          f"the floor: {fp['false_pass']} (false-pass rate {fmt(fp['rate'])}); target < 0.05.  ",
+          f"the floor: {fp['false_pass']} (false-pass rate {rate(fp)}); target < 0.05.  ",
           f"Without the audit admission (`audited_f`, app/ml/policy.py AUDITED_F_SHARE; column `quick_passed`): "
-          f"{fq['passed']} passed, {fq['false_pass']} of them below half the floor (rate {fmt(fq['rate'])}).", ""]
+          f"{fq['passed']} passed, {fq['false_pass']} of them below half the floor (rate {rate(fq)}).", ""]
     served = [f"- {r['forget_set']}: {r['served']}; {'; '.join(r.get('decisions') or [])}" for r in rows
               if r["method"] == "auto"]
     md += ["## What auto served", "", *served, ""]

@@ -59,9 +59,12 @@ class Gates:
     # Per-sample rank test bound on |z| of the mean held-out percentile (two-sided, ~5 % false
     # alarms): a false alarm only escalates to retrain, a miss serves a remembering model.
     rank_z_max: float = 2.0
-    # Accuracy may drop this much below the exact-retrain reference ("within 1-2 points")...
-    max_utility_drop: float = 0.02
-    # ...or this many binomial standard errors, when the evaluation set is too small for 2 points.
+    # Accuracy may drop this much below the exact-retrain reference (DESIGN: "within 1-2 points"; the
+    # lower end, since the benchmark target is 0.5 points: at 2 points the `finetune` candidates
+    # served on the >= 30 s MovieLens configuration cost 1.9 test points each,
+    # bench/results/unlearning-epsilon-movielens-30s.md)...
+    max_utility_drop: float = 0.01
+    # ...or this many binomial standard errors, when the evaluation set is too small for 1 point.
     utility_sigmas: float = 2.0
     # Forget accuracy band around the reference (or held-out) accuracy, widened for small sets.
     forget_acc_margin: float = 0.05

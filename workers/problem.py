@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from app.data import registry
 from app.db.models import Model, UnlearningJob
+from app.ml import policy
 from app.ml.spec import Example, ModelSpec
 from app.services import audit, jobs
 from app.services import models as model_service
@@ -56,6 +57,8 @@ class ForgetProblem:
     methods: dict[str, Any] | None  # per-model method overrides (Model.config["methods"])
     chain: list[str] | None  # per-model auto chain (Model.config["chain"])
     manifest: dict[str, Any]  # the retain data a new version is trained on
+    # Consecutive auto jobs whose approximate path served nothing (policy.next_failed_streak).
+    failed_streak: int = 0
 
 
 def collect(w: Worker, job_id: str) -> ForgetProblem:
@@ -88,7 +91,8 @@ def collect(w: Worker, job_id: str) -> ForgetProblem:
             serving=serving.number, artifact_path=serving.artifact_path, sha256=serving.sha256,
             free_of=list(serving.free_of), baseline=dict(first.metrics), reference=model.config.get("reference"),
             methods=model.config.get("methods"), chain=model.config.get("chain"),
-            manifest=registry.manifest(s, model, live["train"], owed, root))
+            manifest=registry.manifest(s, model, live["train"], owed, root),
+            failed_streak=int((model.config.get("escalation") or {}).get("approx_failed_streak", 0)))
 
 
 def unlearn_and_publish(w: Worker, job_id: str, p: ForgetProblem, *, progress: Callable[[str, float], None]) -> bool:
@@ -117,7 +121,7 @@ def unlearn_and_publish(w: Worker, job_id: str, p: ForgetProblem, *, progress: C
     outcome = forget(spec=p.spec, model=served, meta=meta, forget=p.forget, retain=p.retain, test=p.test,
                      holdout=p.holdout, forget_subject_ids=p.subject_ids, forget_unseen=p.forget_unseen,
                      policy=p.policy, device=w.device, seed=seed, progress=progress, baseline=p.baseline,
-                     reference=p.reference, config=p.methods,
+                     reference=p.reference, config=p.methods, failed_streak=p.failed_streak,
                      chains={p.spec.name: tuple(p.chain)} if p.chain else None)
     seconds = time.monotonic() - t0
     progress("publishing", 0.0)
@@ -152,6 +156,8 @@ def unlearn_and_publish(w: Worker, job_id: str, p: ForgetProblem, *, progress: C
                             seconds=seconds)
         if report.get("exact"):
             _recalibrate(s, p.model_name, report, absorb_exact, seconds=outcome.attempts[-1].get("seconds"))
+        _record_streak(s, p.model_name, policy.next_failed_streak(p.failed_streak, outcome.decision or {},
+                                                                  bool(report.get("exact"))))
         for warning in report.get("warnings") or []:
             # An exact candidate below the retrain band serves (it never saw the subjects) but
             # an operator should look: data drift, or a recipe that no longer fits.
@@ -165,6 +171,14 @@ def unlearn_and_publish(w: Worker, job_id: str, p: ForgetProblem, *, progress: C
 
 def _failed_gates(attempt: dict[str, Any]) -> list[str]:
     return sorted(k for k, g in (attempt.get("report") or {}).get("gates", {}).items() if not g.get("passed"))
+
+
+def _record_streak(s: Any, model_name: str, streak: int) -> None:
+    model = s.get(Model, model_name)
+    state = model.config.get("escalation") or {}
+    if state.get("approx_failed_streak", 0) != streak:
+        model.config = {**model.config, "escalation": {**state, "approx_failed_streak": streak}}
+        s.add(model)
 
 
 def _recalibrate(s: Any, model_name: str, report: dict[str, Any], absorb: Callable[..., dict[str, Any]],

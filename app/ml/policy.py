@@ -146,6 +146,14 @@ class Escalation:
     # Expected exact time below which trying an approximate method cannot save anything worth its
     # verification (a retrain of a few seconds is its own fastest path): exact directly.
     min_exact_seconds: float = 0.0
+    # After this many consecutive auto jobs of one model in which no approximate candidate served,
+    # the approximate path is skipped (exact directly): each of those jobs paid up to
+    # ``approx_budget_share x T`` on top of its retrain for nothing (movielens-30s, 10 users, gate at
+    # 1 point: 16 of 16 escalated, 1.22x a retrain's CPU time; bench/results/epsilon-30s-gate-1pt/).
+    max_failed_streak: int = 3
+    # ...except every ``probe_every``-th job of a streak, which tries it again, so a model whose
+    # data or methods changed can earn the approximate path back.
+    probe_every: int = 10
 
 
 # movielens, measured with bench/unlearning.py --epsilon 16 (bench/results/unlearning-epsilon.md;
@@ -206,12 +214,13 @@ FALLBACK_ESCALATION = Escalation()
 
 
 def plan(chain: list[str], *, exact: dict[str, bool], retrain_seconds: float | None, n_forget: int, n_train: int,
-         rule: Escalation) -> tuple[list[str], float | None, dict[str, Any]]:
+         rule: Escalation, failed_streak: int = 0) -> tuple[list[str], float | None, dict[str, Any]]:
     """``(chain to run, approximate budget in seconds or None, decision)`` for one erasure.
 
     ``decision`` (JSON-able, recorded in the job and its audit trail) says which rule decided and
-    why: ``approximate_first`` (with the budget), ``exact_direct`` (heavy forget set, or a retrain
-    too cheap to undercut) or ``no_cost_data`` (no recorded retrain time: the chain as configured).
+    why: ``approximate_first`` (with the budget), ``exact_direct`` (heavy forget set, a retrain too
+    cheap to undercut, or ``failed_streak`` recent jobs whose approximate path served nothing;
+    ``next_failed_streak`` keeps that count) or ``no_cost_data`` (no recorded retrain time: the chain as configured).
     """
     share = n_forget / n_train if n_train else 0.0
     info: dict[str, Any] = {"forget_share": round(share, 5), "expected_exact_s": retrain_seconds,
@@ -230,10 +239,26 @@ def plan(chain: list[str], *, exact: dict[str, bool], retrain_seconds: float | N
     if retrain_seconds < rule.min_exact_seconds:
         return exact_tail, None, {**info, "rule": "exact_direct", "reason": (
             f"expected retrain {retrain_seconds:.1f} s < {rule.min_exact_seconds:.1f} s: nothing to save")}
+    if failed_streak >= rule.max_failed_streak and failed_streak % rule.probe_every:
+        return exact_tail, None, {**info, "rule": "exact_direct", "failed_streak": failed_streak, "reason": (
+            f"the last {failed_streak} auto erasures of this model served no approximate candidate: exact "
+            f"directly (the approximate path is tried again every {rule.probe_every}th job of such a streak)")}
     budget = rule.approx_budget_share * retrain_seconds
     return chain, budget, {**info, "rule": "approximate_first", "budget_s": round(budget, 3), "reason": (
         f"forget share {100 * share:.2f} % <= {100 * rule.max_forget_share:.2f} %; approximate attempts get "
         f"{budget:.1f} s ({rule.approx_budget_share:.2f} x the {retrain_seconds:.1f} s retrain)")}
+
+
+def next_failed_streak(streak: int, decision: dict[str, Any], served_exact: bool) -> int:
+    """A model's count of consecutive jobs whose approximate path served nothing, after one more job:
+    reset when an approximate candidate served; grown when the job tried the approximate path (or
+    skipped it for the streak) and served an exact one; unchanged when the job went exact for
+    another reason (forget share, a cheap retrain, an exact-only chain)."""
+    if not served_exact:
+        return 0
+    if decision.get("rule") == "approximate_first" or "failed_streak" in decision:
+        return streak + 1
+    return streak
 
 
 def validate(chain: list[str] | None, methods: dict[str, dict[str, Any]] | None) -> list[str]:

@@ -4,7 +4,7 @@ recorded retrain time otherwise) and the engine's enforcement of that budget."""
 
 import pytest
 
-from app.ml.policy import Escalation, plan
+from app.ml.policy import Escalation, next_failed_streak, plan
 from app.ml.train import evaluate
 from workers.unlearning.engine import forget
 
@@ -38,6 +38,36 @@ def test_a_retrain_too_cheap_to_undercut_goes_exact():
     chain, _, decision = plan(CHAIN, exact=EXACT, retrain_seconds=2.0, n_forget=5, n_train=10_000,
                               rule=Escalation(min_exact_seconds=5.0))
     assert chain == ["retrain"] and decision["rule"] == "exact_direct"
+
+
+def test_a_streak_of_failed_approximate_jobs_goes_exact_and_probes_again():
+    rule = Escalation(max_failed_streak=3, probe_every=10)
+    rules = {}
+    for streak in (0, 2, 3, 9, 10, 11, 20):
+        chain, budget, decision = plan(CHAIN, exact=EXACT, retrain_seconds=100.0, n_forget=50, n_train=10_000,
+                                       rule=rule, failed_streak=streak)
+        rules[streak] = decision["rule"]
+        if decision["rule"] == "exact_direct":
+            assert chain == ["retrain"] and budget is None and decision["failed_streak"] == streak
+    assert rules == {0: "approximate_first", 2: "approximate_first", 3: "exact_direct", 9: "exact_direct",
+                     10: "approximate_first", 11: "exact_direct", 20: "approximate_first"}
+
+
+def test_the_streak_counts_jobs_whose_approximate_path_served_nothing():
+    tried = {"rule": "approximate_first"}
+    skipped = {"rule": "exact_direct", "failed_streak": 4}
+    heavy = {"rule": "exact_direct"}  # a heavy set or a cheap retrain: says nothing about the methods
+    assert next_failed_streak(2, tried, served_exact=True) == 3
+    assert next_failed_streak(4, skipped, served_exact=True) == 5
+    assert next_failed_streak(4, heavy, served_exact=True) == 4
+    assert next_failed_streak(7, tried, served_exact=False) == 0  # an approximate candidate served
+
+
+def test_engine_skips_the_approximate_path_on_a_streak(toy, toy_trained, toy_sets):
+    outcome = run(toy, toy_trained, toy_sets, reference={"retrain_seconds": 1.0},
+                  escalation=Escalation(max_failed_streak=3), failed_streak=5)
+    assert [a["method"] for a in outcome.attempts] == ["retrain"] and outcome.passed
+    assert outcome.decision["rule"] == "exact_direct" and outcome.decision["failed_streak"] == 5
 
 
 def run(toy, toy_trained, toy_sets, **kwargs):

@@ -424,3 +424,24 @@ def test_a_jobs_log_records_name_its_job_and_model(session: Session, settings, t
     (record,) = [r for r in map(json.loads, out.getvalue().splitlines()) if r["message"] == "collecting"]
     job = session.exec(select(UnlearningJob)).one()
     assert record["job_id"] == job.id and record["model"] == "toy"
+
+
+def test_a_model_whose_approximate_path_keeps_failing_goes_exact_and_counts_it(
+        session: Session, settings, toy_model, worker) -> None:  # noqa: ANN001
+    """The streak (app.ml.policy.next_failed_streak) is the model's: read by the job, grown when the job
+    went exact because of it, and visible in the job's recorded decision."""
+    model = session.get(Model, "toy")
+    model.config = {**model.config, "reference": {**(model.config.get("reference") or {}), "retrain_seconds": 1.0},
+                    "escalation": {"approx_failed_streak": 5}}
+    session.add(model)
+    session.commit()
+    rid = _request(session, settings, "toy-02")
+    assert len(pipeline.drain(worker, "toy")) == 1
+    req = session.get(ErasureRequest, rid)
+    session.refresh(req)
+    result = req.result["models"]["toy"]
+    assert req.status == "completed" and [a["method"] for a in result["attempts"]] == ["retrain"]
+    assert result["timings"]["decision"]["rule"] == "exact_direct"
+    assert result["timings"]["decision"]["failed_streak"] == 5
+    session.refresh(model)
+    assert model.config["escalation"]["approx_failed_streak"] == 6

@@ -91,6 +91,7 @@ def forget(
     chains: dict[str, tuple[str, ...]] | None = None,
     time_budget_s: float | None = None,
     escalation: Escalation | None = None,
+    failed_streak: int = 0,
 ) -> ForgetOutcome:
     """Unlearn ``forget_subject_ids`` from ``model``; ``config`` maps method name -> overrides.
 
@@ -106,7 +107,8 @@ def forget(
         rule = escalation or DEFAULT_ESCALATION.get(spec.name, FALLBACK_ESCALATION)
         chain, budget, decision = plan(chain, exact={m: get_method(m).exact for m in chain},
                                        retrain_seconds=(reference or {}).get("retrain_seconds"),
-                                       n_forget=len(forget), n_train=len(forget) + len(retain), rule=rule)
+                                       n_forget=len(forget), n_train=len(forget) + len(retain), rule=rule,
+                                       failed_streak=failed_streak)
     served_conf = conf(spec, model, meta, forget, device) if forget else None
     spent = 0.0  # seconds of approximate attempts, verification included
     last_cost = 0.0

@@ -68,7 +68,11 @@ class ApiError(Exception):
             body = {"detail": response.text}
         self.status, self.body = response.status_code, body
         detail = body.get("detail") or (body.get("error") or {}).get("message") or response.text
-        super().__init__(f"{response.status_code} {body.get('code', '')}: {detail}".strip())
+        # A validation problem names each offending field: say which, and what it accepts.
+        fields = "; ".join(f"{'.'.join(str(p) for p in e.get('loc', [])[1:]) or 'body'}: {e.get('msg')}"
+                           for e in body.get("errors") or [] if isinstance(e, dict))
+        super().__init__(f"{response.status_code} {body.get('code', '')}: {detail}{f' ({fields})' if fields else ''}"
+                         .strip())
 
 
 def client(options: Remote) -> httpx.Client:

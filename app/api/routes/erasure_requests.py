@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from enum import StrEnum
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Header, Query, Response
@@ -15,7 +16,7 @@ from app.core.ratelimit import check_intake
 from app.core.security import subject_key
 from app.db.models import ApiKey
 from app.ml import policy as policy_rules
-from app.services import erasure, intake
+from app.services import erasure, intake, opendsr
 from app.services.lifecycle import RequestStatus
 
 router = APIRouter(prefix="/v1/erasure-requests", tags=["erasure"])
@@ -24,7 +25,8 @@ Reader = Annotated[ApiKey, Depends(require("erasure:read"))]
 # ``auto`` and every registered method (app/ml/policy.py mirrors the worker registry; a test keeps them equal).
 KNOWN_POLICIES = ("auto", *sorted(policy_rules.METHODS))
 Source = Literal["api", "opendsr", "fides"]
-Dialect = Literal["opengdpr", "opendsr", "opencompliance"]  # the OpenDSR family's three wire dialects
+# The OpenDSR family's wire dialects, as the OpenDSR service defines them.
+Dialect = StrEnum("Dialect", {name: name for name in opendsr.DIALECTS})
 
 
 @router.post("", status_code=202, response_model=ErasureRequestOut)

@@ -69,6 +69,16 @@ def test_console_statuses_are_the_lifecycle_ones() -> None:
     assert set(re.findall(r'"(\w+)"', open_)) == {s.value for s in OPEN}  # what can be overdue
 
 
+def test_console_filter_choices_are_the_apis() -> None:
+    from typing import get_args
+
+    from app.api.routes.erasure_requests import Dialect, Source
+
+    for name, expected in (("SOURCES", list(get_args(Source))), ("DIALECTS", [d.value for d in Dialect])):
+        listed = re.search(rf"export const {name} = \[([^\]]*)\]", SOURCES["requests.js"]).group(1)
+        assert re.findall(r'"(\w+)"', listed) == expected, name
+
+
 def test_current_key_shows_name_and_scopes(client: TestClient, session: Session) -> None:
     key = make_key(session, ["erasure:read", "audit:read"], name="ops")
     r = client.get("/v1/keys/me", headers={"Authorization": f"Bearer {key}"})

@@ -35,6 +35,8 @@ from app.core.db import create_schema, make_engine  # noqa: E402
 from app.core.security import SCOPES  # noqa: E402
 
 PG_URL = os.environ.get("LETHE_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+# The Redis server the tests use (a loopback one; another port lets parallel checkouts run apart).
+REDIS = os.environ.get("LETHE_TEST_REDIS", "redis://127.0.0.1:6379")
 
 
 def pg_available() -> bool:
@@ -50,7 +52,7 @@ def pg_available() -> bool:
 def redis_available() -> bool:
     from app.core.queue import redis_reachable
 
-    return redis_reachable("redis://127.0.0.1:6379/0")
+    return redis_reachable(f"{REDIS}/0")
 
 
 _engines: dict[str, object] = {}

@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import redis_available
+from tests.conftest import REDIS, redis_available
 
 ROOT = Path(__file__).resolve().parents[2]
 ADMIN_KEY = "lethe_cli_live_admin_key"
@@ -27,7 +27,7 @@ pytestmark = pytest.mark.integration
 
 # Without Redis the default TTL (3 s); with Redis a long one, which the revoke must not wait out.
 REDIS = {"no-redis": {"LETHE_REDIS_URL": "redis://127.0.0.1:1/0"},
-         "redis": {"LETHE_REDIS_URL": "redis://127.0.0.1:6379/0", "LETHE_KEY_CACHE_TTL_S": "60"}}
+         "redis": {"LETHE_REDIS_URL": f"{REDIS}/0", "LETHE_KEY_CACHE_TTL_S": "60"}}
 
 
 @pytest.fixture(scope="module", params=sorted(REDIS))

@@ -16,11 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import redis_available
+from tests.conftest import REDIS, redis_available
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "deploy" / "healthcheck.py"
-BROKER = "redis://127.0.0.1:6379/6"  # a Redis DB index no other test uses
+BROKER = f"{REDIS}/6"  # a Redis DB index no other test uses
 
 
 def env(tmp_path: Path) -> dict[str, str]:

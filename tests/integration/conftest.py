@@ -19,7 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import create_pg_database, redis_available
+from tests.conftest import REDIS, create_pg_database, redis_available
 
 ADMIN_KEY = "lethe_integration_admin_key_0123456789"
 ROOT = Path(__file__).resolve().parents[2]
@@ -70,14 +70,14 @@ def start_stack(tmp_path: Path, backend: str, redis_db: int, extra_env: dict[str
         db_url = f"sqlite:///{tmp_path / 'lethe.db'}"
     import redis
 
-    redis.Redis.from_url(f"redis://127.0.0.1:6379/{redis_db}").flushdb()
+    redis.Redis.from_url(f"{REDIS}/{redis_db}").flushdb()
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("LETHE_")}
     env.update({
         "LETHE_DATA_DIR": str(tmp_path), "LETHE_DATABASE_URL": db_url, "LETHE_PORT": str(port),
         "LETHE_BOOTSTRAP_ADMIN_KEY": ADMIN_KEY, "LETHE_DEMO_MODELS": "toy",
         "LETHE_SUBJECT_KEY_SECRET": "integration-secret",
-        "LETHE_REDIS_URL": f"redis://127.0.0.1:6379/{redis_db}", "LETHE_BROKER_URL": f"redis://127.0.0.1:6379/{redis_db}",
+        "LETHE_REDIS_URL": f"{REDIS}/{redis_db}", "LETHE_BROKER_URL": f"{REDIS}/{redis_db}",
         "LETHE_BATCH_WINDOW_S": "0.5", "LETHE_REPLICA_TTL_S": "4", "LETHE_HEARTBEAT_INTERVAL_S": "0.5",
         "LETHE_POLL_INTERVAL_S": "1", "LETHE_RECONCILE_INTERVAL_S": "3", "LETHE_JOB_LEASE_S": "6",
         "LETHE_API_WORKERS": str(api_workers), "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1",

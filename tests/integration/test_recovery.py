@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import redis_available
+from tests.conftest import REDIS, redis_available
 from tests.integration.conftest import ADMIN_KEY, ROOT, free_port
 
 pytestmark = pytest.mark.integration
@@ -40,12 +40,12 @@ def test_worker_killed_mid_job_is_resumed(tmp_path: Path) -> None:
         pytest.skip("Redis not reachable")
     import redis
 
-    redis.Redis.from_url("redis://127.0.0.1:6379/10").flushdb()
+    redis.Redis.from_url(f"{REDIS}/10").flushdb()
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("LETHE_")}
     env.update({"LETHE_DATA_DIR": str(tmp_path), "LETHE_DEMO_MODELS": "digits", "LETHE_PORT": str(port),
                 "LETHE_BOOTSTRAP_ADMIN_KEY": ADMIN_KEY, "LETHE_SUBJECT_KEY_SECRET": "integration-secret",
-                "LETHE_REDIS_URL": "redis://127.0.0.1:6379/10", "LETHE_BROKER_URL": "redis://127.0.0.1:6379/10",
+                "LETHE_REDIS_URL": f"{REDIS}/10", "LETHE_BROKER_URL": f"{REDIS}/10",
                 "LETHE_BATCH_WINDOW_S": "0", "LETHE_JOB_LEASE_S": "4", "LETHE_RECONCILE_INTERVAL_S": "2",
                 "LETHE_REPLICA_TTL_S": "4", "LETHE_HEARTBEAT_INTERVAL_S": "0.5", "LETHE_POLL_INTERVAL_S": "1",
                 "OMP_NUM_THREADS": "1"})

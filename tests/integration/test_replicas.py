@@ -15,6 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.conftest import REDIS
 from tests.integration.conftest import ROOT, Stack, free_port, start_stack
 
 pytestmark = pytest.mark.integration
@@ -120,7 +121,7 @@ def test_new_replica_is_not_ready_until_it_serves_the_current_version(stack2: St
         current = c.get("/v1/models/toy").json()["serving_version"]
     port = free_port()
     env = {**os.environ, "LETHE_DATABASE_URL": stack2.db_url, "LETHE_DATA_DIR": str(stack2.data_dir),
-           "LETHE_REDIS_URL": "redis://127.0.0.1:6379/13", "LETHE_BROKER_URL": "redis://127.0.0.1:6379/13",
+           "LETHE_REDIS_URL": f"{REDIS}/13", "LETHE_BROKER_URL": f"{REDIS}/13",
            "LETHE_SUBJECT_KEY_SECRET": "integration-secret", "LETHE_POLL_INTERVAL_S": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "app.main:app", "--port", str(port)], cwd=ROOT,
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

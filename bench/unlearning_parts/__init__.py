@@ -1,6 +1,6 @@
 """Parts of the unlearning benchmark (``bench/unlearning.py`` is its entry script).
 
-A package, not ``bench/*.py`` files, so that ``lethe bench`` (``app.cli.bench_names``) does not
+A package, not ``bench/*.py`` files, so that ``lethe bench`` (``app.cli.bench.bench_names``) does not
 list the parts as benchmarks of their own:
 
 - ``configs``: bundled configurations, targets, forget sets;

@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 from tqdm import tqdm
 
-from app.cli_models import ApiError
+from app.cli.models import ApiError
 from app.core.errors import LetheError
 from app.ml.device import pick_device, set_cpu_threads
 from bench.unlearning_parts.bundled import bench_config

@@ -159,7 +159,7 @@ def record_chain(*, name: str, chain: list[str], db_url: str, url: str | None = 
     ``http`` is given, as ``lethe models policy`` would; else directly in ``db_url``.
     """
     if http is not None or url or key or os.environ.get("LETHE_URL") or os.environ.get("LETHE_KEY"):
-        from app.cli_models import Remote, call, client
+        from app.cli.models import Remote, call, client
 
         c = http or client(Remote(url=url, key=key))
         try:

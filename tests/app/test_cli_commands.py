@@ -12,7 +12,9 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from app import cli, cli_erasure, cli_models
+import app.cli as cli
+from app.cli import erasure as cli_erasure
+from app.cli import models as cli_models
 
 
 @pytest.fixture
@@ -142,7 +144,7 @@ def test_audit_verify_exits_1_on_a_broken_chain(monkeypatch: pytest.MonkeyPatch)
 
 
 def test_audit_tail_finds_the_end_of_a_long_chain() -> None:
-    from app.cli_audit import last_seq
+    from app.cli.audit import last_seq
 
     for size in (0, 1, 2, 3, 1000, 1025):
         def handler(request: httpx.Request, size: int = size) -> httpx.Response:

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from app import cli
+from app.cli import run as cli
 
 REAL_POPEN = subprocess.Popen
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from app.cli import Child, Stopping, stop_children, supervise
+from app.cli.supervise import Child, Stopping, stop_children, supervise
 
 
 def child(name: str, code: str) -> Child:

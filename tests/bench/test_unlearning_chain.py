@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from sqlmodel import Session
 
-from app.cli_models import ApiError
+from app.cli.models import ApiError
 from app.db.models import Model
 from bench.unlearning_parts.registered import record_chain
 from bench.unlearning_parts.summary import passing_chain

@@ -14,7 +14,7 @@ SCRIPT = ROOT / "bench" / "unlearning.py"
 
 
 def test_help_lists_every_option_and_bench_names_only_the_script() -> None:
-    from app.cli import bench_names
+    from app.cli.bench import bench_names
 
     proc = subprocess.run([sys.executable, str(SCRIPT), "--help"], cwd=ROOT, capture_output=True, text=True,
                           timeout=120)

@@ -26,7 +26,7 @@ from typing import Annotated
 
 import typer
 
-SOURCE_ROOT = Path(__file__).resolve().parent.parent
+SOURCE_ROOT = Path(__file__).resolve().parents[2]
 
 
 def alembic_ini() -> Path:

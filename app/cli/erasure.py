@@ -1,6 +1,6 @@
-"""`lethe erase | status | requests | retry`: erasure requests on a running stack, over its HTTP API.
+"""`lethe erase | status | requests | retry | verify-certificate`: erasure requests on a running stack, over its HTTP API.
 
-Connection, ``--json`` and exit codes as in ``app.cli_models``. ``erase --follow`` polls the
+Connection, ``--json`` and exit codes as in ``app.cli.models``. ``erase --follow`` polls the
 request until it reaches a status it will not leave on its own and exits 0 only when the subject
 is erased (``completed`` or ``no_data``), 1 otherwise (``failed``, ``cancelled``, ``rejected``,
 or ``awaiting_identity``, which waits for an operator).
@@ -8,13 +8,15 @@ or ``awaiting_identity``, which waits for an operator).
 
 from __future__ import annotations
 
+import sys
 import time
+from pathlib import Path
 from typing import Annotated, Any
 
 import httpx
 import typer
 
-from app.cli_models import JsonOpt, KeyOpt, Remote, UrlOpt, call, out, remote, run_remote
+from app.cli.models import JsonOpt, KeyOpt, Remote, UrlOpt, call, out, remote, run_remote
 
 POLL_S = 0.5
 
@@ -169,9 +171,37 @@ def retry(ctx: typer.Context, request_id: RequestId, url: UrlOpt = None, key: Ke
     return run_remote(remote(ctx, url, key, json_), cmd_retry, request_id=request_id)
 
 
+def verify_certificate(file: Path, *, pem_file: str | None, url: str | None) -> int:
+    """Check a certificate's Ed25519 signature against a PEM file or the key a stack serves."""
+    from app.services import certificates
+
+    if pem_file:
+        pem = Path(pem_file).read_text()
+    else:
+        pem = httpx.get(f"{url.rstrip('/')}/v1/keys/certificate", timeout=10).raise_for_status() \
+            .json()["public_key_pem"]
+    ok, reason = certificates.verify_certificate_file(file, pem)
+    print(("OK " if ok else "FAILED ") + reason, file=sys.stdout if ok else sys.stderr)
+    return 0 if ok else 1
+
+
+
+def verify_certificate_command(
+        file: Annotated[Path, typer.Argument(
+            help="certificate JSON, as served by GET /v1/erasure-requests/{id}/certificate")],
+        key: Annotated[str | None, typer.Option(help="PEM file of the public key")] = None,
+        url: Annotated[str | None, typer.Option(
+            help="Lethe base URL; the key is fetched from /v1/keys/certificate")] = None) -> int:
+    if (key is None) == (url is None):  # exactly one, as argparse's required exclusive group had it
+        raise typer.BadParameter("give one of --key and --url", param_hint="--key / --url")
+    return verify_certificate(file, pem_file=key, url=url)
+
+
 def add_erasure_commands(app: typer.Typer) -> None:
     """``erase``, ``status``, ``requests``, ``retry``: top-level commands, the options after them."""
     app.command("erase", help="submit an erasure request for a data subject")(erase)
     app.command("status", help="one erasure request: status, stage, percent")(status)
     app.command("requests", help="list erasure requests, newest first")(requests)
     app.command("retry", help="queue a failed erasure request again")(retry)
+    app.command("verify-certificate", help="check an erasure certificate's Ed25519 signature")(
+        verify_certificate_command)

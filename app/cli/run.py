@@ -1,4 +1,4 @@
-"""``lethe`` command line: run the embedded stack, bootstrap, benchmarks, and drive a stack.
+"""``lethe run`` and ``lethe bootstrap``: the embedded stack.
 
 ``lethe run`` (what ``make run`` calls): create the DB, train and register the demo models
 on first start, make sure an admin key exists, then start a real Celery worker process and
@@ -7,13 +7,7 @@ admin key and the logs are. In a terminal the children's output (the Celery bann
 root-user warning, job logs) goes to ``<data_dir>/logs/`` so it does not bury the summary;
 when stdout is not a terminal (a container's log collector, systemd, a test's log file) it
 stays on stdout as before, where whatever collects it expects it (``--logs`` overrides).
-
-The remote commands (``erase``, ``status``, ``requests``, ``retry``, ``audit``, ``keys``,
-``models``) talk to ``--url`` / ``LETHE_URL`` over the HTTP API: see ``app.cli_models``.
-The commands are typer's (issue 11 §2; rich draws the tables and the progress bars), thin
-wrappers over the functions here and in ``app.cli_*``. ``main(argv) -> int`` runs them the way
-the argparse CLI before them did: it returns the command's exit code, and a usage error prints
-the usage and raises ``SystemExit(2)``.
+The children are kept by ``app.cli.supervise``.
 """
 
 from __future__ import annotations
@@ -27,19 +21,10 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
-import httpx
 import typer
-from typer import rich_utils
 
-from app.cli_audit import audit_app
-from app.cli_erasure import add_erasure_commands
-from app.cli_keys import keys_app
-from app.cli_migrate import migrate_command
-from app.cli_models import models_app
-from app.cli_supervise import Child, Stopping, log_tail, stop_children, supervise, wait_ready
+from app.cli.supervise import Child, Stopping, log_tail, stop_children, supervise, wait_ready
 from app.core.config import Settings, get_settings
-
-BENCH_DIR = Path(__file__).resolve().parent.parent / "bench"
 
 
 def bootstrap(settings: Settings, *, quiet: bool = False) -> str:
@@ -169,90 +154,26 @@ def cmd_run(settings: Settings, *, logs: str = "auto") -> int:
         stop_children(children)
 
 
-def verify_certificate(file: Path, *, pem_file: str | None, url: str | None) -> int:
-    """Check a certificate's Ed25519 signature against a PEM file or the key a stack serves."""
-    from app.services import certificates
-
-    if pem_file:
-        pem = Path(pem_file).read_text()
-    else:
-        pem = httpx.get(f"{url.rstrip('/')}/v1/keys/certificate", timeout=10).raise_for_status() \
-            .json()["public_key_pem"]
-    ok, reason = certificates.verify_certificate_file(file, pem)
-    print(("OK " if ok else "FAILED ") + reason, file=sys.stdout if ok else sys.stderr)
-    return 0 if ok else 1
-
-
-def bench_names() -> list[str]:
-    """The benchmarks ``lethe bench NAME`` runs: one script per name in bench/ (soak, swap, ...)."""
-    return sorted(p.stem for p in BENCH_DIR.glob("*.py") if p.stem != "common")
-
-
 class Logs(StrEnum):
     auto = "auto"
     files = "files"
     console = "console"
 
 
-app = typer.Typer(name="lethe", help=__doc__.splitlines()[0].replace("``", ""))
+
+def add_run_commands(app: typer.Typer) -> None:
+    """``run`` and ``bootstrap`` on the top-level app."""
+
+    @app.command("run", help="bootstrap, then start API + worker (embedded default)")
+    def run(logs: Annotated[Logs, typer.Option(
+            help="the API's and worker's output: files under <data_dir>/logs/, or this console "
+                 "(auto: files in a terminal, else the console)")] = Logs.auto) -> int:
+        return cmd_run(get_settings(), logs=logs.value)
 
 
-@app.command("run", help="bootstrap, then start API + worker (embedded default)")
-def run(logs: Annotated[Logs, typer.Option(
-        help="the API's and worker's output: files under <data_dir>/logs/, or this console "
-             "(auto: files in a terminal, else the console)")] = Logs.auto) -> int:
-    return cmd_run(get_settings(), logs=logs.value)
-
-
-@app.command("bootstrap", help="create the DB, train demo models, print the admin key (in production: the path "
-                               "of its file)")
-def bootstrap_command() -> int:
-    settings = get_settings()
-    print(admin_key_notice(settings, bootstrap(settings)))
-    return 0
-
-
-# Everything after NAME goes to the script, --help included (allow_interspersed_args=False).
-@app.command("bench", help="run a benchmark from bench/", context_settings={"allow_interspersed_args": False})
-def bench(name: Annotated[str, typer.Argument(help=f"benchmark name: {', '.join(bench_names())}")],
-          args: Annotated[list[str] | None, typer.Argument(help="passed on to the script")] = None) -> int:
-    if name not in bench_names():
-        raise typer.BadParameter(f"no benchmark {name!r} in bench/", param_hint="NAME")
-    return subprocess.call([sys.executable, str(BENCH_DIR / f"{name}.py"), *(args or [])])
-
-
-@app.command("verify-certificate", help="check an erasure certificate's Ed25519 signature")
-def verify_certificate_command(
-        file: Annotated[Path, typer.Argument(
-            help="certificate JSON, as served by GET /v1/erasure-requests/{id}/certificate")],
-        key: Annotated[str | None, typer.Option(help="PEM file of the public key")] = None,
-        url: Annotated[str | None, typer.Option(
-            help="Lethe base URL; the key is fetched from /v1/keys/certificate")] = None) -> int:
-    if (key is None) == (url is None):  # exactly one, as argparse's required exclusive group had it
-        raise typer.BadParameter("give one of --key and --url", param_hint="--key / --url")
-    return verify_certificate(file, pem_file=key, url=url)
-
-
-app.command("migrate", help="upgrade the database schema to head (alembic); stamps a create_all schema")(
-    migrate_command)
-app.add_typer(models_app, name="models")
-add_erasure_commands(app)
-app.add_typer(audit_app, name="audit")
-app.add_typer(keys_app, name="keys")
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Run ``lethe argv``; returns the exit code. A usage error shows the usage and exits 2."""
-    command = typer.main.get_command(app)
-    try:
-        return command.main(args=argv, prog_name="lethe", standalone_mode=False) or 0
-    except typer.TyperException as exc:  # typer's click raises its usage errors as these
-        rich_utils.rich_format_error(exc)
-        raise SystemExit(exc.exit_code) from None
-    except typer.Abort:
-        print("Aborted!", file=sys.stderr)
-        return 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    @app.command("bootstrap", help="create the DB, train demo models, print the admin key (in production: the path "
+                                   "of its file)")
+    def bootstrap_command() -> int:
+        settings = get_settings()
+        print(admin_key_notice(settings, bootstrap(settings)))
+        return 0

@@ -13,7 +13,7 @@ from typing import Annotated, Any
 import httpx
 import typer
 
-from app.cli_models import JsonOpt, KeyOpt, Remote, UrlOpt, call, out, remote, remote_group, run_remote
+from app.cli.models import JsonOpt, KeyOpt, Remote, UrlOpt, call, out, remote, remote_group, run_remote
 from app.core.security import SCOPES
 
 Scope = StrEnum("Scope", {scope: scope for scope in SCOPES})  # --scope's choices: the one list of scopes

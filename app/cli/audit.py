@@ -1,6 +1,6 @@
 """`lethe audit tail | verify | export`: the hash-chained audit log of a running stack.
 
-Connection, ``--json`` and exit codes as in ``app.cli_models``; ``verify`` exits 1 when the chain
+Connection, ``--json`` and exit codes as in ``app.cli.models``; ``verify`` exits 1 when the chain
 is broken or truncated.
 """
 
@@ -14,7 +14,7 @@ from typing import Annotated, Any
 import httpx
 import typer
 
-from app.cli_models import JsonOpt, KeyOpt, Remote, UrlOpt, call, out, remote, remote_group, run_remote
+from app.cli.models import JsonOpt, KeyOpt, Remote, UrlOpt, call, out, remote, remote_group, run_remote
 
 
 def has_event(c: httpx.Client, seq: int) -> bool:
@@ -85,7 +85,7 @@ def cmd_verify(r: Remote, c: httpx.Client) -> int:
 
 
 def cmd_export(_: Remote, c: httpx.Client, *, format_: str, output: str | None) -> int:
-    from app.cli_models import ApiError
+    from app.cli.models import ApiError
 
     with c.stream("GET", "/v1/audit/export", params={"format": format_}) as response:
         if response.status_code >= 400:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -31,23 +32,37 @@ def statuses() -> tuple[frozenset[str], frozenset[str]]:
 
 
 def follow(c: httpx.Client, view: dict[str, Any], *, quiet: bool, timeout_s: float | None = None) -> dict[str, Any]:
-    """Poll ``GET /v1/erasure-requests/{id}`` with a progress bar (stage and percent) until settled."""
+    """Poll ``GET /v1/erasure-requests/{id}`` until settled, showing stage and percent: a live bar in
+    a terminal, sparse plain lines in a log (``app.cli.progress``)."""
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 
-    settled = statuses()[1]
-    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    from app.cli.progress import reporter
+
+    desc = f"erasure {view['id'][:8]}"
+    if quiet or not sys.stderr.isatty():
+        lines = reporter(desc, quiet=quiet, stream=sys.stderr)
+        view = poll(c, view, timeout_s, lambda v: lines.update(v["percent"], stage_text(v)))
+        lines.close()
+        return view
     columns = (TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(),
                TextColumn("{task.fields[stage]}"), TimeElapsedColumn())
-    with Progress(*columns, console=Console(stderr=True), disable=quiet, transient=False) as bar:
-        task = bar.add_task(f"erasure {view['id'][:8]}", total=100, completed=view["percent"],
-                            stage=stage_text(view))
-        while view["status"] not in settled:
-            if deadline is not None and time.monotonic() > deadline:
-                break
-            time.sleep(POLL_S)
-            view = call(c, "GET", f"/v1/erasure-requests/{view['id']}")
-            bar.update(task, completed=view["percent"], stage=stage_text(view))
+    with Progress(*columns, console=Console(stderr=True), transient=False) as bar:
+        task = bar.add_task(desc, total=100, completed=view["percent"], stage=stage_text(view))
+        return poll(c, view, timeout_s, lambda v: bar.update(task, completed=v["percent"], stage=stage_text(v)))
+
+
+def poll(c: httpx.Client, view: dict[str, Any], timeout_s: float | None,
+         show: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+    settled = statuses()[1]
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    show(view)
+    while view["status"] not in settled:
+        if deadline is not None and time.monotonic() > deadline:
+            break
+        time.sleep(POLL_S)
+        view = call(c, "GET", f"/v1/erasure-requests/{view['id']}")
+        show(view)
     return view
 
 

@@ -122,13 +122,12 @@ def run_remote(options: Remote, command: Callable[..., int], **kw: Any) -> int:
 
 
 def follow_registration(c: httpx.Client, view: dict[str, Any], *, quiet: bool) -> dict[str, Any]:
-    from tqdm import tqdm
+    from app.cli.progress import reporter
 
-    bar = tqdm(total=100, desc=f"registering {view['name']}", unit="%", disable=quiet, file=sys.stderr)
+    bar = reporter(f"registering {view['name']}", quiet=quiet, stream=sys.stderr)
     while True:
         view = call(c, "GET", f"/v1/models/registrations/{view['id']}")
-        bar.set_postfix_str(view["stage"])
-        bar.update(round(view["percent"]) - bar.n)
+        bar.update(view["percent"], view["stage"])
         if view["status"] in ("completed", "failed"):
             bar.close()
             return view

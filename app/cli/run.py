@@ -29,8 +29,7 @@ from app.core.config import Settings, get_settings
 
 def bootstrap(settings: Settings, *, quiet: bool = False) -> str:
     """Create schema, register demo models, ensure an admin key. Returns the admin key."""
-    from tqdm import tqdm
-
+    from app.cli.progress import Reporter, reporter
     from app.core.db import create_schema, session_scope
     from app.core.security import SCOPES
     from app.ml.train import demo_training
@@ -43,10 +42,10 @@ def bootstrap(settings: Settings, *, quiet: bool = False) -> str:
         with session_scope() as session:
             if models.get_model_or_none(session, name) is not None:
                 continue
-            bar = tqdm(total=100, desc=f"registering model {name} ({spec})", disable=quiet, unit="%")
+            bar = reporter(f"registering model {name} ({spec})", quiet=quiet, stream=sys.stderr)
 
-            def progress(fraction: float, bar: tqdm = bar) -> None:
-                bar.update(round(fraction * 100) - bar.n)
+            def progress(fraction: float, bar: Reporter = bar) -> None:
+                bar.update(fraction * 100)
 
             t0 = time.monotonic()
             version = models.register_demo_model(

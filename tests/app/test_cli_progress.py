@@ -1,0 +1,94 @@
+"""Progress in a log is sparse plain lines, never a bar redrawn frame by frame (issue 22)."""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import httpx
+import pytest
+
+from app.cli import erasure as cli_erasure
+from app.cli import models as cli_models
+from app.cli.progress import LogLines, Silent, TqdmBar, reporter
+
+
+class Tty(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_log_lines_print_on_stage_change_every_ten_points_and_at_the_end() -> None:
+    out, now = io.StringIO(), [0.0]
+    lines = LogLines("job", stream=out, clock=lambda: now[0])
+    for percent in range(0, 96):
+        lines.update(percent, "training" if percent < 50 else "verifying")
+    lines.update(97, "verifying")
+    lines.close()
+    text = out.getvalue()
+    assert "\r" not in text and "\x1b" not in text  # no redraws, no terminal codes
+    assert text.splitlines() == [
+        "job: 0% training", "job: 10% training", "job: 20% training", "job: 30% training", "job: 40% training",
+        "job: 50% verifying", "job: 60% verifying", "job: 70% verifying", "job: 80% verifying",
+        "job: 90% verifying", "job: 97% verifying"]
+
+
+def test_log_lines_print_every_ten_seconds_when_nothing_else_moves() -> None:
+    out, now = io.StringIO(), [0.0]
+    lines = LogLines("job", stream=out, clock=lambda: now[0])
+    for second in range(0, 35):
+        now[0] = float(second)
+        lines.update(5, "training")
+    assert out.getvalue().splitlines() == ["job: 5% training"] * 4  # at 0, 10, 20 and 30 s
+
+
+def test_the_reporter_fits_the_stream() -> None:
+    assert isinstance(reporter("x", stream=io.StringIO()), LogLines)
+    assert isinstance(reporter("x", stream=Tty()), TqdmBar)
+    assert isinstance(reporter("x", quiet=True, stream=Tty()), Silent)
+
+
+def registrations(steps: int) -> httpx.Client:
+    """A stack whose registration job climbs one percent a poll, then completes."""
+    polls = iter([("running", "training", p) for p in range(steps)] + [("completed", "serving", 100)])
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        status, stage, percent = next(polls)
+        return httpx.Response(200, json={"id": "reg-1", "name": "m", "status": status, "stage": stage,
+                                         "percent": percent})
+
+    return httpx.Client(base_url="http://stack", transport=httpx.MockTransport(handler))
+
+
+def test_register_progress_written_to_a_file_is_a_few_plain_lines(monkeypatch: pytest.MonkeyPatch,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr(cli_models.time, "sleep", lambda s: None)
+    view: dict[str, Any] = cli_models.follow_registration(registrations(100), {"id": "reg-1", "name": "m"},
+                                                          quiet=False)
+    err = capsys.readouterr().err  # pytest's capture is not a terminal, as a log file is not
+    assert view["status"] == "completed"
+    assert "\r" not in err and "|" not in err
+    assert err.splitlines()[0] == "registering m: 0% training"
+    assert err.splitlines()[-1] == "registering m: 100% serving"
+    assert len(err.splitlines()) <= 12  # 100 polls, ~11 lines
+
+
+def test_erase_follow_into_a_log_prints_plain_lines(monkeypatch: pytest.MonkeyPatch,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    polls = iter([("running", 20.0), ("running", 25.0), ("verifying", 80.0), ("completed", 100.0)])
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        status, percent = (("queued", 0.0) if request.method == "POST" else next(polls))
+        return httpx.Response(202 if request.method == "POST" else 200,
+                              json={"id": "req-1", "status": status, "stage": status, "percent": percent,
+                                    "models": []})
+
+    client = httpx.Client(base_url="http://stack", transport=httpx.MockTransport(handler))
+    monkeypatch.setattr(cli_models, "client", lambda args: client)
+    monkeypatch.setattr(cli_erasure, "POLL_S", 0.0)
+    import app.cli as cli
+
+    assert cli.main(["erase", "15", "--follow"]) == 0
+    err = capsys.readouterr().err
+    assert err.splitlines() == ["erasure req-1: 0% queued", "erasure req-1: 20% running",
+                                "erasure req-1: 80% verifying", "erasure req-1: 100% completed"]

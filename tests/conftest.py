@@ -125,9 +125,6 @@ def session(backend: str, monkeypatch: pytest.MonkeyPatch):  # noqa: ANN201
     conn = engine.connect()
     trans = conn.begin()
     monkeypatch.setattr(db, "new_session", lambda: Session(bind=conn, join_transaction_mode="create_savepoint"))
-    from app.services import keys
-
-    keys.clear_cache()
     s = db.new_session()
     try:
         yield s
@@ -135,7 +132,6 @@ def session(backend: str, monkeypatch: pytest.MonkeyPatch):  # noqa: ANN201
         s.close()
         trans.rollback()
         conn.close()
-        keys.clear_cache()
 
 
 @pytest.fixture

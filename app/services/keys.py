@@ -42,7 +42,8 @@ def ensure_key(session: Session, *, name: str, scopes: list[str], key: str) -> A
     return row or create_key(session, name=name, scopes=scopes, key=key)[0]
 
 
-def authenticate(session: Session, *, authorization: str | None) -> ApiKey:
+def lookup(session: Session, *, authorization: str | None) -> ApiKey:
+    """The live key an ``Authorization: Bearer`` header carries, read in ``session``; 401 otherwise."""
     if not authorization or not authorization.lower().startswith("bearer "):
         raise Unauthorized("Send an API key as 'Authorization: Bearer <key>'.", code="missing_api_key",
                            headers={"WWW-Authenticate": "Bearer"})
@@ -53,21 +54,21 @@ def authenticate(session: Session, *, authorization: str | None) -> ApiKey:
     return row
 
 
-def require_scope(key: ApiKey, scope: str) -> None:
-    granted = set(key.scopes.split())
+def require_scope(granted: tuple[str, ...], scope: str) -> None:
     if scope not in granted and "admin" not in granted:
         raise Forbidden(f"This API key lacks the '{scope}' scope.", code="insufficient_scope")
 
 
-def authenticate_cached(*, authorization: str | None, cache: KeyCache | None = None) -> ApiKey:
-    """``authenticate`` through ``cache`` (a serving replica's), else with its own short session."""
+def authenticate(*, authorization: str | None, cache: KeyCache | None = None) -> ApiKey:
+    """The key a request carries: from ``cache`` (a serving replica's) when it holds it, else looked
+    up in a short session of its own (and put in ``cache``)."""
     digest = _digest(authorization)
     if cache is not None and digest is not None and (hit := cache.get(digest)) is not None:
         return hit
     # Both read before the lookup: see KeyCache.put.
     generation, looked_up_at = (cache.generation if cache is not None else 0), time.monotonic()
     with db.session_scope() as session:
-        key = authenticate(session, authorization=authorization)
+        key = lookup(session, authorization=authorization)
         session.expunge(key)
     if cache is not None and digest is not None:
         cache.put(digest, key, generation=generation, looked_up_at=looked_up_at)
@@ -78,10 +79,6 @@ def _digest(authorization: str | None) -> str | None:
     if not authorization or not authorization.lower().startswith("bearer "):
         return None
     return hash_api_key(authorization[7:].strip())
-
-
-def clear_cache() -> None:
-    """Nothing module-level to clear: each serving replica's cache lives in its listener."""
 
 
 def public_view(row: ApiKey) -> dict[str, object]:

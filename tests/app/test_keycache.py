@@ -43,7 +43,7 @@ def test_cache_entries_expire_drop_by_key_and_skip_lookups_that_raced_a_drop() -
 
 
 def cached_on(replica: UpdateListener, clear: str) -> ApiKey:
-    key = keys.authenticate_cached(authorization=bearer(clear), cache=replica.keys)
+    key = keys.authenticate(authorization=bearer(clear), cache=replica.keys)
     assert len(replica.keys) == 1
     return key
 
@@ -70,15 +70,15 @@ def test_with_redis_a_revoke_answers_once_every_replica_dropped_the_key(
         assert client.delete(f"/v1/keys/{key_id}", headers=admin_headers).status_code == 200
         assert time.monotonic() - started < 10
         with pytest.raises(Unauthorized):
-            keys.authenticate_cached(authorization=bearer(target), cache=other.keys)
+            keys.authenticate(authorization=bearer(target), cache=other.keys)
         rotated = make_key(session, ["predict"], "to-rotate")
         key_id = cached_on(other, rotated).id
         started = time.monotonic()
         fresh = client.post(f"/v1/keys/{key_id}/rotate", headers=admin_headers).json()["key"]
         assert time.monotonic() - started < 10
         with pytest.raises(Unauthorized):
-            keys.authenticate_cached(authorization=bearer(rotated), cache=other.keys)
-        assert keys.authenticate_cached(authorization=bearer(fresh), cache=other.keys).id == key_id
+            keys.authenticate(authorization=bearer(rotated), cache=other.keys)
+        assert keys.authenticate(authorization=bearer(fresh), cache=other.keys).id == key_id
     finally:
         other.stop()
 
@@ -98,7 +98,7 @@ def test_without_redis_a_revoke_answers_after_the_cache_ttl(
     assert client.delete(f"/v1/keys/{key_id}", headers=admin_headers).status_code == 200
     assert time.monotonic() - started >= 0.8 * 0.9
     with pytest.raises(Unauthorized):
-        keys.authenticate_cached(authorization=bearer(target), cache=other.keys)
+        keys.authenticate(authorization=bearer(target), cache=other.keys)
 
 
 def test_a_revoke_with_no_live_replica_answers_at_once(
@@ -106,7 +106,7 @@ def test_a_revoke_with_no_live_replica_answers_at_once(
         monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(settings, "redis_url", NO_REDIS)
     monkeypatch.setattr(settings, "key_cache_ttl_s", 30.0)
-    key_id = keys.authenticate_cached(authorization=bearer(make_key(session, ["predict"], "x"))).id
+    key_id = keys.authenticate(authorization=bearer(make_key(session, ["predict"], "x"))).id
     started = time.monotonic()
     assert client.delete(f"/v1/keys/{key_id}", headers=admin_headers).status_code == 200
     assert time.monotonic() - started < 5

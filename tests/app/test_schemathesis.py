@@ -34,7 +34,7 @@ from app.core.errors import PROBLEM
 from app.core.security import SCOPES
 from app.main import create_app
 from app.serving.holder import UpdateListener
-from app.services import keys, models
+from app.services import models
 from tests.conftest import engine_for, make_key
 
 MAX_EXAMPLES = 8  # per operation and generation mode
@@ -80,7 +80,6 @@ def admin_headers() -> Iterator[dict[str, str]]:
     trans = conn.begin()
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(db, "new_session", lambda: Session(bind=conn, join_transaction_mode="create_savepoint"))
-        keys.clear_cache()
         settings = get_settings()
         with db.new_session() as session:
             models.register_demo_model(session, name="toy", secret=settings.subject_key_secret,
@@ -95,7 +94,6 @@ def admin_headers() -> Iterator[dict[str, str]]:
             app.state.listener = None
             trans.rollback()
             conn.close()
-            keys.clear_cache()
 
 
 def _json(response: schemathesis.Response) -> Any:

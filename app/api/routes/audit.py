@@ -8,17 +8,17 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query
 from fastapi.responses import StreamingResponse
 
-from app.api.deps import SessionDep, SettingsDep, require
+from app.api.deps import Principal, SessionDep, SettingsDep, require
 from app.api.schemas.audit import AuditPage, ChainReport
 from app.core import db
 from app.core.errors import Unprocessable
 from app.core.security import subject_key
 from app.core.signing import get_keys
-from app.db.models import ApiKey, as_utc
+from app.db.models import as_utc
 from app.services import audit
 
 router = APIRouter(prefix="/v1/audit", tags=["audit"])
-Auditor = Annotated[ApiKey, Depends(require("audit:read"))]
+Auditor = Annotated[Principal, Depends(require("audit:read"))]
 
 
 @router.get("/events", response_model=AuditPage)

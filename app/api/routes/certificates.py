@@ -6,11 +6,11 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends
 
-from app.api.deps import SessionDep, SettingsDep, require
+from app.api.deps import Principal, SessionDep, SettingsDep, require
 from app.api.schemas.certificates import PublicKeyOut, SignedCertificate
 from app.core import db
 from app.core.signing import get_keys
-from app.db.models import ApiKey, utcnow
+from app.db.models import utcnow
 from app.services import audit, certificates, deadlines
 
 router = APIRouter(tags=["certificates"])
@@ -22,7 +22,7 @@ deadlines.install_metrics(lambda: db.new_session(), utcnow)
 @router.get("/v1/erasure-requests/{request_id}/certificate", response_model=SignedCertificate,
             response_model_exclude_unset=True)
 def get_certificate(request_id: str, session: SessionDep, settings: SettingsDep,
-                    _: Annotated[ApiKey, Depends(require("erasure:read"))]) -> dict[str, Any]:
+                    _: Annotated[Principal, Depends(require("erasure:read"))]) -> dict[str, Any]:
     """Ed25519-signed certificate of a completed erasure; 409 until it completed."""
     audit.sync(session)  # the completion event must be chained before the head is quoted
     return certificates.build(session, request_id=request_id, keys=get_keys(settings), issuer=settings.base_url)

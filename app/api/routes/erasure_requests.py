@@ -7,21 +7,20 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Header, Query, Response
 
-from app.api.deps import SessionDep, SettingsDep, require
+from app.api.deps import Principal, SessionDep, SettingsDep, require
 from app.api.schemas import ErasureCreate, ExtendBody, IdentityDecision
 from app.api.schemas.erasure import ErasureRequestOut, ErasureRequestPage
 from app.core.errors import Unprocessable
 from app.core.queue import enqueue_unlearn
 from app.core.ratelimit import check_intake
 from app.core.security import subject_key
-from app.db.models import ApiKey
 from app.ml import policy as policy_rules
 from app.services import erasure, intake, opendsr
 from app.services.lifecycle import RequestStatus
 
 router = APIRouter(prefix="/v1/erasure-requests", tags=["erasure"])
-Writer = Annotated[ApiKey, Depends(require("erasure:write"))]
-Reader = Annotated[ApiKey, Depends(require("erasure:read"))]
+Writer = Annotated[Principal, Depends(require("erasure:write"))]
+Reader = Annotated[Principal, Depends(require("erasure:read"))]
 # ``auto`` and every registered method (app/ml/policy.py mirrors the worker registry; a test keeps them equal).
 KNOWN_POLICIES = ("auto", *sorted(policy_rules.METHODS))
 Source = Literal["api", "opendsr", "fides"]

@@ -7,11 +7,10 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, Header
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.api.deps import SessionDep, SettingsDep, require
+from app.api.deps import Principal, SessionDep, SettingsDep, require
 from app.api.schemas.fides import FidesAnswer
 from app.core.queue import enqueue_unlearn
 from app.core.ratelimit import check_intake
-from app.db.models import ApiKey
 from app.services import erasure, fides
 
 router = APIRouter(prefix="/integrations/fides", tags=["integrations"])
@@ -28,7 +27,7 @@ class FidesWebhook(BaseModel):
 
 @router.post("/webhook", response_model=FidesAnswer, response_model_exclude_unset=True)
 def fides_webhook(body: FidesWebhook, session: SessionDep, settings: SettingsDep,
-                  key: Annotated[ApiKey, Depends(require("erasure:write"))],
+                  key: Annotated[Principal, Depends(require("erasure:write"))],
                   reply_to: Annotated[str | None, Header(alias="reply-to")] = None,
                   reply_to_token: Annotated[str | None, Header(alias="reply-to-token")] = None) -> dict[str, Any]:
     """Pre-execution policy webhook: record the erasure; two-way answers halt until it completes."""

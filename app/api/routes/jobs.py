@@ -6,13 +6,12 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends
 
-from app.api.deps import SessionDep, require
+from app.api.deps import Principal, SessionDep, require
 from app.api.schemas.jobs import JobPublic
-from app.db.models import ApiKey
 from app.services import jobs
 
 router = APIRouter(prefix="/v1/jobs", tags=["erasure"])
-Reader = Annotated[ApiKey, Depends(require("erasure:read"))]
+Reader = Annotated[Principal, Depends(require("erasure:read"))]
 
 
 @router.get("/{job_id}")

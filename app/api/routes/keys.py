@@ -7,14 +7,13 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends
 
-from app.api.deps import CurrentKey, SessionDep, SettingsDep, require
+from app.api.deps import CurrentKey, Principal, SessionDep, SettingsDep, require
 from app.api.schemas import KeyCreate
 from app.api.schemas.keys import KeyList, KeyPublic, KeySecret
-from app.db.models import ApiKey
 from app.services import keys
 
 router = APIRouter(prefix="/v1/keys", tags=["keys"])
-Admin = Annotated[ApiKey, Depends(require("admin"))]
+Admin = Annotated[Principal, Depends(require("admin"))]
 
 
 @router.post("", status_code=201)
@@ -28,7 +27,7 @@ def create_key(body: KeyCreate, session: SessionDep, _: Admin) -> KeySecret:
 @router.get("/me")
 def current_key(key: CurrentKey) -> KeyPublic:
     """The key this request carries: name and scopes (any valid key; how the console logs in)."""
-    return KeyPublic(**keys.public_view(key))
+    return KeyPublic(id=key.id, name=key.name, scopes=list(key.scopes), created_at=key.created_at, revoked=False)
 
 
 @router.get("")

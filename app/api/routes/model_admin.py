@@ -9,20 +9,19 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Request
 from starlette.concurrency import run_in_threadpool
 
-from app.api.deps import SessionDep, SettingsDep, require
+from app.api.deps import Principal, SessionDep, SettingsDep, require
 from app.api.schemas import ModelRegister, PolicyBody
 from app.api.schemas.models import BulkIngestOut, PolicyOut, RegistrationOut, SpecList
 from app.core.errors import Unprocessable
 from app.core.queue import enqueue_registration
-from app.db.models import ApiKey
 from app.ml.specs import spec_names
 from app.services import models as model_service
 from app.services import registration
 from app.services.bulk import BulkIngest
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
-Admin = Annotated[ApiKey, Depends(require("admin"))]
-Predictor = Annotated[ApiKey, Depends(require("predict"))]
+Admin = Annotated[Principal, Depends(require("admin"))]
+Predictor = Annotated[Principal, Depends(require("predict"))]
 
 
 @router.post("", status_code=202, response_model=RegistrationOut)

@@ -7,17 +7,16 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Response
 from starlette.concurrency import run_in_threadpool
 
-from app.api.deps import HolderDep, ListenerDep, SessionDep, SettingsDep, require
+from app.api.deps import HolderDep, ListenerDep, Principal, SessionDep, SettingsDep, require
 from app.api.schemas import PredictBody, RecipientsBody, RollbackBody
 from app.api.schemas.models import ModelDetail, ModelList, PredictOut, RecipientsOut, RollbackOut
 from app.core.errors import NotFound, Unavailable, Unprocessable
-from app.db.models import ApiKey
 from app.ml.train import predict as run_predict
 from app.services import models as model_service
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
-Predictor = Annotated[ApiKey, Depends(require("predict"))]
-Admin = Annotated[ApiKey, Depends(require("admin"))]
+Predictor = Annotated[Principal, Depends(require("predict"))]
+Admin = Annotated[Principal, Depends(require("admin"))]
 
 
 @router.get("", response_model=ModelList)

@@ -18,18 +18,18 @@ from fastapi.routing import APIRoute
 from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from app.api.deps import SessionDep, SettingsDep, require
+from app.api.deps import Principal, SessionDep, SettingsDep, require
 from app.api.schemas import opendsr as dsr_schema
 from app.core.errors import HTTP_ERROR_CODES, LetheError, database_unavailable
 from app.core.queue import enqueue_unlearn
 from app.core.ratelimit import check_intake
 from app.core.signing import get_keys
-from app.db.models import ApiKey, utcnow
+from app.db.models import utcnow
 from app.services import opendsr
 from app.services.opendsr import CERT_PATH, DIALECTS, REQUEST_TYPES, Dialect, SubjectRequestIn
 
-Writer = Annotated[ApiKey, Depends(require("erasure:write"))]
-Reader = Annotated[ApiKey, Depends(require("erasure:read"))]
+Writer = Annotated[Principal, Depends(require("erasure:write"))]
+Reader = Annotated[Principal, Depends(require("erasure:read"))]
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 
 
@@ -136,8 +136,8 @@ def create_body_schema(d: Dialect) -> dict[str, Any]:
                             "content": {"application/json": {"schema": schema, "example": example}}}}
 
 
-def _admin(key: ApiKey) -> bool:
-    return "admin" in key.scopes.split()
+def _admin(key: Principal) -> bool:
+    return "admin" in key.scopes
 
 
 def dialect_router(d: Dialect, *, base: str | None = None, meta: bool = True) -> APIRouter:

@@ -18,7 +18,7 @@ from app.db.models import Model, UnlearningJob, utcnow
 from app.services import audit
 
 if TYPE_CHECKING:
-    from workers.pipeline import Worker
+    from workers.context import Worker
 
 log = logging.getLogger("lethe.lease")
 

@@ -17,51 +17,24 @@ status in ``app/services/lifecycle.py``, the forget problem and its unlearning i
 from __future__ import annotations
 
 import logging
-import os
-import socket
 import time
-import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
 
 from sqlalchemy import func, text
-from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError
-from sqlmodel import Session, col, select
+from sqlmodel import col, select
 
-from app.core import db
-from app.core.config import Settings
 from app.core.errors import database_unavailable
 from app.core.logging import log_context
 from app.db.models import ErasureTarget, UnlearningJob, utcnow
 from app.services import audit, jobs
 from app.services import models as model_service
 from app.services.jobs import ACTOR, STAGE_SPAN
+from workers.context import Worker
 from workers.lease import LeaseKeeper, acquire_lock, holds_fence, release_lock
 from workers.problem import collect, unlearn_and_publish
 
 log = logging.getLogger("lethe.pipeline")
-
-
-@dataclass
-class Worker:
-    """What a job needs from its process."""
-
-    settings: Settings
-    engine: Engine | None  # None: the app's default session factory (tests rebind it)
-    device: Any  # torch.device
-    # Unique per Worker instance, made when it is built: a value computed at import time would
-    # be shared by every prefork child of one Celery worker, and the lease could not tell them apart.
-    owner: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}")
-    publish: Callable[[str, int], Any] = lambda name, version: None
-    sleep: Callable[[float], None] = time.sleep
-    # Jobs this worker saw interrupted by a database outage: resuming them is not a re-delivery
-    # (``max_job_attempts`` is there to stop a job that kills its worker, not to punish DB blips).
-    db_interrupted: set[str] = field(default_factory=set)
-
-    def session(self) -> Session:
-        return Session(self.engine) if self.engine is not None else db.new_session()
 
 
 # ---------------------------------------------------------------- entry point

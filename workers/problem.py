@@ -33,7 +33,7 @@ from app.services.jobs import ACTOR
 from workers.lease import holds_fence
 
 if TYPE_CHECKING:
-    from workers.pipeline import Worker
+    from workers.context import Worker
 
 
 @dataclass(frozen=True)

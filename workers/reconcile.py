@@ -17,7 +17,7 @@ from app.db.models import ErasureTarget, Model, ModelRegistration, UnlearningJob
 from app.services.lifecycle import TargetStatus
 
 if TYPE_CHECKING:
-    from workers.pipeline import Worker
+    from workers.context import Worker
 
 
 def reconcile(w: Worker, send: Callable[[str], Any]) -> list[str]:

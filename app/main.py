@@ -20,6 +20,7 @@ from app.ml.device import set_cpu_threads
 from app.serving.holder import ModelHolder, UpdateListener
 from app.services import audit as audit_log
 from app.services import metrics
+from app.services.subscribers import install_subscribers
 
 
 log = logging.getLogger("lethe.app")
@@ -55,6 +56,7 @@ def _sequence_audit() -> None:
 def create_app(*, serve_models: bool = True) -> FastAPI:
     settings = get_settings()
     configure_logging(settings.log_level)
+    install_subscribers()  # the API's transitions write their callbacks' outbox rows (lifecycle)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -33,8 +33,11 @@ from app.core import db  # noqa: E402
 from app.core.config import get_settings  # noqa: E402
 from app.core.db import create_schema, make_engine  # noqa: E402
 from app.core.security import SCOPES  # noqa: E402
+from app.services.subscribers import install_subscribers  # noqa: E402
 
 PG_URL = os.environ.get("LETHE_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+# Services called directly transition requests as the API and the worker do: with the subscribers.
+install_subscribers()
 # The Redis server the tests use (a loopback one; another port lets parallel checkouts run apart).
 REDIS = os.environ.get("LETHE_TEST_REDIS", "redis://127.0.0.1:6379")
 
@@ -167,10 +170,10 @@ def admin_headers(session: Session) -> dict[str, str]:
 @pytest.fixture
 def toy_model(session: Session, settings):  # noqa: ANN001, ANN201
     """The toy model registered (samples in the registry, v1 trained and serving)."""
-    from app.services import models
+    from app.services import registration
 
-    version = models.register_demo_model(session, name="toy", secret=settings.subject_key_secret,
-                                         artifacts_dir=settings.artifacts_dir, device="cpu")
+    version = registration.register_demo_model(session, name="toy", secret=settings.subject_key_secret,
+                                               artifacts_dir=settings.artifacts_dir, device="cpu")
     session.commit()
     return version
 

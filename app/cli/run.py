@@ -33,7 +33,7 @@ def bootstrap(settings: Settings, *, quiet: bool = False) -> str:
     from app.core.db import create_schema, session_scope
     from app.core.security import SCOPES
     from app.ml.train import demo_training
-    from app.services import keys, models
+    from app.services import keys, models, registration
     from workers.verify.calibrate import calibrate_reference  # the CLI composes app and workers
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -48,7 +48,7 @@ def bootstrap(settings: Settings, *, quiet: bool = False) -> str:
                 bar.update(fraction * 100)
 
             t0 = time.monotonic()
-            version = models.register_demo_model(
+            version = registration.register_demo_model(
                 session, name=name, secret=settings.subject_key_secret, artifacts_dir=settings.artifacts_dir,
                 device=settings.device, progress=progress, calibrate=calibrate_reference, spec=spec,
                 training=demo_training(name, spec=spec, sisa_models=settings.sisa_models,

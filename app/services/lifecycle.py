@@ -75,7 +75,6 @@ class Transition:
 
 Subscriber = Callable[[Session, ErasureRequest, Transition], None]
 _subscribers: list[Subscriber] = []
-_defaults_installed = False
 
 
 def subscribe(fn: Subscriber) -> Subscriber:
@@ -86,11 +85,9 @@ def subscribe(fn: Subscriber) -> Subscriber:
 
 
 def _announce(session: Session, req: ErasureRequest, transition: Transition) -> None:
-    global _defaults_installed
-    if not _defaults_installed:  # the product's own subscribers, wherever the transition runs
-        import app.services.subscribers  # noqa: F401 - registers on import
-
-        _defaults_installed = True
+    if not _subscribers:  # a transition nobody hears would drop its callbacks without a trace
+        raise RuntimeError("No lifecycle subscribers: call app.services.subscribers.install_subscribers() "
+                           "where the process starts.")
     for fn in list(_subscribers):
         fn(session, req, transition)
 

@@ -8,7 +8,6 @@ served or rolled back to (DESIGN.md section 5).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -90,33 +89,6 @@ def set_serving(session: Session, *, name: str, number: int, actor: str, event: 
     model.serving_version = number
     session.add(model)
     audit.append(session, type=event, actor=actor, payload={"model": name, "version": number, "previous": previous})
-
-
-def register_demo_model(session: Session, *, name: str, secret: str, artifacts_dir: Path, device: str = "auto",
-                        seed: int = 0, progress: Callable[[float], None] | None = None,
-                        training: dict[str, Any] | None = None,
-                        calibrate: Callable[..., dict[str, Any]] | None = None,
-                        spec: str | None = None) -> ModelVersion | None:
-    """Register model ``name`` of spec ``spec`` (default: the spec of the same name) as
-    ``registration.register`` does; no-op when registered. ``progress(fraction)`` covers the
-    whole registration. ``calibrate(spec, examples, model=, meta=, device=)`` measures the
-    exact-retrain reference (``Model.config["reference"]``). ``training``: ``None`` for one
-    network, ``{"sisa": {"shards": 4, "slices": 3}}`` for a SISA ensemble, ``{"update_log": True}``
-    for amnesiac's update log (``train_for_registration``)."""
-    from app.ml.device import pick_device
-    from app.services import registration
-
-    if session.get(Model, name) is not None:
-        return None
-
-    def overall(stage: str, fraction: float) -> None:
-        lo, hi = registration.SPAN.get(stage, (0, 100))
-        progress((lo + (hi - lo) * fraction) / 100)
-
-    return registration.register(session, name=name, spec=spec or name, secret=secret, artifacts_dir=artifacts_dir,
-                                 device=pick_device(device), seed=seed,
-                                 config={"training": training} if training else {}, calibrate=calibrate,
-                                 progress=overall if progress else None)
 
 
 def spec_of(session: Session, name: str) -> Any:

@@ -332,3 +332,29 @@ def view(reg: ModelRegistration, base_url: str) -> dict[str, Any]:
             "percent": reg.percent, "error": reg.error, "result": reg.result or None, "created_at": reg.created_at,
             "finished_at": reg.finished_at, "status_url": f"{base_url}/v1/models/registrations/{reg.id}",
             "model_url": f"{base_url}/v1/models/{reg.name}"}
+
+
+def register_demo_model(session: Session, *, name: str, secret: str, artifacts_dir: Path, device: str = "auto",
+                        seed: int = 0, progress: Callable[[float], None] | None = None,
+                        training: dict[str, Any] | None = None,
+                        calibrate: Callable[..., dict[str, Any]] | None = None,
+                        spec: str | None = None) -> ModelVersion | None:
+    """Register model ``name`` of spec ``spec`` (default: the spec of the same name) as
+    ``register`` does; no-op when registered. ``progress(fraction)`` covers the
+    whole registration. ``calibrate(spec, examples, model=, meta=, device=)`` measures the
+    exact-retrain reference (``Model.config["reference"]``). ``training``: ``None`` for one
+    network, ``{"sisa": {"shards": 4, "slices": 3}}`` for a SISA ensemble, ``{"update_log": True}``
+    for amnesiac's update log (``train_for_registration``)."""
+    from app.ml.device import pick_device
+
+    if session.get(Model, name) is not None:
+        return None
+
+    def overall(stage: str, fraction: float) -> None:
+        lo, hi = SPAN.get(stage, (0, 100))
+        progress((lo + (hi - lo) * fraction) / 100)
+
+    return register(session, name=name, spec=spec or name, secret=secret, artifacts_dir=artifacts_dir,
+                    device=pick_device(device), seed=seed,
+                    config={"training": training} if training else {}, calibrate=calibrate,
+                    progress=overall if progress else None)

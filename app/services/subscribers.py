@@ -1,8 +1,10 @@
 """Who hears of an erasure request's transitions (``app/services/lifecycle.py``).
 
 Each subscriber runs inside the transaction of the transition, so a notification (a callback
-outbox row) commits or rolls back with the change itself; housekeeping delivers it. Registered
-on import; ``lifecycle`` imports this module before its first announcement.
+outbox row) commits or rolls back with the change itself; housekeeping delivers it. Installed by
+one explicit ``install_subscribers()`` where a process starts (the API's ``create_app``, the
+worker's ``celery_app``); ``lifecycle`` never imports this module, and refuses to announce a
+transition before they are installed, so a process that forgot cannot drop a callback silently.
 """
 
 from __future__ import annotations
@@ -16,7 +18,6 @@ from app.services import models as model_service
 from app.services.lifecycle import Transition
 
 
-@lifecycle.subscribe
 def native_callback(session: Session, req: ErasureRequest, transition: Transition) -> None:
     """The caller's own callback URL: every status change (progress within a status is not one)."""
     if req.callback_url and transition.name not in ("complete_model",):
@@ -24,7 +25,6 @@ def native_callback(session: Session, req: ErasureRequest, transition: Transitio
                           body=callbacks.native_body(req, get_settings().base_url))
 
 
-@lifecycle.subscribe
 def opendsr_controller(session: Session, req: ErasureRequest, transition: Transition) -> None:
     """OpenDSR status callbacks, on a change of the spec-level status only."""
     if req.source != "opendsr" or not req.external_id or transition.name == "complete_model":
@@ -39,13 +39,11 @@ def opendsr_controller(session: Session, req: ErasureRequest, transition: Transi
                                results_url=callbacks.certificate_url(base_url, req.id) if done else None)
 
 
-@lifecycle.subscribe
 def fides_resume(session: Session, req: ErasureRequest, transition: Transition) -> None:
     if transition.name != "complete_model":
         fides.resume_if_done(session, req)
 
 
-@lifecycle.subscribe
 def art19_recipients(session: Session, req: ErasureRequest, transition: Transition) -> None:
     """GDPR Art. 19: the model's downstream recipients hear of each model the subject was erased from."""
     if transition.name != "complete_model":
@@ -61,9 +59,17 @@ def art19_recipients(session: Session, req: ErasureRequest, transition: Transiti
     session.add(req)
 
 
-@lifecycle.subscribe
 def time_to_forget(session: Session, req: ErasureRequest, transition: Transition) -> None:
     """``lethe_time_to_forget_seconds``: observed once per completed request, in its own transaction."""
     seconds = (req.result or {}).get("time_to_forget_s")
     if transition.name == "complete" and seconds is not None:
         metrics.observe_time_to_forget(session, float(seconds))
+
+
+SUBSCRIBERS = (native_callback, opendsr_controller, fides_resume, art19_recipients, time_to_forget)
+
+
+def install_subscribers() -> None:
+    """Subscribe the product's own subscribers to the lifecycle (idempotent)."""
+    for fn in SUBSCRIBERS:
+        lifecycle.subscribe(fn)

@@ -62,6 +62,7 @@ def live(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict]:
     from app.main import create_app
     from app.services import audit, erasure, keys
     from app.services import models as model_service
+    from app.services import registration
     from workers import pipeline
 
     port = _free_port()
@@ -75,8 +76,8 @@ def live(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict]:
         _, operator = keys.create_key(session, name="operator", scopes=OPERATOR)
         _, reader = keys.create_key(session, name="reader", scopes=["erasure:read"])
         _, admin = keys.create_key(session, name="admin", scopes=["admin"])
-        model_service.register_demo_model(session, name="toy", secret=settings.subject_key_secret,
-                                          artifacts_dir=settings.artifacts_dir, device="cpu")
+        registration.register_demo_model(session, name="toy", secret=settings.subject_key_secret,
+                                         artifacts_dir=settings.artifacts_dir, device="cpu")
         # A first erasure completes (v2 serves; v1 carries it, so it is purged and may never serve again).
         erasure.create_request(session, subject_key=subject_key(settings.subject_key_secret, "toy-07"))
         session.commit()

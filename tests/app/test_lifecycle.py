@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from app.services import callbacks, lifecycle
 from app.services.lifecycle import RequestStatus
 
@@ -24,3 +26,29 @@ def test_the_lifecycle_is_the_only_writer_of_request_status() -> None:
     offenders = [str(p.relative_to(root)) for d in ("app", "workers") for p in (root / d).rglob("*.py")
                  if p.name != "lifecycle.py" and writes.search(p.read_text())]
     assert offenders == []
+
+
+def test_a_transition_with_no_subscribers_installed_is_refused(session, monkeypatch) -> None:  # noqa: ANN001
+    from app.services import erasure
+
+    monkeypatch.setattr(lifecycle, "_subscribers", [])
+    with pytest.raises(RuntimeError, match="install_subscribers"):
+        erasure.create_request(session, subject_key="a" * 64)
+
+
+def test_the_api_and_the_worker_each_install_the_subscribers(monkeypatch) -> None:  # noqa: ANN001
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from app.main import create_app
+    from app.services.subscribers import SUBSCRIBERS
+
+    monkeypatch.setattr(lifecycle, "_subscribers", [])
+    create_app(serve_models=False)
+    assert lifecycle._subscribers == list(SUBSCRIBERS)
+    check = ("import workers.celery_app; from app.services import lifecycle, subscribers; "
+             "assert lifecycle._subscribers == list(subscribers.SUBSCRIBERS), lifecycle._subscribers")
+    done = subprocess.run([sys.executable, "-c", check], cwd=Path(__file__).resolve().parents[2],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]

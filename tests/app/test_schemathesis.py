@@ -34,7 +34,7 @@ from app.core.errors import PROBLEM
 from app.core.security import SCOPES
 from app.main import create_app
 from app.serving.holder import UpdateListener
-from app.services import models
+from app.services import registration
 from tests.conftest import engine_for, make_key
 
 MAX_EXAMPLES = 8  # per operation and generation mode
@@ -82,8 +82,8 @@ def admin_headers() -> Iterator[dict[str, str]]:
         mp.setattr(db, "new_session", lambda: Session(bind=conn, join_transaction_mode="create_savepoint"))
         settings = get_settings()
         with db.new_session() as session:
-            models.register_demo_model(session, name="toy", secret=settings.subject_key_secret,
-                                       artifacts_dir=settings.artifacts_dir, device="cpu")
+            registration.register_demo_model(session, name="toy", secret=settings.subject_key_secret,
+                                             artifacts_dir=settings.artifacts_dir, device="cpu")
             headers = {"Authorization": f"Bearer {make_key(session, list(SCOPES), 'fuzz-admin')}"}
         # Serving on, so predict reaches the model instead of answering 503 serving_disabled.
         app.state.listener = UpdateListener(app.state.holder, settings)

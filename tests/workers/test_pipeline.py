@@ -134,11 +134,11 @@ def test_reconciler_resends_queued_work(session: Session, settings, toy_model, w
 
 def test_sisa_model_is_unlearned_exactly_and_old_slices_are_purged(session: Session, settings, worker) -> None:  # noqa: ANN001
     from app.ml.checkpoint import companion_dirs, read_meta
-    from app.services import models
+    from app.services import registration
 
-    models.register_demo_model(session, name="toy", secret=settings.subject_key_secret,
-                               artifacts_dir=settings.artifacts_dir / "sisa-test", device="cpu",
-                               training={"sisa": {"shards": 4, "slices": 3}})
+    registration.register_demo_model(session, name="toy", secret=settings.subject_key_secret,
+                                     artifacts_dir=settings.artifacts_dir / "sisa-test", device="cpu",
+                                     training={"sisa": {"shards": 4, "slices": 3}})
     session.commit()
     v1 = session.exec(select(ModelVersion).where(ModelVersion.model_name == "toy", ModelVersion.number == 1)).one()
     old_dirs = companion_dirs(read_meta(v1.artifact_path))

@@ -12,7 +12,7 @@ from sqlmodel import Session, select
 from app.core.db import create_schema, make_engine
 from app.core.security import subject_key
 from app.db.models import ErasureRequest, ModelVersion, UnlearningJob
-from app.services import erasure, models
+from app.services import erasure, registration
 from tests.conftest import fresh_pg_database
 from workers import pipeline
 
@@ -24,8 +24,8 @@ def test_two_workers_never_fork_versions_or_double_process(settings, tmp_path) -
         engine = make_engine(url)
         create_schema(engine)
         with Session(engine) as s:
-            models.register_demo_model(s, name="toy", secret=settings.subject_key_secret,
-                                       artifacts_dir=tmp_path, device="cpu")
+            registration.register_demo_model(s, name="toy", secret=settings.subject_key_secret,
+                                             artifacts_dir=tmp_path, device="cpu")
             s.commit()
         cfg = settings.model_copy(update={"data_dir": tmp_path, "batch_window_s": 0.0, "deploy_timeout_s": 5,
                                           "job_lease_s": 60})

@@ -97,11 +97,11 @@ def test_auto_prefers_user_sharded_sisa_only_where_measured_to_win():
 
 
 def test_register_demo_model_as_sisa(session, settings):
-    from app.services import models
+    from app.services import models, registration
 
-    version = models.register_demo_model(session, name="toy", secret=settings.subject_key_secret,
-                                         artifacts_dir=settings.artifacts_dir, device="cpu",
-                                         training={"sisa": {"shards": 4, "slices": 3}})
+    version = registration.register_demo_model(session, name="toy", secret=settings.subject_key_secret,
+                                               artifacts_dir=settings.artifacts_dir, device="cpu",
+                                               training={"sisa": {"shards": 4, "slices": 3}})
     session.commit()
     model, meta, _ = load_checkpoint(version.artifact_path, get_spec("toy"),
                                      expected_sha256=version.sha256)
@@ -138,15 +138,15 @@ def test_a_movielens_sisa_model_forgets_a_user_exactly_through_the_pipeline(sess
     from app.db.models import ErasureRequest, ModelVersion
     from app.ml import policy
     from app.ml.train import demo_training, predict_logits
-    from app.services import erasure, models
+    from app.services import erasure, models, registration
     from workers import pipeline
 
     training = demo_training("movielens", sisa_models="toy,movielens")
     recipe = get_spec("movielens").recipe
     assert training == {"sisa": policy.sisa_layout("movielens", recipe)} == {"sisa": {"shards": 4, "slices": 4}}
     assert demo_training("movielens") is None  # not a win on the demo recipe: one network unless listed
-    models.register_demo_model(session, name="movielens", secret=settings.subject_key_secret,
-                               artifacts_dir=settings.artifacts_dir, device="cpu", training=training)
+    registration.register_demo_model(session, name="movielens", secret=settings.subject_key_secret,
+                                     artifacts_dir=settings.artifacts_dir, device="cpu", training=training)
     session.commit()
     assert policy.effective("movielens", models.get_model(session, "movielens").config)["chain"] == ["sisa"]
     spec = get_spec("movielens")

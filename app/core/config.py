@@ -9,7 +9,7 @@ import functools
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field, model_validator
+from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEV_SECRET = "lethe-dev-secret-change-me"
@@ -133,6 +133,15 @@ class Settings(BaseSettings):
         None, description="Base URL of the Fides API, for the relative reply-to path of its two-way webhooks.")
     fides_identity_fields: str = Field(
         "external_id,user_id", description="Fides identity fields, in order, that carry Lethe's subject ID.")
+
+    @field_validator("callback_allow")
+    @classmethod
+    def _cidrs_parse(cls, value: str | None) -> str | None:
+        import ipaddress
+
+        for item in (i.strip() for i in (value or "").split(",") if "/" in i):
+            ipaddress.ip_network(item.strip("[]"), strict=False)  # ValueError names the bad CIDR
+        return value
 
     @model_validator(mode="after")
     def _refuse_default_secrets(self) -> Settings:

@@ -187,6 +187,8 @@ def test_scheme_policy_and_allowlist_from_settings() -> None:
     assert outbound.admit("http://fides.internal:8080/privacy-request/1/resume", ops)  # the configured Fides
     with pytest.raises(Refused):
         outbound.admit("http://10.21.0.1/", ops)
+    with pytest.raises(ValueError, match="10.0.0.0/33"):  # a mistyped CIDR stops the start, not a delivery
+        Settings(callback_allow="hooks.corp.example,10.0.0.0/33")
     # Allowlisted names are admitted wherever they resolve; look-alikes are checked address by address.
     inside = FakeResolver({h: ["10.99.0.1"] for h in ("hooks.corp.example", "a.b.svc.example", "svc.example.evil",
                                                       "xhooks.corp.example")})

@@ -216,8 +216,13 @@ def admit(url: str, policy: Policy) -> Target:
     the allowlist. Raises :class:`Refused` (422 ``callback_url_refused``); never echoes the URL."""
     try:
         parts = urlsplit(url)
-        host, port = parts.hostname, parts.port
-    except ValueError:
+        port, host = parts.port, parts.hostname
+        literal = literal_address(host) if host else None
+        if host and literal is None:
+            # A name as the HTTP client will dial it (IDNA-encoded): what is checked, resolved and pinned
+            # is exactly what would be connected to.
+            host = httpx.URL(url).raw_host.decode("ascii")
+    except (ValueError, UnicodeError, httpx.InvalidURL):
         raise Refused("The callback URL cannot be parsed.") from None
     scheme = parts.scheme.lower()
     if scheme not in ("http", "https"):
@@ -229,8 +234,7 @@ def admit(url: str, policy: Policy) -> Target:
         raise Refused("The callback URL has no host.")
     if parts.username is not None or parts.password is not None:
         raise Refused("The callback URL must not carry credentials (user:password@).")
-    target = Target(scheme, host.lower().rstrip("."), port or (443 if scheme == "https" else 80),
-                    literal_address(host))
+    target = Target(scheme, host.lower().rstrip("."), port or (443 if scheme == "https" else 80), literal)
     if policy.host_allowed(target.host):
         return target
     if target.literal is not None:

@@ -59,7 +59,8 @@ def test_loopback_receiver_refused_in_production_delivered_when_allowlisted_and_
         row = session.exec(select(CallbackDelivery).where(CallbackDelivery.request_id == rid)).one()
         assert row.status == "refused" and "loopback" in row.last_error
         ev = session.exec(select(AuditEvent).where(AuditEvent.type == "callback_refused")).one()
-        assert ev.request_id == rid and ev.payload["host"] == "status.example.com" and "loopback" in ev.payload["reason"]
+        assert (ev.request_id, ev.payload["host"]) == (rid, "status.example.com")
+        assert "loopback" in ev.payload["reason"]
         assert "guard-b" not in json.dumps(ev.payload)
         # Visible on the request; the erasure itself is untouched, and the refusal is never retried.
         shown = client.get(f"/v1/erasure-requests/{rid}/callbacks", headers=admin_headers).json()["items"]
@@ -82,7 +83,8 @@ def test_loopback_receiver_refused_in_production_delivered_when_allowlisted_and_
             assert callbacks.verify_native_signature(secret, headers["x-lethe-signature"], raw)
             # An independent implementation (the standardwebhooks package) accepts the Standard Webhooks headers.
             assert Webhook(callbacks.standard_webhooks_secret(secret)).verify(raw, headers)["id"] == r.json()["id"]
-        assert headers["webhook-id"] == f"msg_lethe_{session.exec(select(CallbackDelivery.id).where(CallbackDelivery.request_id == r.json()['id'])).one()}"
+        row_id = session.exec(select(CallbackDelivery.id).where(CallbackDelivery.request_id == r.json()["id"])).one()
+        assert headers["webhook-id"] == f"msg_lethe_{row_id}"  # the outbox row: the same on every retry
         with pytest.raises(WebhookVerificationError):
             Webhook(callbacks.standard_webhooks_secret("some-other-secret")).verify(raw, headers)
         with pytest.raises(WebhookVerificationError):
@@ -95,7 +97,8 @@ def test_internal_urls_are_refused_at_the_door_of_every_api(
         client: TestClient, session: Session, admin_headers: dict) -> None:
     metadata = "http://169.254.169.254/latest/meta-data"
     mapped = "http://[::ffff:169.254.169.254]/latest"
-    r = client.post("/v1/erasure-requests", headers=admin_headers, json={"subject_id": "guard-d", "callback_url": mapped})
+    r = client.post("/v1/erasure-requests", headers=admin_headers,
+                    json={"subject_id": "guard-d", "callback_url": mapped})
     body = refused_problem(r, "::ffff")
     assert body["code"] == "callback_url_refused" and "IPv4-mapped" in body["detail"]
     # OpenDSR: the spec's error object, status 422.

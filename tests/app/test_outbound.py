@@ -302,3 +302,16 @@ def test_tls_sni_and_certificate_check_use_the_original_name(tmp_path: Path) -> 
         assert len(rec.seen) == 1
     finally:
         rec.close()
+
+
+def test_ipv6_literals_and_international_names_are_pinned_as_the_client_dials_them() -> None:
+    resolver = FakeResolver({"xn--bcher-kva.example": ["93.184.216.34"]})
+    backend = RecordingBackend()
+    client = Outbound(Policy(allow_http=True, allow_networks=(ipaddress.ip_network("::1/128"),)), resolver=resolver,
+                      network_backend=backend)
+    with pytest.raises(httpx.ConnectError):  # nothing listens on [::1] here; the attempt is what counts
+        client.post("http://[::1]:9/cb", content=b"{}", headers={})
+    with pytest.raises(httpx.ConnectError):  # the recording backend refuses the public address
+        client.post("http://Bücher.example/cb", content=b"{}", headers={})
+    assert resolver.lookups == ["xn--bcher-kva.example"]
+    assert backend.attempts == [("::1", 9), ("93.184.216.34", 80)]

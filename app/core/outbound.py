@@ -27,6 +27,7 @@ internal-only names, allowlist); :meth:`Outbound.post` repeats it and then resol
 from __future__ import annotations
 
 import ipaddress
+import re
 import socket
 import time
 from collections.abc import Callable, Iterable
@@ -97,9 +98,11 @@ V6_BLOCKED: tuple[tuple[tuple[IPNetwork, ...], str], ...] = (
     (_nets("fe80::/10"), "link-local (fe80::/10)"),
     (_nets("fec0::/10"), "site-local (deprecated, fec0::/10)"),
     (_nets("ff00::/8"), "multicast (ff00::/8)"),
+    (_nets("::/8"), "reserved (::/8)"),  # after the embedded-IPv4 forms, which live in it too
 )
 NAT64 = ipaddress.ip_network("64:ff9b::/96")
 V4_COMPATIBLE = ipaddress.ip_network("::/96")
+V4_TRANSLATED = ipaddress.ip_network("::ffff:0:0:0/96")  # SIIT (RFC 6145): translators turn it into IPv4
 
 
 def embedded_v4(ip: ipaddress.IPv6Address) -> tuple[ipaddress.IPv4Address, str] | None:
@@ -112,6 +115,8 @@ def embedded_v4(ip: ipaddress.IPv6Address) -> tuple[ipaddress.IPv4Address, str] 
         return ip.sixtofour, "6to4"
     if ip in V4_COMPATIBLE and int(ip) > 1:
         return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF), "IPv4-compatible"
+    if ip in V4_TRANSLATED:
+        return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF), "IPv4-translated (SIIT)"
     return None
 
 
@@ -137,6 +142,7 @@ def literal_address(host: str) -> IPAddress | None:
     """``host`` as an IP address, including the legacy IPv4 forms resolvers accept (``2130706433``,
     ``0x7f.1``, ``127.1``), which would otherwise slip past a check as 'names'."""
     h = host.strip("[]")
+    h = h[:-1] if h.endswith(".") and not h.endswith("..") else h  # "127.0.0.1." is still 127.0.0.1
     try:
         return ipaddress.ip_address(h)
     except ValueError:
@@ -152,6 +158,7 @@ def literal_address(host: str) -> IPAddress | None:
 # ---------------------------------------------------------------- policy
 
 
+HOST_NAME = re.compile(r"[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?(\.[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?)*")
 INTERNAL_SUFFIXES = (".localhost", ".local", ".internal", ".intranet", ".lan", ".home.arpa", ".localdomain",
                      ".corp", ".private")
 
@@ -235,6 +242,8 @@ def admit(url: str, policy: Policy) -> Target:
     if parts.username is not None or parts.password is not None:
         raise Refused("The callback URL must not carry credentials (user:password@).")
     target = Target(scheme, host.lower().rstrip("."), port or (443 if scheme == "https" else 80), literal)
+    if literal is None and not HOST_NAME.fullmatch(target.host):
+        raise Refused("The callback URL's host is not a valid host name.")
     if policy.host_allowed(target.host):
         return target
     if target.literal is not None:

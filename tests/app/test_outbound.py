@@ -132,6 +132,7 @@ BLOCKED = [
     ("::127.0.0.1", "IPv4-compatible"), ("::10.1.1.1", "IPv4-compatible"),
     ("64:ff9b::a9fe:a9fe", "NAT64"), ("64:ff9b::7f00:1", "NAT64"),
     ("2002:7f00:1::1", "6to4"), ("2002:a9fe:a9fe::", "6to4"), ("2002:c0a8:101::", "6to4"),
+    ("::ffff:0:10.0.0.1", "SIIT"), ("::1:2:3", "reserved (::/8)"),
 ]
 PUBLIC_ADDRESSES = ["8.8.8.8", "93.184.216.34", "1.1.1.1", "100.128.0.1", "172.32.0.1", "2606:4700:4700::1111",
                     "2a00:1450:4001::200e", "::ffff:8.8.8.8", "64:ff9b::808:808", "2002:808:808::1"]
@@ -156,6 +157,7 @@ def test_public_addresses_pass(address: str) -> None:
 @pytest.mark.parametrize(("url", "why"), [
     ("http://2130706433/x", "loopback"), ("http://0x7f.1/", "loopback"), ("http://127.1/", "loopback"),
     ("http://0251.0376.0251.0376/", "link-local"),  # octal 169.254.169.254
+    ("http://127.0.0.1.:8000/", "loopback"), ("http://example.com%40127.0.0.1/", "not a valid host name"),
     ("http://localhost:8000/", "loopback"), ("http://api.localhost/", "loopback"),
     ("http://metadata/computeMetadata", "internal-only name"), ("http://metadata.google.internal/", "internal-only"),
     ("http://printer.local/", "internal-only"), ("http://nas.home.arpa/", "internal-only"),

@@ -232,6 +232,8 @@ def admit(url: str, policy: Policy) -> Target:
     except (ValueError, UnicodeError, httpx.InvalidURL):
         raise Refused("The callback URL cannot be parsed.") from None
     scheme = parts.scheme.lower()
+    if not scheme and not parts.netloc:
+        raise Refused("The callback URL is not absolute (a Fides reply-to path needs LETHE_FIDES_URL).")
     if scheme not in ("http", "https"):
         raise Refused("The callback URL must be an https URL.")
     if scheme == "http" and not policy.allow_http:

@@ -161,7 +161,7 @@ def test_public_addresses_pass(address: str) -> None:
     ("http://localhost:8000/", "loopback"), ("http://api.localhost/", "loopback"),
     ("http://metadata/computeMetadata", "internal-only name"), ("http://metadata.google.internal/", "internal-only"),
     ("http://printer.local/", "internal-only"), ("http://nas.home.arpa/", "internal-only"),
-    ("ftp://example.com/", "https"), ("http://user:pw@example.com/", "credentials"), ("http:///nohost", "no host"),
+    ("ftp://example.com/", "https"), ("/privacy-request/pri_1/resume", "not absolute"), ("http://user:pw@example.com/", "credentials"), ("http:///nohost", "no host"),
 ])
 def test_door_refuses_what_it_can_decide_without_dns(url: str, why: str) -> None:
     with pytest.raises(Refused, match=why):

@@ -213,7 +213,7 @@ def policy_for(settings: Settings) -> Policy:
 @dataclass(frozen=True)
 class Target:
     scheme: str
-    host: str  # as in the URL (lowercase, no brackets)
+    host: str  # lowercase, no brackets, no trailing dot; a name in the IDNA form the client dials
     port: int
     literal: IPAddress | None
 
@@ -288,7 +288,10 @@ def resolve(url: str, policy: Policy, resolver: Resolver) -> tuple[Target, list[
         raise DNSError("the name resolved to no address")
     addresses = []
     for a in answers:
-        ip = ipaddress.ip_address(str(a).split("%")[0])
+        try:
+            ip = ipaddress.ip_address(str(a).split("%")[0])
+        except ValueError:
+            raise DNSError("the resolver answered something that is not an address") from None
         if not policy.host_allowed(target.host):
             check_address(ip, policy)
         addresses.append(ip)

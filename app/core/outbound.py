@@ -27,10 +27,13 @@ internal-only names, allowlist); :meth:`Outbound.post` repeats it and then resol
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 import socket
 import time
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -45,6 +48,7 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 Resolver = Callable[[str, int], list[str]]
 LOOPBACK_ALLOW = "127.0.0.0/8,::1/128"
+DNS_TIMEOUT_S = 5.0
 ALLOW_HINT = "an operator can admit an internal receiver with LETHE_CALLBACK_ALLOW"
 
 
@@ -266,10 +270,24 @@ def check_address(ip: IPAddress, policy: Policy) -> None:
         raise Refused(f"The callback URL's host is inside the network: {why}; {ALLOW_HINT}.")
 
 
-def system_resolver(host: str, port: int) -> list[str]:
-    """Every address ``host`` resolves to, in the resolver's order (duplicates dropped)."""
+_lookup_pool: tuple[int, ThreadPoolExecutor] | None = None
+
+
+def _lookups() -> ThreadPoolExecutor:
+    """One small lookup pool per process (a pool's threads do not survive a fork: Celery's prefork)."""
+    global _lookup_pool
+    if _lookup_pool is None or _lookup_pool[0] != os.getpid():
+        _lookup_pool = (os.getpid(), ThreadPoolExecutor(max_workers=4, thread_name_prefix="lethe-dns"))
+    return _lookup_pool[1]
+
+
+def system_resolver(host: str, port: int, *, timeout_s: float = DNS_TIMEOUT_S) -> list[str]:
+    """Every address ``host`` resolves to, in the resolver's order (duplicates dropped). getaddrinfo has
+    no timeout of its own, so it runs on a small pool and a slow name fails this attempt (retried)."""
     try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        infos = _lookups().submit(socket.getaddrinfo, host, port, type=socket.SOCK_STREAM).result(timeout=timeout_s)
+    except FutureTimeout:
+        raise DNSError(f"name resolution took over {timeout_s:g} s") from None
     except socket.gaierror as exc:
         raise DNSError(f"name resolution failed ({exc.strerror})") from None
     seen: dict[str, None] = {}

@@ -317,3 +317,19 @@ def test_ipv6_literals_and_international_names_are_pinned_as_the_client_dials_th
         client.post("http://Bücher.example/cb", content=b"{}", headers={})
     assert resolver.lookups == ["xn--bcher-kva.example"]
     assert backend.attempts == [("::1", 9), ("93.184.216.34", 80)]
+
+
+def test_system_resolver_dedupes_and_times_out(monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket
+    import time as _time
+
+    answers = [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("10.0.0.1", 80)),
+               (socket.AF_INET6, socket.SOCK_STREAM, 6, "", ("fe80::1%2", 80, 0, 2)),
+               (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("10.0.0.1", 80))]
+    monkeypatch.setattr(socket, "getaddrinfo", lambda *a, **kw: answers)  # never the real DNS
+    assert outbound.system_resolver("any.example.com", 80) == ["10.0.0.1", "fe80::1%2"]
+    monkeypatch.setattr(socket, "getaddrinfo", lambda *a, **kw: _time.sleep(1.0) or answers)
+    t0 = _time.monotonic()
+    with pytest.raises(outbound.DNSError, match="took over"):
+        outbound.system_resolver("slow.example.com", 80, timeout_s=0.1)
+    assert _time.monotonic() - t0 < 0.9

@@ -333,3 +333,17 @@ def test_system_resolver_dedupes_and_times_out(monkeypatch: pytest.MonkeyPatch) 
     with pytest.raises(outbound.DNSError, match="took over"):
         outbound.system_resolver("slow.example.com", 80, timeout_s=0.1)
     assert _time.monotonic() - t0 < 0.9
+
+
+def test_no_other_module_makes_outbound_http_calls() -> None:
+    """Anything added later goes through the guard too: outside app/core/outbound.py, only the CLI (which
+    calls Lethe's own API at an operator-given URL) may open an HTTP client."""
+    import re
+
+    root = Path(__file__).resolve().parents[2]
+    call = re.compile(r"httpx\.(Client|AsyncClient|get|post|put|request|stream)\(|urlopen\(|requests\.(get|post)\("
+                      r"|http\.client|aiohttp|urllib3")
+    offenders = [str(p.relative_to(root)) for folder in ("app", "workers") for p in (root / folder).rglob("*.py")
+                 if call.search(p.read_text()) and p.relative_to(root).as_posix() != "app/core/outbound.py"
+                 and not p.relative_to(root).as_posix().startswith("app/cli")]
+    assert offenders == []

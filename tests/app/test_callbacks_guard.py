@@ -66,6 +66,7 @@ def test_loopback_receiver_refused_in_production_delivered_when_allowlisted_and_
         shown = client.get(f"/v1/erasure-requests/{rid}/callbacks", headers=admin_headers).json()["items"]
         assert [(c["kind"], c["host"], c["status"]) for c in shown] == [("native", "status.example.com", "refused")]
         assert shown[0]["last_error"].startswith("refused: ")
+        assert client.get("/v1/erasure-requests/no-such-request/callbacks", headers=admin_headers).status_code == 404
         req = session.get(ErasureRequest, rid)
         assert (req.status, req.error) == ("no_data", None)
         # 3. The operator allowlists the receiver: accepted and delivered, signed both ways with both secrets.

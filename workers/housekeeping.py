@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import logging
 
-import httpx
-
 from app.core import db
 from app.core.config import get_settings
 from app.core.queue import TASK_AUDIT_CHECKPOINT, TASK_CHECK_DEADLINES, TASK_DELIVER_CALLBACKS, get_celery
@@ -24,8 +22,7 @@ celery = get_celery()
 @celery.task(name=TASK_DELIVER_CALLBACKS, ignore_result=True)
 def deliver_callbacks() -> dict[str, int]:
     """Send due status callbacks (outbox), with exponential backoff; every attempt is audited."""
-    with httpx.Client(follow_redirects=False) as client:
-        counts = callbacks.deliver_due(db.new_session, http_client=client, settings=get_settings())
+    counts = callbacks.deliver_due(db.new_session, settings=get_settings())  # through app.core.outbound
     if any(counts.values()):
         log.info("callbacks: %s", counts)
     return counts

@@ -9,7 +9,7 @@ import functools
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field, model_validator
+from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEV_SECRET = "lethe-dev-secret-change-me"
@@ -104,6 +104,16 @@ class Settings(BaseSettings):
         "Lethe's subject ID.")
     callback_hmac_secret: str = Field(DEV_SECRET, description="HMAC-SHA256 key signing native status callbacks.")
     callback_timeout_s: float = Field(5.0, description="HTTP timeout of one callback delivery attempt.")
+    # --- outbound guard (issue 17, app/core/outbound.py) ---
+    callback_hmac_secret_previous: str | None = Field(
+        None, description="The secret being rotated out: while set, callbacks carry a signature with it too.")
+    callback_allow: str | None = Field(
+        None, description="Internal receivers admitted on purpose: comma list of host names, *.suffix patterns "
+        "or CIDRs. Default: loopback (127.0.0.0/8, ::1) in the embedded default and tests, nothing in production.")
+    callback_allow_http: bool | None = Field(
+        None, description="Admit plain-http callback URLs. Default: yes outside production, no in production.")
+    callback_connect_timeout_s: float = Field(3.0, gt=0, description="Connect timeout of one outbound call.")
+    callback_max_response_bytes: int = Field(65536, ge=0, description="Larger receiver responses fail the attempt.")
     callback_max_attempts: int = Field(12, description="A callback failing this often is given up (audited).")
     callback_backoff_s: float = Field(10.0, description="First retry delay; doubles per attempt, capped at 1 h.")
     housekeeping_interval_s: float = Field(5.0, description="Beat period of callback delivery.")
@@ -123,6 +133,15 @@ class Settings(BaseSettings):
         None, description="Base URL of the Fides API, for the relative reply-to path of its two-way webhooks.")
     fides_identity_fields: str = Field(
         "external_id,user_id", description="Fides identity fields, in order, that carry Lethe's subject ID.")
+
+    @field_validator("callback_allow")
+    @classmethod
+    def _cidrs_parse(cls, value: str | None) -> str | None:
+        import ipaddress
+
+        for item in (i.strip() for i in (value or "").split(",") if "/" in i):
+            ipaddress.ip_network(item.strip("[]"), strict=False)  # ValueError names the bad CIDR
+        return value
 
     @model_validator(mode="after")
     def _refuse_default_secrets(self) -> Settings:

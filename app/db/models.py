@@ -254,7 +254,7 @@ class CallbackDelivery(SQLModel, table=True):
     body: str  # the exact bytes that are signed and sent
     # Bearer token the receiver gave us for this call (Fides' short-lived reply-to-token), if any.
     auth_token: str | None = None
-    status: str = "pending"  # pending, delivered, failed (gave up), superseded
+    status: str = "pending"  # pending, delivered, failed (gave up), superseded, refused (target inside the network)
     attempts: int = 0
     next_attempt_at: datetime = Field(default_factory=utcnow)
     lease_until: datetime | None = None

@@ -9,13 +9,17 @@ HTTP call so no transaction stays open across the network.
 Two kinds:
 - ``native`` (``ErasureRequest.callback_url``): ``X-Lethe-Signature: t=<unix>,v1=<hex>``
   with ``hex = HMAC-SHA256(callback_hmac_secret, "<t>.<body>")`` (the timestamp lets the
-  receiver refuse replays).
+  receiver refuse replays), and the same message signed the Standard Webhooks way
+  (``webhook-id``, ``webhook-timestamp``, ``webhook-signature: v1,<base64>``; standardwebhooks.com)
+  so receivers can verify it with those libraries. During a secret rotation
+  (``LETHE_CALLBACK_HMAC_SECRET_PREVIOUS``) both headers carry a signature per secret.
 - ``opendsr`` (``status_callback_urls``): the spec's body, signed RSA-SHA256 with the
   processor key in ``X-<Dialect>-Signature``, plus ``X-<Dialect>-Processor-Domain``.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import json
@@ -30,6 +34,7 @@ import httpx
 from sqlalchemy import or_
 from sqlmodel import Session, col, select
 
+from app.core import outbound
 from app.core.config import DEV_SECRET, Settings
 from app.core.errors import Unavailable
 from app.core.signing import get_keys, processor_domain, sign_rsa
@@ -109,31 +114,64 @@ def announce_opendsr(session: Session, row: OpenDsrRequest, *, request_id: str, 
                                   results_url=results_url))
 
 
+def deliveries(session: Session, *, request_id: str) -> list[dict[str, Any]]:
+    """A request's outbox rows as its status page shows them (host only: a URL may carry a token)."""
+    rows = session.exec(select(CallbackDelivery).where(CallbackDelivery.request_id == request_id)
+                        .order_by(col(CallbackDelivery.id))).all()
+    return [{"id": r.id, "kind": r.kind, "host": urlparse(r.url).hostname, "status": r.status,
+             "attempts": r.attempts, "last_error": r.last_error, "created_at": r.created_at,
+             "delivered_at": r.delivered_at} for r in rows]
+
+
 # ---------------------------------------------------------------- signatures
 
 
-def _hmac_secret(settings: Settings) -> str:
+def _hmac_secrets(settings: Settings) -> list[str]:
+    """The current secret, then the one being rotated out (if any): both sign during a rotation."""
     if settings.env == "production" and settings.callback_hmac_secret == DEV_SECRET:
         raise Unavailable("LETHE_CALLBACK_HMAC_SECRET must be set in production.", code="callback_secret_missing")
-    return settings.callback_hmac_secret
+    previous = settings.callback_hmac_secret_previous
+    return [settings.callback_hmac_secret, *([previous] if previous and previous != settings.callback_hmac_secret
+                                             else [])]
 
 
-def native_signature(secret: str, body: bytes, ts: int) -> str:
-    mac = hmac.new(secret.encode(), f"{ts}.".encode() + body, hashlib.sha256).hexdigest()
-    return f"t={ts},v1={mac}"
+def _mac(secret: str, ts: int, body: bytes) -> str:
+    return hmac.new(secret.encode(), f"{ts}.".encode() + body, hashlib.sha256).hexdigest()
+
+
+def native_signature(secret: str | list[str], body: bytes, ts: int) -> str:
+    """``t=<unix>,v1=<hex>[,v1=<hex>...]``: one ``v1`` per secret (two during a rotation)."""
+    secrets = [secret] if isinstance(secret, str) else secret
+    return ",".join([f"t={ts}", *(f"v1={_mac(s, ts, body)}" for s in secrets)])
 
 
 def verify_native_signature(secret: str, header: str, body: bytes, *, tolerance_s: float = 300.0,
                             now: float | None = None) -> bool:
-    """What a receiver runs: recompute the HMAC over the raw body and refuse stale timestamps."""
+    """What a receiver runs: recompute the HMAC over the raw body, accept it if any ``v1`` matches,
+    and refuse stale timestamps."""
     try:
-        parts = dict(p.split("=", 1) for p in header.split(","))
-        ts = int(parts["t"])
-    except (ValueError, KeyError):
+        parts = [p.split("=", 1) for p in header.split(",")]
+        ts = int(next(v for k, v in parts if k == "t"))
+    except (ValueError, StopIteration):
         return False
     if abs((now if now is not None else time.time()) - ts) > tolerance_s:
         return False
-    return hmac.compare_digest(native_signature(secret, body, ts), header)
+    expected = _mac(secret, ts, body)
+    return any(k == "v1" and hmac.compare_digest(expected, v) for k, v in parts)
+
+
+def standard_webhooks_secret(secret: str) -> str:
+    """The receiver-side form of a Lethe callback secret for Standard Webhooks libraries: the HMAC key
+    is the secret's UTF-8 bytes, which those libraries take as ``whsec_<base64>``."""
+    return "whsec_" + base64.b64encode(secret.encode()).decode()
+
+
+def standard_webhooks_headers(secrets: list[str], *, msg_id: str, ts: int, body: bytes) -> dict[str, str]:
+    """Standard Webhooks: ``v1,<base64 HMAC-SHA256(key, "<id>.<ts>.<body>")>``, space-separated per secret."""
+    signed = f"{msg_id}.{ts}.".encode() + body
+    sigs = " ".join("v1," + base64.b64encode(hmac.new(s.encode(), signed, hashlib.sha256).digest()).decode()
+                    for s in secrets)
+    return {"webhook-id": msg_id, "webhook-timestamp": str(ts), "webhook-signature": sigs}
 
 
 def signed_headers(row: CallbackDelivery, settings: Settings) -> dict[str, str]:
@@ -142,7 +180,10 @@ def signed_headers(row: CallbackDelivery, settings: Settings) -> dict[str, str]:
     if row.kind == "fides":  # resuming a halted Fides privacy request: its own token authorises us
         headers["Authorization"] = f"Bearer {row.auth_token}"
     elif row.kind in ("native", "recipient"):  # recipient: an Art. 19 notice, signed like native callbacks
-        headers[NATIVE_HEADER] = native_signature(_hmac_secret(settings), body, int(time.time()))
+        secrets, ts = _hmac_secrets(settings), int(time.time())
+        headers[NATIVE_HEADER] = native_signature(secrets, body, ts)
+        # The id is the outbox row: the same across retries, as Standard Webhooks asks (receivers dedupe on it).
+        headers.update(standard_webhooks_headers(secrets, msg_id=f"msg_lethe_{row.id}", ts=ts, body=body))
     else:
         prefix = HEADER_PREFIX[row.dialect or "opendsr"]
         headers[f"{prefix}-Processor-Domain"] = processor_domain(settings)
@@ -171,13 +212,31 @@ def _claim(session_factory: Callable[[], Session], now: datetime, lease_s: float
         return ids
 
 
-def _attempt(row: CallbackDelivery, settings: Settings, http_client: httpx.Client) -> tuple[int | None, str | None]:
+def _attempt(row: CallbackDelivery, settings: Settings, client: outbound.Outbound) -> tuple[int | None, str | None]:
+    """One POST through the outbound guard; ``outbound.Refused`` propagates (permanent, see ``_refuse``)."""
     try:
-        resp = http_client.post(row.url, content=row.body.encode(), headers=signed_headers(row, settings),
-                                timeout=settings.callback_timeout_s)
-    except httpx.HTTPError as exc:
+        resp = client.post(row.url, content=row.body.encode(), headers=signed_headers(row, settings))
+    except outbound.Refused:
+        raise
+    except (httpx.HTTPError, outbound.OutboundError) as exc:  # connection, timeout, DNS, size cap: retried
         return None, type(exc).__name__
     return resp.status_code, None if 200 <= resp.status_code < 300 else f"HTTP {resp.status_code}"
+
+
+def _refuse(s: Session, row: CallbackDelivery, *, reason: str) -> str:
+    """A target inside the network (found only at delivery: a name resolving there): this delivery fails
+    for good, the erasure goes on. Audited ``callback_refused``; the row shows why."""
+    row.attempts += 1
+    row.lease_until = None
+    row.last_error = f"refused: {reason}"
+    if row.status == "pending":
+        row.status = "refused"
+    audit.append(s, type="callback_refused", actor="lethe", request_id=row.request_id,
+                 payload={"callback_id": row.id, "kind": row.kind, "host": urlparse(row.url).hostname,
+                          "reason": reason})
+    log.warning("callback %s for request %s refused: %s", row.id, row.request_id, reason)
+    s.add(row)
+    return "refused"
 
 
 def _record(s: Session, row: CallbackDelivery, *, now: datetime, code: int | None, error: str | None,
@@ -208,17 +267,26 @@ def _record(s: Session, row: CallbackDelivery, *, now: datetime, code: int | Non
     return outcome
 
 
-def deliver_due(session_factory: Callable[[], Session], *, http_client: httpx.Client, settings: Settings,
-                now: datetime | None = None, limit: int = 50) -> dict[str, int]:
-    """Send every due callback once; returns counts of delivered and failed attempts."""
+def deliver_due(session_factory: Callable[[], Session], *, settings: Settings,
+                client: outbound.Outbound | None = None, now: datetime | None = None,
+                limit: int = 50) -> dict[str, int]:
+    """Send every due callback once through the outbound guard; returns counts of delivered, failed
+    and refused attempts."""
     now = as_utc(now) if now else utcnow()
-    counts = {"delivered": 0, "failed": 0}
-    lease_s = settings.callback_timeout_s * 2 + 30
+    client = client or outbound.Outbound.from_settings(settings)
+    counts = {"delivered": 0, "failed": 0, "refused": 0}
+    lease_s = settings.callback_timeout_s * 2 + settings.callback_connect_timeout_s + 30
     for row_id in _claim(session_factory, now, lease_s, limit):
         with session_factory() as s:
             row = s.get(CallbackDelivery, row_id)
             s.expunge(row)
-        code, error = _attempt(row, settings, http_client)
+        try:
+            code, error = _attempt(row, settings, client)
+        except outbound.Refused as exc:
+            with session_factory() as s:
+                counts[_refuse(s, s.get(CallbackDelivery, row_id), reason=exc.detail)] += 1
+                s.commit()
+            continue
         with session_factory() as s:
             row = s.get(CallbackDelivery, row_id)
             counts[_record(s, row, now=now, code=code, error=error, settings=settings)] += 1

@@ -26,6 +26,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, HttpUrl, Valid
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, func, select
 
+from app.core import outbound
 from app.core.config import Settings
 from app.core.errors import LetheError
 from app.core.security import subject_key
@@ -122,6 +123,15 @@ def parse(dialect: Dialect, raw: bytes) -> SubjectRequestIn:
     return body
 
 
+def check_callback_urls(body: SubjectRequestIn, settings: Settings) -> None:
+    """The outbound guard's submission-time check, answered in the spec's error object (422)."""
+    for i, url in enumerate(body.status_callback_urls):
+        try:
+            outbound.check_at_door(str(url), settings)
+        except outbound.Refused as exc:
+            raise OpenDsrError(f"status_callback_urls.{i}: {exc.detail}", reason=exc.code, status=422) from None
+
+
 def identity_types(settings: Settings) -> list[str]:
     return [t.strip() for t in settings.opendsr_identity_types.split(",") if t.strip()]
 
@@ -161,6 +171,7 @@ def create(session: Session, *, dialect: Dialect, raw: bytes, controller_id: str
            settings: Settings) -> tuple[OpenDsrRequest, list[str]]:
     """Record a subject request. Returns the row and the models to enqueue after commit."""
     body = parse(dialect, raw)
+    check_callback_urls(body, settings)
     if session.get(OpenDsrRequest, body.subject_request_id) is not None:
         raise OpenDsrError("A request with this subject_request_id already exists.", reason="DuplicateRequest",
                            status=409, domain="Request")

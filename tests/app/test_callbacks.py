@@ -10,12 +10,12 @@ from collections.abc import Iterator
 from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-import httpx
 import pytest
 from fastapi.testclient import TestClient
 from sqlmodel import Session, select
 
 from app.core import db
+from app.core.outbound import Outbound
 from app.core.security import subject_key
 from app.core.signing import get_keys, verify_rsa
 from app.db.models import AuditEvent, CallbackDelivery, Model, OpenDsrRequest, Sample, utcnow
@@ -66,13 +66,13 @@ def receiver(settings) -> Iterator[Receiver]:  # noqa: ANN001
 
 
 @pytest.fixture
-def http() -> Iterator[httpx.Client]:
-    with httpx.Client() as c:
-        yield c
+def http(settings) -> Outbound:  # noqa: ANN001
+    """The guarded client as housekeeping builds it (tests: loopback admitted, receivers on 127.0.0.1)."""
+    return Outbound.from_settings(settings)
 
 
-def deliver(http: httpx.Client, settings, now=None) -> dict:  # noqa: ANN001
-    return callbacks.deliver_due(lambda: db.new_session(), http_client=http, settings=settings, now=now)
+def deliver(http: Outbound, settings, now=None) -> dict:  # noqa: ANN001
+    return callbacks.deliver_due(lambda: db.new_session(), client=http, settings=settings, now=now)
 
 
 def events(session: Session, type: str) -> list[AuditEvent]:
@@ -81,7 +81,7 @@ def events(session: Session, type: str) -> list[AuditEvent]:
 
 
 def test_native_and_opendsr_callbacks_are_signed_retried_and_audited(
-        client: TestClient, session: Session, admin_headers: dict, receiver: Receiver, http: httpx.Client,
+        client: TestClient, session: Session, admin_headers: dict, receiver: Receiver, http: Outbound,
         settings) -> None:  # noqa: ANN001
     rid = client.post("/v1/erasure-requests", headers=admin_headers,
                       json={"subject_id": "nobody-cb", "callback_url": f"{receiver.url}/native"}).json()["id"]
@@ -94,14 +94,14 @@ def test_native_and_opendsr_callbacks_are_signed_retried_and_audited(
     assert r.status_code == 201
     receiver.script["/native"] = [500]  # the first native attempt fails
     t0 = utcnow()
-    assert deliver(http, settings, t0) == {"delivered": 1, "failed": 1}
+    assert deliver(http, settings, t0) == {"delivered": 1, "failed": 1, "refused": 0}
     native = session.exec(select(CallbackDelivery).where(CallbackDelivery.request_id == rid)).one()
     assert (native.status, native.attempts, native.last_error) == ("pending", 1, "HTTP 500")
     assert native.next_attempt_at.replace(tzinfo=None) >= (t0 + timedelta(seconds=settings.callback_backoff_s)) \
         .replace(tzinfo=None)
-    assert deliver(http, settings, t0) == {"delivered": 0, "failed": 0}  # backing off
+    assert deliver(http, settings, t0) == {"delivered": 0, "failed": 0, "refused": 0}  # backing off
     assert deliver(http, settings, t0 + timedelta(seconds=settings.callback_backoff_s + 1)) == \
-        {"delivered": 1, "failed": 0}
+        {"delivered": 1, "failed": 0, "refused": 0}
     # What the receiver saw: valid signatures (else 403), the spec's / Lethe's bodies.
     by_path = {p: b for p, _, b in receiver.received if b["_status"] == 200}
     assert by_path["/native"]["id"] == rid and by_path["/native"]["status"] == "no_data"
@@ -122,7 +122,7 @@ def test_native_and_opendsr_callbacks_are_signed_retried_and_audited(
 
 
 def test_bad_signature_is_refused_and_unreachable_target_is_given_up(
-        client: TestClient, session: Session, admin_headers: dict, receiver: Receiver, http: httpx.Client,
+        client: TestClient, session: Session, admin_headers: dict, receiver: Receiver, http: Outbound,
         settings, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
     client.post("/v1/erasure-requests", headers=admin_headers,
                 json={"subject_id": "nobody-a", "callback_url": f"{receiver.url}/native"})
@@ -144,11 +144,11 @@ def test_bad_signature_is_refused_and_unreachable_target_is_given_up(
     assert (row.status, row.attempts, row.last_error) == ("failed", 2, "ConnectError")
     gave_up = [e for e in events(session, "callback_failed") if e.request_id == rid]
     assert [e.payload["gave_up"] for e in gave_up] == [False, True]
-    assert deliver(http, settings, later + timedelta(days=1)) == {"delivered": 0, "failed": 0}
+    assert deliver(http, settings, later + timedelta(days=1)) == {"delivered": 0, "failed": 0, "refused": 0}
 
 
 def test_newer_status_supersedes_an_undelivered_one(
-        client: TestClient, session: Session, admin_headers: dict, receiver: Receiver, http: httpx.Client,
+        client: TestClient, session: Session, admin_headers: dict, receiver: Receiver, http: Outbound,
         settings) -> None:  # noqa: ANN001
     session.add(Model(name="mini"))
     session.add(Sample(model_name="mini", subject_key=subject_key(settings.subject_key_secret, HELD), split="train",
@@ -163,7 +163,7 @@ def test_newer_status_supersedes_an_undelivered_one(
                                                                         ("cancelled", "pending")]
     from workers.housekeeping import deliver_callbacks
 
-    assert deliver_callbacks() == {"delivered": 1, "failed": 0}  # the beat task itself
+    assert deliver_callbacks() == {"delivered": 1, "failed": 0, "refused": 0}  # the beat task itself
     assert [b["status"] for _, _, b in receiver.received] == ["cancelled"]
 
 

@@ -71,7 +71,8 @@ def served(client: TestClient) -> dict[str, str]:
 def test_alert_rules_are_complete() -> None:
     rules = alert_rules()
     assert {r["alert"] for r in rules} >= {"LetheErasureOverdue", "LetheErasureFailed", "LetheReplicaStale",
-                                          "LetheCallbackDeliveriesFailing", "LetheCallbackDeliveriesGivenUp"}
+                                          "LetheCallbackDeliveriesFailing", "LetheCallbackDeliveriesGivenUp",
+                                          "LetheCallbackRefused"}
     for r in rules:
         assert r["labels"]["severity"] in {"warning", "critical"} and r["annotations"]["summary"], r["alert"]
 
@@ -101,6 +102,8 @@ def test_the_alerts_scenarios_show_on_metrics(client: TestClient, session: Sessi
         CallbackDelivery(kind="native", request_id="r2", url="https://x.example/cb", body="{}", attempts=0),
         CallbackDelivery(kind="opendsr", request_id="r3", url="https://x.example/cb", body="{}", status="failed",
                          attempts=12),
+        CallbackDelivery(kind="recipient", request_id="r4", url="https://in.example/cb", body="{}", status="refused",
+                         attempts=1),
     ])
     session.commit()
     samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
@@ -121,3 +124,4 @@ def test_the_alerts_scenarios_show_on_metrics(client: TestClient, session: Sessi
     assert value("lethe_callback_deliveries_retrying", kind="native") == 1
     assert value("lethe_callback_deliveries", kind="native", status="pending") == 2
     assert value("lethe_callback_deliveries", kind="opendsr", status="failed") == 1
+    assert value("lethe_callback_deliveries", kind="recipient", status="refused") == 1  # LetheCallbackRefused

@@ -9,13 +9,15 @@ from fastapi import APIRouter, Depends, Header, Query, Response
 
 from app.api.deps import Principal, SessionDep, SettingsDep, require
 from app.api.schemas import ErasureCreate, ExtendBody, IdentityDecision
+from app.api.schemas.callbacks import CallbackList
 from app.api.schemas.erasure import ErasureRequestOut, ErasureRequestPage
+from app.core import outbound
 from app.core.errors import Unprocessable
 from app.core.queue import enqueue_unlearn
 from app.core.ratelimit import check_intake
 from app.core.security import subject_key
 from app.ml import policy as policy_rules
-from app.services import erasure, intake, opendsr
+from app.services import callbacks, erasure, intake, opendsr
 from app.services.lifecycle import RequestStatus
 
 router = APIRouter(prefix="/v1/erasure-requests", tags=["erasure"])
@@ -36,6 +38,8 @@ def create_erasure_request(body: ErasureCreate, settings: SettingsDep, key: Writ
     policy = body.policy or settings.default_policy
     if policy not in KNOWN_POLICIES:
         raise Unprocessable(f"Unknown policy {policy!r}; known: {list(KNOWN_POLICIES)}.", code="unknown_policy")
+    if body.callback_url:
+        outbound.check_at_door(str(body.callback_url), settings)  # 422 callback_url_refused
     item = erasure.IntakeItem(
         subject_key=subject_key(settings.subject_key_secret, body.subject_id), reason=body.reason,
         callback_url=str(body.callback_url) if body.callback_url else None, policy=policy,
@@ -124,3 +128,10 @@ def retry(request_id: str, session: SessionDep, settings: SettingsDep, key: Writ
     for model_name in models:
         enqueue_unlearn(model_name)  # only after commit
     return view
+
+
+@router.get("/{request_id}/callbacks", response_model=CallbackList)
+def list_callbacks(request_id: str, session: SessionDep, _: Reader) -> dict[str, Any]:
+    """The request's outbound deliveries (callback, OpenDSR, Art. 19, Fides): status, attempts, last error."""
+    erasure.get_request(session, request_id=request_id)  # 404 for an unknown request
+    return {"items": callbacks.deliveries(session, request_id=request_id)}

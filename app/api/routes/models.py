@@ -10,6 +10,7 @@ from starlette.concurrency import run_in_threadpool
 from app.api.deps import HolderDep, ListenerDep, Principal, SessionDep, SettingsDep, require
 from app.api.schemas import PredictBody, RecipientsBody, RollbackBody
 from app.api.schemas.models import ModelDetail, ModelList, PredictOut, RecipientsOut, RollbackOut
+from app.core import outbound
 from app.core.errors import NotFound, Unavailable, Unprocessable
 from app.ml.train import predict as run_predict
 from app.services import models as model_service
@@ -63,9 +64,12 @@ def rollback(name: str, body: RollbackBody, session: SessionDep, key: Admin) -> 
 
 
 @router.put("/{name}/recipients", response_model=RecipientsOut)
-def set_recipients(name: str, body: RecipientsBody, session: SessionDep, key: Admin) -> dict[str, Any]:
+def set_recipients(name: str, body: RecipientsBody, session: SessionDep, settings: SettingsDep, key: Admin) -> dict[str, Any]:
     """Record who received this model (GDPR Art. 19); each completed erasure notifies them."""
     recipients = [r.model_dump(mode="json") for r in body.recipients]
+    for r in recipients:
+        if r["callback_url"]:
+            outbound.check_at_door(r["callback_url"], settings)  # 422 callback_url_refused
     model_service.set_recipients(session, name=name, recipients=recipients, actor=f"key:{key.name}")
     session.commit()
     return {"model": name, "recipients": recipients}

@@ -32,8 +32,8 @@ from sqlmodel import Session, col, func, select
 
 from app.core import db
 from app.core.config import get_settings
-from app.db.models import (AuditEvent, CallbackDelivery, ErasureRequest, ErasureTarget, FidesResume, MetricCounter, Model,
-                           Replica, UnlearningJob, as_utc, utcnow)
+from app.db.models import (AuditEvent, CallbackDelivery, ErasureRequest, ErasureTarget, FidesResume, MetricCounter,
+                           Model, Replica, UnlearningJob, as_utc, utcnow)
 from app.ml.policy import METHODS
 from app.services import fides_state
 from app.services.lifecycle import RequestStatus, TargetStatus

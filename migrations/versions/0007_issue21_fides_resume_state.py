@@ -36,9 +36,9 @@ def upgrade() -> None:
         batch.add_column(sa.Column("detail", sqlmodel.sql.sqltypes.AutoString(), nullable=True))
         batch.create_index("ix_fidesresume_state", ["state"])
     # Rows from before: a queued resume is 'resuming'; every token expires at created_at + the default.
-    table = sa.table("fidesresume", sa.column("privacy_request_id"), sa.column("created_at", sqlmodel.sql.sqltypes.UTCDateTime()),
-                     sa.column("resumed_at", sqlmodel.sql.sqltypes.UTCDateTime()), sa.column("state"),
-                     sa.column("token_expires_at", sqlmodel.sql.sqltypes.UTCDateTime()))
+    when = sqlmodel.sql.sqltypes.UTCDateTime
+    table = sa.table("fidesresume", sa.column("privacy_request_id"), sa.column("created_at", when()),
+                     sa.column("resumed_at", when()), sa.column("state"), sa.column("token_expires_at", when()))
     conn = op.get_bind()
     for pid, created, resumed in conn.execute(sa.select(table.c.privacy_request_id, table.c.created_at,
                                                         table.c.resumed_at)).all():

@@ -21,7 +21,8 @@ from sqlmodel import Session, select
 from app.core import db
 from app.core.config import Settings, normalise_fides_url
 from app.core.security import subject_key
-from app.db.models import AuditEvent, CallbackDelivery, ErasureRequest, ErasureTarget, FidesResume, Model, Sample, utcnow
+from app.db.models import (AuditEvent, CallbackDelivery, ErasureRequest, ErasureTarget, FidesResume, Model, Sample,
+                           utcnow)
 from app.services import callbacks, fides_state, lifecycle
 
 TOKEN = "t" * 259  # Fides' reply-to-token is a 259-character JWE

@@ -46,6 +46,9 @@ def upgrade() -> None:
             state="resuming" if resumed is not None else "halted", token_expires_at=created + DEFAULT_TTL))
     with op.batch_alter_table("fidesresume") as batch:
         batch.alter_column("state", server_default=None)
+    # Tokens already used: a queued resume carries its own copy; an ended delivery needs none.
+    op.execute("UPDATE fidesresume SET token = NULL WHERE resumed_at IS NOT NULL")
+    op.execute("UPDATE callbackdelivery SET auth_token = NULL WHERE status <> 'pending'")
 
 
 def downgrade() -> None:

@@ -291,3 +291,28 @@ def test_fides_url_is_normalised_or_refused_at_start_up() -> None:
 def test_fides_answers_are_read(code: int | None, body: str | None, expected: tuple) -> None:
     v = fides_state.read_answer(code, body, "ReadTimeout" if code is None else None)
     assert (v.outcome, v.state, v.fides_status) == expected
+
+
+def test_the_fides_migration_backfills_state_and_expiry_and_drops_used_tokens(tmp_path) -> None:  # noqa: ANN001
+    import sqlalchemy as sa
+    from alembic import command
+
+    from tests.app.test_migrations import alembic_config
+
+    url = f"sqlite:///{tmp_path / 'm.db'}"
+    cfg = alembic_config(url)
+    command.upgrade(cfg, "0006")
+    engine = sa.create_engine(url)
+    try:
+        with engine.begin() as c:
+            c.execute(sa.text("INSERT INTO fidesresume (privacy_request_id, request_id, reply_to, token, created_at, "
+                              "resumed_at) VALUES ('p1', 'r1', 'u', 'live', '2026-12-01 10:00:00.000000', NULL), "
+                              "('p2', 'r2', 'u', 'used', '2026-12-01 10:00:00.000000', '2026-12-02 10:00:00.000000')"))
+        command.upgrade(cfg, "head")
+        with engine.begin() as c:
+            rows = c.execute(sa.text("SELECT privacy_request_id, state, token, token_expires_at FROM fidesresume "
+                                     "ORDER BY privacy_request_id")).all()
+    finally:
+        engine.dispose()
+    assert [r[:3] for r in rows] == [("p1", "halted", "live"), ("p2", "resuming", None)]
+    assert rows[0][3].startswith("2026-12-03 22:00:00")  # created_at + 216000 s

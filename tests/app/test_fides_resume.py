@@ -217,12 +217,19 @@ def test_tokens_past_their_expiry_are_deleted_and_never_sent(
         settings) -> None:  # noqa: ANN001
     _held(session, settings, "f-4")
     _halt(client, admin_headers, "pri_old", "f-4")
-    later = utcnow() + timedelta(seconds=settings.fides_token_ttl_s + 60)
     metrics = {s.name: s.value for f in text_string_to_metric_families(client.get("/metrics").text)
                for s in f.samples if s.name == "lethe_fides_token_expiry_seconds"}
     assert 0 < metrics["lethe_fides_token_expiry_seconds"] <= settings.fides_token_ttl_s  # LetheFidesTokenExpiringSoon
-    assert fides_state.expire_tokens(session, now=later) == ["pri_old"]
+    later = utcnow() + timedelta(seconds=settings.fides_token_ttl_s + 60)
+    assert fides_state.expire_tokens(session, now=later - timedelta(seconds=120)) == []  # not yet
+    row = session.get(FidesResume, "pri_old")
+    row.token_expires_at = utcnow() - timedelta(seconds=1)  # the housekeeping beat finds it expired
+    session.add(row)
     session.commit()
+    from workers.housekeeping import check_deadlines
+
+    check_deadlines()
+    session.expire_all()
     row = session.get(FidesResume, "pri_old")
     assert (row.state, row.token) == ("token_expired", None)
     req = _complete(session, "pri_old")

@@ -13,7 +13,7 @@ from app.core.config import get_settings
 from app.core.queue import TASK_AUDIT_CHECKPOINT, TASK_CHECK_DEADLINES, TASK_DELIVER_CALLBACKS, get_celery
 from app.core.signing import get_keys
 from app.db.models import utcnow
-from app.services import audit, callbacks, deadlines
+from app.services import audit, callbacks, deadlines, fides_state
 
 log = logging.getLogger("lethe.housekeeping")
 celery = get_celery()
@@ -30,12 +30,16 @@ def deliver_callbacks() -> dict[str, int]:
 
 @celery.task(name=TASK_CHECK_DEADLINES, ignore_result=True)
 def check_deadlines() -> list[str]:
-    """Audit ``deadline_80_percent`` once per open request past 80 % of its GDPR time."""
+    """Audit ``deadline_80_percent`` once per open request past 80 % of its GDPR time; expire Fides tokens."""
     with db.session_scope() as s:
         warned = deadlines.check(s, now=utcnow())
+        expired = fides_state.expire_tokens(s, now=utcnow())  # a Fides reply-to-token is a deadline too
         s.commit()
     if warned:
         log.warning("%d erasure request(s) passed 80%% of their deadline: %s", len(warned), warned)
+    if expired:
+        log.warning("%d Fides reply-to-token(s) expired before the resume; the requests show token_expired",
+                    len(expired))
     return warned
 
 

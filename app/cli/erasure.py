@@ -111,9 +111,10 @@ def cmd_status(r: Remote, c: httpx.Client, *, request_id: str) -> int:
 
 
 def cmd_requests(r: Remote, c: httpx.Client, *, status: str | None, overdue: bool, subject: str | None, limit: int,
-                 cursor: str | None, source: str | None = None, dialect: str | None = None) -> int:
+                 cursor: str | None, source: str | None = None, dialect: str | None = None,
+                 external_id: str | None = None) -> int:
     params: dict[str, Any] = {"limit": limit}
-    for name, value in (("status", status), ("source", source), ("dialect", dialect)):
+    for name, value in (("status", status), ("source", source), ("dialect", dialect), ("external_id", external_id)):
         if value:
             params[name] = value
     if overdue:
@@ -174,11 +175,13 @@ def requests(ctx: typer.Context,
              source: Annotated[str | None, typer.Option(help="only requests from api, opendsr or fides")] = None,
              dialect: Annotated[str | None, typer.Option(
                  help="only OpenDSR-family requests in this dialect (opengdpr, opendsr, opencompliance)")] = None,
+             external_id: Annotated[str | None, typer.Option(
+                 "--external-id", help="only the request with this caller's id (a Fides privacy_request_id)")] = None,
              limit: Annotated[int, typer.Option(help="page size (1-500)")] = 50,
              cursor: Annotated[str | None, typer.Option(help="next_cursor of the previous page")] = None,
              url: UrlOpt = None, key: KeyOpt = None, json_: JsonOpt = False) -> int:
     return run_remote(remote(ctx, url, key, json_), cmd_requests, status=status, overdue=overdue, subject=subject,
-                      limit=limit, cursor=cursor, source=source, dialect=dialect)
+                      limit=limit, cursor=cursor, source=source, dialect=dialect, external_id=external_id)
 
 
 def retry(ctx: typer.Context, request_id: RequestId, url: UrlOpt = None, key: KeyOpt = None,

@@ -113,6 +113,23 @@ function summary(payload) {
   return h("div", { class: "payload" }, parts.flatMap((p, i) => (i ? [" · ", p] : [p])));
 }
 
+// A Fides request's integration state (README "Fides"): a token that expired or a refused resume is
+// shown as a problem, with the next step the API gives.
+const FIDES_TROUBLE = ["token_expired", "resume_refused"];
+
+function fidesRows(r) {
+  if (!r.fides) return r.external_id ? [["External id", h("span", { class: "mono" }, r.external_id)]] : [];
+  const f = r.fides;
+  const waiting = ["halted", "resuming"].includes(f.state) && f.token_expires_at;
+  return [
+    ["Fides request", h("span", { class: "mono" }, f.privacy_request_id || "—")],
+    ["Fides state", h("span", { class: FIDES_TROUBLE.includes(f.state) ? "late" : "" },
+      f.state.replaceAll("_", " "), f.fides_status ? ` (Fides: ${f.fides_status})` : "",
+      waiting ? ` · token expires ${when(f.token_expires_at)}` : "")],
+    f.next_step ? ["Next step", h("span", { class: FIDES_TROUBLE.includes(f.state) ? "late" : "" }, f.next_step)] : null,
+  ];
+}
+
 export async function detailPage(id) {
   const r = await api.get(`/v1/erasure-requests/${id}`);
   const models = h("table", { class: "grid-table" },
@@ -130,7 +147,8 @@ export async function detailPage(id) {
         ["Identity", r.identity + (r.clock_paused ? " (clock paused)" : "")], ["Received", when(r.received_at)],
         ["Due", h("span", { class: isOverdue(r) ? "late" : "" }, when(r.due_at), isOverdue(r) ? " · overdue" : "")],
         ["Extended", r.extended ? `yes — ${r.extension_reason}` : "no"], ["Completed", when(r.completed_at)],
-        r.error ? ["Error", h("span", { class: "late" }, r.error)] : null])),
+        r.error ? ["Error", h("span", { class: "late" }, r.error)] : null,
+        ...fidesRows(r)])),
       actions(r)),
     card("Models", models),
     res ? card("Result", res) : null,

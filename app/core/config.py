@@ -8,11 +8,30 @@ from __future__ import annotations
 import functools
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEV_SECRET = "lethe-dev-secret-change-me"
+FIDES_API_PATH = "/api/v1"
+
+
+def normalise_fides_url(value: str | None) -> str | None:
+    """Fides' reply-to is a path under its API base (``/privacy-request/{id}/resume``); with a bare
+    ``http://host:port`` every resume got 405. A bare host gets ``/api/v1``; any other path is refused."""
+    if value is None or not value.strip():
+        return None
+    parts = urlsplit(value.strip())
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
+        raise ValueError(f"LETHE_FIDES_URL must be an http(s) URL of Fides' API base, like "
+                         f"https://fides.example.org{FIDES_API_PATH}; got {value!r}")
+    path = parts.path.rstrip("/")
+    if path == "":
+        path = FIDES_API_PATH
+    elif not path.endswith(FIDES_API_PATH):
+        raise ValueError(f"LETHE_FIDES_URL must end in {FIDES_API_PATH} (Fides' API base), got {value!r}")
+    return urlunsplit((parts.scheme, parts.netloc, path, "", ""))
 
 
 class Settings(BaseSettings):
@@ -130,7 +149,17 @@ class Settings(BaseSettings):
         "", description="Comma list of demo models trained with a per-step update log for `amnesiac` (storage: "
         "a parameter vector per step: ~25 MB toy, ~97 MB digits).")
     fides_url: str | None = Field(
-        None, description="Base URL of the Fides API, for the relative reply-to path of its two-way webhooks.")
+        None, description="Fides' API base URL, ending in /api/v1 (e.g. https://fides.example.org/api/v1): "
+        "its two-way webhooks send reply-to as a path under it. A bare http(s)://host[:port] gets /api/v1 "
+        "appended at start-up; any other path is refused.")
+    fides_token_ttl_s: float = Field(
+        216000.0, gt=0, description="Lifetime of a Fides reply-to-token, seconds; must equal Fides' "
+        "privacy_request_delay_timeout (default 3,600 minutes = 216000 s). A halted request's token expires "
+        "at FidesResume.token_expires_at = created_at + this.")
+    fides_resume_timeout_s: float = Field(
+        60.0, gt=0, description="HTTP timeout of one Fides resume call: Fides runs the rest of the privacy "
+        "request inside it (eager mode), which took 8.9 s with a second webhook; a resume that outlasts it "
+        "and succeeded is recognised on retry (Fides' 400 'status = complete' ends the delivery as done).")
     fides_identity_fields: str = Field(
         "external_id,user_id", description="Fides identity fields, in order, that carry Lethe's subject ID.")
 
@@ -142,6 +171,11 @@ class Settings(BaseSettings):
         for item in (i.strip() for i in (value or "").split(",") if "/" in i):
             ipaddress.ip_network(item.strip("[]"), strict=False)  # ValueError names the bad CIDR
         return value
+
+    @field_validator("fides_url")
+    @classmethod
+    def _fides_api_base(cls, value: str | None) -> str | None:
+        return normalise_fides_url(value)
 
     @model_validator(mode="after")
     def _refuse_default_secrets(self) -> Settings:

@@ -375,16 +375,20 @@ class Outbound:
     def from_settings(cls, settings: Settings, **kw: Any) -> Outbound:
         return cls(policy_for(settings), **kw)
 
-    def post(self, url: str, *, content: bytes, headers: dict[str, str]) -> Response:
-        """POST once. Raises :class:`Refused` (permanent), :class:`OutboundError` or ``httpx.HTTPError``."""
+    def post(self, url: str, *, content: bytes, headers: dict[str, str],
+             read_timeout_s: float | None = None) -> Response:
+        """POST once (``read_timeout_s`` overrides the policy's, e.g. for a Fides resume that runs the rest
+        of its request inside the call). Raises :class:`Refused` (permanent), :class:`OutboundError` or
+        ``httpx.HTTPError``."""
         target, addresses = resolve(url, self.policy, self.resolver)
         if self.ssl_context is None:
             self.ssl_context = httpx.create_ssl_context()
         p = self.policy
         transport = PinnedTransport(PinnedBackend(target.host, target.port, addresses, self.network_backend),
                                     self.ssl_context)
-        timeout = httpx.Timeout(p.read_timeout_s, connect=p.connect_timeout_s)
-        deadline = time.monotonic() + p.connect_timeout_s + p.read_timeout_s
+        read_s = p.read_timeout_s if read_timeout_s is None else read_timeout_s
+        timeout = httpx.Timeout(read_s, connect=p.connect_timeout_s)
+        deadline = time.monotonic() + p.connect_timeout_s + read_s
         with httpx.Client(transport=transport, follow_redirects=False, trust_env=False, timeout=timeout) as client, \
                 client.stream("POST", url, content=content, headers=headers) as resp:
             declared = resp.headers.get("content-length", "")

@@ -130,7 +130,7 @@ class ErasureRequest(SQLModel, table=True):
     id: str = Field(default_factory=new_id, primary_key=True)
     subject_key: str = Field(index=True)
     source: str = "api"
-    external_id: str | None = None
+    external_id: str | None = Field(default=None, index=True)  # Fides privacy_request_id, OpenDSR request id
     idempotency_key: str | None = Field(default=None, unique=True)
     api_key_id: str | None = None
     reason: str | None = None
@@ -270,9 +270,17 @@ class FidesResume(SQLModel, table=True):
     privacy_request_id: str = Field(primary_key=True)
     request_id: str = Field(index=True)  # ErasureRequest.id
     reply_to: str
-    token: str  # Fides' short-lived reply-to-token; used once, to resume
+    # Fides' reply-to-token: kept only while the request is halted; moved into the resume's outbox row
+    # when it is queued and deleted there once the resume ends (app/services/fides_reply.py), or here
+    # when it expires. It names the webhook, not the request: a live one can resume any of its requests.
+    token: str | None = None
     created_at: datetime = Field(default_factory=utcnow)
-    resumed_at: datetime | None = None
+    resumed_at: datetime | None = None  # when the resume was queued
+    # halted, resuming, resumed, ended_in_fides, resume_refused, token_expired (app/services/fides_reply.py)
+    state: str = Field(default="halted", index=True)
+    token_expires_at: datetime | None = None  # created_at + fides_token_ttl_s (Fides' delay timeout)
+    fides_status: str | None = None  # Fides' status of the privacy request when it refused a resume
+    detail: str | None = None  # Fides' last answer to a resume, when it was not a success
 
 
 class MetricCounter(SQLModel, table=True):

@@ -15,6 +15,10 @@ Two kinds:
   (``LETHE_CALLBACK_HMAC_SECRET_PREVIOUS``) both headers carry a signature per secret.
 - ``opendsr`` (``status_callback_urls``): the spec's body, signed RSA-SHA256 with the
   processor key in ``X-<Dialect>-Signature``, plus ``X-<Dialect>-Processor-Domain``.
+- ``fides``: the resume of a halted Fides privacy request, ``Authorization: Bearer <reply-to-token>``;
+  its own timeout (``fides_resume_timeout_s``); Fides' answer is read by ``fides_state`` (a 400 for a
+  request already past ``paused`` is done, an expired token is given up at once).
+A receiver's token is deleted from its row once the delivery ends, whatever the outcome.
 """
 
 from __future__ import annotations
@@ -39,7 +43,7 @@ from app.core.config import DEV_SECRET, Settings
 from app.core.errors import Unavailable
 from app.core.signing import get_keys, processor_domain, sign_rsa
 from app.db.models import CallbackDelivery, ErasureRequest, OpenDsrRequest, as_utc, utcnow
-from app.services import audit, lifecycle
+from app.services import audit, fides_state, lifecycle
 
 log = logging.getLogger("lethe.callbacks")
 NATIVE_HEADER = "X-Lethe-Signature"
@@ -75,7 +79,7 @@ def enqueue(session: Session, *, kind: str, request_id: str, url: str, body: dic
                                                            CallbackDelivery.url == url,
                                                            CallbackDelivery.kind == kind,
                                                            CallbackDelivery.status == "pending")).all():
-        old.status = "superseded"
+        old.status, old.auth_token = "superseded", None
         session.add(old)
     row = CallbackDelivery(kind=kind, dialect=dialect, request_id=request_id, url=url, body=dumps(body),
                            auth_token=auth_token)
@@ -212,15 +216,21 @@ def _claim(session_factory: Callable[[], Session], now: datetime, lease_s: float
         return ids
 
 
-def _attempt(row: CallbackDelivery, settings: Settings, client: outbound.Outbound) -> tuple[int | None, str | None]:
-    """One POST through the outbound guard; ``outbound.Refused`` propagates (permanent, see ``_refuse``)."""
+def _attempt(row: CallbackDelivery, settings: Settings,
+             client: outbound.Outbound) -> tuple[int | None, str | None, str | None]:
+    """One POST through the outbound guard: (HTTP status or None, error or None, the refusal's body for a
+    Fides resume: fides_state reads it). ``outbound.Refused`` propagates (permanent, see ``_refuse``)."""
+    fides = row.kind == "fides"  # Fides runs the rest of its request inside the resume call: longer timeout
     try:
-        resp = client.post(row.url, content=row.body.encode(), headers=signed_headers(row, settings))
+        resp = client.post(row.url, content=row.body.encode(), headers=signed_headers(row, settings),
+                           read_timeout_s=settings.fides_resume_timeout_s if fides else None)
     except outbound.Refused:
         raise
     except (httpx.HTTPError, outbound.OutboundError) as exc:  # connection, timeout, DNS, size cap: retried
-        return None, type(exc).__name__
-    return resp.status_code, None if 200 <= resp.status_code < 300 else f"HTTP {resp.status_code}"
+        return None, type(exc).__name__, None
+    ok = 200 <= resp.status_code < 300
+    answer = resp.body.decode(errors="replace")[:1000] if fides and not ok else None
+    return resp.status_code, None if ok else f"HTTP {resp.status_code}", answer
 
 
 def _refuse(s: Session, row: CallbackDelivery, *, reason: str) -> str:
@@ -240,19 +250,26 @@ def _refuse(s: Session, row: CallbackDelivery, *, reason: str) -> str:
 
 
 def _record(s: Session, row: CallbackDelivery, *, now: datetime, code: int | None, error: str | None,
-            settings: Settings) -> str:
+            settings: Settings, answer: str | None = None) -> str:
     row.attempts += 1
     row.lease_until = None
-    row.last_error = error
     payload = {"callback_id": row.id, "kind": row.kind, "attempt": row.attempts, "host": urlparse(row.url).netloc,
                "http_status": code}
+    give_up_now = False
+    if row.kind == "fides":  # what Fides' answer means is fides_state's to say (idempotent resume, expiry)
+        verdict = fides_state.read_answer(code, answer, error)
+        payload.update(fides_state.settle(s, row, verdict))
+        error = None if verdict.outcome == "done" else (verdict.detail or error)
+        give_up_now = verdict.outcome == "give_up"
+    row.last_error = error
     if error is None:
         row.delivered_at = now
         row.status = "delivered" if row.status == "pending" else row.status
+        row.auth_token = None  # a receiver's token is used once (Fides: it could resume other requests)
         outcome = "delivered"
         audit.append(s, type="callback_delivered", actor="lethe", request_id=row.request_id, payload=payload)
     else:
-        gave_up = row.attempts >= settings.callback_max_attempts
+        gave_up = give_up_now or row.attempts >= settings.callback_max_attempts
         if row.status == "pending":
             row.status = "failed" if gave_up else "pending"
         delay = min(MAX_BACKOFF_S, settings.callback_backoff_s * 2 ** (row.attempts - 1))
@@ -261,6 +278,8 @@ def _record(s: Session, row: CallbackDelivery, *, now: datetime, code: int | Non
         audit.append(s, type="callback_failed", actor="lethe", request_id=row.request_id,
                      payload={**payload, "error": error, "gave_up": gave_up,
                               "next_attempt_at": None if gave_up else rfc3339(row.next_attempt_at)})
+        if gave_up:
+            row.auth_token = None
         log.warning("callback %s for request %s failed (%s), attempt %d", row.id, row.request_id, error,
                     row.attempts)
     s.add(row)
@@ -275,13 +294,14 @@ def deliver_due(session_factory: Callable[[], Session], *, settings: Settings,
     now = as_utc(now) if now else utcnow()
     client = client or outbound.Outbound.from_settings(settings)
     counts = {"delivered": 0, "failed": 0, "refused": 0}
-    lease_s = settings.callback_timeout_s * 2 + settings.callback_connect_timeout_s + 30
+    lease_s = (max(settings.callback_timeout_s, settings.fides_resume_timeout_s) * 2
+               + settings.callback_connect_timeout_s + 30)
     for row_id in _claim(session_factory, now, lease_s, limit):
         with session_factory() as s:
             row = s.get(CallbackDelivery, row_id)
             s.expunge(row)
         try:
-            code, error = _attempt(row, settings, client)
+            code, error, answer = _attempt(row, settings, client)
         except outbound.Refused as exc:
             with session_factory() as s:
                 counts[_refuse(s, s.get(CallbackDelivery, row_id), reason=exc.detail)] += 1
@@ -289,6 +309,6 @@ def deliver_due(session_factory: Callable[[], Session], *, settings: Settings,
             continue
         with session_factory() as s:
             row = s.get(CallbackDelivery, row_id)
-            counts[_record(s, row, now=now, code=code, error=error, settings=settings)] += 1
+            counts[_record(s, row, now=now, code=code, error=error, settings=settings, answer=answer)] += 1
             s.commit()
     return counts

@@ -26,7 +26,7 @@ from sqlmodel import Session, col, select
 from app.core.errors import Conflict, LetheError, NotFound, Unprocessable
 from app.db.models import ErasureRequest, ErasureTarget, OpenDsrRequest, Suppression, as_utc, utcnow
 from app.data import registry
-from app.services import audit, lifecycle
+from app.services import audit, fides_state, lifecycle
 from app.services.lifecycle import OPEN, RequestStatus, TargetStatus
 
 OPEN_STATUSES = tuple(sorted(OPEN))
@@ -317,7 +317,8 @@ def targets_of(session: Session, request_id: str) -> list[ErasureTarget]:
 
 def list_requests(session: Session, *, status: str | None = None, subject_key: str | None = None,
                   overdue: bool | None = None, source: str | None = None, dialect: str | None = None,
-                  order: str = "received", after: str | None = None, limit: int = 50) -> list[ErasureRequest]:
+                  external_id: str | None = None, order: str = "received", after: str | None = None,
+                  limit: int = 50) -> list[ErasureRequest]:
     """``order="received"``: newest first; ``"due"``: unfinished requests by deadline (overdue
     first), then finished ones. ``after`` is the id of the last row of the previous page."""
     q = select(ErasureRequest)
@@ -327,6 +328,8 @@ def list_requests(session: Session, *, status: str | None = None, subject_key: s
         q = q.where(ErasureRequest.source == source)
     if subject_key:
         q = q.where(ErasureRequest.subject_key == subject_key)
+    if external_id:
+        q = q.where(ErasureRequest.external_id == external_id)
     if dialect:
         q = q.where(col(ErasureRequest.id).in_(select(OpenDsrRequest.erasure_request_id)
                                               .where(OpenDsrRequest.dialect == dialect)))
@@ -358,7 +361,13 @@ def cancel_request(session: Session, *, request_id: str, actor: str) -> ErasureR
     return req
 
 
-def public_view(req: ErasureRequest, targets: list[ErasureTarget], base_url: str) -> dict[str, Any]:
+def view_of(session: Session, req: ErasureRequest, base_url: str) -> dict[str, Any]:
+    """The status document of one request, with its Fides integration state."""
+    return public_view(req, targets_of(session, req.id), base_url, fides=fides_state.views(session, [req])[req.id])
+
+
+def public_view(req: ErasureRequest, targets: list[ErasureTarget], base_url: str, *,
+                fides: dict[str, Any] | None = None) -> dict[str, Any]:
     return {
         "id": req.id,
         "status": req.status,
@@ -366,6 +375,7 @@ def public_view(req: ErasureRequest, targets: list[ErasureTarget], base_url: str
         "percent": round(req.percent, 1),
         "subject_key": req.subject_key,
         "source": req.source,
+        "external_id": req.external_id,
         "policy": req.policy,
         "received_at": req.received_at,
         "due_at": req.due_at,
@@ -380,4 +390,5 @@ def public_view(req: ErasureRequest, targets: list[ErasureTarget], base_url: str
                     "not_before": t.not_before} for t in targets],
         "result": req.result or None,
         "error": req.error,
+        "fides": fides,
     }

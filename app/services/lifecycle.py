@@ -125,7 +125,8 @@ def admit(session: Session, req: ErasureRequest, models: list[str], *, erased_by
 def admitted(session: Session, req: ErasureRequest, models: list[str], *, actor: str, first_event: str) -> None:
     """The audit events and announcements of an admission (``admit`` already set the status)."""
     audit.append(session, type=first_event, actor=actor, request_id=req.id, subject_key=req.subject_key,
-                 payload={"source": req.source, "policy": req.policy, "models": models})
+                 payload={"source": req.source, "policy": req.policy, "models": models,
+                          **({"external_id": req.external_id} if req.external_id else {})})
     if models:
         audit.append(session, type="erasure_queued", actor="lethe", request_id=req.id,
                      subject_key=req.subject_key, payload={"models": models})

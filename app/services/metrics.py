@@ -32,9 +32,10 @@ from sqlmodel import Session, col, func, select
 
 from app.core import db
 from app.core.config import get_settings
-from app.db.models import (AuditEvent, CallbackDelivery, ErasureRequest, ErasureTarget, MetricCounter, Model, Replica,
-                           UnlearningJob, as_utc, utcnow)
+from app.db.models import (AuditEvent, CallbackDelivery, ErasureRequest, ErasureTarget, FidesResume, MetricCounter,
+                           Model, Replica, UnlearningJob, as_utc, utcnow)
 from app.ml.policy import METHODS
+from app.services import fides_state
 from app.services.lifecycle import RequestStatus, TargetStatus
 from app.services.models import ANY_MODEL
 
@@ -237,6 +238,8 @@ class OperationsCollector(Collector):
                 replicas = session.exec(select(Replica).where(col(Replica.last_seen) >= now - REPLICA_WINDOW,
                                                               Replica.model_name != ANY_MODEL)).all()
                 serving = dict(session.exec(select(Model.name, Model.serving_version)).all())
+                fides = session.exec(select(FidesResume.state, func.count(), func.min(FidesResume.token_expires_at))
+                                     .group_by(FidesResume.state)).all()
         except Exception:  # noqa: BLE001 - a scrape must not fail because the DB blipped
             return
         g = GaugeMetricFamily("lethe_callback_deliveries", "Status callbacks in the outbox by kind and status "
@@ -249,6 +252,17 @@ class OperationsCollector(Collector):
         for kind, n in retrying:
             g.add_metric([kind], n)
         yield g
+        g = GaugeMetricFamily("lethe_fides_requests", "Halted Fides privacy requests by integration state (halted, "
+                              "resuming, resumed, ended_in_fides, resume_refused, token_expired)", labels=["state"])
+        soonest = GaugeMetricFamily("lethe_fides_token_expiry_seconds", "Seconds until the soonest reply-to-token "
+                                    "of a Fides request Lethe still owes a resume expires (negative: expired)")
+        owed = [as_utc(first) for state, _, first in fides if state in fides_state.OWING and first is not None]
+        for state, n, _ in fides:
+            g.add_metric([state], n)
+        if owed:
+            soonest.add_metric([], (min(owed) - now).total_seconds())
+        yield g
+        yield soonest
         g = GaugeMetricFamily("lethe_model_serving_version", "The version each model serves (every erasure "
                               "publishes a new one)", labels=["model"])
         for name, version in sorted(serving.items()):

@@ -62,6 +62,8 @@ def test_erase_status_requests_retry(lethe, toy_model) -> None:  # noqa: ANN001
     assert rc == 0 and view["id"] in [v["id"] for v in json.loads(out)["items"]]
     rc, out, _ = lethe("requests", "--dialect", "opengdpr", "--json")
     assert rc == 0 and json.loads(out)["items"] == []  # a native request has no OpenDSR dialect
+    rc, out, _ = lethe("requests", "--external-id", "pri_none", "--json")
+    assert rc == 0 and json.loads(out)["items"] == []  # a native request has no external id
     rc, _, err = lethe("requests", "--status", "done")
     assert rc == 2 and "validation_error" in err and "status: Input should be" in err  # names the field
     rc, out, _ = lethe("requests")

@@ -17,7 +17,7 @@ from app.core.queue import enqueue_unlearn
 from app.core.ratelimit import check_intake
 from app.core.security import subject_key
 from app.ml import policy as policy_rules
-from app.services import callbacks, erasure, intake, opendsr
+from app.services import callbacks, erasure, fides_state, intake, opendsr
 from app.services.lifecycle import RequestStatus
 
 router = APIRouter(prefix="/v1/erasure-requests", tags=["erasure"])
@@ -60,7 +60,7 @@ def create_erasure_request(body: ErasureCreate, settings: SettingsDep, key: Writ
 def get_erasure_request(request_id: str, session: SessionDep, settings: SettingsDep, _: Reader) -> dict[str, Any]:
     """Status, stage, percent and (when done) the result of one request."""
     req = erasure.get_request(session, request_id=request_id)
-    return erasure.public_view(req, erasure.targets_of(session, req.id), settings.base_url)
+    return erasure.view_of(session, req, settings.base_url)
 
 
 @router.get("", response_model=ErasureRequestPage)
@@ -68,17 +68,21 @@ def list_erasure_requests(session: SessionDep, settings: SettingsDep, _: Reader,
                           status: RequestStatus | None = None, subject_id: str | None = None,
                           overdue: bool | None = None, source: Source | None = None,
                           dialect: Dialect | None = None,
+                          external_id: Annotated[str | None, Query(min_length=1, max_length=200)] = None,
                           order: Annotated[str, Query(pattern="^(received|due)$")] = "received",
                           cursor: str | None = None,
                           limit: Annotated[int, Query(ge=1, le=500)] = 50) -> dict[str, Any]:
     """List requests with a cursor: newest first, or ``order=due`` (unfinished ones by deadline, overdue first);
     filter by status, subject, overdue, source (api, opendsr, fides) and, for OpenDSR-family requests, the
-    dialect they arrived in (opengdpr, opendsr, opencompliance). An unknown status, source or dialect, or a
+    dialect they arrived in (opengdpr, opendsr, opencompliance), and by ``external_id`` (a Fides
+    privacy_request_id, an OpenDSR subject_request_id). An unknown status, source or dialect, or a
     cursor that names no request, is a 422 (never an unfiltered or restarted listing)."""
     key = subject_key(settings.subject_key_secret, subject_id) if subject_id else None
     rows = erasure.list_requests(session, status=status, subject_key=key, overdue=overdue, source=source,
-                                 dialect=dialect, order=order, after=cursor, limit=limit)
-    items = [erasure.public_view(r, erasure.targets_of(session, r.id), settings.base_url) for r in rows]
+                                 dialect=dialect, external_id=external_id, order=order, after=cursor, limit=limit)
+    fides = fides_state.views(session, rows)
+    items = [erasure.public_view(r, erasure.targets_of(session, r.id), settings.base_url, fides=fides[r.id])
+             for r in rows]
     return {"items": items, "next_cursor": rows[-1].id if len(rows) == limit else None}
 
 
@@ -87,7 +91,7 @@ def cancel_erasure_request(request_id: str, session: SessionDep, settings: Setti
     """Cancel a request that no job has started yet."""
     req = erasure.cancel_request(session, request_id=request_id, actor=f"key:{key.name}")
     session.commit()
-    return erasure.public_view(req, erasure.targets_of(session, req.id), settings.base_url)
+    return erasure.view_of(session, req, settings.base_url)
 
 
 @router.post("/{request_id}/extend", response_model=ErasureRequestOut)
@@ -95,7 +99,7 @@ def extend_erasure_deadline(request_id: str, body: ExtendBody, session: SessionD
                             key: Writer) -> dict[str, Any]:
     """Extend the deadline once by two months, with reasons, within the first month (GDPR Art. 12(3))."""
     req = erasure.extend_deadline(session, request_id=request_id, reason=body.reason, actor=f"key:{key.name}")
-    view = erasure.public_view(req, erasure.targets_of(session, req.id), settings.base_url)
+    view = erasure.view_of(session, req, settings.base_url)
     session.commit()
     return view
 
@@ -123,7 +127,7 @@ def retry(request_id: str, session: SessionDep, settings: SettingsDep, key: Writ
     """Retry a ``failed`` erasure: it is queued again with fresh attempts (409 unless failed)."""
     req = erasure.retry_request(session, request_id=request_id, actor=f"key:{key.name}")
     models = erasure.models_to_enqueue(session, req.id)
-    view = erasure.public_view(req, erasure.targets_of(session, req.id), settings.base_url)
+    view = erasure.view_of(session, req, settings.base_url)
     session.commit()
     for model_name in models:
         enqueue_unlearn(model_name)  # only after commit

@@ -21,6 +21,23 @@ class TargetOut(Out):
     not_before: datetime | None = Field(description="After a failed attempt: no retry before this time.")
 
 
+class FidesStateOut(Out):
+    """A Fides request's integration state (app/services/fides_state.py; README "Fides")."""
+
+    privacy_request_id: str | None = Field(description="Fides' privacy_request_id.")
+    state: Literal["not_halted", "halted", "resuming", "resumed", "ended_in_fides", "resume_refused",
+                   "token_expired"] = Field(
+        description="not_halted: Fides was not held (one_way, or nothing to erase); halted: Fides waits for "
+        "Lethe's resume; resuming: the resume is being delivered; resumed: Fides went on; ended_in_fides: Fides "
+        "had cancelled, denied or failed the request first; resume_refused: Fides refused the resume (retried); "
+        "token_expired: Fides' reply-to-token expired, Fides keeps the request paused (act in Fides).")
+    token_expires_at: datetime | None = Field(description="When Fides stops accepting the resume.")
+    fides_status: str | None = Field(description="Fides' status of the request when it refused a resume as no "
+                                                 "longer paused (complete, canceled, error, ...).")
+    detail: str | None = Field(description="Fides' last refusal, or why the token was dropped.")
+    next_step: str | None = Field(description="What an operator does now, if anything.")
+
+
 class ErasureRequestOut(Out):
     id: str
     status: RequestStatus
@@ -28,6 +45,8 @@ class ErasureRequestOut(Out):
     percent: float
     subject_key: str = Field(description="HMAC of the subject ID; the ID itself is never stored.")
     source: str = Field(description="Where it came from: api, opendsr or fides.")
+    external_id: str | None = Field(None, description="The caller's id of the request: Fides' privacy_request_id, "
+                                                      "OpenDSR's subject_request_id.")
     policy: str = Field(description="auto or a method name.")
     received_at: datetime
     due_at: datetime = Field(description="GDPR Art. 12(3) deadline (paused identity checks added).")
@@ -44,6 +63,7 @@ class ErasureRequestOut(Out):
     result: dict[str, Any] | None = Field(description="When done: per model the versions before and after, "
                                                       "the method chain and its verification reports.")
     error: str | None
+    fides: FidesStateOut | None = Field(None, description="Fides requests: the integration's state.")
 
 
 class ErasureRequestPage(Out):

@@ -6,7 +6,6 @@ Request statuses change only through ``app/services/lifecycle.py``.
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +15,7 @@ from app.core.config import Settings
 from app.data import registry
 from app.db.models import ErasureRequest, ErasureTarget, ModelVersion, UnlearningJob, utcnow
 from app.core.errors import NotFound
-from app.services import audit, lifecycle
+from app.services import audit, deletions, lifecycle
 from app.services import models as model_service
 from app.services.lifecycle import TargetStatus
 
@@ -153,9 +152,11 @@ def purge_tainted_artifacts(session: Session, model_name: str, settings: Setting
 
 
 def _purge_files(session: Session, version: ModelVersion) -> None:
-    """Delete a version's weights and the directories its meta references (SISA slice
-    checkpoints, amnesiac update logs: they hold the erased subject's influence too), unless a
-    version that is not purged still references the same directory."""
+    """Schedule a version's weights and the directories its meta references (SISA slice
+    checkpoints, amnesiac update logs: they hold the erased subject's influence too) for deletion
+    after the commit that marks it purged (``deletions``), unless a version that is not purged
+    still references the same directory. Deleting them here, before the commit, would leave a
+    version the database still calls rollback-eligible without its files if the commit failed."""
     from app.ml.checkpoint import companion_dirs, read_meta
 
     path = Path(version.artifact_path)
@@ -166,7 +167,8 @@ def _purge_files(session: Session, version: ModelVersion) -> None:
                                                          ModelVersion.id != version.id)).all():
         if Path(other.artifact_path).exists():
             keep |= {d.resolve() for d in companion_dirs(read_meta(other.artifact_path))}
+    reason = f"{version.model_name} v{version.number} purged"
     for d in dirs:
         if d.resolve() not in keep:
-            shutil.rmtree(d, ignore_errors=True)
-    path.unlink(missing_ok=True)
+            deletions.schedule_deletion(session, d, reason=reason)
+    deletions.schedule_deletion(session, path, reason=reason)

@@ -114,11 +114,13 @@ def subject_hashes(session: Session, model: Model, root: Path) -> dict[str, str]
     rows: dict[str, list[str]] = {}
     if registry.store_of(model) == "columnar":
         keys = sorted(set(session.exec(select(SubjectRows.subject_key).where(SubjectRows.model_name == model.name)).all()))
-        for e in columnar.forget_examples(session, root, model.name, keys):
-            rows.setdefault(e.subject_id, []).append(json.dumps([e.split, e.label, e.features], sort_keys=True))
+        for key in keys:  # attributed to the key the index files them under
+            rows[key] = [json.dumps([e.subject_id, e.split, e.label, e.features], sort_keys=True)
+                         for e in columnar.forget_examples(session, root, model.name, [key])]
     else:
         for s in session.exec(select(Sample).where(Sample.model_name == model.name)).all():
-            rows.setdefault(s.subject_key, []).append(json.dumps([s.split, s.label, s.features], sort_keys=True))
+            rows.setdefault(s.subject_key, []).append(json.dumps([s.subject_key, s.split, s.label, s.features],
+                                                                 sort_keys=True))
     return {k: hashlib.sha256("\n".join(sorted(v)).encode()).hexdigest() for k, v in rows.items()}
 
 

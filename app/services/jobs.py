@@ -140,9 +140,13 @@ def record_outcome(session: Session, job: UnlearningJob, *, method: str | None, 
 def purge_tainted_artifacts(session: Session, model_name: str, settings: Settings) -> None:
     """Delete weight files of versions that carry a completed erasure and that no live replica serves."""
     served = {r.version for r in model_service.live_replicas(session, name=model_name, ttl_s=settings.replica_ttl_s)}
-    for v in session.exec(select(ModelVersion).where(ModelVersion.model_name == model_name,
-                                                     ModelVersion.state != "purged")).all():
+    kept = settings.keep_tainted_versions  # 0 outside tests (refused in production)
+    for v in session.exec(select(ModelVersion).where(ModelVersion.model_name == model_name, ModelVersion.state != "purged")
+                          .order_by(col(ModelVersion.number).desc())).all():
         if v.number in served or not model_service.taint_of(session, v):
+            continue
+        if kept > 0:
+            kept -= 1
             continue
         _purge_files(session, v)
         v.state = "purged"

@@ -197,6 +197,11 @@ def test_silent_replica_does_not_block_completion(stack2: Stack) -> None:
     assert len(pids) == 2
     os.kill(pids[0], signal.SIGSTOP)  # its heartbeat stops; it drops out after the TTL
     try:
+        # Proved silent before the erasure: it has left the live set (the other replica is still in it).
+        deadline = time.monotonic() + 60
+        while pids[0] in (live := _replica_pids(stack2)) and time.monotonic() < deadline:
+            time.sleep(0.3)
+        assert pids[0] not in live and pids[1] in live, (pids, live)
         rid = _erase(stack2, "toy-09")
         done = stack2.wait_status(rid, ("completed", "failed"), timeout=120)
         assert done["status"] == "completed", done

@@ -28,6 +28,7 @@ from collections.abc import Callable, Iterable
 from os import PathLike
 from pathlib import Path
 
+from sqlalchemy import delete
 from sqlmodel import Session, col, select
 
 from app.db.models import PendingDeletion
@@ -74,11 +75,9 @@ def drain(new_session: Callable[[], Session], *, limit: int = 1000,
         except OSError:
             log.warning("could not delete %s; left on the to-delete list", path, exc_info=True)
             continue
-        with new_session() as s:
-            entry = s.get(PendingDeletion, entry_id)
-            if entry is not None:
-                s.delete(entry)
-                s.commit()
+        with new_session() as s:  # a bulk DELETE: another drainer may have removed it already
+            s.exec(delete(PendingDeletion).where(col(PendingDeletion.id) == entry_id))
+            s.commit()
         done.append(path)
     return done
 

@@ -22,6 +22,7 @@ import torch
 from sqlalchemy.exc import OperationalError
 from sqlmodel import Session, select
 
+from app.core import db
 from app.core.security import subject_key
 from app.data import columnar, registry
 from app.db.models import ErasureRequest, Model, ModelVersion, Sample, SubjectRows
@@ -185,3 +186,25 @@ def test_completion_survives_a_crash_at_every_step(store: str, session: Session,
     assert len(session.exec(select(ModelVersion).where(ModelVersion.model_name == name,
                                                        ModelVersion.state != "purged")).all()) == 1
 
+
+
+def test_two_drainers_of_one_list_both_finish(session: Session, tmp_path: Path) -> None:
+    """The pipeline and the reconciler may drain at once: a file or an entry already gone is fine."""
+    files = [tmp_path / f"f{i}" for i in range(3)]
+    for f in files:
+        f.write_text("x")
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "inner").write_text("x")
+    deletions.schedule_all(session, [*files, tmp_path / "d"], reason="test")
+    session.commit()
+    inner: list[list[str]] = []
+
+    def remove_then_race(path: str) -> None:
+        deletions.remove_path(path)
+        if not inner:  # a second drainer runs between this file's removal and its entry's
+            inner.append(deletions.drain(db.new_session, remove=deletions.remove_path))
+
+    done = deletions.drain(db.new_session, remove=remove_then_race)
+    assert sorted(done) == sorted(str(p.resolve()) for p in [*files, tmp_path / "d"])
+    assert len(inner[0]) == 4 and not any(p.exists() for p in [*files, tmp_path / "d"])
+    assert deletions.pending(session) == []

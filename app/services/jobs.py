@@ -138,7 +138,8 @@ def record_outcome(session: Session, job: UnlearningJob, *, method: str | None, 
 
 
 def purge_tainted_artifacts(session: Session, model_name: str, settings: Settings) -> None:
-    """Delete weight files of versions that carry a completed erasure and that no live replica serves."""
+    """Purge versions that carry a completed erasure and that no live replica serves: marked purged, their
+    files scheduled for deletion after this transaction commits (``deletions``)."""
     served = {r.version for r in model_service.live_replicas(session, name=model_name, ttl_s=settings.replica_ttl_s)}
     kept = settings.keep_tainted_versions  # 0 outside tests (refused in production)
     for v in session.exec(select(ModelVersion).where(ModelVersion.model_name == model_name, ModelVersion.state != "purged")

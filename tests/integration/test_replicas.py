@@ -187,6 +187,31 @@ def test_opendsr_completed_callback_reaches_a_real_receiver_signed(stack2: Stack
         assert "toy-13" not in body.decode()  # no identity data in a callback
 
 
+def test_held_out_only_subject_and_a_second_request_during_a_running_job(stack2: Stack) -> None:
+    """On the running stack: a subject held only in held-out samples completes without a new
+    version; a second request for a subject while the first one's job runs completes too."""
+    with stack2.client() as c:
+        serving = c.get("/v1/models/toy").json()["serving_version"]
+        assert set(c.get("/v1/subjects/toy-05").json()["samples"]["toy"]) == {"holdout"}
+    done = stack2.wait_status(_erase(stack2, "toy-05"), ("completed", "failed"))
+    assert done["status"] == "completed" and done["result"]["models"]["toy"]["method"] == "none", done
+    with stack2.client() as c:
+        assert c.get("/v1/models/toy").json()["serving_version"] == serving  # nothing to retrain
+        assert c.get("/v1/subjects/toy-05").json()["samples"] == {}  # the rows are gone
+
+    first = _erase(stack2, "toy-14")
+    running = stack2.wait_status(first, ("running", "verifying", "deploying", "completed", "failed"))
+    assert running["status"] in ("running", "verifying", "deploying"), running  # the job has it
+    second = _erase(stack2, "toy-14")
+    assert second != first
+    a = stack2.wait_status(first, ("completed", "failed"))
+    b = stack2.wait_status(second, ("completed", "failed"))
+    assert a["status"] == b["status"] == "completed", (a, b)
+    assert b["result"]["models"]["toy"]["version_after"] == a["result"]["models"]["toy"]["version_after"]
+    with stack2.client() as c:
+        assert c.get("/v1/subjects/toy-14").json()["samples"] == {}
+
+
 def _replica_pids(s: Stack) -> list[int]:
     with s.client() as c:
         return sorted({int(r["replica_id"].split("-")[-2]) for r in c.get("/v1/models/toy").json()["replicas"]})

@@ -7,7 +7,8 @@ not ``purged`` and the directories their meta names (SISA slices, update logs). 
 at: ``<data_dir>/columnar/<model>/`` and ``<artifacts_dir>/<model>/`` (``v*.safetensors``,
 ``*.tmp``, ``sisa-*`` and ``updates-*`` directories); other files there are left alone. A model
 whose job holds its lock is skipped (the job's new files are not committed yet), and so is any
-file younger than ``older_than_s`` (an ingest or a registration still writing).
+file younger than ``older_than_s`` (a registration still writing) — for the columnar folder, the
+whole folder while any file in it is that young (an ingest of many parts commits only at its end).
 """
 
 from __future__ import annotations
@@ -49,10 +50,12 @@ def find(session: Session, *, data_dir: Path, artifacts_dir: Path, older_than_s:
         if model.lock_until is not None and model.lock_until > wall:
             continue
         folder = columnar.model_dir(data_dir, model.name)
-        if folder.is_dir():
+        files = [p for p in folder.iterdir() if p.is_file()] if folder.is_dir() else []
+        # An ingest writes a part every PART_ROWS rows and commits at the end, however long it runs:
+        # while any file here is young, one may be under way, and its older parts are not orphans.
+        if files and all(_old(p, older_than_s, now) for p in files):
             parts = set(columnar.referenced_parts(session, model.name))
-            out += [p for p in folder.iterdir() if p.is_file() and columnar.part_number(p) not in parts
-                    and _old(p, older_than_s, now)]
+            out += [p.resolve() for p in files if columnar.part_number(p) not in parts]
         folder = artifacts_dir / model.name
         if folder.is_dir():
             files, dirs = live_files(session, model.name)

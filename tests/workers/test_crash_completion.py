@@ -208,3 +208,28 @@ def test_two_drainers_of_one_list_both_finish(session: Session, tmp_path: Path) 
     assert sorted(done) == sorted(str(p.resolve()) for p in [*files, tmp_path / "d"])
     assert len(inner[0]) == 4 and not any(p.exists() for p in [*files, tmp_path / "d"])
     assert deletions.pending(session) == []
+
+
+def test_orphans_are_found_only_once_old_enough_and_never_while_an_ingest_may_be_writing(
+        session: Session, tmp_path: Path) -> None:
+    import os
+    import time
+
+    session.add(Model(name="orph", spec="toy", config={"store": "columnar"}))
+    session.commit()
+    cols, arts = columnar.model_dir(tmp_path, "orph"), tmp_path / "artifacts" / "orph"
+    for d in (cols, arts / "sisa-abc"):
+        d.mkdir(parents=True)
+    made = [cols / "part-00000.arrow", cols / "part-00001.tmp", arts / "v7.safetensors", arts / ".v8.safetensors.x.tmp"]
+    for p in made:
+        p.write_bytes(b"x")
+    (arts / "notes.txt").write_text("not ours")  # an unknown file is left alone
+    find = lambda grace: orphans.find(session, data_dir=tmp_path, artifacts_dir=tmp_path / "artifacts",  # noqa: E731
+                                      older_than_s=grace)
+    assert find(3600) == []  # all young
+    assert find(0) == sorted(p.resolve() for p in [*made, arts / "sisa-abc"])
+    old = time.time() - 7200
+    for p in [*made[1:], arts / "sisa-abc"]:
+        os.utime(p, (old, old))
+    # One young part in the columnar folder (an ingest under way): none of that folder is an orphan yet.
+    assert find(3600) == sorted(p.resolve() for p in [made[2], made[3], arts / "sisa-abc"])

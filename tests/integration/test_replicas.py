@@ -319,3 +319,30 @@ def test_new_replica_is_not_ready_until_it_serves_the_current_version(stack2: St
         proc.terminate()
         proc.wait(timeout=20)
         proxy.close()
+
+
+def test_after_every_erasure_on_this_stack_disk_and_database_agree(stack2: Stack) -> None:
+    """Runs last in this module: after its erasures (a silent replica, a replica cut off from the
+    DB, a kept tainted version...), every version the database can still serve or roll back to has
+    its weights, the to-delete list is drained and no file is left that no row references."""
+    from sqlmodel import Session, create_engine, select
+
+    from app.db.models import ModelVersion
+    from app.ml.checkpoint import companion_dirs, file_sha256, read_meta
+    from app.services import deletions, orphans
+
+    engine = create_engine(stack2.db_url)
+    try:
+        with Session(engine) as s:
+            live = s.exec(select(ModelVersion).where(ModelVersion.state != "purged")).all()
+            purged = s.exec(select(ModelVersion).where(ModelVersion.state == "purged")).all()
+            assert live and purged
+            for v in live:
+                assert file_sha256(v.artifact_path) == v.sha256
+                assert all(d.is_dir() for d in companion_dirs(read_meta(v.artifact_path)))
+            assert not any(Path(v.artifact_path).exists() for v in purged)
+            assert deletions.pending(s) == []
+            assert orphans.find(s, data_dir=stack2.data_dir, artifacts_dir=stack2.data_dir / "artifacts",
+                                older_than_s=0) == []
+    finally:
+        engine.dispose()

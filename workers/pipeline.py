@@ -27,7 +27,7 @@ from sqlmodel import col, select
 from app.core.errors import database_unavailable
 from app.core.logging import log_context
 from app.db.models import ErasureTarget, UnlearningJob, utcnow
-from app.services import audit, jobs
+from app.services import audit, deletions, jobs
 from app.services import models as model_service
 from app.services.jobs import ACTOR, STAGE_SPAN
 from workers.context import Worker
@@ -234,3 +234,13 @@ def deploy_and_complete(w: Worker, job_id: str) -> None:
         if holds_fence(s, w, job, serving=target_version):
             jobs.complete_job(s, job, w.settings, deploy_s=time.monotonic() - t0)
         s.commit()
+    drain_deletions(w)
+
+
+def drain_deletions(w: Worker) -> None:
+    """Delete the files the committed completion made obsolete; what a failure leaves on the
+    to-delete list the reconciler drains (``app/services/deletions.py``)."""
+    try:
+        deletions.drain(w.session)
+    except Exception:  # noqa: BLE001 - the job is complete; the files are the reconciler's now
+        log.warning("draining the to-delete list failed; the reconciler will retry", exc_info=True)

@@ -2,7 +2,8 @@
 
 The DB, not the queue, is the source of truth: every beat tick (``reconcile_interval_s``) sends
 one message per model that has due erasure targets or an orphaned job, and one per model
-registration still queued after its message should have arrived.
+registration still queued after its message should have arrived. It also finishes the file side of
+completions (issue 23): it drains the to-delete list and schedules orphans for deletion.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from sqlmodel import col, select
 
 from app.db.models import ErasureTarget, Model, ModelRegistration, UnlearningJob, utcnow
+from app.services import deletions, orphans
 from app.services.lifecycle import TargetStatus
 
 if TYPE_CHECKING:
@@ -47,3 +49,17 @@ def reconcile_registrations(w: Worker, send: Callable[[str], Any], *, older_than
     for rid in ids:
         send(rid)
     return ids
+
+
+def reconcile_files(w: Worker, *, older_than_s: float | None = None) -> dict[str, list[str]]:
+    """Delete what committed work made obsolete (the to-delete list a crashed drain left), then
+    the orphans older than ``orphan_grace_s`` (files of transactions that rolled back)."""
+    drained = deletions.drain(w.session)
+    grace = w.settings.orphan_grace_s if older_than_s is None else older_than_s
+    with w.session() as s:
+        found = orphans.find(s, data_dir=w.settings.data_dir, artifacts_dir=w.settings.artifacts_dir,
+                             older_than_s=grace)
+        for path in found:
+            deletions.schedule_deletion(s, path, reason="orphan")
+        s.commit()
+    return {"drained": drained, "orphans": [str(p) for p in found], "deleted": deletions.drain(w.session)}

@@ -55,4 +55,6 @@ def reconcile() -> list[str]:
     from workers import reconcile as reconciler
 
     reconciler.reconcile_registrations(worker(), send=enqueue_registration)
-    return reconciler.reconcile(worker(), send=enqueue_unlearn)
+    sent = reconciler.reconcile(worker(), send=enqueue_unlearn)
+    reconciler.reconcile_files(worker())
+    return sent

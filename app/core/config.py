@@ -104,6 +104,14 @@ class Settings(BaseSettings):
                                "0 = look every key up in the DB.")
     deploy_timeout_s: float = Field(120.0, description="How long a job waits for live replicas to swap.")
     reconcile_interval_s: float = Field(30.0, description="How often queued work whose message vanished is re-sent.")
+    orphan_grace_s: float = Field(
+        3600.0, ge=0, description="The reconciler deletes an unreferenced data or artifact file (an orphan: written by a "
+                                  "transaction that rolled back) only once it is this old, so work still being "
+                                  "committed (an ingest, a registration) is never swept (issue 23).")
+    keep_tainted_versions: int = Field(
+        0, ge=0, description="Keep the N newest versions that carry a completed erasure un-purged (their weights "
+                             "stay on disk; rollback and loading still refuse them). For tests that must show "
+                             "those refusals on a real stack; refused in production (issue 23).")
     log_level: str = Field("INFO", description="Python log level.")
     audit_sequence_interval_s: float = Field(0.5, description="How often each API process chains pending audit events.")
     # --- signatures, callbacks, deadlines, audit checkpoints (issue 5) ---
@@ -184,6 +192,8 @@ class Settings(BaseSettings):
                         if getattr(self, name) == DEV_SECRET]
             if defaults:
                 raise ValueError(f"set {', '.join('LETHE_' + n.upper() for n in defaults)} in production")
+            if self.keep_tainted_versions:
+                raise ValueError("LETHE_KEEP_TAINTED_VERSIONS must be 0 in production: tainted weights are deleted")
         return self
 
     @property

@@ -27,6 +27,7 @@ from sqlalchemy import delete, insert, update
 from sqlmodel import Session, col, select
 
 from app.db.models import SubjectRows
+from app.services import deletions
 from app.ml.spec import Example
 
 PART_ROWS = 1_000_000  # rows per part: ~1 s to rewrite one when a subject in it is purged
@@ -38,6 +39,34 @@ def model_dir(root: Path, model_name: str) -> Path:
 
 def _part_path(root: Path, model_name: str, part: int) -> Path:
     return model_dir(root, model_name) / f"part-{part:05d}.arrow"
+
+
+def part_number(path: Path) -> int | None:
+    """The part number of a ``part-<n>.arrow`` file name, else None."""
+    stem, _, num = path.stem.partition("-")
+    return int(num) if path.suffix == ".arrow" and stem == "part" and num.isdigit() else None
+
+
+def _new_part(session: Session, root: Path, model_name: str) -> tuple[int, Path]:
+    """A part number never used before by this model's index, its files, or its to-delete list,
+    reserved by creating the file exclusively (a concurrent ingest and a purge cannot collide)."""
+    folder = model_dir(root, model_name)
+    folder.mkdir(parents=True, exist_ok=True)
+    used = set(session.exec(select(SubjectRows.part).where(SubjectRows.model_name == model_name).distinct()).all())
+    used |= {n for p in folder.glob("part-*.arrow") if (n := part_number(p)) is not None}
+    used |= {n for p in deletions.pending(session, folder) if (n := part_number(Path(p))) is not None}
+    n = max(used, default=-1) + 1
+    while True:
+        path = _part_path(root, model_name, n)
+        try:
+            os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+            return n, path
+        except FileExistsError:
+            n += 1
+
+
+def referenced_parts(session: Session, model_name: str) -> list[int]:
+    return sorted(set(session.exec(select(SubjectRows.part).where(SubjectRows.model_name == model_name)).all()))
 
 
 def _open(path: Path) -> pa.Table:
@@ -78,11 +107,6 @@ class Writer:
 
     def __init__(self, session: Session, root: Path, model_name: str, part_rows: int = PART_ROWS) -> None:
         self.session, self.root, self.model_name, self.part_rows = session, root, model_name, part_rows
-        last = session.exec(select(SubjectRows.part).where(SubjectRows.model_name == model_name)
-                            .order_by(col(SubjectRows.part).desc())).first()
-        existing = sorted(model_dir(root, model_name).glob("part-*.arrow"))
-        self.next_part = max([(last + 1) if last is not None else 0,
-                              *(int(p.stem.split("-")[1]) + 1 for p in existing)])
         self.buffer: list[dict[str, Any]] = []
         self.written: list[Path] = []
         self.rows = 0
@@ -98,15 +122,15 @@ class Writer:
             return
         table = pa.Table.from_pylist(self.buffer).select(["subject_key", "split", "label", "features"])
         table = _dictionary(table.sort_by("subject_key"))
-        path = _part_path(self.root, self.model_name, self.next_part)
-        _write(path, table)
+        part, path = _new_part(self.session, self.root, self.model_name)
         self.written.append(path)
-        index = [{"model_name": self.model_name, "subject_key": k, "part": self.next_part, "offset": o, "count": n,
+        _write(path, table)
+        index = [{"model_name": self.model_name, "subject_key": k, "part": part, "offset": o, "count": n,
                   "deleted": False} for k, o, n in _runs(table)]
         for i in range(0, len(index), 20000):
             self.session.execute(insert(SubjectRows), index[i:i + 20000])
         self.rows += len(self.buffer)
-        self.buffer, self.next_part = [], self.next_part + 1
+        self.buffer = []
 
     def finish(self) -> int:
         self._flush()
@@ -138,8 +162,10 @@ def mark_deleted(session: Session, model_name: str, keys: list[str]) -> int:
 
 
 def purge(session: Session, root: Path, model_name: str, keys: list[str]) -> int:
-    """Remove these subjects' rows for good: rewrite the parts that held them, re-index those
-    parts (keeping the other subjects' deletion flags). Returns the rows removed."""
+    """Remove these subjects' rows for good: write each part that held them, without their rows,
+    as a **new** part, re-index it (keeping the other subjects' deletion flags), and schedule the
+    old part for deletion after the caller's commit (``deletions``). Until that commit the old
+    index and the old file stay valid together; after it, the new ones do. Returns rows removed."""
     removed = 0
     for part in sorted({e.part for e in _index(session, model_name, keys)}):
         path = _part_path(root, model_name, part)
@@ -151,12 +177,12 @@ def purge(session: Session, root: Path, model_name: str, keys: list[str]) -> int
             SubjectRows.model_name == model_name, SubjectRows.part == part)).all())
         session.execute(delete(SubjectRows).where(SubjectRows.model_name == model_name, SubjectRows.part == part))
         if kept.num_rows:
-            _write(path, kept)
+            new_part, new_path = _new_part(session, root, model_name)
+            _write(new_path, kept)
             session.execute(insert(SubjectRows), [
-                {"model_name": model_name, "subject_key": k, "part": part, "offset": o, "count": n,
+                {"model_name": model_name, "subject_key": k, "part": new_part, "offset": o, "count": n,
                  "deleted": flags.get(k, False)} for k, o, n in _runs(kept)])
-        else:
-            path.unlink(missing_ok=True)
+        deletions.schedule_deletion(session, path, reason=f"{model_name} part {part} rewritten by a purge")
     return removed
 
 
@@ -167,7 +193,7 @@ class LiveView(Sequence[Example]):
         deleted = set(session.exec(select(SubjectRows.subject_key).where(
             SubjectRows.model_name == model_name, col(SubjectRows.deleted).is_(True))).all())
         out = pa.array(sorted(exclude | deleted), pa.string())
-        parts = sorted(set(session.exec(select(SubjectRows.part).where(SubjectRows.model_name == model_name)).all()))
+        parts = referenced_parts(session, model_name)
         self.tables: list[pa.Table] = []
         self.rows: list[pa.Array] = []
         self.starts: list[int] = []
@@ -222,8 +248,8 @@ def manifest(root: Path, model_name: str, session: Session, exclude: set[str]) -
     """Rows and a content hash of the data a version is trained on: the parts' bytes plus the
     subjects left out (deleted or owed), so the exact training set can be named and checked."""
     digest = hashlib.sha256()
-    for path in sorted(model_dir(root, model_name).glob("part-*.arrow")):
-        with open(path, "rb") as f:
+    for part in referenced_parts(session, model_name):  # not orphans or files awaiting deletion
+        with open(_part_path(root, model_name, part), "rb") as f:
             digest.update(hashlib.file_digest(f, "sha256").digest())
     deleted = set(session.exec(select(SubjectRows.subject_key).where(
         SubjectRows.model_name == model_name, col(SubjectRows.deleted).is_(True))).all())

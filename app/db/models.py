@@ -292,3 +292,14 @@ class MetricCounter(SQLModel, table=True):
     name: str = Field(primary_key=True)
     series: str = Field(primary_key=True)
     value: float = 0.0
+
+
+class PendingDeletion(SQLModel, table=True):
+    """A file or directory the database no longer needs, to be deleted after the commit that
+    stopped needing it (``app/services/deletions.py``). Written in that same transaction, so a
+    rollback keeps the file and a crash after the commit leaves an entry the reconciler drains."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    path: str = Field(index=True)
+    reason: str = ""
+    created_at: datetime = Field(default_factory=utcnow)

@@ -6,7 +6,6 @@ Request statuses change only through ``app/services/lifecycle.py``.
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +15,7 @@ from app.core.config import Settings
 from app.data import registry
 from app.db.models import ErasureRequest, ErasureTarget, ModelVersion, UnlearningJob, utcnow
 from app.core.errors import NotFound
-from app.services import audit, lifecycle
+from app.services import audit, deletions, lifecycle
 from app.services import models as model_service
 from app.services.lifecycle import TargetStatus
 
@@ -139,11 +138,16 @@ def record_outcome(session: Session, job: UnlearningJob, *, method: str | None, 
 
 
 def purge_tainted_artifacts(session: Session, model_name: str, settings: Settings) -> None:
-    """Delete weight files of versions that carry a completed erasure and that no live replica serves."""
+    """Purge versions that carry a completed erasure and that no live replica serves: marked purged, their
+    files scheduled for deletion after this transaction commits (``deletions``)."""
     served = {r.version for r in model_service.live_replicas(session, name=model_name, ttl_s=settings.replica_ttl_s)}
-    for v in session.exec(select(ModelVersion).where(ModelVersion.model_name == model_name,
-                                                     ModelVersion.state != "purged")).all():
+    kept = settings.keep_tainted_versions  # 0 outside tests (refused in production)
+    for v in session.exec(select(ModelVersion).where(ModelVersion.model_name == model_name, ModelVersion.state != "purged")
+                          .order_by(col(ModelVersion.number).desc())).all():
         if v.number in served or not model_service.taint_of(session, v):
+            continue
+        if kept > 0:
+            kept -= 1
             continue
         _purge_files(session, v)
         v.state = "purged"
@@ -153,9 +157,11 @@ def purge_tainted_artifacts(session: Session, model_name: str, settings: Setting
 
 
 def _purge_files(session: Session, version: ModelVersion) -> None:
-    """Delete a version's weights and the directories its meta references (SISA slice
-    checkpoints, amnesiac update logs: they hold the erased subject's influence too), unless a
-    version that is not purged still references the same directory."""
+    """Schedule a version's weights and the directories its meta references (SISA slice
+    checkpoints, amnesiac update logs: they hold the erased subject's influence too) for deletion
+    after the commit that marks it purged (``deletions``), unless a version that is not purged
+    still references the same directory. Deleting them here, before the commit, would leave a
+    version the database still calls rollback-eligible without its files if the commit failed."""
     from app.ml.checkpoint import companion_dirs, read_meta
 
     path = Path(version.artifact_path)
@@ -166,7 +172,8 @@ def _purge_files(session: Session, version: ModelVersion) -> None:
                                                          ModelVersion.id != version.id)).all():
         if Path(other.artifact_path).exists():
             keep |= {d.resolve() for d in companion_dirs(read_meta(other.artifact_path))}
+    reason = f"{version.model_name} v{version.number} purged"
     for d in dirs:
         if d.resolve() not in keep:
-            shutil.rmtree(d, ignore_errors=True)
-    path.unlink(missing_ok=True)
+            deletions.schedule_deletion(session, d, reason=reason)
+    deletions.schedule_deletion(session, path, reason=reason)

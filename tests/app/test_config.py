@@ -16,3 +16,9 @@ def test_production_refuses_default_secrets(monkeypatch: pytest.MonkeyPatch) -> 
     with pytest.raises(ValidationError, match="LETHE_CALLBACK_HMAC_SECRET"):
         Settings(env="production", subject_key_secret="x")
     assert Settings(env="production", subject_key_secret="x", callback_hmac_secret="y").env == "production"
+
+
+def test_production_refuses_keeping_tainted_versions() -> None:
+    with pytest.raises(ValidationError, match="LETHE_KEEP_TAINTED_VERSIONS"):
+        Settings(env="production", subject_key_secret="x", callback_hmac_secret="y", keep_tainted_versions=1)
+    assert Settings(env="test", keep_tainted_versions=1).keep_tainted_versions == 1

@@ -26,6 +26,7 @@ import httpx
 import pytest
 
 from tests.integration.conftest import Stack, free_port, start_stack
+from tests.integration.procs import frozen, worker_pids
 
 pytestmark = pytest.mark.integration
 
@@ -235,8 +236,8 @@ def test_message_lost_with_redis_is_re_sent_and_the_request_completes(lethe: Sta
     """202 given while the message sits in Redis; Redis dies and comes back empty: the request completes.
 
     To lose the message *in Redis* (not in the worker), it is sent while the worker's consumer is
-    disconnected and backing off (its next reconnect at least 4 s away), which the test checks in
-    the log and by the queue's length just before the kill.
+    disconnected and backing off (checked in the log), and frozen (SIGSTOP) until Redis has died
+    with the message in it (checked by the queue's length just before the kill).
     """
     stack, r = lethe, private_redis
     version_before = _serving_version(stack)
@@ -244,12 +245,14 @@ def test_message_lost_with_redis_is_re_sent_and_the_request_completes(lethe: Sta
     since = _log_size(stack)
     r.kill()  # an idle worker: nothing in flight
     _wait_log(stack, r, WORKER_BACKING_OFF, since=since, timeout=60)
-    r.start()  # the worker stays away for a few seconds more; the API reconnects on publish
-    rid = _submit(stack, r, "toy-03")
-    queued = r.client().llen("unlearn")
-    r.kill()
-    if queued < 1:  # the worker reconnected first and took it: not this scenario (a very busy machine)
-        pytest.skip("the worker consumed the message before Redis was killed; the scenario did not happen")
+    # Frozen while disconnected, the worker cannot reconnect and take the message: it is in Redis
+    # for sure when Redis dies (no timing race, no skip).
+    with frozen(worker_pids(stack.proc.pid)):
+        r.start()  # the API reconnects on publish
+        rid = _submit(stack, r, "toy-03")
+        queued = r.client().llen("unlearn")
+        r.kill()
+    assert queued >= 1, "the message was not in Redis when it died"
     at_kill = _status(stack, rid)
     assert at_kill["status"] not in ("completed", "failed"), f"finished before the kill: {at_kill}"
     time.sleep(2)

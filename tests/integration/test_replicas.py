@@ -24,7 +24,10 @@ X = {"inputs": [{"x": [0.5] * 16}]}
 
 @pytest.fixture(scope="module")
 def stack2(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    s, cleanup = start_stack(tmp_path_factory.mktemp("replicas"), "postgresql", redis_db=13, api_workers=2)
+    # Keep the newest tainted version's weights (issue 23), so that the refusals to roll back to it
+    # and to load it are reached on this stack; the next completion purges it.
+    s, cleanup = start_stack(tmp_path_factory.mktemp("replicas"), "postgresql", redis_db=13, api_workers=2,
+                             extra_env={"LETHE_KEEP_TAINTED_VERSIONS": "1"})
     try:
         deadline = time.monotonic() + 30
         with s.client() as c:
@@ -82,18 +85,131 @@ def test_swap_under_load_reaches_every_replica_without_failures(stack2: Stack) -
     assert len(replicas) == 2 and {r["version"] for r in replicas} == {new_version}
 
 
+def _set_serving(s: Stack, version: int) -> None:
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(s.db_url)
+    with engine.begin() as conn:
+        conn.execute(sa.text("UPDATE model SET serving_version = :v WHERE name = 'toy'"), {"v": version})
+    engine.dispose()
+
+
 def test_rollback_to_tainted_version_is_refused(stack2: Stack) -> None:
     rid = _erase(stack2, "toy-08")
     done = stack2.wait_status(rid, ("completed", "failed"))
     assert done["status"] == "completed"
-    before = done["result"]["models"]["toy"]["version_before"]
+    before, after = done["result"]["models"]["toy"]["version_before"], done["result"]["models"]["toy"]["version_after"]
     with stack2.client() as c:
+        versions = {v["version"]: v for v in c.get("/v1/models/toy").json()["versions"]}
+        assert versions[before]["state"] == "verified" and versions[before]["tainted_by_requests"] >= 1  # kept
         r = c.post("/v1/models/toy/rollback", json={"version": before})
-        assert r.status_code == 409 and r.json()["code"] in ("tainted_version", "version_purged")
+        assert r.status_code == 409 and r.json()["code"] == "tainted_version", r.text
+
+    # A rogue write makes the tainted version the serving one: no replica loads it; they keep
+    # answering with the clean version and report not ready until the serving version is clean.
+    _set_serving(stack2, before)
+    try:
+        time.sleep(3)  # > LETHE_POLL_INTERVAL_S (1): every replica has looked
+        with stack2.client() as c:
+            answers = [c.post("/v1/models/toy/predict", json=X) for _ in range(8)]
+            ready = [c.get("/readyz").status_code for _ in range(8)]
+        assert all(a.status_code == 200 and a.json()["model_version"] == after for a in answers)
+        assert set(ready) == {503}, ready
+    finally:
+        _set_serving(stack2, after)
+    deadline = time.monotonic() + 30
+    with stack2.client() as c:
+        while c.get("/readyz").status_code != 200 and time.monotonic() < deadline:
+            time.sleep(0.3)
+        assert c.get("/readyz").status_code == 200
+
+    # The next completion purges the (then older) tainted version: weights deleted, audited.
+    done = stack2.wait_status(_erase(stack2, "toy-12"), ("completed", "failed"))
+    assert done["status"] == "completed", done
+    with stack2.client() as c:
         versions = {v["version"]: v for v in c.get("/v1/models/toy").json()["versions"]}
         assert versions[before]["state"] == "purged"
+        r = c.post("/v1/models/toy/rollback", json={"version": before})
+        assert r.status_code == 409 and r.json()["code"] == "version_purged"
         purged = c.get("/v1/audit/events", params={"type": "artifact_purged"}).json()["items"]
         assert any(e["payload"]["version"] == before and len(e["payload"]["sha256"]) == 64 for e in purged)
+    assert not (stack2.data_dir / "artifacts" / "toy" / f"v{before}.safetensors").exists()
+
+
+def test_opendsr_completed_callback_reaches_a_real_receiver_signed(stack2: Stack) -> None:
+    """A controller's receiver on loopback gets the OpenDSR callbacks of a real completion, the
+    last one ``completed``, each signed RSA-SHA256 over the raw body with the key whose
+    certificate the processor publishes (spec 8.5-8.8)."""
+    import json
+    import uuid
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from app.core.signing import verify_rsa
+
+    got: list[tuple[bytes, dict[str, str]]] = []
+
+    class Receiver(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802
+            got.append((self.rfile.read(int(self.headers["Content-Length"])), dict(self.headers)))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args) -> None:  # noqa: ANN002
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    callback_url = f"http://127.0.0.1:{server.server_address[1]}/dsr-callbacks"
+    sid = str(uuid.uuid4())
+    try:
+        with stack2.client() as c:
+            r = c.post("/opendsr/v2/requests", json={
+                "regulation": "gdpr", "subject_request_id": sid, "subject_request_type": "erasure",
+                "submitted_time": "2026-12-01T10:00:00Z", "api_version": "2.0",
+                "subject_identities": [{"identity_type": "controller_customer_id", "identity_value": "toy-13",
+                                        "identity_format": "raw"}],
+                "status_callback_urls": [callback_url]})
+            assert r.status_code == 201, r.text
+            cert = c.get("/opendsr/cert.pem").content
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline and not any(json.loads(b).get("request_status") == "completed"
+                                                      for b, _ in got):
+            time.sleep(0.5)
+    finally:
+        server.shutdown()
+    statuses = [json.loads(b)["request_status"] for b, _ in got]
+    assert "completed" in statuses, statuses
+    for body, headers in got:
+        assert verify_rsa(cert, body, headers["X-OpenDSR-Signature"]), body
+        assert not verify_rsa(cert, body + b" ", headers["X-OpenDSR-Signature"])
+        parsed = json.loads(body)
+        assert parsed["subject_request_id"] == sid and parsed["status_callback_url"] == callback_url
+        assert "toy-13" not in body.decode()  # no identity data in a callback
+
+
+def test_held_out_only_subject_and_a_second_request_during_a_running_job(stack2: Stack) -> None:
+    """On the running stack: a subject held only in held-out samples completes without a new
+    version; a second request for a subject while the first one's job runs completes too."""
+    with stack2.client() as c:
+        serving = c.get("/v1/models/toy").json()["serving_version"]
+        assert set(c.get("/v1/subjects/toy-05").json()["samples"]["toy"]) == {"holdout"}
+    done = stack2.wait_status(_erase(stack2, "toy-05"), ("completed", "failed"))
+    assert done["status"] == "completed" and done["result"]["models"]["toy"]["method"] == "none", done
+    with stack2.client() as c:
+        assert c.get("/v1/models/toy").json()["serving_version"] == serving  # nothing to retrain
+        assert c.get("/v1/subjects/toy-05").json()["samples"] == {}  # the rows are gone
+
+    first = _erase(stack2, "toy-14")
+    running = stack2.wait_status(first, ("running", "verifying", "deploying", "completed", "failed"))
+    assert running["status"] in ("running", "verifying", "deploying"), running  # the job has it
+    second = _erase(stack2, "toy-14")
+    assert second != first
+    a = stack2.wait_status(first, ("completed", "failed"))
+    b = stack2.wait_status(second, ("completed", "failed"))
+    assert a["status"] == b["status"] == "completed", (a, b)
+    assert b["result"]["models"]["toy"]["version_after"] == a["result"]["models"]["toy"]["version_after"]
+    with stack2.client() as c:
+        assert c.get("/v1/subjects/toy-14").json()["samples"] == {}
 
 
 def _replica_pids(s: Stack) -> list[int]:
@@ -106,6 +222,11 @@ def test_silent_replica_does_not_block_completion(stack2: Stack) -> None:
     assert len(pids) == 2
     os.kill(pids[0], signal.SIGSTOP)  # its heartbeat stops; it drops out after the TTL
     try:
+        # Proved silent before the erasure: it has left the live set (the other replica is still in it).
+        deadline = time.monotonic() + 60
+        while pids[0] in (live := _replica_pids(stack2)) and time.monotonic() < deadline:
+            time.sleep(0.3)
+        assert pids[0] not in live and pids[1] in live, (pids, live)
         rid = _erase(stack2, "toy-09")
         done = stack2.wait_status(rid, ("completed", "failed"), timeout=120)
         assert done["status"] == "completed", done
@@ -117,16 +238,44 @@ def test_silent_replica_does_not_block_completion(stack2: Stack) -> None:
 
 
 def test_new_replica_is_not_ready_until_it_serves_the_current_version(stack2: Stack, tmp_path: Path) -> None:
+    """...and a replica cut off from the database (its own connection only, through a loopback
+    proxy) stops answering predictions (503 ``model_not_ready``) and fails ``/readyz`` once it has
+    not confirmed the serving version for ``LETHE_REPLICA_TTL_S``, then recovers when the
+    database is back."""
+    from urllib.parse import urlsplit
+
+    from tests.integration.tcpproxy import TcpProxy
+
     with stack2.client() as c:
         current = c.get("/v1/models/toy").json()["serving_version"]
+    db = urlsplit(stack2.db_url)
+    proxy = TcpProxy((db.hostname or "127.0.0.1", db.port or 5432))
     port = free_port()
-    env = {**os.environ, "LETHE_DATABASE_URL": stack2.db_url, "LETHE_DATA_DIR": str(stack2.data_dir),
+    env = {**os.environ, "LETHE_DATABASE_URL": stack2.db_url.replace(db.netloc, f"{db.username}@127.0.0.1:{proxy.port}"),
+           "LETHE_DATA_DIR": str(stack2.data_dir),
            "LETHE_REDIS_URL": f"{REDIS}/13", "LETHE_BROKER_URL": f"{REDIS}/13",
-           "LETHE_SUBJECT_KEY_SECRET": "integration-secret", "LETHE_POLL_INTERVAL_S": "1"}
+           "LETHE_SUBJECT_KEY_SECRET": "integration-secret", "LETHE_POLL_INTERVAL_S": "1",
+           "LETHE_REPLICA_TTL_S": "4", "LETHE_HEARTBEAT_INTERVAL_S": "0.5",
+           # The API key stays cached through the outage, so the 503 seen is the model's, not auth's.
+           "LETHE_KEY_CACHE_TTL_S": "600"}
     proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "app.main:app", "--port", str(port)], cwd=ROOT,
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     seen: list[int] = []
+
+    def until(check, timeout: float) -> list:  # noqa: ANN001
+        trail: list = []
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                trail.append(check())
+                if trail[-1] is True:
+                    break
+            except httpx.HTTPError as exc:
+                trail.append(type(exc).__name__)
+            time.sleep(0.2)
+        return trail
+
     try:
         deadline = time.monotonic() + 120  # a cold uvicorn import + model load on 2 busy cores
         while time.monotonic() < deadline:
@@ -144,6 +293,56 @@ def test_new_replica_is_not_ready_until_it_serves_the_current_version(stack2: St
         assert r.json()["models"]["toy"] == current, history
         p = httpx.post(f"{url}/v1/models/toy/predict", json=X, headers=stack2.headers, timeout=30)
         assert p.status_code == 200 and p.json()["model_version"] == current, p.text
+
+        proxy.cut()  # this replica alone loses the database; the stack keeps it
+
+        def stale() -> bool | tuple:
+            p = httpx.post(f"{url}/v1/models/toy/predict", json=X, headers=stack2.headers, timeout=10)
+            ready = httpx.get(f"{url}/readyz", timeout=10).status_code
+            code = p.json().get("code") if p.status_code != 200 else None
+            return (p.status_code, code, ready) == (503, "model_not_ready", 503) or (p.status_code, code, ready)
+
+        trail = until(stale, 60)
+        assert trail and trail[-1] is True, trail[-5:]
+        assert (200, None, 200) in trail or trail[0] is True  # answered until the TTL ran out (or the first probe came late)
+
+        proxy.restore()
+
+        def recovered() -> bool | tuple:
+            ready = httpx.get(f"{url}/readyz", timeout=10).status_code
+            p = httpx.post(f"{url}/v1/models/toy/predict", json=X, headers=stack2.headers, timeout=10)
+            return (ready, p.status_code) == (200, 200) or (ready, p.status_code)
+
+        trail = until(recovered, 60)
+        assert trail and trail[-1] is True, trail[-5:]
     finally:
         proc.terminate()
         proc.wait(timeout=20)
+        proxy.close()
+
+
+def test_after_every_erasure_on_this_stack_disk_and_database_agree(stack2: Stack) -> None:
+    """Runs last in this module: after its erasures (a silent replica, a replica cut off from the
+    DB, a kept tainted version...), every version the database can still serve or roll back to has
+    its weights, the to-delete list is drained and no file is left that no row references."""
+    from sqlmodel import Session, create_engine, select
+
+    from app.db.models import ModelVersion
+    from app.ml.checkpoint import companion_dirs, file_sha256, read_meta
+    from app.services import deletions, orphans
+
+    engine = create_engine(stack2.db_url)
+    try:
+        with Session(engine) as s:
+            live = s.exec(select(ModelVersion).where(ModelVersion.state != "purged")).all()
+            purged = s.exec(select(ModelVersion).where(ModelVersion.state == "purged")).all()
+            assert live and purged
+            for v in live:
+                assert file_sha256(v.artifact_path) == v.sha256
+                assert all(d.is_dir() for d in companion_dirs(read_meta(v.artifact_path)))
+            assert not any(Path(v.artifact_path).exists() for v in purged)
+            assert deletions.pending(s) == []
+            assert orphans.find(s, data_dir=stack2.data_dir, artifacts_dir=stack2.data_dir / "artifacts",
+                                older_than_s=0) == []
+    finally:
+        engine.dispose()

@@ -20,6 +20,9 @@ pytestmark = pytest.mark.integration
 
 
 def test_two_workers_never_fork_versions_or_double_process(settings, tmp_path) -> None:  # noqa: ANN001
+    """The contention is forced, not hoped for: while one worker holds the model's lease (inside
+    its job, at publish), the other tries to drain and is turned away; then the roles swap. Both
+    workers run jobs, every request is in exactly one job, the history is linear."""
     with fresh_pg_database() as url:
         engine = make_engine(url)
         create_schema(engine)
@@ -29,40 +32,45 @@ def test_two_workers_never_fork_versions_or_double_process(settings, tmp_path) -
             s.commit()
         cfg = settings.model_copy(update={"data_dir": tmp_path, "batch_window_s": 0.0, "deploy_timeout_s": 5,
                                           "job_lease_s": 60})
-        workers_ = [pipeline.Worker(settings=cfg, engine=engine, device=torch.device("cpu"), owner=f"w{i}")
-                    for i in range(2)]
-        subjects = ["toy-02", "toy-03", "toy-04", "toy-07", "toy-08", "toy-09"]
-        ids = []
-        errors: list[BaseException] = []
+        ids: list[str] = []
+        refused: dict[int, list[list[str]]] = {0: [], 1: []}
 
-        def drain(w: pipeline.Worker) -> None:
-            try:
-                for _ in range(3):
-                    pipeline.drain(w, "toy")
-            except BaseException as exc:  # noqa: BLE001
-                errors.append(exc)
-
-        threads = [threading.Thread(target=drain, args=(w,)) for w in workers_]
-        for i, subject in enumerate(subjects):
+        def submit(subject: str) -> None:
             with Session(engine) as s:
                 req, _ = erasure.create_request(s, subject_key=subject_key(settings.subject_key_secret, subject))
                 ids.append(req.id)
                 s.commit()
-            if i == 1:
-                for t in threads:
+
+        def contender(i: int, arrives: str | None):  # noqa: ANN202
+            def publish(name: str, version: int) -> None:
+                # Inside worker i's job, lease held: the other worker must get nothing.
+                if not refused[1 - i]:
+                    got: list[list[str]] = []
+                    t = threading.Thread(target=lambda: got.append(pipeline.drain(workers_[1 - i], "toy")))
                     t.start()
-        for t in threads:
-            t.join()
-        for w in workers_:  # whatever arrived after the last drain
-            pipeline.drain(w, "toy")
+                    t.join(60)
+                    refused[1 - i].append(got[0] if got else ["<no answer>"])
+                    if arrives:
+                        submit(arrives)  # arrives while i holds the lease: i's drain loop takes it too
+            return publish
+
+        workers_ = [pipeline.Worker(settings=cfg, engine=engine, device=torch.device("cpu"), owner=f"w{i}",
+                                    publish=contender(i, "toy-04" if i == 0 else None)) for i in range(2)]
+        submit("toy-02")
+        submit("toy-03")
+        first = pipeline.drain(workers_[0], "toy")
+        submit("toy-07")
+        second = pipeline.drain(workers_[1], "toy")
         with Session(engine) as s:
             jobs = s.exec(select(UnlearningJob)).all()
             handled = [rid for j in jobs for rid in j.request_ids]
+            by_worker = {j.worker_host for j in jobs}
             statuses = {r.id: r.status for r in s.exec(select(ErasureRequest)).all()}
             versions = s.exec(select(ModelVersion).order_by(ModelVersion.number)).all()
         engine.dispose()
-    assert not errors, errors
-    assert sorted(handled) == sorted(ids)  # each request in exactly one job
+    assert refused == {0: [[]], 1: [[]]}  # each was turned away while the other held the lease
+    assert len(first) == 2 and len(second) == 1 and by_worker == {"w0", "w1"}  # both took jobs
+    assert sorted(handled) == sorted(ids) and len(ids) == 4  # each request in exactly one job
     assert all(statuses[i] == "completed" for i in ids), statuses
     # A linear history: every version's parent is the one before it.
     assert [v.parent for v in versions] == [None] + [v.number for v in versions[:-1]]

@@ -1,7 +1,7 @@
 """pending deletions (issue 23): the durable to-delete list drained after commit and by the reconciler.
 
-Revision ID: 0007_issue23
-Revises: 0006
+Revision ID: 0008
+Revises: 0007
 Create Date: 2026-12-06 10:40:00
 """
 
@@ -13,8 +13,8 @@ import sqlalchemy as sa
 import sqlmodel
 from alembic import op
 
-revision: str = "0007_issue23"
-down_revision: str | None = "0006"
+revision: str = "0008"
+down_revision: str | None = "0007"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

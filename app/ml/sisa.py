@@ -415,6 +415,7 @@ def _restart(
 def _link(old: dict[str, Any], out_dir: Path, name: str, shas: dict[str, str]) -> None:
     """Hard-link (or copy) an unchanged checkpoint into the new version's directory."""
     src, dst = Path(old["dir"]) / f"{name}.safetensors", out_dir / f"{name}.safetensors"
+    dst.unlink(missing_ok=True)  # left by a shard task that died mid-way (app/ml/sisa_tasks.py)
     try:
         os.link(src, dst)
     except OSError:

@@ -44,13 +44,13 @@ def test_shard_tasks_with_one_killed_mid_way_publish_once_and_complete(session, 
                                training={"sisa": {"shards": 4, "slices": 3}})
     session.commit()
     v1 = session.exec(select(ModelVersion).where(ModelVersion.model_name == "toy")).one()
-    # Three training subjects in three different shards.
+    # Two training subjects in two different shards.
     by_shard: dict[int, str] = {}
     for sid in ("toy-02", "toy-03", "toy-04", "toy-07", "toy-08", "toy-09", "toy-12", "toy-13", "toy-14"):
         shard, _ = sisa.assign(subject_key(settings.subject_key_secret, sid), 4, 3)
         by_shard.setdefault(shard, sid)
-    shards = sorted(by_shard)[:3]
-    assert len(shards) == 3
+    shards = sorted(by_shard)[:2]
+    assert len(shards) == 2
     ids = []
     for k in shards:
         req, _ = erasure.create_request(session, subject_key=subject_key(settings.subject_key_secret, by_shard[k]),
@@ -64,7 +64,7 @@ def test_shard_tasks_with_one_killed_mid_way_publish_once_and_complete(session, 
         code = DYING if not procs else HEALTHY
         procs.append(subprocess.Popen([sys.executable, "-c", code, task_file], cwd=ROOT))
 
-    runner = FanOut(send, claim_timeout_s=120, stale_s=8, poll_s=0.1)
+    runner = FanOut(send, claim_timeout_s=120, stale_s=5, poll_s=0.1)
     published: list[tuple[str, int]] = []
     w = pipeline.Worker(settings=settings.model_copy(update={"job_lease_s": 3600, "deploy_timeout_s": 2}),
                         engine=None, device=torch.device("cpu"), owner="test-worker",
@@ -76,7 +76,7 @@ def test_shard_tasks_with_one_killed_mid_way_publish_once_and_complete(session, 
         sisa.set_shard_runner(previous)
         for p in procs:
             p.wait(timeout=120)
-    assert len(procs) == 3 and procs[0].returncode == -9 and [p.returncode for p in procs[1:]] == [0, 0]
+    assert len(procs) == 2 and procs[0].returncode == -9 and procs[1].returncode == 0
     assert runner.took_over == [shards[0]]  # the killed shard was trained by the job, the others by their tasks
     assert published == [("toy", 2)]  # once
     for rid in ids:

@@ -124,3 +124,25 @@ def test_refuses_unroutable_per_subject_specs_and_non_empty_dirs(toy, train, tmp
     (tmp_path / "used" / "x").write_text("x")
     with pytest.raises(ValueError, match="not empty"):
         train_sisa(toy, train, out_dir=tmp_path / "used", device="cpu")
+
+
+def test_fanned_out_shards_nobody_claims_are_trained_by_the_job_and_equal_inline(toy, train, sisa_trained, tmp_path):
+    from app.ml.sisa import set_shard_runner
+    from app.ml.sisa_tasks import FanOut
+
+    model, meta = sisa_trained
+    retain = [e for e in train if e.subject_id not in FORGET]
+    sent: list[str] = []
+    runner = FanOut(sent.append, claim_timeout_s=0, poll_s=0)  # a broker with no free worker (embedded default)
+    previous = set_shard_runner(runner)
+    try:
+        fanned, fanned_meta, starts = unlearn_sisa(toy, model, meta, retain=retain, forget_keys=FORGET, device="cpu",
+                                                   out_dir=tmp_path / "fanned")
+    finally:
+        set_shard_runner(previous)
+    inline, _, _ = unlearn_sisa(toy, model, meta, retain=retain, forget_keys=FORGET, device="cpu",
+                                out_dir=tmp_path / "inline")
+    assert [Path(p).name for p in sent] == ["shard-0.task.json", "shard-3.task.json"] and starts == {0: 0, 3: 1}
+    assert sorted(runner.took_over) == [0, 3]
+    assert params_equal(fanned, inline)
+    assert not list((tmp_path / "fanned").glob("shard-*"))  # no task file (the shard's samples) is left

@@ -146,3 +146,12 @@ def test_fanned_out_shards_nobody_claims_are_trained_by_the_job_and_equal_inline
     assert sorted(runner.took_over) == [0, 3]
     assert params_equal(fanned, inline)
     assert not list((tmp_path / "fanned").glob("shard-*"))  # no task file (the shard's samples) is left
+
+
+def test_the_scheduler_cost_of_an_exact_sisa_job_counts_waves_of_touched_shards():
+    from app.ml.policy import sisa_job_seconds
+
+    assert sisa_job_seconds(10.0, 4) == 40.0  # one worker: one after another
+    assert sisa_job_seconds(10.0, 4, workers=2, overhead_s=3.0) == 23.0
+    assert sisa_job_seconds(10.0, 3, workers=8) == 10.0
+    assert sisa_job_seconds(10.0, 0, overhead_s=3.0) == 3.0

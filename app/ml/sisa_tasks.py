@@ -11,7 +11,8 @@ sends one task per touched shard through ``send`` (a Celery ``send_task`` on the
   - ``shard-K.claim``: written by the task that runs it, touched every ``HEARTBEAT_S`` seconds;
   - ``shard-K.done.json``: the shard's checkpoint hashes and counts, written atomically last.
 
-The job that sent them keeps its lease meanwhile and alone publishes (its fence check is unchanged),
+A single touched shard is trained in the job (a task would add only its hand-over). The job that
+sent them keeps its lease meanwhile and alone publishes (its fence check is unchanged),
 so the group publishes once. A shard nobody claimed within ``claim_timeout_s`` (every worker busy:
 the embedded default's single worker is running this very job) or whose claim went stale (its task
 died mid-way and the broker has not redelivered it) is trained by the job itself. A shard is
@@ -33,7 +34,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from app.ml.sisa import ShardResult, ShardWork, train_shard
+from app.ml.sisa import ShardResult, ShardWork, run_inline, train_shard
 from app.ml.spec import Example
 
 log = logging.getLogger("lethe.sisa")
@@ -115,6 +116,8 @@ class FanOut:
         self.took_over: list[int] = []  # shards this process trained itself (for tests and logs)
 
     def __call__(self, work: ShardWork) -> dict[int, ShardResult]:
+        if len(work.touched) == 1:  # nothing runs beside it: a task would add only its hand-over
+            return run_inline(work)
         files = {k: write_task(work, k, start) for k, start in sorted(work.touched.items())}
         try:
             for f in files.values():

@@ -86,7 +86,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     default = "movielens" if args.epsilon else ",".join(QUICK_CONFIGS if q else FULL_CONFIGS)
     args.configs = [c.strip() for c in (args.configs or default).split(",")]
     from bench.unlearning_parts.exact_design import CONFIGS as EXACT_CONFIGS
+    from bench.unlearning_parts.sisa_parallel import CONFIGS as SISA_PARALLEL_CONFIGS
 
+    EXACT_CONFIGS = EXACT_CONFIGS + SISA_PARALLEL_CONFIGS  # noqa: N806 - epsilon-mode configs of issue 20
     unknown = [c for c in args.configs if c not in CONFIGS and not (args.epsilon and c in EXACT_CONFIGS)]
     if unknown:
         p.error(f"unknown config(s) {unknown}; known: {', '.join(CONFIGS)}")
@@ -202,13 +204,14 @@ def main(argv: list[str] | None = None) -> int:
     argv = redacted(sys.argv[1:] if argv is None else argv)
     try:
         if args.epsilon:
-            from bench.unlearning_parts import epsilon_report, exact_design
+            from bench.unlearning_parts import epsilon_report, exact_design, sisa_parallel
 
-            # A public-backbone config runs the marginal protocol for its exact path (issue 20).
-            exact = [c for c in args.configs if c in exact_design.CONFIGS]
-            args.configs = [c for c in args.configs if c not in exact]
-            if exact:
-                print(exact_design.run(argparse.Namespace(**{**vars(args), "configs": exact}), device, argv, log))
+            # Exact-by-design configs run the marginal protocol for their exact path (issue 20).
+            for part in (exact_design, sisa_parallel):
+                mine = [c for c in args.configs if c in part.CONFIGS]
+                args.configs = [c for c in args.configs if c not in mine]
+                if mine:
+                    print(part.run(argparse.Namespace(**{**vars(args), "configs": mine}), device, argv, log))
             if args.configs:
                 print(epsilon_report.run(args, device, argv, log))
         else:

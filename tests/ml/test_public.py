@@ -79,3 +79,19 @@ def test_feature_cache_serves_what_the_backbone_computes_and_drops_a_subject(spe
     assert cache.path(subject).exists() and subject not in cache.path(subject).name  # file names are hashed
     assert drop(tmp_path, "m", [subject]) == 1
     assert not cache.path(subject).exists() and cache.path(train[-1].subject_id).exists()
+
+
+def test_adopted_weights_must_carry_the_published_backbone(spec, train, tmp_path) -> None:
+    from safetensors.torch import save_file
+
+    from app.services.registration import RegistrationFailed, adopt_weights
+
+    model, meta = train_from_scratch(spec, train, device="cpu", seed=0, recipe=SHORT)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, tmp_path / "ok.safetensors")
+    adopted, adopted_meta = adopt_weights(spec, "wdbc_head", train, tmp_path / "ok.safetensors")
+    assert adopted_meta["public"]["sha256"] == meta["public"]["sha256"]
+    with torch.no_grad():
+        model.backbone.net[2].weight.mul_(1.01)  # "fine-tuned" on someone: not the public backbone
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, tmp_path / "tuned.safetensors")
+    with pytest.raises(RegistrationFailed, match="public parameters"):
+        adopt_weights(spec, "wdbc_head", train, tmp_path / "tuned.safetensors")

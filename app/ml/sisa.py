@@ -222,6 +222,9 @@ def _train_stages(
 
 
 def _check_supported(spec: ModelSpec) -> None:
+    if spec.public_parameters is not None:  # shards would each train (and fork) the public part
+        raise ValueError(f"spec {spec.name!r} declares public parameters: its exact path is the head retrain "
+                         "(retrain), not a SISA ensemble")
     if spec.subject_feature is not None and spec.subject_input is None:
         raise ValueError(f"SISA ensembles of a spec with per-subject parameters ({spec.name!r}: "
                          f"{spec.subject_feature!r}) need its subject_input to route a subject to their shard")

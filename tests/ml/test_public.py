@@ -95,3 +95,10 @@ def test_adopted_weights_must_carry_the_published_backbone(spec, train, tmp_path
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, tmp_path / "tuned.safetensors")
     with pytest.raises(RegistrationFailed, match="public parameters"):
         adopt_weights(spec, "wdbc_head", train, tmp_path / "tuned.safetensors")
+
+
+def test_a_public_backbone_model_is_not_trained_as_a_sisa_ensemble(spec, train, tmp_path) -> None:
+    from app.ml.sisa import train_sisa
+
+    with pytest.raises(ValueError, match="head retrain"):  # shards would each train the public part
+        train_sisa(spec, train, out_dir=tmp_path / "sisa", device="cpu")

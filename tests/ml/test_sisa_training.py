@@ -126,11 +126,11 @@ def test_refuses_unroutable_per_subject_specs_and_non_empty_dirs(toy, train, tmp
         train_sisa(toy, train, out_dir=tmp_path / "used", device="cpu")
 
 
-def test_fanned_out_shards_nobody_claims_are_trained_by_the_job_and_equal_inline(toy, train, sisa_trained, tmp_path):
+def test_fanned_out_shards_nobody_claims_are_trained_by_the_job_and_equal_inline(toy, train, tmp_path):
     from app.ml.sisa import set_shard_runner
     from app.ml.sisa_tasks import FanOut
 
-    model, meta = sisa_trained
+    model, meta = train_sisa(toy, train, out_dir=tmp_path / "v1", device="cpu", seed=0)  # its own: others edit theirs
     retain = [e for e in train if e.subject_id not in FORGET]
     sent: list[str] = []
     runner = FanOut(sent.append, claim_timeout_s=0, poll_s=0)  # a broker with no free worker (embedded default)

@@ -77,7 +77,9 @@ def test_shard_tasks_with_one_killed_mid_way_publish_once_and_complete(session, 
         for p in procs:
             p.wait(timeout=120)
     assert len(procs) == 2 and procs[0].returncode == -9 and procs[1].returncode == 0
-    assert runner.took_over == [shards[0]]  # the killed shard was trained by the job, the others by their tasks
+    # The killed shard was trained by the job (a healthy task heartbeats every 2 s; under heavy load the
+    # job may also take over a slow one, which writes the same bytes and changes nothing).
+    assert shards[0] in runner.took_over
     assert published == [("toy", 2)]  # once
     for rid in ids:
         req = session.get(ErasureRequest, rid)

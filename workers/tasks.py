@@ -7,7 +7,10 @@ import logging
 
 from app.core.config import get_settings
 from app.core.db import create_schema, get_engine
-from app.core.queue import TASK_RECONCILE, TASK_REGISTER, TASK_UNLEARN, enqueue_registration, enqueue_unlearn, get_celery
+from app.core.queue import (
+    TASK_RECONCILE, TASK_REGISTER, TASK_SISA_SHARD, TASK_UNLEARN, UNLEARN_QUEUE, enqueue_registration, enqueue_unlearn,
+    get_celery,
+)
 from app.serving.holder import publish_update
 from workers import pipeline
 
@@ -23,6 +26,13 @@ def worker() -> pipeline.Worker:
     settings = get_settings()
     set_cpu_threads(settings.torch_threads)
     create_schema()
+    if settings.sisa_fan_out:  # registered at start-up: app.ml.sisa never imports Celery
+        from app.ml.sisa import set_shard_runner
+        from app.ml.sisa_tasks import FanOut
+
+        set_shard_runner(FanOut(lambda path: celery.send_task(TASK_SISA_SHARD, args=[path], queue=UNLEARN_QUEUE),
+                                claim_timeout_s=settings.sisa_claim_timeout_s,
+                                stale_s=2 * settings.sisa_claim_timeout_s))
     return pipeline.Worker(settings=settings, engine=get_engine(), device=pick_device(settings.device),
                            publish=functools.partial(publish_update, settings.redis_url))
 
@@ -47,6 +57,14 @@ def register_model(registration_id: str) -> str:
                                          calibrate=calibrate_reference, publish=w.publish,
                                          deploy_timeout_s=w.settings.deploy_timeout_s,
                                          replica_ttl_s=w.settings.replica_ttl_s)
+
+
+@celery.task(name=TASK_SISA_SHARD, acks_late=True, reject_on_worker_lost=True)
+def sisa_shard(task_file: str) -> dict | None:
+    """Retrain one shard of a fanned-out SISA erasure; the job that sent it publishes."""
+    from app.ml.sisa_tasks import run_shard_file
+
+    return run_shard_file(task_file, device=worker().device)
 
 
 @celery.task(name=TASK_RECONCILE, ignore_result=True)

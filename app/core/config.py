@@ -153,6 +153,13 @@ class Settings(BaseSettings):
         "", description="Comma list of demo models registered as SISA ensembles (4 shards x 3 slices, or the "
         "spec's measured layout: movielens 4 x 4, user-sharded): exact, cheap `sisa` unlearning; only exact "
         "methods run on them.")
+    sisa_fan_out: bool = Field(
+        False, description="Retrain the shards an erasure touches as one Celery task each (app/ml/sisa_tasks.py), "
+        "so k shards on k workers cost about one shard's time; a shard no worker claims within "
+        "sisa_claim_timeout_s is trained by the job itself (off: in the job, one after another).")
+    sisa_claim_timeout_s: float = Field(15.0, description="Seconds a fanned-out SISA shard may wait for a worker "
+                                        "before the job trains it itself (also the silence after which a claimed "
+                                        "shard counts as lost, x2).")
     update_log_models: str = Field(
         "", description="Comma list of demo models trained with a per-step update log for `amnesiac` (storage: "
         "a parameter vector per step: ~25 MB toy, ~97 MB digits).")

@@ -27,6 +27,7 @@ HOUSEKEEPING_QUEUE = "housekeeping"
 TASK_UNLEARN = "lethe.unlearn_model"
 TASK_RECONCILE = "lethe.reconcile"
 TASK_REGISTER = "lethe.register_model"  # trains: on the unlearn queue (the GPU worker)
+TASK_SISA_SHARD = "lethe.sisa_shard"  # one shard of a fanned-out SISA erasure (app/ml/sisa_tasks.py)
 # Housekeeping (workers/housekeeping.py): on the unlearn queue so the single embedded worker runs them;
 # a long unlearning job delays them (prefetch 1), which callbacks and checkpoints tolerate.
 TASK_DELIVER_CALLBACKS = "lethe.deliver_callbacks"
@@ -72,6 +73,7 @@ def make_celery(settings: Settings) -> Celery:
         task_ignore_result=True,
         task_default_queue=UNLEARN_QUEUE,
         task_routes={TASK_UNLEARN: {"queue": UNLEARN_QUEUE}, TASK_REGISTER: {"queue": UNLEARN_QUEUE},
+                     TASK_SISA_SHARD: {"queue": UNLEARN_QUEUE},
                      TASK_RECONCILE: {"queue": HOUSEKEEPING_QUEUE},
                      **{t: {"queue": HOUSEKEEPING_QUEUE} for t in HOUSEKEEPING_TASKS}},
         beat_schedule={"reconcile": {"task": TASK_RECONCILE, "schedule": settings.reconcile_interval_s},

@@ -24,7 +24,7 @@ from typing import Any
 from sqlalchemy import delete, insert, union
 from sqlmodel import Session, col, select
 
-from app.data import columnar
+from app.data import columnar, feature_cache
 from app.db.models import Model, Sample, SubjectRows, utcnow
 from app.ml.spec import Example
 
@@ -86,7 +86,9 @@ class Ingestor:
 
 
 def take_forget(session: Session, model: Model, keys: list[str], root: Path) -> list[Example]:
-    """The subjects' rows (deleted or not), now flagged deleted: excluded from every later use."""
+    """The subjects' rows (deleted or not), now flagged deleted: excluded from every later use.
+    Their cached backbone features (``feature_cache``, derived data) are deleted at once."""
+    feature_cache.drop(root, model.name, keys)
     if store_of(model) == "columnar":
         rows = columnar.forget_examples(session, root, model.name, keys)
         columnar.mark_deleted(session, model.name, keys)
@@ -116,7 +118,8 @@ def manifest(session: Session, model: Model, retain: Sequence[Example], exclude:
 
 
 def purge(session: Session, model: Model, keys: list[str], root: Path) -> int:
-    """Remove the subjects' rows for good (the erasure completed)."""
+    """Remove the subjects' rows (and any cached features of theirs) for good (the erasure completed)."""
+    feature_cache.drop(root, model.name, keys)
     if store_of(model) == "columnar":
         return columnar.purge(session, root, model.name, keys)
     res = session.exec(delete(Sample).where(Sample.model_name == model.name, col(Sample.subject_key).in_(keys)))

@@ -21,6 +21,7 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 from torch import nn
 
+from app.ml.public import check as check_public
 from app.ml.spec import ModelSpec
 
 FORMAT_VERSION = "1"
@@ -40,7 +41,11 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
 
 
 def save_checkpoint(path: str | os.PathLike[str], model: nn.Module, meta: dict[str, Any], info: dict[str, Any]) -> str:
-    """Write ``model``'s weights with ``meta``/``info`` atomically; return the file's sha256."""
+    """Write ``model``'s weights with ``meta``/``info`` atomically; return the file's sha256.
+
+    ``PublicParametersChanged`` (nothing written) when ``meta`` declares public parameters and the
+    model's no longer hash to the recorded value (``app/ml/public.py``)."""
+    check_public(model, meta, what=f"checkpoint {Path(path).name}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
@@ -89,6 +94,7 @@ def load_checkpoint(
 
     model = build_network(spec, meta)  # spec.build(meta), or a SISA ensemble of them
     model.load_state_dict(load_safetensors(data), strict=True)
+    check_public(model, meta, what=f"checkpoint {path}")  # a version whose public part changed is refused
     return model.to(device).eval(), meta, info
 
 

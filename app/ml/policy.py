@@ -104,6 +104,17 @@ SISA_MEASURED: dict[str, tuple[SisaMeasurement, ...]] = {
 }
 
 
+def sisa_job_seconds(shard_seconds: float, shards_touched: int, *, workers: int = 1, overhead_s: float = 0.0) -> float:
+    """What an exact SISA job costs, for the erasure scheduler (issue 20): the shards it touches
+    retrain independently, in ``ceil(touched / workers)`` waves when fanned out over ``workers`` free
+    workers (``LETHE_SISA_FAN_OUT``; 1: one after another in the job), plus the job's fixed
+    ``overhead_s`` (collect, verify, publish). ``shard_seconds``: one shard's retrain from its first
+    slice (a whole shard, the dearest case; a later slice costs less)."""
+    if shards_touched <= 0:
+        return overhead_s
+    return overhead_s + math.ceil(shards_touched / max(1, workers)) * shard_seconds
+
+
 def _measured(spec_name: str, recipe: Any) -> list[SisaMeasurement]:
     key = (recipe.epochs, recipe.batch_size, recipe.lr)
     return [m for m in SISA_MEASURED.get(spec_name, ()) if m.recipe == key]

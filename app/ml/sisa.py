@@ -68,6 +68,7 @@ import os
 import shutil
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -221,6 +222,9 @@ def _train_stages(
 
 
 def _check_supported(spec: ModelSpec) -> None:
+    if spec.public_parameters is not None:  # shards would each train (and fork) the public part
+        raise ValueError(f"spec {spec.name!r} declares public parameters: its exact path is the head retrain "
+                         "(retrain), not a SISA ensemble")
     if spec.subject_feature is not None and spec.subject_input is None:
         raise ValueError(f"SISA ensembles of a spec with per-subject parameters ({spec.name!r}: "
                          f"{spec.subject_feature!r}) need its subject_input to route a subject to their shard")
@@ -284,6 +288,10 @@ def _train(
             progress(done[0] / total)
 
     routed = spec.subject_input is not None
+    # The touched shards are independent: the registered runner trains them (in this process by
+    # default; one Celery task per shard in a worker, ``app/ml/sisa_tasks.py``).
+    touched = {k: start for k, start in starts.items() if start is not None}
+    trained = _runner(ShardWork(spec, inner, cfg, parts, touched, old, out_dir, device, tick)) if touched else {}
     members, routes, everything = [], {}, []
     for k in range(cfg["shards"]):
         start = starts.get(k)
@@ -296,16 +304,15 @@ def _train(
                 member, view = copy.deepcopy(served.members[k]).to(device), None
             else:
                 member, view, _ = load_slice(spec, old, k, cfg["slices"] - 1, device=device)
-        elif start == 0 and old is None:
-            torch.manual_seed(_seed(cfg["seed"], k, "init"))
-            member = spec.build(inner).to(device)
-            view = spec.restrict(inner, feats, model=member)  # rows only for this shard's users and items
-            shas[slice_name(k, None)] = save_checkpoint(out_dir / f"{slice_name(k, None)}.safetensors", member, view,
-                                                        {"sisa_shard": k, "sisa_stage": None})
-        else:  # restart from the last checkpoint before the first slice that changed
-            member, view = _restart(spec, old, inner, feats, k, start, out_dir, shas, device, rewrite=routed)
-        if start is not None:
-            _train_stages(spec, member, view, cfg, k, parts[k], start, out_dir, shas, counts, device, tick)
+        else:
+            result = trained[k]
+            shas.update(result.shas)
+            counts.update(result.counts)
+            if result.member is not None:
+                member, view = result.member, result.view
+            else:  # trained elsewhere: its final checkpoint, verified against the sha256 it reported
+                member, view, _ = load_slice(spec, {"dir": str(out_dir), "slice_sha256": result.shas}, k,
+                                             cfg["slices"] - 1, device=device)
         if routed and feats and start is None and old is not None and "routes" in old:
             routes.update({row: k for row, owner in old["routes"].items() if owner == k})  # same users, same rows
         elif routed and feats:
@@ -318,6 +325,69 @@ def _train(
     meta = {**inner, "sisa": section}
     ensemble = SISAEnsemble(members, routes=routes if routed else None, route_key=spec.subject_input)
     return ensemble.to(device).eval(), meta
+
+
+@dataclass
+class ShardWork:
+    """The touched shards of one SISA training or erasure: shard -> first stage to (re)train."""
+
+    spec: ModelSpec
+    inner: dict[str, Any]
+    cfg: dict[str, Any]
+    parts: dict[int, list[list[Example]]]
+    touched: dict[int, int]
+    old: dict[str, Any] | None
+    out_dir: Path
+    device: Any
+    tick: Callable[[], None] = lambda: None
+
+
+@dataclass
+class ShardResult:
+    shas: dict[str, str]
+    counts: dict[str, int]
+    member: nn.Module | None = None  # in memory when trained in this process
+    view: dict[str, Any] | None = None
+
+
+def train_shard(spec: ModelSpec, inner: dict[str, Any], cfg: dict[str, Any], slices: list[list[Example]], k: int,
+                start: int, old: dict[str, Any] | None, out_dir: Path, device: Any,
+                tick: Callable[[], None] = lambda: None) -> ShardResult:
+    """One shard: initialise (or restart from its checkpoint before stage ``start``) and train stages
+    ``start..R-1``, writing its checkpoints into ``out_dir``. Deterministic: run twice (a redelivered
+    task), it writes the same bytes (each file atomically)."""
+    shas: dict[str, str] = {}
+    counts: dict[str, int] = {}
+    feats = [e.features for s in slices for e in s]
+    if start == 0 and old is None:
+        torch.manual_seed(_seed(cfg["seed"], k, "init"))
+        member = spec.build(inner).to(device)
+        view = spec.restrict(inner, feats, model=member)  # rows only for this shard's users and items
+        shas[slice_name(k, None)] = save_checkpoint(out_dir / f"{slice_name(k, None)}.safetensors", member, view,
+                                                    {"sisa_shard": k, "sisa_stage": None})
+    else:  # restart from the last checkpoint before the first slice that changed
+        member, view = _restart(spec, old, inner, feats, k, start, out_dir, shas, device,
+                                rewrite=spec.subject_input is not None)
+    _train_stages(spec, member, view, cfg, k, slices, start, out_dir, shas, counts, device, tick)
+    return ShardResult(shas, counts, member, view)
+
+
+def run_inline(work: ShardWork) -> dict[int, ShardResult]:
+    """Train the touched shards one after another in this process (the default runner)."""
+    return {k: train_shard(work.spec, work.inner, work.cfg, work.parts[k], k, start, work.old, work.out_dir,
+                           work.device, work.tick) for k, start in sorted(work.touched.items())}
+
+
+ShardRunner = Callable[[ShardWork], dict[int, ShardResult]]
+_runner: ShardRunner = run_inline
+
+
+def set_shard_runner(runner: ShardRunner | None) -> ShardRunner:
+    """Register how touched shards are trained (a worker registers its Celery fan-out at start-up);
+    ``None`` restores the in-process default. Returns the previous runner."""
+    global _runner
+    previous, _runner = _runner, runner or run_inline
+    return previous
 
 
 def _restart(
@@ -348,6 +418,7 @@ def _restart(
 def _link(old: dict[str, Any], out_dir: Path, name: str, shas: dict[str, str]) -> None:
     """Hard-link (or copy) an unchanged checkpoint into the new version's directory."""
     src, dst = Path(old["dir"]) / f"{name}.safetensors", out_dir / f"{name}.safetensors"
+    dst.unlink(missing_ok=True)  # left by a shard task that died mid-way (app/ml/sisa_tasks.py)
     try:
         os.link(src, dst)
     except OSError:

@@ -48,6 +48,20 @@ class TrainRecipe:
     schedule: str = "constant"  # constant, cosine (to 0 over the run)
 
 
+@dataclass(frozen=True)
+class PublicParameters:
+    """Parameters that were never trained on subject data (issue 20; ``app/ml/public.py``).
+
+    ``prefixes``: parameter-name prefixes (``"backbone."``); ``source``: where their weights come
+    from (a published seed, a wheel and version, a URL). ``build`` must load them from that source
+    whatever the global seed, so every build yields the same public tensors; Lethe keeps them frozen
+    and refuses a version whose public tensors hash differently from the registered ones.
+    """
+
+    prefixes: tuple[str, ...]
+    source: str
+
+
 class ModelSpec:
     """Base class; one subclass per model in ``app/ml/specs``."""
 
@@ -65,6 +79,9 @@ class ModelSpec:
     # "user", 0 for an unknown subject). Declaring it lets a user-sharded SISA ensemble route a
     # subject's prediction to the one constituent that holds their row (``app/ml/sisa.py``).
     subject_input: ClassVar[str | None] = None
+    # Parameters never trained on subjects (a public pretrained backbone); None: every parameter
+    # is trained. Exact erasure then retrains only the rest (``app/ml/public.py``).
+    public_parameters: ClassVar[PublicParameters | None] = None
 
     def load_examples(self) -> list[Example]:
         """All examples of the bundled data set, deterministic (no downloads)."""
@@ -116,6 +133,13 @@ class ModelSpec:
         """The training objective, also the membership signal the gates measure (per example with
         ``reduction="none"``). Default: cross-entropy over ``num_classes`` logits."""
         return F.cross_entropy(logits, labels, reduction=reduction)
+
+    def split_public(self, model: nn.Module) -> tuple[nn.Module, nn.Module] | None:
+        """``(backbone, head)`` when the public parameters form a prefix of the network:
+        ``head(backbone(**batch)) == model(**batch)`` and the backbone holds exactly the public
+        parameters. Then a head retrain runs on cached backbone features (personal data, kept in
+        the store beside the samples). ``None`` (default): frozen-parameter training without a cache."""
+        return None
 
     def fit(self, model: nn.Module, examples: list[Example], meta: dict[str, Any], *, device: Any, seed: int,
             recipe: TrainRecipe, progress: Any = None) -> nn.Module | None:

@@ -13,14 +13,19 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import BatchSampler, DataLoader, RandomSampler
 
-from app.ml.data import make_loader
+from app.data.feature_cache import FeatureCache
+from app.data.feature_cache import directory as feature_cache_dir
+from app.ml import public
+from app.ml.data import TensorBatches, make_loader
 from app.ml.policy import sisa_layout, sisa_wins
 from app.ml.spec import Example, ModelSpec, TrainRecipe
 from app.ml.specs import get_spec
 
 Progress = Callable[[float], None]
+# (examples, compute missing features) -> features [N, d]: a per-sample feature cache (app/data/feature_cache.py).
+FeatureLookup = Callable[[Sequence[Example], Callable[[Sequence[Example]], torch.Tensor]], torch.Tensor]
 # Inference batch: large enough to amortise Python overhead, small enough for any model here.
 EVAL_BATCH = 4096
 
@@ -49,10 +54,15 @@ def train_from_scratch(
     seed: int = 0,
     recipe: TrainRecipe | None = None,
     progress: Progress | None = None,
+    feature_cache: str | Path | None = None,
 ) -> tuple[nn.Module, dict[str, Any]]:
     """Build meta from the ``train``-split examples, initialise with ``seed`` and train.
 
     Only examples whose split is ``train`` are used: ``test`` and ``holdout`` are never trained on.
+    A spec with public parameters (``app/ml/public.py``) trains only the rest: its public tensors
+    are hashed into ``meta["public"]`` as built, frozen, and checked after training; when the spec
+    splits into backbone and head, only the head is trained, on backbone features (from
+    the per-sample cache in directory ``feature_cache`` where given, recorded in ``meta``).
     """
     recipe = recipe or spec.recipe
     # A columnar store's view of the train split streams: neither filtered nor copied into a list.
@@ -63,14 +73,26 @@ def train_from_scratch(
     torch.manual_seed(seed)
     meta = spec.make_meta(_Features(train) if lazy else [e.features for e in train])
     model = spec.build(meta).to(device)
+    meta = public.declare(spec, model, meta)  # hash of the public part as built from its source
+    public.freeze(model, meta)
+    if public.is_public(meta) and type(spec).fit is ModelSpec.fit and spec.split_public(model) is not None:
+        cache = None
+        if feature_cache is not None:
+            meta["public"]["cache"] = str(feature_cache)
+            cache = FeatureCache(feature_cache, meta["public"]["sha256"])
+        train_head(spec, model, meta, train, device=device, seed=seed, recipe=recipe, progress=progress, cache=cache)
+        public.check(model, meta, what="training")
+        return model.eval(), meta
     custom = spec.fit(model, train, meta, device=device, seed=seed, recipe=recipe, progress=progress)
     if custom is not None:  # the plugin trains its own way (ModelSpec.fit)
+        public.check(custom, meta, what="training")
         return custom.eval(), meta
     loader = make_loader(spec, meta, train, batch_size=recipe.batch_size, shuffle=True, seed=seed)
     train_epochs(
         spec, model, meta, loader, epochs=recipe.epochs, lr=recipe.lr, weight_decay=recipe.weight_decay,
         device=device, progress=progress, optimizer=recipe.optimizer, schedule=recipe.schedule,
     )
+    public.check(model, meta, what="training")
     model.eval()
     return model, meta
 
@@ -92,11 +114,11 @@ def train_epochs(
     """``epochs`` passes over ``loader`` with the recipe's optimiser (default AdamW) and schedule,
     minimising ``spec.loss``, in place; returns ``model`` in train mode."""
     model.train()
+    params = [p for p in model.parameters() if p.requires_grad]  # frozen public parameters stay out
     if optimizer == "sgd":
-        opt: torch.optim.Optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9,
-                                                     weight_decay=weight_decay)
+        opt: torch.optim.Optimizer = torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay)
     elif optimizer == "adamw":
-        opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+        opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     else:
         raise ValueError(f"unknown optimizer {optimizer!r} in the recipe (adamw, sgd)")
     total = max(1, epochs * len(loader))
@@ -112,6 +134,51 @@ def train_epochs(
                 sched.step()
         if progress is not None:
             progress((epoch + 1) / epochs)
+    return model
+
+
+class _Head(nn.Module):
+    """The head as a ``model(**batch)`` module over cached backbone features."""
+
+    def __init__(self, head: nn.Module) -> None:
+        super().__init__()
+        self.head = head
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.head(features)
+
+
+@torch.no_grad()
+def backbone_features(spec: ModelSpec, model: nn.Module, meta: dict[str, Any], examples: Sequence[Example], *,
+                      device: torch.device | str, batch: int = 4096) -> torch.Tensor:
+    """The public backbone's output per example (``[N, d]``, on the CPU), eval mode."""
+    backbone, _ = spec.split_public(model)
+    was = backbone.training
+    backbone.eval()
+    out = []
+    for start in range(0, len(examples), batch):
+        feats = spec.collate([examples[i].features for i in range(start, min(start + batch, len(examples)))], meta)
+        out.append(backbone(**{k: v.to(device) for k, v in feats.items()}).float().cpu())
+    backbone.train(was)
+    return torch.cat(out) if out else torch.zeros(0)
+
+
+def train_head(spec: ModelSpec, model: nn.Module, meta: dict[str, Any], examples: Sequence[Example], *,
+               device: torch.device | str, seed: int, recipe: TrainRecipe, progress: Any = None,
+               cache: FeatureLookup | None = None) -> nn.Module:
+    """Train only the head of ``model`` (freshly built, public part frozen) with the recipe's loop,
+    on backbone features of ``examples`` (from ``cache`` when given: no backbone pass for cached
+    samples). Same seed, same retain set -> the same head, whether features came from the cache."""
+    _, head = spec.split_public(model)
+    compute = lambda exs: backbone_features(spec, model, meta, exs, device=device)  # noqa: E731
+    feats = cache(examples, compute) if cache is not None else compute(examples)
+    labels = torch.tensor([e.label for e in examples], dtype=torch.long)
+    data = TensorBatches({"features": feats}, labels)
+    order = RandomSampler(range(len(data)), generator=torch.Generator().manual_seed(seed))
+    loader = DataLoader(data, sampler=BatchSampler(order, recipe.batch_size, drop_last=False), batch_size=None)
+    train_epochs(spec, _Head(head), meta, loader, epochs=recipe.epochs, lr=recipe.lr,
+                 weight_decay=recipe.weight_decay, device=device, progress=progress, optimizer=recipe.optimizer,
+                 schedule=recipe.schedule)
     return model
 
 
@@ -194,7 +261,11 @@ def train_for_registration(
         opts = logged if isinstance(logged, dict) else {}
         return train_logged(spec, examples, out_dir=new_log_dir(workdir), device=device, seed=seed,
                             progress=progress, **opts)
-    return train_from_scratch(spec, examples, device=device, seed=seed, progress=progress)
+    # A public backbone's per-sample features are cached beside the samples (the data root is the
+    # artifacts directory's parent, as in registration.commit), warmed by this first training.
+    workdir = Path(workdir)
+    cache = feature_cache_dir(workdir.parent.parent, workdir.name) if spec.public_parameters else None
+    return train_from_scratch(spec, examples, device=device, seed=seed, progress=progress, feature_cache=cache)
 
 
 def demo_training(name: str, *, spec: str | None = None, sisa_models: str = "",

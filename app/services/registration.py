@@ -103,8 +103,15 @@ def adopt_weights(spec: ModelSpec, spec_name: str, train: list[Example], weights
         parts = [f"missing {missing[:5]}" if missing else "", f"unexpected {extra[:5]}" if extra else "",
                  f"shape mismatch {shapes[:5]}" if shapes else ""]
         raise RegistrationFailed(f"the weights do not fit spec {spec_name!r}: " + "; ".join(p for p in parts if p))
+    from app.ml import public
+
+    meta = public.declare(spec, model, meta)  # the public part as its source builds it (issue 20)
     model.load_state_dict(state, strict=True)
-    return model.eval(), meta
+    try:
+        public.check(model, meta, what="the given weights")
+    except public.PublicParametersChanged as exc:
+        raise RegistrationFailed(str(exc)) from exc
+    return public.freeze(model, meta).eval(), meta
 
 
 def prepare(*, spec_name: str, secret: str, workdir: Path, device: Any, seed: int = 0,

@@ -85,7 +85,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--record-chain needs --model")
     default = "movielens" if args.epsilon else ",".join(QUICK_CONFIGS if q else FULL_CONFIGS)
     args.configs = [c.strip() for c in (args.configs or default).split(",")]
-    unknown = [c for c in args.configs if c not in CONFIGS]
+    from bench.unlearning_parts.exact_design import CONFIGS as EXACT_CONFIGS
+    from bench.unlearning_parts.sisa_parallel import CONFIGS as SISA_PARALLEL_CONFIGS
+
+    EXACT_CONFIGS = EXACT_CONFIGS + SISA_PARALLEL_CONFIGS  # noqa: N806 - epsilon-mode configs of issue 20
+    unknown = [c for c in args.configs if c not in CONFIGS and not (args.epsilon and c in EXACT_CONFIGS)]
     if unknown:
         p.error(f"unknown config(s) {unknown}; known: {', '.join(CONFIGS)}")
     sizes = args.sizes or ("1 subject,10%" if q else None)
@@ -200,9 +204,16 @@ def main(argv: list[str] | None = None) -> int:
     argv = redacted(sys.argv[1:] if argv is None else argv)
     try:
         if args.epsilon:
-            from bench.unlearning_parts import epsilon_report
+            from bench.unlearning_parts import epsilon_report, exact_design, sisa_parallel
 
-            print(epsilon_report.run(args, device, argv, log))
+            # Exact-by-design configs run the marginal protocol for their exact path (issue 20).
+            for part in (exact_design, sisa_parallel):
+                mine = [c for c in args.configs if c in part.CONFIGS]
+                args.configs = [c for c in args.configs if c not in mine]
+                if mine:
+                    print(part.run(argparse.Namespace(**{**vars(args), "configs": mine}), device, argv, log))
+            if args.configs:
+                print(epsilon_report.run(args, device, argv, log))
         else:
             print(run_registered(args, device, argv, log) if args.model else run_bundled(args, device, argv, log))
     except (LetheError, ApiError, httpx.HTTPError) as exc:  # unknown model, refused chain, no stack: say so

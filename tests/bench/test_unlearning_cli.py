@@ -49,3 +49,13 @@ def test_the_report_never_records_the_api_key_or_a_database_password() -> None:
             "--key=lethe_secret", "--record-chain"]
     assert redacted(argv) == ["--model", "m", "--key", "***", "--db-url", "postgresql+psycopg://u:***@db/lethe",
                               "--key=***", "--record-chain"]
+
+
+def test_exact_by_design_configs_are_epsilon_mode_only(capsys) -> None:  # noqa: ANN001
+    from bench.unlearning_parts.cli import parse_args
+
+    args = parse_args(["--epsilon", "3", "--configs", "wdbc_head,movielens-sisa,movielens"])
+    assert args.configs == ["wdbc_head", "movielens-sisa", "movielens"]
+    with pytest.raises(SystemExit):
+        parse_args(["--configs", "wdbc_head"])  # the marginal protocol is an epsilon-mode run
+    assert "unknown config" in capsys.readouterr().err

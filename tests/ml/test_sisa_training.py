@@ -124,3 +124,34 @@ def test_refuses_unroutable_per_subject_specs_and_non_empty_dirs(toy, train, tmp
     (tmp_path / "used" / "x").write_text("x")
     with pytest.raises(ValueError, match="not empty"):
         train_sisa(toy, train, out_dir=tmp_path / "used", device="cpu")
+
+
+def test_fanned_out_shards_nobody_claims_are_trained_by_the_job_and_equal_inline(toy, train, tmp_path):
+    from app.ml.sisa import set_shard_runner
+    from app.ml.sisa_tasks import FanOut
+
+    model, meta = train_sisa(toy, train, out_dir=tmp_path / "v1", device="cpu", seed=0)  # its own: others edit theirs
+    retain = [e for e in train if e.subject_id not in FORGET]
+    sent: list[str] = []
+    runner = FanOut(sent.append, claim_timeout_s=0, poll_s=0)  # a broker with no free worker (embedded default)
+    previous = set_shard_runner(runner)
+    try:
+        fanned, fanned_meta, starts = unlearn_sisa(toy, model, meta, retain=retain, forget_keys=FORGET, device="cpu",
+                                                   out_dir=tmp_path / "fanned")
+    finally:
+        set_shard_runner(previous)
+    inline, _, _ = unlearn_sisa(toy, model, meta, retain=retain, forget_keys=FORGET, device="cpu",
+                                out_dir=tmp_path / "inline")
+    assert [Path(p).name for p in sent] == ["shard-0.task.json", "shard-3.task.json"] and starts == {0: 0, 3: 1}
+    assert sorted(runner.took_over) == [0, 3]
+    assert params_equal(fanned, inline)
+    assert not list((tmp_path / "fanned").glob("shard-*"))  # no task file (the shard's samples) is left
+
+
+def test_the_scheduler_cost_of_an_exact_sisa_job_counts_waves_of_touched_shards():
+    from app.ml.policy import sisa_job_seconds
+
+    assert sisa_job_seconds(10.0, 4) == 40.0  # one worker: one after another
+    assert sisa_job_seconds(10.0, 4, workers=2, overhead_s=3.0) == 23.0
+    assert sisa_job_seconds(10.0, 3, workers=8) == 10.0
+    assert sisa_job_seconds(10.0, 0, overhead_s=3.0) == 3.0

@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 import torch
 from torch import nn
 
+from app.ml import public
 from app.ml.data import make_loader
 from app.ml.sisa import forget_subjects  # one network, or every constituent of a SISA ensemble
 from app.ml.spec import Example, ModelSpec, TrainRecipe
@@ -66,7 +67,7 @@ def working_copy(ctx: UnlearnContext) -> tuple[nn.Module, dict[str, Any]]:
     dropout) is then a function of the job's seed, so a recorded seed replays the erasure.
     """
     torch.manual_seed(ctx.seed)
-    model = copy.deepcopy(ctx.model).to(ctx.device)
+    model = public.freeze(copy.deepcopy(ctx.model).to(ctx.device), ctx.meta)  # public parameters never move
     meta = ctx.spec.forget_subjects(model, copy.deepcopy(ctx.meta), ctx.forget_subject_ids)
     return model, meta
 
@@ -107,8 +108,11 @@ def retain_descent(ctx: UnlearnContext, model: nn.Module, opt: torch.optim.Optim
 
 
 def finish(ctx: UnlearnContext, model: nn.Module, meta: dict[str, Any]) -> UnlearnResult:
-    """Every method's exit: eval mode, and the subjects' per-subject parameters gone."""
+    """Every method's exit: eval mode, and the subjects' per-subject parameters gone.
+    ``PublicParametersChanged`` when the candidate's declared public parameters differ from the
+    served version's recorded hash (``app/ml/public.py``): such a candidate is never served."""
     model.eval()
+    public.check(model, ctx.meta, what="unlearning candidate")
     meta = forget_subjects(ctx.spec, model, meta, ctx.forget_subject_ids)
     ctx.progress(1.0)
     return UnlearnResult(model, meta)
@@ -128,7 +132,7 @@ def perturb(model: nn.Module, seed: int, scale: float) -> None:
     gen = torch.Generator().manual_seed(seed + 104729)
     with torch.no_grad():
         for p in model.parameters():
-            if p.numel() < 2:
+            if p.numel() < 2 or not p.requires_grad:  # frozen public parameters stay as published
                 continue
             noise = torch.randn(p.shape, generator=gen).to(p.device) * (float(p.std()) * scale)
             p.add_(noise * (p != 0))

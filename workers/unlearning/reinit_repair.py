@@ -75,6 +75,8 @@ def reinitialise(ctx: UnlearnContext, model: nn.Module, meta: dict, cfg: ReinitR
     gen = torch.Generator().manual_seed(ctx.seed + 1)
     with torch.no_grad():
         for name, p in model.named_parameters():
+            if not p.requires_grad:  # declared public parameters (app/ml/public.py) are never re-drawn
+                continue
             if cfg.reinit_head and head is not None and name.startswith(head + "."):
                 chosen = torch.ones_like(p, dtype=torch.bool)
             else:

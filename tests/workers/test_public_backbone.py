@@ -87,11 +87,11 @@ def test_an_erasure_deletes_the_subjects_cached_features_and_retrains_the_head(s
     from app.data.feature_cache import FeatureCache, directory
     from app.db.models import ErasureRequest, ModelVersion
     from app.ml.checkpoint import read_meta
-    from app.services import erasure, models
+    from app.services import erasure, registration
     from workers import pipeline
 
-    models.register_demo_model(session, name="wdbc", spec="wdbc_head", secret=settings.subject_key_secret,
-                               artifacts_dir=settings.artifacts_dir, device="cpu")
+    registration.register_demo_model(session, name="wdbc", spec="wdbc_head", secret=settings.subject_key_secret,
+                                     artifacts_dir=settings.artifacts_dir, device="cpu")
     session.commit()
     v1 = session.exec(select(ModelVersion).where(ModelVersion.model_name == "wdbc")).one()
     meta = read_meta(v1.artifact_path)

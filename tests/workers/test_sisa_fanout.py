@@ -16,7 +16,7 @@ from app.db.models import ErasureRequest, ModelVersion
 from app.ml import sisa
 from app.ml.checkpoint import load_checkpoint
 from app.ml.sisa_tasks import FanOut
-from app.services import erasure, models
+from app.services import erasure, models, registration
 from workers import pipeline
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -39,9 +39,9 @@ HEALTHY = "import sys; from app.ml.sisa_tasks import run_shard_file; run_shard_f
 
 @pytest.mark.parametrize("backend", ["postgresql"])
 def test_shard_tasks_with_one_killed_mid_way_publish_once_and_complete(session, settings) -> None:  # noqa: ANN001
-    models.register_demo_model(session, name="toy", secret=settings.subject_key_secret,
-                               artifacts_dir=settings.artifacts_dir / "fanout", device="cpu",
-                               training={"sisa": {"shards": 4, "slices": 3}})
+    registration.register_demo_model(session, name="toy", secret=settings.subject_key_secret,
+                                     artifacts_dir=settings.artifacts_dir / "fanout", device="cpu",
+                                     training={"sisa": {"shards": 4, "slices": 3}})
     session.commit()
     v1 = session.exec(select(ModelVersion).where(ModelVersion.model_name == "toy")).one()
     # Two training subjects in two different shards.

@@ -21,6 +21,7 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 from torch import nn
 
+from app.ml.ensemble import build_network
 from app.ml.public import check as check_public
 from app.ml.spec import ModelSpec
 
@@ -90,8 +91,6 @@ def load_checkpoint(
     if header.get(SPEC_KEY) != spec.name:
         raise ValueError(f"checkpoint {path} is for spec {header.get(SPEC_KEY)!r}, not {spec.name!r}")
     meta, info = json.loads(header[META_KEY]), json.loads(header[INFO_KEY])
-    from app.ml.sisa import build_network  # sisa saves its slices with this module
-
     model = build_network(spec, meta)  # spec.build(meta), or a SISA ensemble of them
     model.load_state_dict(load_safetensors(data), strict=True)
     check_public(model, meta, what=f"checkpoint {path}")  # a version whose public part changed is refused

@@ -63,7 +63,6 @@ import copy
 import hashlib
 import json
 import logging
-import math
 import os
 import shutil
 import uuid
@@ -77,6 +76,9 @@ from safetensors.torch import load as load_safetensors
 from torch import nn
 
 from app.ml.checkpoint import ChecksumMismatch, load_checkpoint, save_checkpoint
+# The ensemble's structure lives below this trainer and the checkpoint format (both use it).
+from app.ml.ensemble import SISAEnsemble, base_meta, is_sisa
+from app.ml.loop import train_epochs
 from app.ml.data import make_loader
 from app.ml.spec import Example, ModelSpec, TrainRecipe
 from app.ml.specs.common import stable_fraction
@@ -84,74 +86,6 @@ from app.ml.specs.common import stable_fraction
 log = logging.getLogger("lethe.sisa")
 Progress = Callable[[float], None]
 SALT = "sisa"
-
-
-class SISAEnsemble(nn.Module):
-    """Constituents aggregated by mean softmax; ``forward`` returns log of the mean probability.
-
-    With ``routes`` (row -> shard, a user-sharded ensemble) and ``route_key`` (the batch input
-    carrying the row), an example whose row a shard owns gets that shard's log-probabilities
-    instead; rows no shard owns (0: unknown or erased) keep the mean.
-    """
-
-    def __init__(self, members: list[nn.Module], routes: dict[str, int] | None = None,
-                 route_key: str | None = None) -> None:
-        super().__init__()
-        self.members = nn.ModuleList(members)
-        self.route_key = route_key if routes is not None else None
-        owner = torch.full((max((int(r) for r in routes or {}), default=0) + 1,), -1, dtype=torch.long)
-        for row, shard in (routes or {}).items():
-            owner[int(row)] = int(shard)
-        # Derived from meta, not weights: not part of the state dict.
-        self.register_buffer("owner", owner, persistent=False)
-
-    def forward(self, **batch: torch.Tensor) -> torch.Tensor:
-        logp = torch.stack([torch.log_softmax(m(**batch).float(), dim=-1) for m in self.members])
-        mean = torch.logsumexp(logp, dim=0) - math.log(len(self.members))
-        if self.route_key is None:
-            return mean
-        rows = batch[self.route_key]
-        owner = torch.full_like(rows, -1)
-        inside = rows < self.owner.numel()
-        owner[inside] = self.owner[rows[inside]]
-        own = logp[owner.clamp(min=0), torch.arange(rows.numel(), device=rows.device)]
-        return torch.where((owner >= 0).unsqueeze(-1), own, mean)
-
-
-def is_sisa(meta: dict[str, Any] | None) -> bool:
-    return bool(meta) and isinstance(meta.get("sisa"), dict)
-
-
-def base_meta(meta: dict[str, Any]) -> dict[str, Any]:
-    """The constituents' meta: the ensemble's without its ``sisa`` section."""
-    return {k: v for k, v in meta.items() if k != "sisa"}
-
-
-def build_network(spec: ModelSpec, meta: dict[str, Any]) -> nn.Module:
-    """``spec.build(meta)``, or an ensemble of freshly built constituents for a SISA ``meta``."""
-    if not is_sisa(meta):
-        return spec.build(meta)
-    inner = base_meta(meta)
-    return SISAEnsemble([spec.build(inner) for _ in range(int(meta["sisa"]["shards"]))],
-                        routes=meta["sisa"].get("routes"), route_key=spec.subject_input)
-
-
-def forget_subjects(spec: ModelSpec, model: nn.Module, meta: dict[str, Any], subject_ids: list[str]) -> dict[str, Any]:
-    """``spec.forget_subjects`` on one network, or on every constituent of an ensemble."""
-    if not isinstance(model, SISAEnsemble):
-        return spec.forget_subjects(model, meta, subject_ids)
-    inner, new = base_meta(meta), base_meta(meta)
-    for member in model.members:
-        new = spec.forget_subjects(member, inner, subject_ids)
-    return {**new, "sisa": meta["sisa"]} if is_sisa(meta) else new
-
-
-def subject_params_cleared(spec: ModelSpec, model: nn.Module, meta: dict[str, Any], subject_ids: list[str]) -> bool:
-    """``spec.subject_params_cleared`` of one network, or of every constituent of an ensemble
-    against the ensemble's map: no constituent may hold a row for an id the ensemble no longer maps."""
-    if not isinstance(model, SISAEnsemble):
-        return spec.subject_params_cleared(model, meta, subject_ids)
-    return all(spec.subject_params_cleared(m, base_meta(meta), subject_ids) for m in model.members)
 
 
 def assign(subject_id: str, shards: int, slices: int, salt: str = SALT) -> tuple[int, int]:
@@ -204,7 +138,6 @@ def _train_stages(
     device: torch.device | str, tick: Callable[[], None],
 ) -> None:
     """Stages ``start..R-1`` of one shard, in place, saving a checkpoint after each."""
-    from app.ml.train import train_epochs  # train imports nothing from here; keeps the import graph flat
 
     for r in range(start, cfg["slices"]):
         data = _canonical([e for s in slices[: r + 1] for e in s])

@@ -19,11 +19,11 @@ from app.data.feature_cache import FeatureCache
 from app.data.feature_cache import directory as feature_cache_dir
 from app.ml import public
 from app.ml.data import TensorBatches, make_loader
+from app.ml.loop import Progress, train_epochs
 from app.ml.policy import sisa_layout, sisa_wins
 from app.ml.spec import Example, ModelSpec, TrainRecipe
 from app.ml.specs import get_spec
 
-Progress = Callable[[float], None]
 # (examples, compute missing features) -> features [N, d]: a per-sample feature cache (app/data/feature_cache.py).
 FeatureLookup = Callable[[Sequence[Example], Callable[[Sequence[Example]], torch.Tensor]], torch.Tensor]
 # Inference batch: large enough to amortise Python overhead, small enough for any model here.
@@ -95,46 +95,6 @@ def train_from_scratch(
     public.check(model, meta, what="training")
     model.eval()
     return model, meta
-
-
-def train_epochs(
-    spec: ModelSpec,
-    model: nn.Module,
-    meta: dict[str, Any],
-    loader: DataLoader,
-    *,
-    epochs: int,
-    lr: float,
-    weight_decay: float,
-    device: torch.device | str,
-    progress: Progress | None = None,
-    optimizer: str = "adamw",
-    schedule: str = "constant",
-) -> nn.Module:
-    """``epochs`` passes over ``loader`` with the recipe's optimiser (default AdamW) and schedule,
-    minimising ``spec.loss``, in place; returns ``model`` in train mode."""
-    model.train()
-    params = [p for p in model.parameters() if p.requires_grad]  # frozen public parameters stay out
-    if optimizer == "sgd":
-        opt: torch.optim.Optimizer = torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay)
-    elif optimizer == "adamw":
-        opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    else:
-        raise ValueError(f"unknown optimizer {optimizer!r} in the recipe (adamw, sgd)")
-    total = max(1, epochs * len(loader))
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total) if schedule == "cosine" else None
-    for epoch in range(epochs):
-        for batch, labels in loader:
-            batch = {k: v.to(device) for k, v in batch.items()}
-            loss = spec.loss(model(**batch), labels.to(device))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            if sched is not None:
-                sched.step()
-        if progress is not None:
-            progress((epoch + 1) / epochs)
-    return model
 
 
 class _Head(nn.Module):

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from app.ml.checkpoint import read_meta
-from app.ml.sisa import (SISAEnsemble, assign, base_meta, load_slice, subject_params_cleared, train_sisa,
-                         unlearn_sisa)
+from app.ml.ensemble import SISAEnsemble, base_meta, subject_params_cleared
+from app.ml.sisa import assign, load_slice, train_sisa, unlearn_sisa
 from app.ml.specs import get_spec
 from app.ml.train import predict_logits
 

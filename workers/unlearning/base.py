@@ -20,7 +20,7 @@ from torch import nn
 
 from app.ml import public
 from app.ml.data import make_loader
-from app.ml.sisa import forget_subjects  # one network, or every constituent of a SISA ensemble
+from app.ml.ensemble import forget_subjects  # one network, or every constituent of a SISA ensemble
 from app.ml.spec import Example, ModelSpec, TrainRecipe
 
 C = TypeVar("C")

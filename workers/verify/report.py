@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from app.ml.sisa import subject_params_cleared
+from app.ml.ensemble import subject_params_cleared
 from app.ml.policy import audited_share
 from app.ml.spec import Example, ModelSpec
 from app.ml.train import predict_logits

@@ -35,7 +35,7 @@ from app.core.config import Settings
 from app.core.errors import database_unavailable
 from app.core.logging import log_context
 from app.db.models import ErasureTarget, UnlearningJob, utcnow
-from app.services import audit, jobs
+from app.services import audit, jobs, source_erasure
 from app.services import models as model_service
 from app.services.jobs import ACTOR, STAGE_SPAN
 from workers.lease import LeaseKeeper, acquire_lock, holds_fence, release_lock
@@ -261,3 +261,4 @@ def deploy_and_complete(w: Worker, job_id: str) -> None:
         if holds_fence(s, w, job, serving=target_version):
             jobs.complete_job(s, job, w.settings, deploy_s=time.monotonic() - t0)
         s.commit()
+    source_erasure.after_job(w.session, secret=w.settings.subject_key_secret)  # the table changes after commit

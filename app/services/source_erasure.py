@@ -1,0 +1,235 @@
+"""Erasure in the organisation's Delta table (issue 18): drain the durable ``SourceErasure`` list
+(DELETE, then the physical purge), and find re-ingested subjects.
+
+Runs after the transaction that recorded the work has committed (the worker right after a job
+completes; the housekeeping beat every ``source_erasure_interval_s``), so a crash anywhere leaves
+rows owed and the next drain finishes them: each step is idempotent (a DELETE that finds no rows
+records the current version; a VACUUM that finds nothing removes nothing). A table that cannot be
+reached keeps its rows owed with a backoff (``attempts``, ``last_error`` — an error type, never a
+predicate). Audit events carry subject keys, table versions and counts; never a clear subject id.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any
+
+from sqlmodel import Session, col, select
+
+from app.data import delta
+from app.db.models import ErasureRequest, Model, SourceErasure, SubjectRows, as_utc, utcnow
+from app.services import audit
+
+log = logging.getLogger("lethe.source_erasure")
+ACTOR = "worker"
+
+
+def delta_models(session: Session, uri: str | None = None) -> list[Model]:
+    out = [m for m in session.exec(select(Model)).all() if (m.config or {}).get("store") == "delta"]
+    return [m for m in out if uri is None or (m.config.get("source") or {}).get("uri") == uri]
+
+
+def _still_held(session: Session, uri: str, keys: set[str]) -> set[str]:
+    """Keys another model reading the same table has not finished erasing (its index keeps them)."""
+    names = [m.name for m in delta_models(session, uri)]
+    if not names or not keys:
+        return set()
+    return set(session.exec(select(SubjectRows.subject_key).where(
+        col(SubjectRows.model_name).in_(names), col(SubjectRows.subject_key).in_(keys))).all())
+
+
+def _owed(session: Session, status: str, now: Any) -> dict[str, list[SourceErasure]]:
+    q = select(SourceErasure).where(SourceErasure.status == status, SourceErasure.not_before <= now)
+    if status == "deleted":
+        q = q.where(SourceErasure.purge_not_before <= now)
+    by_uri: dict[str, list[SourceErasure]] = {}
+    for row in session.exec(q.order_by(col(SourceErasure.id))).all():
+        by_uri.setdefault(row.uri, []).append(row)
+    return by_uri
+
+
+def _failed(session: Session, rows: list[SourceErasure], error: str) -> None:
+    for row in rows:
+        row.attempts += 1
+        row.last_error = error
+        row.not_before = utcnow() + timedelta(seconds=min(delta.RETRY_BACKOFF_S * 2 ** min(row.attempts - 1, 6),
+                                                          6 * 3600))
+        session.add(row)
+
+
+def _note_result(session: Session, row: SourceErasure, step: str, detail: dict[str, Any]) -> None:
+    """The request's result shows both steps of the source erasure."""
+    if row.request_id is None:
+        return
+    req = session.get(ErasureRequest, row.request_id)
+    if req is None:
+        return
+    source = dict((req.result or {}).get("source") or {})
+    source[step] = detail
+    req.result = {**(req.result or {}), "source": source}
+    session.add(req)
+
+
+def repin(session: Session, model: Model, table: Any, secret: str) -> int:
+    """Pin ``model`` to the table's current version and rebuild its index from it (deletion flags
+    kept). After a DELETE the old pinned version is about to be vacuumed; rows appended upstream
+    since are picked up here and named in the next version's manifest."""
+    source = delta.Source.of(model.config)
+    flags = dict(session.exec(select(SubjectRows.subject_key, SubjectRows.deleted).where(
+        SubjectRows.model_name == model.name)).all())
+    # A subject whose erasure finished and who is back in the table (re-ingested) is not indexed
+    # again: the model does not hold them; ``find_reingested`` removes their rows from the table.
+    gone = delta.suppressed(session) - set(flags)
+    counts: dict[str, int] = {}
+    memo: dict[Any, str] = {}
+    for batch in delta._batches(table, [source.subject_column]):  # noqa: SLF001 - same floor
+        for k in delta._keys_of(batch.column(0), secret, memo):  # noqa: SLF001
+            if k not in gone:
+                counts[k] = counts.get(k, 0) + 1
+    for row in session.exec(select(SubjectRows).where(SubjectRows.model_name == model.name)).all():
+        session.delete(row)
+    session.flush()
+    version = table.version()
+    for k, n in counts.items():
+        session.add(SubjectRows(model_name=model.name, subject_key=k, part=version, offset=0, count=n,
+                                deleted=flags.get(k, False)))
+    model.config = {**model.config, "source": source.config(version)}
+    session.add(model)
+    return version
+
+
+def drain(session_factory: Callable[[], Session], *, secret: str, now: Any = None) -> dict[str, int]:
+    """Run every due DELETE, then every due purge. Returns counts (rows deleted, files removed, failures)."""
+    counts = {"deleted": 0, "purged_files": 0, "failed": 0}
+    now = now or utcnow()
+    with session_factory() as s:
+        pending = _owed(s, "pending", now)
+    for uri in pending:
+        counts["deleted"] += _delete_step(session_factory, uri, secret, counts, now)
+    with session_factory() as s:
+        due = _owed(s, "deleted", now)
+    for uri in due:
+        counts["purged_files"] += _purge_step(session_factory, uri, secret, counts, now)
+    return counts
+
+
+def _delete_step(session_factory: Callable[[], Session], uri: str, secret: str, counts: dict[str, int],
+                 now: Any) -> int:
+    with session_factory() as s:
+        rows = _owed(s, "pending", now).get(uri, [])
+        held = _still_held(s, uri, {r.subject_key for r in rows})
+        rows = [r for r in rows if r.subject_key not in held]
+        if not rows:
+            return 0
+        column = rows[0].subject_column
+        try:
+            version, deleted, _present = delta.delete_rows(uri, column, {r.subject_key for r in rows}, secret)
+            table = delta.open_table(uri, version)
+        except delta.SourceUnavailable as exc:
+            _failed(s, rows, exc.detail)
+            s.commit()
+            counts["failed"] += len(rows)
+            log.warning("source erasure: DELETE owed on %s (%d subject(s)) failed: %s", uri, len(rows), exc.detail)
+            return 0
+        now = utcnow()
+        for row in rows:
+            row.status, row.delete_version, row.deleted_at, row.last_error = "deleted", version, now, None
+            row.rows_deleted = deleted if len(rows) == 1 else None
+            s.add(row)
+            detail = {"model": row.model_name, "table_version": version, "reason": row.reason}
+            audit.append(s, type="source_rows_deleted", actor=ACTOR, request_id=row.request_id,
+                         subject_key=row.subject_key, payload={**detail, "rows_in_batch": deleted,
+                                                               "subjects_in_batch": len(rows)})
+            _note_result(s, row, "deleted", {"table_version": version, "at": now.isoformat()})
+        for model in delta_models(s, uri):
+            repin(s, model, table, secret)
+        s.commit()
+        return deleted
+
+
+def _purge_step(session_factory: Callable[[], Session], uri: str, secret: str, counts: dict[str, int],
+                now: Any) -> int:
+    with session_factory() as s:
+        rows = _owed(s, "deleted", now).get(uri, [])
+        if not rows:
+            return 0
+        try:
+            removed = delta.vacuum(uri)
+            table = delta.open_table(uri)
+        except delta.SourceUnavailable as exc:
+            _failed(s, rows, exc.detail)
+            s.commit()
+            counts["failed"] += len(rows)
+            log.warning("source erasure: purge owed on %s (%d subject(s)) failed: %s", uri, len(rows), exc.detail)
+            return 0
+        now = utcnow()
+        for row in rows:
+            row.status, row.purged_at, row.files_removed, row.last_error = "purged", now, len(removed), None
+            s.add(row)
+            payload = {"model": row.model_name, "files_removed": len(removed), "reason": row.reason,
+                       "absent_after_version": row.delete_version,
+                       "unreadable_versions": f"< {row.delete_version}"}
+            audit.append(s, type="source_purged", actor=ACTOR, request_id=row.request_id,
+                         subject_key=row.subject_key, payload=payload)
+            if row.reason == "reingested":
+                audit.append(s, type="source_reingested_rows_removed", actor=ACTOR, subject_key=row.subject_key,
+                             payload={"model": row.model_name, "table_version": row.delete_version})
+            _note_result(s, row, "purged", {"at": now.isoformat(), "files_removed": len(removed),
+                                            "absent_after_version": row.delete_version})
+        for model in delta_models(s, uri):  # the history before the purge is gone: pin what remains
+            repin(s, model, table, secret)
+        s.commit()
+        return len(removed)
+
+
+def find_reingested(session: Session, *, secret: str) -> int:
+    """Subjects whose erasure was asked for, found again in a table's current version (re-inserted
+    upstream): recorded for DELETE and purge like the first time (the caller commits). Jobs never
+    train on them meanwhile (``delta.LiveView`` excludes every suppressed key)."""
+    found = 0
+    suppressed = delta.suppressed(session)
+    if not suppressed:
+        return 0
+    by_uri: dict[str, list[Model]] = {}
+    for m in delta_models(session):
+        by_uri.setdefault(m.config["source"]["uri"], []).append(m)
+    for uri, models in by_uri.items():
+        source = delta.Source.of(models[0].config)
+        table = delta.open_table(uri)
+        present = delta._clear_ids(table, source.subject_column, suppressed, secret)  # noqa: SLF001
+        open_keys = set(session.exec(select(SourceErasure.subject_key).where(
+            SourceErasure.uri == uri, SourceErasure.status != "purged")).all())
+        held = _still_held(session, uri, set(present))  # an erasure still running owns these
+        for key in sorted(set(present) - open_keys - held):
+            session.add(SourceErasure(model_name=models[0].name, uri=uri, subject_column=source.subject_column,
+                                      subject_key=key, reason="reingested", purge_not_before=utcnow()))
+            audit.append(session, type="source_reingested_rows_found", actor=ACTOR, subject_key=key,
+                         payload={"model": models[0].name, "table_version": table.version()})
+            found += 1
+    return found
+
+
+def owed(session: Session) -> list[dict[str, Any]]:
+    """Source erasures not yet purged (what an operator checks), oldest first."""
+    rows = session.exec(select(SourceErasure).where(SourceErasure.status != "purged")
+                        .order_by(col(SourceErasure.created_at))).all()
+    return [{"id": r.id, "model": r.model_name, "uri": r.uri, "status": r.status, "reason": r.reason,
+             "attempts": r.attempts, "last_error": r.last_error, "request_id": r.request_id,
+             "purge_not_before": as_utc(r.purge_not_before)} for r in rows]
+
+
+def after_job(session_factory: Callable[[], Session], *, secret: str) -> dict[str, int]:
+    """After a job's commit (and on the housekeeping beat): find re-ingested subjects, then drain.
+    Never raises for an unreachable table: the work stays owed and the next run retries it."""
+    with session_factory() as s:
+        if not delta_models(s):
+            return {}
+        try:
+            find_reingested(s, secret=secret)
+            s.commit()
+        except delta.SourceUnavailable as exc:
+            s.rollback()
+            log.warning("source erasure: re-ingestion check skipped: %s", exc.detail)
+    return drain(session_factory, secret=secret)

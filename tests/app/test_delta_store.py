@@ -1,0 +1,235 @@
+"""The ``delta`` store (issue 18) on real Delta tables written by the tests in temporary directories:
+registration pins a version, an erasure reaches the table (DELETE, then the physical purge), and
+after the purge no table version and no file holds the person."""
+
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from deltalake import DeltaTable, write_deltalake
+from sqlmodel import Session, select
+
+from app.core.errors import Unprocessable
+from app.core.security import subject_key
+from app.data import delta, registry
+from app.db.models import ErasureRequest, Model, ModelVersion, SourceErasure, SubjectRows, utcnow
+from app.ml.specs import get_spec
+from app.services import audit, erasure, registration, source_erasure
+from app.core import db
+from workers import pipeline
+
+SUBJECT = "toy-02"  # a train subject of the toy set
+
+
+def _rows(subjects: set[str] | None = None) -> pa.Table:
+    ex = [e for e in get_spec("toy").load_examples() if subjects is None or e.subject_id in subjects]
+    return pa.table({"user": [e.subject_id for e in ex], "x": [e.features["x"] for e in ex],
+                     "label": [e.label for e in ex], "split": [e.split for e in ex]})
+
+
+@pytest.fixture
+def table(tmp_path: Path) -> str:
+    uri = str(tmp_path / "interactions")
+    write_deltalake(uri, _rows())
+    return uri
+
+
+def _register(session: Session, settings, uri: str, purge_after_s: float = 0.0) -> ModelVersion:  # noqa: ANN001
+    config = {"store": "delta", "purge_after_s": purge_after_s,
+              "source": {"uri": uri, "subject_column": "user", "split_column": "split"}}
+    v = registration.register(session, name="toyd", spec="toy", secret=settings.subject_key_secret,
+                              artifacts_dir=settings.artifacts_dir, device="cpu", config=config)
+    session.commit()
+    return v
+
+
+@pytest.fixture
+def worker(settings):  # noqa: ANN001, ANN201
+    import torch
+
+    return pipeline.Worker(settings=settings.model_copy(update={"job_lease_s": 3600, "deploy_timeout_s": 2}),
+                           engine=None, device=torch.device("cpu"), owner="test-worker", sleep=lambda s: None)
+
+
+def _erase(session: Session, settings, worker, subject: str = SUBJECT) -> ErasureRequest:  # noqa: ANN001
+    req, _ = erasure.create_request(session, subject_key=subject_key(settings.subject_key_secret, subject),
+                                    policy="retrain")
+    session.commit()
+    assert len(pipeline.drain(worker, "toyd")) == 1
+    session.refresh(req)
+    return req
+
+
+def _rows_of(uri: str, subject: str, version: int | None = None) -> int:
+    t = DeltaTable(uri, version=version).to_pyarrow_table()
+    return sum(1 for u in t.column("user").to_pylist() if u == subject)
+
+
+def _assert_gone_everywhere(uri: str, subject: str) -> None:
+    """Every version either fails to load or holds none of their rows; no Parquet file holds a row
+    of theirs (read directly); no file under the table holds their id at all (log statistics too)."""
+    current = DeltaTable(uri).version()
+    assert _rows_of(uri, subject) == 0
+    for v in range(current):
+        try:
+            n = _rows_of(uri, subject, v)
+        except Exception:  # noqa: BLE001 - vacuumed or cut from the log: cannot be read back
+            continue
+        assert n == 0, f"version {v} still holds {n} rows"
+    files = [Path(r) / f for r, _, fs in os.walk(uri) for f in fs]
+    parquet = [f for f in files if f.suffix == ".parquet" and "_delta_log" not in f.parts]
+    assert parquet
+    for f in parquet:
+        assert subject not in pq.read_table(f, columns=["user"]).column("user").to_pylist()
+    for f in files:
+        assert subject.encode() not in f.read_bytes(), f"{f} holds the subject id"
+
+
+def test_registration_pins_the_version_and_indexes_subjects_without_copying_rows(
+        session: Session, settings, table: str) -> None:  # noqa: ANN001
+    v1 = _register(session, settings, table)
+    model = session.get(Model, "toyd")
+    assert model.config["source"] == {"uri": table, "subject_column": "user", "split_column": "split", "version": 0}
+    m = v1.manifest
+    assert m["store"] == "delta" and m["uri"] == table and m["version"] == 0 and len(m["sha256"]) == 64
+    assert m["rows"] == 240  # the toy set's train split
+    key = subject_key(settings.subject_key_secret, SUBJECT)
+    index = session.exec(select(SubjectRows).where(SubjectRows.model_name == "toyd")).all()
+    assert len(index) == 40 and {r.subject_key for r in index if r.count == 10} >= {key}
+    assert registry.holding(session, [key]) == {key: ["toyd"]}
+    # An upstream append does not move what jobs read until a new version is pinned.
+    write_deltalake(table, _rows({"toy-05"}), mode="append")
+    live = registry.live(session, model, "train", set(), settings.data_dir)
+    assert len(live) == 240 and all(len(e.features["x"]) == 16 for e in live.take([0, 239]))
+
+
+def test_a_source_without_the_subject_column_is_a_422_naming_it(session: Session, table: str) -> None:
+    config = {"store": "delta", "source": {"uri": table, "subject_column": "customer", "split_column": None}}
+    with pytest.raises(Unprocessable, match="'customer'"):
+        registration.open_registration(session, name="toyd", spec="toy", config=config, weights=None,
+                                       uploads_dir=Path("/nonexistent"), actor="test")
+
+
+def test_erasure_deletes_and_purges_every_version_and_file(
+        session: Session, settings, table: str, worker) -> None:  # noqa: ANN001
+    _register(session, settings, table)
+    key = subject_key(settings.subject_key_secret, SUBJECT)
+    write_deltalake(table, _rows({"toy-05"}), mode="append")  # an upstream writer during the model's life
+    assert _rows_of(table, SUBJECT, 0) == 10
+    req = _erase(session, settings, worker)
+    assert req.status == "completed"
+    _assert_gone_everywhere(table, SUBJECT)
+    assert _rows_of(table, "toy-05") == 20  # other people's rows, appended concurrently, are kept
+    row = session.exec(select(SourceErasure).where(SourceErasure.subject_key == key)).one()
+    assert row.status == "purged" and row.delete_version == 2
+    assert row.files_removed == 1  # only the file that held them was rewritten (the appended one was not)
+    assert req.result["source"]["deleted"]["table_version"] == 2 and req.result["source"]["purged"]["at"]
+    audit.sync(session)
+    events = {e.type: e for e in audit.list_events(session, request_id=req.id, limit=100)}
+    assert events["source_rows_deleted"].payload["table_version"] == 2
+    assert events["source_purged"].payload["absent_after_version"] == 2
+    for e in events.values():  # the clear subject id never enters the audit trail
+        assert SUBJECT not in str(e.payload)
+    # Re-pinned to what remains; the next version's data is read there (the appended rows included).
+    model = session.get(Model, "toyd")
+    session.refresh(model)
+    assert model.config["source"]["version"] == DeltaTable(table).version()
+    assert session.exec(select(SubjectRows).where(SubjectRows.subject_key == key)).all() == []
+    assert session.exec(select(SubjectRows).where(SubjectRows.model_name == "toyd",
+                                                  SubjectRows.subject_key == subject_key(
+                                                      settings.subject_key_secret, "toy-05"))).one().count == 20
+    assert audit.verify(session)["ok"]
+
+
+def test_a_crash_between_delete_and_purge_is_finished_by_the_next_drain(
+        session: Session, settings, table: str, worker, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
+    _register(session, settings, table, purge_after_s=3600)
+    real_repin, calls = source_erasure.repin, []
+
+    def crash(*a, **k):  # noqa: ANN002, ANN003, ANN202 - the worker dies after the table's DELETE commit
+        calls.append(1)
+        raise RuntimeError("worker killed")
+
+    monkeypatch.setattr(source_erasure, "repin", crash)
+    with pytest.raises(RuntimeError):
+        _erase(session, settings, worker)
+    assert calls and _rows_of(table, SUBJECT) == 0  # the table's DELETE committed, the DB did not record it
+    key = subject_key(settings.subject_key_secret, SUBJECT)
+    row = session.exec(select(SourceErasure).where(SourceErasure.subject_key == key)).one()
+    assert row.status == "pending"
+    monkeypatch.setattr(source_erasure, "repin", real_repin)
+    source_erasure.drain(db.new_session, secret=settings.subject_key_secret)
+    session.refresh(row)
+    assert row.status == "deleted"  # purge_after_s not over: the old versions still hold them
+    assert _rows_of(table, SUBJECT, 0) == 10
+    source_erasure.drain(db.new_session, secret=settings.subject_key_secret, now=utcnow() + timedelta(hours=2))
+    session.refresh(row)
+    assert row.status == "purged"
+    _assert_gone_everywhere(table, SUBJECT)
+
+
+def test_the_purge_is_capped_before_the_legal_deadline(session: Session, settings, table: str) -> None:  # noqa: ANN001
+    _register(session, settings, table, purge_after_s=90 * 86400)
+    key = subject_key(settings.subject_key_secret, SUBJECT)
+    req, _ = erasure.create_request(session, subject_key=key)
+    delta.schedule(session, session.get(Model, "toyd"), [key])
+    row = session.exec(select(SourceErasure).where(SourceErasure.subject_key == key)).one()
+    assert row.purge_not_before <= req.due_at - delta.PURGE_MARGIN
+    session.rollback()
+
+
+def test_an_unreachable_table_leaves_the_erasure_owed_and_retried(
+        session: Session, settings, table: str) -> None:  # noqa: ANN001
+    _register(session, settings, table)
+    key = subject_key(settings.subject_key_secret, SUBJECT)
+    erasure.create_request(session, subject_key=key)
+    delta.schedule(session, session.get(Model, "toyd"), [key])
+    session.commit()
+    moved = table + ".offline"
+    os.rename(table, moved)
+    counts = source_erasure.drain(db.new_session, secret=settings.subject_key_secret)
+    row = session.exec(select(SourceErasure).where(SourceErasure.subject_key == key)).one()
+    session.refresh(row)
+    assert counts["failed"] == 1 and row.status == "pending" and row.attempts == 1
+    assert "cannot be read" in row.last_error and SUBJECT not in row.last_error
+    assert source_erasure.owed(session)[0]["status"] == "pending"
+    os.rename(moved, table)
+    source_erasure.drain(db.new_session, secret=settings.subject_key_secret)
+    session.refresh(row)
+    assert row.status == "pending"  # backing off: not retried before not_before
+    source_erasure.drain(db.new_session, secret=settings.subject_key_secret, now=utcnow() + timedelta(hours=1))
+    session.refresh(row)
+    assert row.status == "purged"
+    _assert_gone_everywhere(table, SUBJECT)
+
+
+def test_reingested_rows_are_never_trained_on_and_are_purged_again(
+        session: Session, settings, table: str, worker) -> None:  # noqa: ANN001
+    _register(session, settings, table)
+    _erase(session, settings, worker)
+    key = subject_key(settings.subject_key_secret, SUBJECT)
+    write_deltalake(table, _rows({SUBJECT, "toy-05"}), mode="append")  # an upstream pipeline re-inserts them
+    model = session.get(Model, "toyd")
+    session.refresh(model)
+    source_erasure.repin(session, model, DeltaTable(table), settings.subject_key_secret)  # a newer pin
+    session.commit()
+    live = registry.live(session, model, "train", set(), settings.data_dir)
+    assert key not in {e.subject_id for e in live} and len(live) == 230  # 240 less theirs, the re-inserted too
+    holdout = registry.live(session, model, "holdout", set(), settings.data_dir)
+    assert len(holdout) == 80 + 10  # toy-05 (a holdout subject) appended once more: read at the new pin
+    source_erasure.after_job(db.new_session, secret=settings.subject_key_secret)
+    rows = session.exec(select(SourceErasure).where(SourceErasure.subject_key == key)
+                        .order_by(SourceErasure.id)).all()
+    assert [r.reason for r in rows] == ["erasure", "reingested"]
+    session.refresh(rows[1])
+    assert rows[1].status == "purged"
+    _assert_gone_everywhere(table, SUBJECT)
+    assert _rows_of(table, "toy-05") == 20
+    audit.sync(session)
+    types = [e.type for e in audit.list_events(session, type="source_reingested_rows_removed", limit=10)]
+    assert types == ["source_reingested_rows_removed"]

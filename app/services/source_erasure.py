@@ -127,11 +127,12 @@ def _delete_step(session_factory: Callable[[], Session], uri: str, secret: str, 
         try:
             version, deleted, _present = delta.delete_rows(uri, column, {r.subject_key for r in rows}, secret)
             table = delta.open_table(uri, version)
-        except delta.SourceUnavailable as exc:
-            _failed(s, rows, exc.detail)
+        except Exception as exc:  # noqa: BLE001 - owed and retried; recorded by type, never by message
+            error = exc.detail if isinstance(exc, delta.SourceUnavailable) else f"{type(exc).__name__} on {uri!r}"
+            _failed(s, rows, error)
             s.commit()
             counts["failed"] += len(rows)
-            log.warning("source erasure: DELETE owed on %s (%d subject(s)) failed: %s", uri, len(rows), exc.detail)
+            log.warning("source erasure: DELETE owed on %s (%d subject(s)) failed: %s", uri, len(rows), error)
             return 0
         now = utcnow()
         for row in rows:
@@ -158,11 +159,12 @@ def _purge_step(session_factory: Callable[[], Session], uri: str, secret: str, c
         try:
             removed = delta.vacuum(uri)
             table = delta.open_table(uri)
-        except delta.SourceUnavailable as exc:
-            _failed(s, rows, exc.detail)
+        except Exception as exc:  # noqa: BLE001 - owed and retried; recorded by type, never by message
+            error = exc.detail if isinstance(exc, delta.SourceUnavailable) else f"{type(exc).__name__} on {uri!r}"
+            _failed(s, rows, error)
             s.commit()
             counts["failed"] += len(rows)
-            log.warning("source erasure: purge owed on %s (%d subject(s)) failed: %s", uri, len(rows), exc.detail)
+            log.warning("source erasure: purge owed on %s (%d subject(s)) failed: %s", uri, len(rows), error)
             return 0
         now = utcnow()
         for row in rows:
@@ -229,7 +231,8 @@ def after_job(session_factory: Callable[[], Session], *, secret: str) -> dict[st
         try:
             find_reingested(s, secret=secret)
             s.commit()
-        except delta.SourceUnavailable as exc:
+        except Exception as exc:  # noqa: BLE001 - the next run checks again; never a clear id in the log
             s.rollback()
-            log.warning("source erasure: re-ingestion check skipped: %s", exc.detail)
+            log.warning("source erasure: re-ingestion check skipped: %s",
+                        exc.detail if isinstance(exc, delta.SourceUnavailable) else type(exc).__name__)
     return drain(session_factory, secret=secret)

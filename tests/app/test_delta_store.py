@@ -233,3 +233,24 @@ def test_reingested_rows_are_never_trained_on_and_are_purged_again(
     audit.sync(session)
     types = [e.type for e in audit.list_events(session, type="source_reingested_rows_removed", limit=10)]
     assert types == ["source_reingested_rows_removed"]
+
+
+def test_a_delete_that_conflicts_with_a_concurrent_writer_is_retried(
+        table: str, settings, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
+    from deltalake.exceptions import CommitFailedError
+
+    real, tries = DeltaTable.delete, []
+
+    def racing(self, predicate=None, *a, **k):  # noqa: ANN001, ANN002, ANN003, ANN202
+        tries.append(predicate)
+        if len(tries) == 1:  # another writer commits first: this commit loses the race
+            write_deltalake(table, _rows({"toy-05"}), mode="append")
+            raise CommitFailedError("concurrent transaction")
+        return real(self, predicate, *a, **k)
+
+    monkeypatch.setattr(DeltaTable, "delete", racing)
+    key = subject_key(settings.subject_key_secret, SUBJECT)
+    version, deleted, present = delta.delete_rows(table, "user", {key}, settings.subject_key_secret,
+                                                  sleep=lambda s: None)
+    assert len(tries) == 2 and (version, deleted, present) == (2, 10, {key})
+    assert _rows_of(table, SUBJECT) == 0 and _rows_of(table, "toy-05") == 20

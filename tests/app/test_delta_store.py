@@ -254,3 +254,16 @@ def test_a_delete_that_conflicts_with_a_concurrent_writer_is_retried(
                                                   sleep=lambda s: None)
     assert len(tries) == 2 and (version, deleted, present) == (2, 10, {key})
     assert _rows_of(table, SUBJECT) == 0 and _rows_of(table, "toy-05") == 20
+
+
+def test_the_purge_delay_is_a_policy_setting_of_delta_models_only(
+        session: Session, settings, table: str, toy_model, client, admin_headers) -> None:  # noqa: ANN001
+    _register(session, settings, table, purge_after_s=60)
+    assert client.get("/v1/models/toyd/policy", headers=admin_headers).json()["purge_after_s"] == 60
+    r = client.put("/v1/models/toyd/policy", json={"purge_after_s": 7200}, headers=admin_headers)
+    assert r.status_code == 200 and r.json()["purge_after_s"] == 7200
+    assert delta.Source.of(session.get(Model, "toyd").config).purge_after_s == 7200
+    r = client.put("/v1/models/toy/policy", json={"purge_after_s": 10}, headers=admin_headers)
+    assert r.status_code == 422 and "delta store only" in r.json()["detail"]
+    r = client.put("/v1/models/toyd/policy", json={"purge_after_s": -1}, headers=admin_headers)
+    assert r.status_code == 422 and r.headers["content-type"].startswith("application/problem+json")

@@ -236,3 +236,15 @@ def after_job(session_factory: Callable[[], Session], *, secret: str) -> dict[st
             log.warning("source erasure: re-ingestion check skipped: %s",
                         exc.detail if isinstance(exc, delta.SourceUnavailable) else type(exc).__name__)
     return drain(session_factory, secret=secret)
+
+
+def certificate_entries(session: Session, request_id: str) -> list[dict[str, Any]]:
+    """What a request's certificate states about the organisation's tables: the table version after
+    which the person is absent, and when the purge ran (or is due: a certificate fetched before it)."""
+    rows = session.exec(select(SourceErasure).where(SourceErasure.request_id == request_id)
+                        .order_by(col(SourceErasure.id))).all()
+    return [{"model": r.model_name, "table": r.uri, "status": r.status,
+             "absent_after_version": r.delete_version,
+             "deleted_at": as_utc(r.deleted_at).isoformat() if r.deleted_at else None,
+             "purged_at": as_utc(r.purged_at).isoformat() if r.purged_at else None,
+             "purge_due_by": as_utc(r.purge_not_before).isoformat()} for r in rows]

@@ -19,7 +19,8 @@ from app.core.security import subject_key
 from app.data import delta, registry
 from app.db.models import ErasureRequest, Model, ModelVersion, SourceErasure, SubjectRows, utcnow
 from app.ml.specs import get_spec
-from app.services import audit, erasure, registration, source_erasure
+from app.core.signing import get_keys
+from app.services import audit, certificates, erasure, registration, source_erasure
 from app.core import db
 from workers import pipeline
 
@@ -129,6 +130,9 @@ def test_erasure_deletes_and_purges_every_version_and_file(
     assert row.status == "purged" and row.delete_version == 2
     assert row.files_removed == 1  # only the file that held them was rewritten (the appended one was not)
     assert req.result["source"]["deleted"]["table_version"] == 2 and req.result["source"]["purged"]["at"]
+    cert = certificates.build(session, request_id=req.id, keys=get_keys(settings), issuer="test")["certificate"]
+    [entry] = cert["data_sources"]
+    assert entry["status"] == "purged" and entry["absent_after_version"] == 2 and entry["purged_at"]
     audit.sync(session)
     events = {e.type: e for e in audit.list_events(session, request_id=req.id, limit=100)}
     assert events["source_rows_deleted"].payload["table_version"] == 2

@@ -33,6 +33,7 @@ from sqlmodel import Session, col, select
 from app.core import db
 from app.core.config import Settings
 from app.core.errors import database_unavailable
+from app.data import physical
 from app.core.logging import log_context
 from app.db.models import ErasureTarget, UnlearningJob, utcnow
 from app.services import audit, jobs, source_erasure
@@ -261,4 +262,6 @@ def deploy_and_complete(w: Worker, job_id: str) -> None:
         if holds_fence(s, w, job, serving=target_version):
             jobs.complete_job(s, job, w.settings, deploy_s=time.monotonic() - t0)
         s.commit()
+    if w.engine is not None:  # the deleted rows leave the database files too (app/data/physical.py)
+        physical.compact(w.engine)
     source_erasure.after_job(w.session, secret=w.settings.subject_key_secret)  # the table changes after commit

@@ -64,3 +64,39 @@ def test_no_file_holds_the_erased_subjects_feature_bytes_after_completed(tmp_pat
         assert s.get(ErasureRequest, rid).status == "completed"
     assert _found(tmp_path, needles) == []
     engine.dispose()
+
+
+def test_postgresql_vacuums_the_sample_tables_after_a_completing_erasure(tmp_path: Path, settings) -> None:  # noqa: ANN001
+    import time
+
+    from sqlalchemy import text
+
+    from tests.conftest import fresh_pg_database
+
+    with fresh_pg_database("lethe_physical") as url:
+        local = settings.model_copy(update={"data_dir": tmp_path, "database_url": url, "deploy_timeout_s": 2,
+                                            "batch_window_s": 0, "job_lease_s": 3600})
+        engine = make_engine(url)
+        try:
+            create_schema(engine)
+            with Session(engine) as s:
+                registration.register(s, name="toy", spec="toy", secret=local.subject_key_secret,
+                                      artifacts_dir=local.artifacts_dir, device="cpu")
+                req, _ = erasure.create_request(s, subject_key=subject_key(local.subject_key_secret, SUBJECT),
+                                                policy="retrain")
+                s.commit()
+                rid = req.id
+            worker = pipeline.Worker(settings=local, engine=engine, device=torch.device("cpu"), sleep=lambda s: None)
+            assert len(pipeline.drain(worker, "toy")) == 1
+            with Session(engine) as s:
+                assert s.get(ErasureRequest, rid).status == "completed"
+            for _ in range(50):  # the statistics of the VACUUM the worker ran
+                with engine.connect() as conn:
+                    count = conn.execute(text("SELECT vacuum_count FROM pg_stat_user_tables "
+                                              "WHERE relname = 'sample'")).scalar_one()
+                if count:
+                    break
+                time.sleep(0.1)
+            assert count >= 1
+        finally:
+            engine.dispose()

@@ -132,6 +132,26 @@ def _keys_of(values: pa.Array, secret: str, memo: dict[Any, str]) -> list[str]:
     return [memo[v] for v in values.to_pylist()]
 
 
+def _per_row(values: pa.Array, secret: str, memo: dict[Any, str], fn: Any) -> pa.Array:
+    """``fn(key)`` (a bool) for each row, computed once per distinct subject value of the batch."""
+    uniq = pc.unique(values)
+    flags = [fn(memo.setdefault(v, subject_key(secret, str(v)))) for v in uniq.to_pylist()]
+    return pc.take(pa.array(flags, pa.bool_()), pc.index_in(values, value_set=uniq))
+
+
+def counts(table: Any, column: str, secret: str, skip: set[str] | frozenset[str] = frozenset()) -> dict[str, int]:
+    """key -> rows of the table's version (the index), one value_counts per batch."""
+    out: dict[str, int] = {}
+    memo: dict[Any, str] = {}
+    for batch in _batches(table, [column]):
+        vc = pc.value_counts(batch.column(0))
+        for v, n in zip(vc.field("values").to_pylist(), vc.field("counts").to_pylist(), strict=True):
+            k = memo.setdefault(v, subject_key(secret, str(v)))
+            if k not in skip:
+                out[k] = out.get(k, 0) + n
+    return out
+
+
 def _split_of(key: str) -> str:
     return "holdout" if int(key[:8], 16) % HOLDOUT_SHARE == 0 else "train"
 
@@ -186,11 +206,12 @@ def forget_examples(session: Session, model: Model, spec: ModelSpec, keys: list[
     source = Source.of(model.config)
     wanted, memo, out = set(keys), {}, []
     for batch in _batches(open_table(source.uri, source.version)):
-        row_keys = _keys_of(batch.column(source.subject_column), secret, memo)
-        mask = pa.array([k in wanted for k in row_keys])
+        column = batch.column(source.subject_column)
+        mask = _per_row(column, secret, memo, lambda k: k in wanted)
         if pc.any(mask).as_py():
-            picked = [k for k in row_keys if k in wanted]
-            out += _examples(spec, batch.filter(mask), picked, source)
+            picked = batch.filter(mask)
+            row_keys = [memo[v] for v in picked.column(source.subject_column).to_pylist()]
+            out += _examples(spec, picked, row_keys, source)
     return out
 
 
@@ -206,18 +227,20 @@ class LiveView(Sequence[Example]):
             SubjectRows.model_name == model.name, col(SubjectRows.deleted).is_(True))).all())
         out = exclude | deleted | suppressed(session)
         self.spec, self.source, self.split_only = spec, source, split
-        self.parts: list[tuple[pa.RecordBatch, list[str]]] = []
+        self.parts: list[pa.RecordBatch] = []
         self.starts: list[int] = []
-        memo: dict[Any, str] = {}
+        self.memo: dict[Any, str] = {}  # subject value -> key: rows carry keys only once drawn
         total = 0
         for batch in _batches(open_table(source.uri, source.version)):
-            keys = _keys_of(batch.column(source.subject_column), secret, memo)
-            splits = ([str(s) for s in batch.column(source.split_column).to_pylist()] if source.split_column
-                      else [_split_of(k) for k in keys])
-            keep = [k not in out and s == split for k, s in zip(keys, splits, strict=True)]
-            kept = batch.filter(pa.array(keep))
+            column = batch.column(source.subject_column)
+            if source.split_column:
+                keep = pc.and_(pc.equal(pc.cast(batch.column(source.split_column), pa.string()), split),
+                               _per_row(column, secret, self.memo, lambda k: k not in out))
+            else:
+                keep = _per_row(column, secret, self.memo, lambda k: k not in out and _split_of(k) == split)
+            kept = batch.filter(keep)
             if kept.num_rows:
-                self.parts.append((kept, [k for k, ok in zip(keys, keep, strict=True) if ok]))
+                self.parts.append(kept)
                 self.starts.append(total)
                 total += kept.num_rows
         self.total = total
@@ -225,10 +248,12 @@ class LiveView(Sequence[Example]):
     def __len__(self) -> int:
         return self.total
 
+    def _example(self, row: dict[str, Any]) -> Example:
+        e = self.spec.example_from_row(row)
+        return Example(self.memo[row[self.source.subject_column]], self.split_only, e.features, int(e.label))
+
     def _one(self, k: int, j: int) -> Example:
-        batch, keys = self.parts[k]
-        e = self.spec.example_from_row(batch.slice(j, 1).to_pylist()[0])
-        return Example(keys[j], self.split_only, e.features, int(e.label))
+        return self._example(self.parts[k].slice(j, 1).to_pylist()[0])
 
     def __getitem__(self, i: int) -> Example:  # type: ignore[override]
         if isinstance(i, slice):
@@ -244,10 +269,9 @@ class LiveView(Sequence[Example]):
         return [self[i] for i in indices]
 
     def __iter__(self) -> Iterator[Example]:
-        for batch, keys in self.parts:
-            for row, key in zip(batch.to_pylist(), keys, strict=True):
-                e = self.spec.example_from_row(row)
-                yield Example(key, self.split_only, e.features, int(e.label))
+        for batch in self.parts:
+            for row in batch.to_pylist():
+                yield self._example(row)
 
 
 def manifest(session: Session, model: Model, exclude: set[str]) -> dict[str, Any]:

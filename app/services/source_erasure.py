@@ -16,6 +16,7 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
+from sqlalchemy import delete, insert
 from sqlmodel import Session, col, select
 
 from app.data import delta
@@ -82,19 +83,13 @@ def repin(session: Session, model: Model, table: Any, secret: str) -> int:
     # A subject whose erasure finished and who is back in the table (re-ingested) is not indexed
     # again: the model does not hold them; ``find_reingested`` removes their rows from the table.
     gone = delta.suppressed(session) - set(flags)
-    counts: dict[str, int] = {}
-    memo: dict[Any, str] = {}
-    for batch in delta._batches(table, [source.subject_column]):  # noqa: SLF001 - same floor
-        for k in delta._keys_of(batch.column(0), secret, memo):  # noqa: SLF001
-            if k not in gone:
-                counts[k] = counts.get(k, 0) + 1
-    for row in session.exec(select(SubjectRows).where(SubjectRows.model_name == model.name)).all():
-        session.delete(row)
-    session.flush()
+    counts = delta.counts(table, source.subject_column, secret, skip=gone)
+    session.execute(delete(SubjectRows).where(SubjectRows.model_name == model.name))
     version = table.version()
-    for k, n in counts.items():
-        session.add(SubjectRows(model_name=model.name, subject_key=k, part=version, offset=0, count=n,
-                                deleted=flags.get(k, False)))
+    index = [{"model_name": model.name, "subject_key": k, "part": version, "offset": 0, "count": n,
+              "deleted": flags.get(k, False)} for k, n in counts.items()]
+    for i in range(0, len(index), 20000):
+        session.execute(insert(SubjectRows), index[i:i + 20000])
     model.config = {**model.config, "source": source.config(version)}
     session.add(model)
     return version

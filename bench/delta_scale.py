@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 RESULTS = ROOT / "bench" / "results"
 USERS_PER_ROW = 1 / 100
-SAMPLE = 20_000  # registration sample (version 0)
+SAMPLE = int(os.environ.get("LETHE_DELTA_SCALE_SAMPLE", 20_000))  # registration sample (version 0)
 
 
 def _write(uri: str, n: int, n_users: int, seed: int, mode: str) -> float:
@@ -89,7 +89,7 @@ def phase(name: str, rows: int, workdir: Path) -> dict:
     t0 = time.perf_counter()
     if name == "setup":
         create_schema(engine)
-        _write(uri, SAMPLE, 2000, 0, "overwrite")
+        _write(uri, SAMPLE, min(2000, max(100, SAMPLE // 10)), 0, "overwrite")  # = the spec's load_examples()
         with Session(engine) as s:
             registration.register(s, name="big-delta", spec="interactions", secret=settings.subject_key_secret,
                                   artifacts_dir=settings.artifacts_dir, device="cpu",
@@ -164,7 +164,7 @@ def table(d: dict[str, dict], c: dict[str, dict], rows: int) -> str:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--rows", type=int, default=10_000_000, help="interactions appended after registration")
-    p.add_argument("--quick", action="store_true", help="100k rows (a smoke run)")
+    p.add_argument("--quick", action="store_true", help="20k rows, a 5k registration sample (a smoke run)")
     p.add_argument("--no-columnar", action="store_true", help="skip the columnar comparison")
     p.add_argument("--out", type=Path, default=RESULTS, help="directory for delta_scale.md and .json")
     p.add_argument("--phase", help=argparse.SUPPRESS)
@@ -173,7 +173,10 @@ def main() -> int:
     if args.phase:
         print(json.dumps(phase(args.phase, args.rows, Path(args.workdir)), default=str))
         return 0
-    rows = 100_000 if args.quick else args.rows
+    rows = 20_000 if args.quick else args.rows
+    if args.quick:
+        # a smaller registration sample (seconds, not tens), the same for the columnar comparison
+        os.environ["LETHE_DELTA_SCALE_SAMPLE"] = os.environ["LETHE_INTERACTIONS_EXAMPLES"] = "5000"
     with tempfile.TemporaryDirectory(prefix="lethe-delta-scale-") as tmp:
         print(f"delta: {rows:,} rows in {tmp}", flush=True)
         d = {name: run_phase(name, rows, Path(tmp)) for name in ("setup", "ingest", "collect", "erase1", "erase1000")}

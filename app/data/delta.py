@@ -125,6 +125,14 @@ def _batches(table: Any, columns: list[str] | None = None) -> Iterator[pa.Record
     return table.to_pyarrow_dataset().to_batches(columns=columns, batch_size=BATCH_ROWS)
 
 
+def _key(value: Any, secret: str, memo: dict[Any, str]) -> str:
+    """The HMAC key of one subject value, computed once per value (memo)."""
+    key = memo.get(value)
+    if key is None:
+        key = memo[value] = subject_key(secret, str(value))
+    return key
+
+
 def _keys_of(values: pa.Array, secret: str, memo: dict[Any, str]) -> list[str]:
     for v in pc.unique(values).to_pylist():
         if v not in memo:
@@ -135,7 +143,7 @@ def _keys_of(values: pa.Array, secret: str, memo: dict[Any, str]) -> list[str]:
 def _per_row(values: pa.Array, secret: str, memo: dict[Any, str], fn: Any) -> pa.Array:
     """``fn(key)`` (a bool) for each row, computed once per distinct subject value of the batch."""
     uniq = pc.unique(values)
-    flags = [fn(memo.setdefault(v, subject_key(secret, str(v)))) for v in uniq.to_pylist()]
+    flags = [fn(_key(v, secret, memo)) for v in uniq.to_pylist()]
     return pc.take(pa.array(flags, pa.bool_()), pc.index_in(values, value_set=uniq))
 
 
@@ -146,7 +154,7 @@ def counts(table: Any, column: str, secret: str, skip: set[str] | frozenset[str]
     for batch in _batches(table, [column]):
         vc = pc.value_counts(batch.column(0))
         for v, n in zip(vc.field("values").to_pylist(), vc.field("counts").to_pylist(), strict=True):
-            k = memo.setdefault(v, subject_key(secret, str(v)))
+            k = _key(v, secret, memo)
             if k not in skip:
                 out[k] = out.get(k, 0) + n
     return out

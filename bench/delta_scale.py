@@ -3,14 +3,13 @@ columnar store on the same rows.
 
 Each phase runs in its own process (so each peak RSS is that phase's alone) on a private SQLite DB:
   setup    write table version 0 (the 20k-row registration sample of spec ``interactions``) and
-           register ``big-delta`` from it (trains v1 on it)
-  ingest   an upstream writer appends N generated interactions (``--rows``, 100 per user on average;
-           timed apart), then Lethe pins the new version: the scan of the subject column, the
-           pseudonymisation and the subject -> rows index (what registration adds to training)
+           register ``big-delta`` from it (trains v1 on it); then an upstream writer appends N
+           generated interactions (``--rows``, 100 per user on average; timed apart) and Lethe pins
+           the new version: the scan of the subject column, the pseudonymisation and the subject ->
+           rows index (what registration adds to training)
   collect  the erasure job's data collection for one subject (``workers.problem.collect``: the
            subject's rows read and flagged, train / test / held-out views, the manifest)
-  erase1 / erase1000
-           the DELETE in the table and the physical purge (VACUUM, log cut at a checkpoint) for 1
+  erase    the DELETE in the table and the physical purge (VACUUM, log cut at a checkpoint) for 1
            subject, then for 1,000 subjects at once
 The columnar store's setup / ingest / collect phases are those of ``bench/data_scale.py`` at the
 same N (its JSON-Lines bulk ingest is the columnar store's way in). Prints a table and writes
@@ -87,7 +86,7 @@ def phase(name: str, rows: int, workdir: Path) -> dict:
     n_users = max(1000, int(rows * USERS_PER_ROW))
     out: dict = {"phase": name, "store": "delta", "rss_start_mb": _rss_mb()}
     t0 = time.perf_counter()
-    if name == "setup":
+    if name == "setup":  # register from version 0, then the upstream append and Lethe's re-pin
         create_schema(engine)
         _write(uri, SAMPLE, min(2000, max(100, SAMPLE // 10)), 0, "overwrite")  # = the spec's load_examples()
         with Session(engine) as s:
@@ -96,13 +95,14 @@ def phase(name: str, rows: int, workdir: Path) -> dict:
                                   config={"store": "delta", "chain": ["finetune", "retrain"],
                                           "source": {"uri": uri, "subject_column": "user", "split_column": "split"}})
             s.commit()
-    elif name == "ingest":
+        out["register_s"] = time.perf_counter() - t0
         out["append_s"] = _write(uri, rows, n_users, 1, "append")
-        t0 = time.perf_counter()
+        t1 = time.perf_counter()
         with Session(engine) as s:
             out["version"] = source_erasure.repin(s, s.get(Model, "big-delta"), delta.open_table(uri),
                                                   settings.subject_key_secret)
             s.commit()
+        out["pin_s"] = time.perf_counter() - t1
     elif name == "collect":
         worker = pipeline.Worker(settings=settings, engine=engine, device=torch.device("cpu"), sleep=lambda s: None)
         with Session(engine) as s:
@@ -112,16 +112,17 @@ def phase(name: str, rows: int, workdir: Path) -> dict:
         t0 = time.perf_counter()
         problem = collect(worker, job_id)
         out.update(retain=len(problem.retain), forget=len(problem.forget), manifest=problem.manifest)
-    elif name.startswith("erase"):
-        n = int(name.removeprefix("erase"))
-        # train-split users (u % 10 not in 0, 1); user-5 is the collect phase's, user-2 erase1's
-        users = [2] if n == 1 else [u for u in range(3, n_users) if u % 10 not in (0, 1) and u != 5][:n]
-        keys = {subject_key(settings.subject_key_secret, f"user-{u}") for u in users}
-        version, deleted, present = delta.delete_rows(uri, "user", keys, settings.subject_key_secret)
-        out.update(delete_s=time.perf_counter() - t0, rows_deleted=deleted, subjects=len(present), version=version)
-        t1 = time.perf_counter()
-        out["files_removed"] = len(delta.vacuum(uri))
-        out["purge_s"] = time.perf_counter() - t1
+    elif name == "erase":  # DELETE + purge of 1 subject, then of 1,000 at once
+        # train-split users (u % 10 not in 0, 1); user-5 is the collect phase's
+        train = [u for u in range(2, n_users) if u % 10 not in (0, 1) and u != 5]
+        for label, users in (("1", train[:1]), ("1000", train[1:1001])):
+            keys = {subject_key(settings.subject_key_secret, f"user-{u}") for u in users}
+            t1 = time.perf_counter()
+            version, deleted, present = delta.delete_rows(uri, "user", keys, settings.subject_key_secret)
+            t2 = time.perf_counter()
+            removed = len(delta.vacuum(uri))
+            out[label] = {"delete_s": t2 - t1, "purge_s": time.perf_counter() - t2, "rows_deleted": deleted,
+                          "subjects": len(present), "version": version, "files_removed": removed}
     out["seconds"] = time.perf_counter() - t0
     out["peak_rss_mb"] = _peak_mb()
     out["peak_above_start_mb"] = out["peak_rss_mb"] - out["rss_start_mb"]
@@ -147,15 +148,15 @@ def table(d: dict[str, dict], c: dict[str, dict], rows: int) -> str:
 
     lines = ["| | delta store | columnar store (same rows) |", "|---|---|---|",
              f"| samples | {rows + SAMPLE:,} | {rows + SAMPLE:,} |",
-             f"| registration of the {SAMPLE:,}-row sample, v1 trained (s) | {d['setup']['seconds']:.1f} | "
+             f"| registration of the {SAMPLE:,}-row sample, v1 trained (s) | {d['setup']['register_s']:.1f} | "
              f"{c['setup']['seconds']:.1f} |",
-             f"| getting {rows:,} new rows in (s) | upstream append {d['ingest']['append_s']:.1f} (not Lethe's); "
-             f"pin + index {d['ingest']['seconds']:.1f} | bulk ingest {c['ingest']['seconds']:.1f} |",
+             f"| getting {rows:,} new rows in (s) | upstream append {d['setup']['append_s']:.1f} (not Lethe's); "
+             f"pin + index {d['setup']['pin_s']:.1f} | bulk ingest {c['ingest']['seconds']:.1f} |",
              f"| job data collection (s) | {d['collect']['seconds']:.1f} | {c['collect']['seconds']:.1f} |",
              f"| its peak RSS, MB (above the process after imports) | {mb(d['collect'])} | {mb(c['collect'])} |",
              f"| retain rows read | {d['collect']['retain']:,} | {c['collect']['retain']:,} |"]
     for n in ("1", "1000"):
-        e = d[f"erase{n}"]
+        e = d["erase"][n]
         lines.append(f"| DELETE + purge, {e['subjects']:,} subject(s) at once (s) | {e['delete_s']:.1f} + "
                      f"{e['purge_s']:.1f} ({e['rows_deleted']:,} rows, {e['files_removed']} files removed) | n/a |")
     return "\n".join(lines)
@@ -179,7 +180,7 @@ def main() -> int:
         os.environ["LETHE_DELTA_SCALE_SAMPLE"] = os.environ["LETHE_INTERACTIONS_EXAMPLES"] = "5000"
     with tempfile.TemporaryDirectory(prefix="lethe-delta-scale-") as tmp:
         print(f"delta: {rows:,} rows in {tmp}", flush=True)
-        d = {name: run_phase(name, rows, Path(tmp)) for name in ("setup", "ingest", "collect", "erase1", "erase1000")}
+        d = {name: run_phase(name, rows, Path(tmp)) for name in ("setup", "collect", "erase")}
     c: dict[str, dict] = {}
     if not args.no_columnar:
         from bench import data_scale

@@ -85,5 +85,5 @@ def test_delta_scale_quick(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     data = json.loads((tmp_path / "delta_scale.json").read_text())["delta"]
     assert data["collect"]["forget"] > 0 and data["collect"]["manifest"]["store"] == "delta"
-    assert data["erase1"]["subjects"] == 1 and data["erase1"]["rows_deleted"] > 0
-    assert data["erase1000"]["subjects"] > 1 and data["erase1000"]["files_removed"] > 0
+    assert data["erase"]["1"]["subjects"] == 1 and data["erase"]["1"]["rows_deleted"] > 0
+    assert data["erase"]["1000"]["subjects"] > 1 and data["erase"]["1000"]["files_removed"] > 0

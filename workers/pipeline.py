@@ -32,7 +32,7 @@ from sqlmodel import Session, col, select
 
 from app.core import db
 from app.core.config import Settings
-from app.core.errors import database_unavailable
+from app.core.errors import Unavailable, database_unavailable
 from app.data import physical
 from app.core.logging import log_context
 from app.db.models import ErasureTarget, UnlearningJob, utcnow
@@ -230,7 +230,13 @@ def _run_job(w: Worker, job_id: str) -> None:
         published = job.version_after is not None
     if not published:
         set_progress(w, job_id, "deleting_data")
-        problem = collect(w, job_id)
+        try:
+            problem = collect(w, job_id)
+        except Unavailable as exc:  # e.g. the organisation's Delta table cannot be read: retried with backoff
+            with w.session() as s:
+                jobs.fail_job(s, s.get(UnlearningJob, job_id), exc.detail, w.settings)
+                s.commit()
+            return
         if not unlearn_and_publish(w, job_id, problem, progress=throttled_progress(w, job_id)):
             return
     deploy_and_complete(w, job_id)

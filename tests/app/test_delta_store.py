@@ -125,10 +125,17 @@ def test_a_source_without_the_subject_column_is_a_422_naming_it(
 
 
 def test_erasure_deletes_and_purges_every_version_and_file(
-        session: Session, settings, table: str, worker) -> None:  # noqa: ANN001
+        session: Session, settings, table: str, worker, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
     _register(session, settings, table)
     key = subject_key(settings.subject_key_secret, SUBJECT)
-    write_deltalake(table, _rows({"toy-05"}), mode="append")  # an upstream writer during the model's life
+    real = delta.forget_examples
+
+    def while_the_job_reads(*a, **k):  # noqa: ANN002, ANN003, ANN202 - an upstream writer appends mid-job
+        rows = real(*a, **k)
+        write_deltalake(table, _rows({"toy-05"}), mode="append")
+        return rows
+
+    monkeypatch.setattr(delta, "forget_examples", while_the_job_reads)
     assert _rows_of(table, SUBJECT, 0) == 10
     req = _erase(session, settings, worker)
     assert req.status == "completed"
@@ -284,3 +291,13 @@ def test_the_purge_delay_is_a_policy_setting_of_delta_models_only(
     assert r.status_code == 422 and "delta store only" in r.json()["detail"]
     r = client.put("/v1/models/toyd/policy", json={"purge_after_s": -1}, headers=admin_headers)
     assert r.status_code == 422 and r.headers["content-type"].startswith("application/problem+json")
+
+
+@sqlite_only
+def test_a_job_that_cannot_read_the_table_fails_and_the_erasure_stays_owed(
+        session: Session, settings, table: str, worker) -> None:  # noqa: ANN001
+    _register(session, settings, table)
+    os.rename(table, table + ".offline")
+    req = _erase(session, settings, worker)
+    assert req.status == "queued" and req.stage == "retry_scheduled"  # retried with backoff, never dropped
+    assert "cannot be read" in req.error and SUBJECT not in req.error

@@ -125,14 +125,6 @@ def _batches(table: Any, columns: list[str] | None = None) -> Iterator[pa.Record
     return table.to_pyarrow_dataset().to_batches(columns=columns, batch_size=BATCH_ROWS)
 
 
-def _key(value: Any, secret: str, memo: dict[Any, str]) -> str:
-    """The HMAC key of one subject value, computed once per value (memo)."""
-    key = memo.get(value)
-    if key is None:
-        key = memo[value] = subject_key(secret, str(value))
-    return key
-
-
 def _keys_of(values: pa.Array, secret: str, memo: dict[Any, str]) -> list[str]:
     for v in pc.unique(values).to_pylist():
         if v not in memo:
@@ -140,24 +132,74 @@ def _keys_of(values: pa.Array, secret: str, memo: dict[Any, str]) -> list[str]:
     return [memo[v] for v in values.to_pylist()]
 
 
-def _per_row(values: pa.Array, secret: str, memo: dict[Any, str], fn: Any) -> pa.Array:
-    """``fn(key)`` (a bool) for each row, computed once per distinct subject value of the batch."""
-    uniq = pc.unique(values)
-    flags = [fn(_key(v, secret, memo)) for v in uniq.to_pylist()]
-    return pc.take(pa.array(flags, pa.bool_()), pc.index_in(values, value_set=uniq))
+class Subjects:
+    """The distinct subject values of one table version and their keys: one scan of the subject
+    column and one HMAC per person, then every filter is a vectorised ``is_in`` on clear values
+    (which never leave this process). Cached per (uri, version): a version never changes."""
+
+    def __init__(self, table: Any, column: str, secret: str) -> None:
+        counted = (table.to_pyarrow_dataset().to_table(columns=[column])
+                   .group_by(column).aggregate([([], "count_all")]))
+        counted = counted.filter(pc.is_valid(counted.column(column)))  # a row without a subject is nobody's
+        self.values = counted.column(column).combine_chunks()
+        self.rows = counted.column("count_all").to_pylist()
+        self.keys = [subject_key(secret, str(v)) for v in self.values.to_pylist()]
+        self.key_of = dict(zip(self.values.to_pylist(), self.keys, strict=True))
+
+    def values_where(self, keep: Any) -> pa.Array:
+        """The clear values whose key satisfies ``keep`` (an Arrow array for ``is_in``)."""
+        return self.values.filter(pa.array([bool(keep(k)) for k in self.keys], pa.bool_()))
+
+    def counts(self, skip: set[str] | frozenset[str] = frozenset()) -> dict[str, int]:
+        return {k: n for k, n in zip(self.keys, self.rows, strict=True) if k not in skip}
+
+
+_subjects: dict[tuple[str, int, str, int], Subjects] = {}
+
+
+def subjects(table: Any, column: str, secret: str) -> Subjects:
+    ident = (table.table_uri, table.version(), column, hash(secret))
+    found = _subjects.get(ident)
+    if found is None:
+        found = Subjects(table, column, secret)
+        if len(_subjects) >= 4:  # a few versions: a job's and the drain's
+            _subjects.pop(next(iter(_subjects)))
+        _subjects[ident] = found
+    return found
+
+
+def counts(self, skip: set[str] | frozenset[str] = frozenset()) -> dict[str, int]:
+        return {k: n for k, n in zip(self.keys, self.rows, strict=True) if k not in skip}
+
+
+_subjects: dict[tuple[str, int, str], Subjects] = {}
+
+
+def subjects(table: Any, column: str, secret: str) -> Subjects:
+    ident = (table.table_uri, table.version(), column)
+    found = _subjects.get(ident)
+    if found is None or getattr(found, "secret_hash", None) != hash(secret):
+        found = Subjects(table, column, secret)
+        found.secret_hash = hash(secret)  # type: ignore[attr-defined]
+        if len(_subjects) >= 4:
+            _subjects.pop(next(iter(_subjects)))
+        _subjects[ident] = found
+    return found
+
+
+def _rows_of(table: Any, column: str, values: pa.Array) -> Iterator[pa.RecordBatch]:
+    """The rows whose subject is one of ``values``, batch by batch. Filtered per batch, not pushed
+    down: files that delta-rs rewrote may hold ``string_view`` where others hold ``string``, and
+    pyarrow's statistics pruning has no kernel comparing the two."""
+    for batch in _batches(table):
+        subject = batch.column(column)
+        mask = pc.is_in(subject, value_set=values.cast(subject.type))
+        yield batch.filter(mask)
 
 
 def counts(table: Any, column: str, secret: str, skip: set[str] | frozenset[str] = frozenset()) -> dict[str, int]:
-    """key -> rows of the table's version (the index), one value_counts per batch."""
-    out: dict[str, int] = {}
-    memo: dict[Any, str] = {}
-    for batch in _batches(table, [column]):
-        vc = pc.value_counts(batch.column(0))
-        for v, n in zip(vc.field("values").to_pylist(), vc.field("counts").to_pylist(), strict=True):
-            k = _key(v, secret, memo)
-            if k not in skip:
-                out[k] = out.get(k, 0) + n
-    return out
+    """key -> rows of the table's version (the index)."""
+    return subjects(table, column, secret).counts(skip)
 
 
 def _split_of(key: str) -> str:
@@ -212,14 +254,15 @@ def suppressed(session: Session) -> set[str]:
 def forget_examples(session: Session, model: Model, spec: ModelSpec, keys: list[str], secret: str) -> list[Example]:
     """The subjects' rows in the pinned version (the forget set of a job)."""
     source = Source.of(model.config)
-    wanted, memo, out = set(keys), {}, []
-    for batch in _batches(open_table(source.uri, source.version)):
-        column = batch.column(source.subject_column)
-        mask = _per_row(column, secret, memo, lambda k: k in wanted)
-        if pc.any(mask).as_py():
-            picked = batch.filter(mask)
-            row_keys = [memo[v] for v in picked.column(source.subject_column).to_pylist()]
-            out += _examples(spec, picked, row_keys, source)
+    table = open_table(source.uri, source.version)
+    who = subjects(table, source.subject_column, secret)
+    wanted = set(keys)
+    values = who.values_where(lambda k: k in wanted)
+    out: list[Example] = []
+    if len(values):
+        for batch in _rows_of(table, source.subject_column, values):
+            row_keys = [who.key_of[v] for v in batch.column(source.subject_column).to_pylist()]
+            out += _examples(spec, batch, row_keys, source)
     return out
 
 
@@ -235,22 +278,23 @@ class LiveView(Sequence[Example]):
             SubjectRows.model_name == model.name, col(SubjectRows.deleted).is_(True))).all())
         out = exclude | deleted | suppressed(session)
         self.spec, self.source, self.split_only = spec, source, split
+        table = open_table(source.uri, source.version)
+        who = subjects(table, source.subject_column, secret)
+        self.memo = who.key_of  # subject value -> key: rows carry keys only once drawn
+        if source.split_column:
+            values = who.values_where(lambda k: k not in out)
+        else:
+            values = who.values_where(lambda k: k not in out and _split_of(k) == split)
         self.parts: list[pa.RecordBatch] = []
         self.starts: list[int] = []
-        self.memo: dict[Any, str] = {}  # subject value -> key: rows carry keys only once drawn
         total = 0
-        for batch in _batches(open_table(source.uri, source.version)):
-            column = batch.column(source.subject_column)
+        for batch in _rows_of(table, source.subject_column, values):
             if source.split_column:
-                keep = pc.and_(pc.equal(pc.cast(batch.column(source.split_column), pa.string()), split),
-                               _per_row(column, secret, self.memo, lambda k: k not in out))
-            else:
-                keep = _per_row(column, secret, self.memo, lambda k: k not in out and _split_of(k) == split)
-            kept = batch.filter(keep)
-            if kept.num_rows:
-                self.parts.append(kept)
+                batch = batch.filter(pc.equal(pc.cast(batch.column(source.split_column), pa.string()), split))
+            if batch.num_rows:
+                self.parts.append(batch)
                 self.starts.append(total)
-                total += kept.num_rows
+                total += batch.num_rows
         self.total = total
 
     def __len__(self) -> int:
@@ -333,16 +377,10 @@ def _literal(v: Any) -> str:
 
 def _clear_ids(table: Any, column: str, keys: set[str], secret: str) -> dict[str, list[Any]]:
     """key -> the clear subject values of those keys present in the table (in memory only)."""
+    who = subjects(table, column, secret)
     found: dict[str, list[Any]] = {}
-    seen: set[Any] = set()
-    for batch in _batches(table, [column]):
-        for v in pc.unique(batch.column(0)).to_pylist():
-            if v is None or v in seen:
-                continue
-            seen.add(v)
-            k = subject_key(secret, str(v))
-            if k in keys:
-                found.setdefault(k, []).append(v)
+    for v in who.values_where(lambda k: k in keys).to_pylist():
+        found.setdefault(who.key_of[v], []).append(v)
     return found
 
 

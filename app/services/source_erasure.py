@@ -25,6 +25,7 @@ from app.services import audit
 
 log = logging.getLogger("lethe.source_erasure")
 ACTOR = "worker"
+CLAIM_LEASE = timedelta(minutes=10)  # a drain that dies mid-step gives its rows back after this
 
 
 def delta_models(session: Session, uri: str | None = None) -> list[Model]:
@@ -103,6 +104,7 @@ def drain(session_factory: Callable[[], Session], *, secret: str, now: Any = Non
         pending = _owed(s, "pending", now)
     for uri in pending:
         counts["deleted"] += _delete_step(session_factory, uri, secret, counts, now)
+    now = max(now, utcnow())  # the rows the DELETE pass just finished are due for purge from its end
     with session_factory() as s:
         due = _owed(s, "deleted", now)
     for uri in due:
@@ -110,60 +112,93 @@ def drain(session_factory: Callable[[], Session], *, secret: str, now: Any = Non
     return counts
 
 
+def _claim(session_factory: Callable[[], Session], uri: str, status: str, now: Any) -> list[int]:
+    """Take the due rows of one table for this drain: their ``not_before`` moves past a lease, so a
+    concurrent drain (the beat, another worker) skips them, and no transaction stays open while the
+    table is changed (on SQLite it would hold the write lock). A drain that dies leaves them to the
+    next one after the lease."""
+    with session_factory() as s:
+        q = select(SourceErasure).where(SourceErasure.uri == uri, SourceErasure.status == status,
+                                        SourceErasure.not_before <= now)
+        if status == "deleted":
+            q = q.where(SourceErasure.purge_not_before <= now)
+        if s.get_bind().dialect.name == "postgresql":
+            q = q.with_for_update(skip_locked=True)
+        rows = list(s.exec(q.order_by(col(SourceErasure.id))).all())
+        if status == "pending":
+            held = _still_held(s, uri, {r.subject_key for r in rows})
+            rows = [r for r in rows if r.subject_key not in held]
+        for row in rows:
+            row.not_before = utcnow() + CLAIM_LEASE
+            s.add(row)
+        ids = [r.id for r in rows]
+        s.commit()
+        return ids
+
+
+def _rows(s: Session, ids: list[int]) -> list[SourceErasure]:
+    return list(s.exec(select(SourceErasure).where(col(SourceErasure.id).in_(ids)).order_by(col(SourceErasure.id))).all())
+
+
+def _error(exc: Exception, uri: str) -> str:  # recorded by type, never by message (it may quote a predicate)
+    return exc.detail if isinstance(exc, delta.SourceUnavailable) else f"{type(exc).__name__} on {uri!r}"
+
+
 def _delete_step(session_factory: Callable[[], Session], uri: str, secret: str, counts: dict[str, int],
                  now: Any) -> int:
+    ids = _claim(session_factory, uri, "pending", now)
+    if not ids:
+        return 0
     with session_factory() as s:
-        rows = _owed(s, "pending", now).get(uri, [])
-        held = _still_held(s, uri, {r.subject_key for r in rows})
-        rows = [r for r in rows if r.subject_key not in held]
-        if not rows:
-            return 0
-        column = rows[0].subject_column
-        try:
-            version, deleted, _present = delta.delete_rows(uri, column, {r.subject_key for r in rows}, secret)
-            table = delta.open_table(uri, version)
-        except Exception as exc:  # noqa: BLE001 - owed and retried; recorded by type, never by message
-            error = exc.detail if isinstance(exc, delta.SourceUnavailable) else f"{type(exc).__name__} on {uri!r}"
-            _failed(s, rows, error)
-            s.commit()
-            counts["failed"] += len(rows)
-            log.warning("source erasure: DELETE owed on %s (%d subject(s)) failed: %s", uri, len(rows), error)
-            return 0
-        now = utcnow()
+        rows = _rows(s, ids)
+        column, keys = rows[0].subject_column, {r.subject_key for r in rows}
+    try:
+        version, deleted, _present = delta.delete_rows(uri, column, keys, secret)
+        table = delta.open_table(uri, version)
+    except Exception as exc:  # noqa: BLE001 - owed and retried
+        return _record_failure(session_factory, ids, _error(exc, uri), counts, "DELETE", uri)
+    with session_factory() as s:
+        rows, done = _rows(s, ids), utcnow()
         for row in rows:
-            row.status, row.delete_version, row.deleted_at, row.last_error = "deleted", version, now, None
-            row.rows_deleted = deleted if len(rows) == 1 else None
+            row.status, row.delete_version, row.deleted_at, row.last_error = "deleted", version, done, None
+            row.rows_deleted, row.not_before = deleted if len(rows) == 1 else None, done
             s.add(row)
             detail = {"model": row.model_name, "table_version": version, "reason": row.reason}
             audit.append(s, type="source_rows_deleted", actor=ACTOR, request_id=row.request_id,
                          subject_key=row.subject_key, payload={**detail, "rows_in_batch": deleted,
                                                                "subjects_in_batch": len(rows)})
-            _note_result(s, row, "deleted", {"table_version": version, "at": now.isoformat()})
+            _note_result(s, row, "deleted", {"table_version": version, "at": done.isoformat()})
         for model in delta_models(s, uri):
             repin(s, model, table, secret)
         s.commit()
-        return deleted
+    return deleted
+
+
+def _record_failure(session_factory: Callable[[], Session], ids: list[int], error: str, counts: dict[str, int],
+                    step: str, uri: str) -> int:
+    with session_factory() as s:
+        _failed(s, _rows(s, ids), error)
+        s.commit()
+    counts["failed"] += len(ids)
+    log.warning("source erasure: %s owed on %s (%d subject(s)) failed: %s", step, uri, len(ids), error)
+    return 0
 
 
 def _purge_step(session_factory: Callable[[], Session], uri: str, secret: str, counts: dict[str, int],
                 now: Any) -> int:
+    ids = _claim(session_factory, uri, "deleted", now)
+    if not ids:
+        return 0
+    try:
+        removed = delta.vacuum(uri)
+        table = delta.open_table(uri)
+    except Exception as exc:  # noqa: BLE001 - owed and retried
+        return _record_failure(session_factory, ids, _error(exc, uri), counts, "purge", uri)
     with session_factory() as s:
-        rows = _owed(s, "deleted", now).get(uri, [])
-        if not rows:
-            return 0
-        try:
-            removed = delta.vacuum(uri)
-            table = delta.open_table(uri)
-        except Exception as exc:  # noqa: BLE001 - owed and retried; recorded by type, never by message
-            error = exc.detail if isinstance(exc, delta.SourceUnavailable) else f"{type(exc).__name__} on {uri!r}"
-            _failed(s, rows, error)
-            s.commit()
-            counts["failed"] += len(rows)
-            log.warning("source erasure: purge owed on %s (%d subject(s)) failed: %s", uri, len(rows), error)
-            return 0
-        now = utcnow()
-        for row in rows:
-            row.status, row.purged_at, row.files_removed, row.last_error = "purged", now, len(removed), None
+        done = utcnow()
+        for row in _rows(s, ids):
+            row.status, row.purged_at, row.files_removed, row.last_error = "purged", done, len(removed), None
+            row.not_before = done
             s.add(row)
             payload = {"model": row.model_name, "files_removed": len(removed), "reason": row.reason,
                        "absent_after_version": row.delete_version,
@@ -173,12 +208,12 @@ def _purge_step(session_factory: Callable[[], Session], uri: str, secret: str, c
             if row.reason == "reingested":
                 audit.append(s, type="source_reingested_rows_removed", actor=ACTOR, subject_key=row.subject_key,
                              payload={"model": row.model_name, "table_version": row.delete_version})
-            _note_result(s, row, "purged", {"at": now.isoformat(), "files_removed": len(removed),
+            _note_result(s, row, "purged", {"at": done.isoformat(), "files_removed": len(removed),
                                             "absent_after_version": row.delete_version})
         for model in delta_models(s, uri):  # the history before the purge is gone: pin what remains
             repin(s, model, table, secret)
         s.commit()
-        return len(removed)
+    return len(removed)
 
 
 def find_reingested(session: Session, *, secret: str) -> int:

@@ -185,6 +185,10 @@ def test_a_crash_between_delete_and_purge_is_finished_by_the_next_drain(
     monkeypatch.setattr(source_erasure, "repin", real_repin)
     source_erasure.drain(db.new_session, secret=settings.subject_key_secret)
     session.refresh(row)
+    assert row.status == "pending"  # the dead drain's claim holds until its lease ends
+    later = utcnow() + source_erasure.CLAIM_LEASE + timedelta(seconds=1)
+    source_erasure.drain(db.new_session, secret=settings.subject_key_secret, now=later)
+    session.refresh(row)
     assert row.status == "deleted"  # purge_after_s not over: the old versions still hold them
     assert _rows_of(table, SUBJECT, 0) == 10
     source_erasure.drain(db.new_session, secret=settings.subject_key_secret, now=utcnow() + timedelta(hours=2))

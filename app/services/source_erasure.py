@@ -136,6 +136,19 @@ def _claim(session_factory: Callable[[], Session], uri: str, status: str, now: A
         return ids
 
 
+def _warm(session_factory: Callable[[], Session], uri: str, table: Any, secret: str) -> None:
+    """Scan the new version's subject column before the recording transaction (``repin`` then
+    reads it from the cache), so no transaction stays open during a scan."""
+    with session_factory() as s:
+        columns = {m.config["source"]["subject_column"] for m in delta_models(s, uri)}
+        s.commit()
+    try:
+        for column in columns:
+            delta.subjects(table, column, secret)
+    except Exception:  # noqa: BLE001 - only a warm-up: repin scans again inside its transaction
+        log.warning("source erasure: could not pre-scan %s", uri)
+
+
 def _rows(s: Session, ids: list[int]) -> list[SourceErasure]:
     return list(s.exec(select(SourceErasure).where(col(SourceErasure.id).in_(ids)).order_by(col(SourceErasure.id))).all())
 
@@ -157,6 +170,7 @@ def _delete_step(session_factory: Callable[[], Session], uri: str, secret: str, 
         table = delta.open_table(uri, version)
     except Exception as exc:  # noqa: BLE001 - owed and retried
         return _record_failure(session_factory, ids, _error(exc, uri), counts, "DELETE", uri)
+    _warm(session_factory, uri, table, secret)
     with session_factory() as s:
         rows, done = _rows(s, ids), utcnow()
         for row in rows:
@@ -194,6 +208,7 @@ def _purge_step(session_factory: Callable[[], Session], uri: str, secret: str, c
         table = delta.open_table(uri)
     except Exception as exc:  # noqa: BLE001 - owed and retried
         return _record_failure(session_factory, ids, _error(exc, uri), counts, "purge", uri)
+    _warm(session_factory, uri, table, secret)
     with session_factory() as s:
         done = utcnow()
         for row in _rows(s, ids):
@@ -216,30 +231,36 @@ def _purge_step(session_factory: Callable[[], Session], uri: str, secret: str, c
     return len(removed)
 
 
-def find_reingested(session: Session, *, secret: str) -> int:
+def find_reingested(session_factory: Callable[[], Session], *, secret: str) -> int:
     """Subjects whose erasure was asked for, found again in a table's current version (re-inserted
-    upstream): recorded for DELETE and purge like the first time (the caller commits). Jobs never
-    train on them meanwhile (``delta.LiveView`` excludes every suppressed key)."""
-    found = 0
-    suppressed = delta.suppressed(session)
+    upstream): recorded for DELETE and purge like the first time. Jobs never train on them meanwhile
+    (``delta.LiveView`` excludes every suppressed key). The tables are scanned with no transaction
+    open (on SQLite one would hold the write lock)."""
+    with session_factory() as s:
+        suppressed = delta.suppressed(s)
+        by_uri: dict[str, tuple[str, str]] = {}
+        for m in delta_models(s):
+            by_uri.setdefault(m.config["source"]["uri"], (m.name, m.config["source"]["subject_column"]))
+        s.commit()
     if not suppressed:
         return 0
-    by_uri: dict[str, list[Model]] = {}
-    for m in delta_models(session):
-        by_uri.setdefault(m.config["source"]["uri"], []).append(m)
-    for uri, models in by_uri.items():
-        source = delta.Source.of(models[0].config)
+    found = 0
+    for uri, (model_name, column) in by_uri.items():
         table = delta.open_table(uri)
-        present = delta._clear_ids(table, source.subject_column, suppressed, secret)  # noqa: SLF001
-        open_keys = set(session.exec(select(SourceErasure.subject_key).where(
-            SourceErasure.uri == uri, SourceErasure.status != "purged")).all())
-        held = _still_held(session, uri, set(present))  # an erasure still running owns these
-        for key in sorted(set(present) - open_keys - held):
-            session.add(SourceErasure(model_name=models[0].name, uri=uri, subject_column=source.subject_column,
-                                      subject_key=key, reason="reingested", purge_not_before=utcnow()))
-            audit.append(session, type="source_reingested_rows_found", actor=ACTOR, subject_key=key,
-                         payload={"model": models[0].name, "table_version": table.version()})
-            found += 1
+        present = set(delta._clear_ids(table, column, suppressed, secret))  # noqa: SLF001 - same floor
+        if not present:
+            continue
+        with session_factory() as s:
+            open_keys = set(s.exec(select(SourceErasure.subject_key).where(
+                SourceErasure.uri == uri, SourceErasure.status != "purged")).all())
+            held = _still_held(s, uri, present)  # an erasure still running owns these
+            for key in sorted(present - open_keys - held):
+                s.add(SourceErasure(model_name=model_name, uri=uri, subject_column=column, subject_key=key,
+                                    reason="reingested", purge_not_before=utcnow()))
+                audit.append(s, type="source_reingested_rows_found", actor=ACTOR, subject_key=key,
+                             payload={"model": model_name, "table_version": table.version()})
+                found += 1
+            s.commit()
     return found
 
 
@@ -258,14 +279,16 @@ def after_job(session_factory: Callable[[], Session], *, secret: str) -> dict[st
     with session_factory() as s:
         if not delta_models(s):
             return {}
-        try:
-            find_reingested(s, secret=secret)
-            s.commit()
-        except Exception as exc:  # noqa: BLE001 - the next run checks again; never a clear id in the log
-            s.rollback()
-            log.warning("source erasure: re-ingestion check skipped: %s",
-                        exc.detail if isinstance(exc, delta.SourceUnavailable) else type(exc).__name__)
-    return drain(session_factory, secret=secret)
+    try:
+        find_reingested(session_factory, secret=secret)
+    except Exception as exc:  # noqa: BLE001 - the next run checks again; never a clear id in the log
+        log.warning("source erasure: re-ingestion check skipped: %s",
+                    exc.detail if isinstance(exc, delta.SourceUnavailable) else type(exc).__name__)
+    try:
+        return drain(session_factory, secret=secret)
+    except Exception as exc:  # noqa: BLE001 - claimed rows come back after the lease; the next run retries
+        log.warning("source erasure: drain stopped: %s", type(exc).__name__)
+        return {"failed": 1}
 
 
 def certificate_entries(session: Session, request_id: str) -> list[dict[str, Any]]:

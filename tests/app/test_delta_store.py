@@ -176,8 +176,7 @@ def test_a_crash_between_delete_and_purge_is_finished_by_the_next_drain(
         raise RuntimeError("worker killed")
 
     monkeypatch.setattr(source_erasure, "repin", crash)
-    with pytest.raises(RuntimeError):
-        _erase(session, settings, worker)
+    assert _erase(session, settings, worker).status == "completed"  # the model's part is done either way
     assert calls and _rows_of(table, SUBJECT) == 0  # the table's DELETE committed, the DB did not record it
     key = subject_key(settings.subject_key_secret, SUBJECT)
     row = session.exec(select(SourceErasure).where(SourceErasure.subject_key == key)).one()

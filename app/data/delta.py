@@ -168,25 +168,6 @@ def subjects(table: Any, column: str, secret: str) -> Subjects:
     return found
 
 
-def counts(self, skip: set[str] | frozenset[str] = frozenset()) -> dict[str, int]:
-        return {k: n for k, n in zip(self.keys, self.rows, strict=True) if k not in skip}
-
-
-_subjects: dict[tuple[str, int, str], Subjects] = {}
-
-
-def subjects(table: Any, column: str, secret: str) -> Subjects:
-    ident = (table.table_uri, table.version(), column)
-    found = _subjects.get(ident)
-    if found is None or getattr(found, "secret_hash", None) != hash(secret):
-        found = Subjects(table, column, secret)
-        found.secret_hash = hash(secret)  # type: ignore[attr-defined]
-        if len(_subjects) >= 4:
-            _subjects.pop(next(iter(_subjects)))
-        _subjects[ident] = found
-    return found
-
-
 def _rows_of(table: Any, column: str, values: pa.Array) -> Iterator[pa.RecordBatch]:
     """The rows whose subject is one of ``values``, batch by batch. Filtered per batch, not pushed
     down: files that delta-rs rewrote may hold ``string_view`` where others hold ``string``, and
@@ -318,7 +299,17 @@ class LiveView(Sequence[Example]):
         return self._one(k, i - self.starts[k])
 
     def take(self, indices: list[int]) -> list[Example]:
-        return [self[i] for i in indices]
+        """Many rows in one read per batch (a training batch), in the order asked."""
+        by_part: dict[int, list[tuple[int, int]]] = {}
+        for pos, i in enumerate(indices):
+            k = bisect.bisect_right(self.starts, i) - 1
+            by_part.setdefault(k, []).append((pos, i - self.starts[k]))
+        out: list[Example | None] = [None] * len(indices)
+        for k, items in by_part.items():
+            rows = self.parts[k].take(pa.array([j for _, j in items], pa.int64())).to_pylist()
+            for (pos, _), row in zip(items, rows, strict=True):
+                out[pos] = self._example(row)
+        return out  # type: ignore[return-value]
 
     def __iter__(self) -> Iterator[Example]:
         for batch in self.parts:

@@ -1,4 +1,5 @@
-"""Housekeeping beat tasks: callback delivery, GDPR deadline warnings, signed audit checkpoints.
+"""Housekeeping beat tasks: callback delivery, GDPR deadline warnings, signed audit checkpoints,
+and the Delta-store work (owed DELETEs and purges in the organisation's tables, re-ingestion).
 
 Thin wrappers (STYLE.md principle 6): each opens sessions from ``app.core.db`` and calls one
 service function; all state is in the DB (and the checkpoint file), so a restart loses nothing.
@@ -10,10 +11,11 @@ import logging
 
 from app.core import db
 from app.core.config import get_settings
-from app.core.queue import TASK_AUDIT_CHECKPOINT, TASK_CHECK_DEADLINES, TASK_DELIVER_CALLBACKS, get_celery
+from app.core.queue import (TASK_AUDIT_CHECKPOINT, TASK_CHECK_DEADLINES, TASK_DELIVER_CALLBACKS,
+                            TASK_SOURCE_ERASURES, get_celery)
 from app.core.signing import get_keys
 from app.db.models import utcnow
-from app.services import audit, callbacks, deadlines, fides_state
+from app.services import audit, callbacks, deadlines, fides_state, source_erasure
 
 log = logging.getLogger("lethe.housekeeping")
 celery = get_celery()
@@ -51,3 +53,12 @@ def audit_checkpoint() -> int | None:
         audit.sync(s)
         cp = audit.write_checkpoint(s, keys=get_keys(settings), path=audit.checkpoint_path(settings))
     return cp["size"] if cp else None
+
+
+@celery.task(name=TASK_SOURCE_ERASURES, ignore_result=True)
+def source_erasures() -> dict[str, int]:
+    """Find re-ingested rows of suppressed subjects, then run the owed DELETEs and purges."""
+    counts = source_erasure.after_job(db.new_session, secret=get_settings().subject_key_secret)
+    if any(counts.values()):
+        log.info("source erasures: %s", counts)
+    return counts

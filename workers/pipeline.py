@@ -24,10 +24,11 @@ from sqlalchemy import func, text
 from sqlalchemy.exc import DBAPIError
 from sqlmodel import col, select
 
-from app.core.errors import database_unavailable
+from app.core.errors import Unavailable, database_unavailable
 from app.core.logging import log_context
+from app.data import physical
 from app.db.models import ErasureTarget, UnlearningJob, utcnow
-from app.services import audit, deletions, jobs
+from app.services import audit, deletions, jobs, source_erasure
 from app.services import models as model_service
 from app.services.jobs import ACTOR, STAGE_SPAN
 from workers.context import Worker
@@ -202,7 +203,13 @@ def _run_job(w: Worker, job_id: str) -> None:
         published = job.version_after is not None
     if not published:
         set_progress(w, job_id, "deleting_data")
-        problem = collect(w, job_id)
+        try:
+            problem = collect(w, job_id)
+        except Unavailable as exc:  # e.g. the organisation's Delta table cannot be read: retried with backoff
+            with w.session() as s:
+                jobs.fail_job(s, s.get(UnlearningJob, job_id), exc.detail, w.settings)
+                s.commit()
+            return
         if not unlearn_and_publish(w, job_id, problem, progress=throttled_progress(w, job_id)):
             return
     deploy_and_complete(w, job_id)
@@ -235,6 +242,9 @@ def deploy_and_complete(w: Worker, job_id: str) -> None:
             jobs.complete_job(s, job, w.settings, deploy_s=time.monotonic() - t0)
         s.commit()
     drain_deletions(w)
+    if w.engine is not None:  # the deleted rows leave the database files too (app/data/physical.py)
+        physical.compact(w.engine)
+    source_erasure.after_job(w.session, secret=w.settings.subject_key_secret)  # the table changes after commit
 
 
 def drain_deletions(w: Worker) -> None:

@@ -146,6 +146,9 @@ class Settings(BaseSettings):
     housekeeping_interval_s: float = Field(5.0, description="Beat period of callback delivery.")
     deadline_check_interval_s: float = Field(300.0, description="Beat period of the GDPR deadline check.")
     audit_checkpoint_interval_s: float = Field(300.0, description="Beat period of signed audit-chain checkpoints.")
+    source_erasure_interval_s: float = Field(
+        300.0, description="Beat period of the Delta-store work (issue 18): owed DELETEs and purges in the "
+        "organisation's tables, and the re-ingestion check for rows of suppressed subjects.")
     audit_checkpoint_path: Path | None = Field(
         None, description="JSONL file of signed audit-chain heads, outside the DB; default "
         "<data_dir>/audit-checkpoints.jsonl.")

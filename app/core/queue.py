@@ -33,7 +33,8 @@ TASK_SISA_SHARD = "lethe.sisa_shard"  # one shard of a fanned-out SISA erasure (
 TASK_DELIVER_CALLBACKS = "lethe.deliver_callbacks"
 TASK_CHECK_DEADLINES = "lethe.check_deadlines"
 TASK_AUDIT_CHECKPOINT = "lethe.audit_checkpoint"
-HOUSEKEEPING_TASKS = (TASK_DELIVER_CALLBACKS, TASK_CHECK_DEADLINES, TASK_AUDIT_CHECKPOINT)
+TASK_SOURCE_ERASURES = "lethe.source_erasures"  # issue 18: Delta tables (DELETE, purge, re-ingestion)
+HOUSEKEEPING_TASKS = (TASK_DELIVER_CALLBACKS, TASK_CHECK_DEADLINES, TASK_AUDIT_CHECKPOINT, TASK_SOURCE_ERASURES)
 
 
 def redis_reachable(url: str, timeout: float = 0.5) -> bool:
@@ -86,7 +87,10 @@ def make_celery(settings: Settings) -> Celery:
                                            "options": {"expires": settings.deadline_check_interval_s}},
                        "audit-checkpoint": {"task": TASK_AUDIT_CHECKPOINT,
                                             "schedule": settings.audit_checkpoint_interval_s,
-                                            "options": {"expires": settings.audit_checkpoint_interval_s}}},
+                                            "options": {"expires": settings.audit_checkpoint_interval_s}},
+                       "source-erasures": {"task": TASK_SOURCE_ERASURES,
+                                           "schedule": settings.source_erasure_interval_s,
+                                           "options": {"expires": settings.source_erasure_interval_s}}},
         worker_hijack_root_logger=False,
     )
     return app

@@ -1,8 +1,10 @@
 """The data registry: where a model's training samples live, behind one small interface.
 
-Two stores (``Model.config["store"]``): ``rows`` (default; one ``Sample`` row per sample, JSON
-features — right for the demo sets and up to about a million samples) and ``columnar``
-(``app/data/columnar.py``: Arrow parts + a subject index in SQL, for tens of millions). Intake,
+Three stores (``Model.config["store"]``): ``rows`` (default; one ``Sample`` row per sample, JSON
+features — right for the demo sets and up to about a million samples), ``columnar``
+(``app/data/columnar.py``: Arrow parts + a subject index in SQL, for tens of millions) and
+``delta`` (``app/data/delta.py``: the organisation's own Delta Lake table, read at a pinned
+version, erased there after the erasure completes). Intake,
 jobs, registration and bulk ingest call only this module, so both stores keep the same rules:
 a subject is *held* while any row of theirs remains (deleted or not), rows are flagged deleted
 when a job starts and removed when the erasure completes.
@@ -24,11 +26,13 @@ from typing import Any
 from sqlalchemy import delete, insert, union
 from sqlmodel import Session, col, select
 
-from app.data import columnar, feature_cache
+from app.core.config import get_settings
+from app.data import columnar, delta, feature_cache
 from app.db.models import Model, Sample, SubjectRows, utcnow
 from app.ml.spec import Example
+from app.ml.specs import get_spec
 
-STORES = ("rows", "columnar")
+STORES = ("rows", "columnar", "delta")
 
 
 def store_of(model: Model) -> str:
@@ -64,10 +68,15 @@ class Ingestor:
     def __init__(self, session: Session, model: Model, root: Path) -> None:
         self.session, self.model = session, model
         self.columnar = columnar.Writer(session, root, model.name) if store_of(model) == "columnar" else None
+        self.delta = None
+        if store_of(model) == "delta":  # the rows stay in the organisation's table: index them only
+            self.delta = delta.Indexer(session, model)
         self.rows = 0
 
     def add(self, rows: list[dict[str, Any]]) -> None:
-        if self.columnar is not None:
+        if self.delta is not None:
+            self.delta.add(rows)
+        elif self.columnar is not None:
             self.columnar.add(rows)
         elif rows:
             now = utcnow()
@@ -76,6 +85,8 @@ class Ingestor:
         self.rows += len(rows)
 
     def finish(self) -> int:
+        if self.delta is not None:
+            self.delta.finish()
         if self.columnar is not None:
             self.columnar.finish()
         return self.rows
@@ -89,6 +100,10 @@ def take_forget(session: Session, model: Model, keys: list[str], root: Path) -> 
     """The subjects' rows (deleted or not), now flagged deleted: excluded from every later use.
     Their cached backbone features (``feature_cache``, derived data) are deleted at once."""
     feature_cache.drop(root, model.name, keys)
+    if store_of(model) == "delta":
+        rows = delta.forget_examples(session, model, _spec(model), keys, _secret())
+        columnar.mark_deleted(session, model.name, keys)
+        return rows
     if store_of(model) == "columnar":
         rows = columnar.forget_examples(session, root, model.name, keys)
         columnar.mark_deleted(session, model.name, keys)
@@ -103,7 +118,9 @@ def take_forget(session: Session, model: Model, keys: list[str], root: Path) -> 
 
 
 def live(session: Session, model: Model, split: str, exclude: set[str], root: Path) -> Sequence[Example]:
-    """The live rows of a split minus ``exclude``: a list (rows) or a lazy view (columnar)."""
+    """The live rows of a split minus ``exclude``: a list (rows) or a lazy view (columnar, delta)."""
+    if store_of(model) == "delta":
+        return delta.LiveView(session, model, _spec(model), split, exclude, _secret())
     if store_of(model) == "columnar":
         return columnar.LiveView(session, root, model.name, split, exclude)
     return [Example(r.subject_key, r.split, r.features, r.label) for r in session.exec(select(Sample).where(
@@ -112,15 +129,29 @@ def live(session: Session, model: Model, split: str, exclude: set[str], root: Pa
 
 
 def manifest(session: Session, model: Model, retain: Sequence[Example], exclude: set[str], root: Path) -> dict[str, Any]:
+    if store_of(model) == "delta":
+        return {**delta.manifest(session, model, exclude), "rows": len(retain)}
     if store_of(model) == "columnar":
         return {**columnar.manifest(root, model.name, session, exclude), "rows": len(retain)}
     return rows_manifest(retain)
 
 
 def purge(session: Session, model: Model, keys: list[str], root: Path) -> int:
-    """Remove the subjects' rows (and any cached features of theirs) for good (the erasure completed)."""
+    """Remove the subjects' rows (and any cached features of theirs) for good (the erasure completed).
+    For ``delta``: dropped from the index and recorded as owed to the table; the table itself changes
+    after commit (``app/services/source_erasure.py``)."""
     feature_cache.drop(root, model.name, keys)
+    if store_of(model) == "delta":
+        return delta.schedule(session, model, keys)
     if store_of(model) == "columnar":
         return columnar.purge(session, root, model.name, keys)
     res = session.exec(delete(Sample).where(Sample.model_name == model.name, col(Sample.subject_key).in_(keys)))
     return res.rowcount
+
+
+def _spec(model: Model) -> Any:
+    return get_spec(model.spec)
+
+
+def _secret() -> str:
+    return get_settings().subject_key_secret

@@ -303,3 +303,30 @@ class PendingDeletion(SQLModel, table=True):
     path: str = Field(index=True)
     reason: str = ""
     created_at: datetime = Field(default_factory=utcnow)
+
+
+class SourceErasure(SQLModel, table=True):
+    """Delta store (issue 18): a subject owed a DELETE and a physical purge in an organisation's
+    table. Written in the transaction that completes the erasure (or finds re-ingested rows); the
+    table changes only after that commit (``app/services/source_erasure.py``), so a crash or an
+    unreachable table leaves the row owed and retried. Holds the key, never the clear id."""
+
+    __table_args__ = (Index("ix_sourceerasure_status_uri", "status", "uri"),)
+    id: int | None = Field(default=None, primary_key=True)
+    model_name: str
+    uri: str
+    subject_column: str
+    subject_key: str = Field(index=True)
+    request_id: str | None = None
+    reason: str = "erasure"  # erasure, reingested
+    status: str = "pending"  # pending (DELETE owed), deleted (purge owed), purged
+    delete_version: int | None = None  # the table version after which the subject is absent
+    rows_deleted: int | None = None
+    files_removed: int | None = None
+    purge_not_before: datetime = Field(default_factory=utcnow)
+    not_before: datetime = Field(default_factory=utcnow)  # retry backoff of an unreachable table
+    attempts: int = 0
+    last_error: str | None = None  # an error type and the table URI, never a predicate
+    created_at: datetime = Field(default_factory=utcnow)
+    deleted_at: datetime | None = None
+    purged_at: datetime | None = None

@@ -87,6 +87,12 @@ class ModelSpec:
         """All examples of the bundled data set, deterministic (no downloads)."""
         raise NotImplementedError
 
+    def example_from_row(self, row: dict[str, Any]) -> Example:
+        """One row of the organisation's Delta table -> an ``Example`` (only for ``store: delta``,
+        issue 18). Lethe replaces ``subject_id`` and ``split`` with the pseudonymised subject column
+        and the split column (or its own holdout draw), so a spec sets features and label."""
+        raise NotImplementedError(f"spec {self.name!r} does not implement example_from_row (store 'delta')")
+
     def make_meta(self, train_features: list[dict[str, Any]]) -> dict[str, Any]:
         """JSON-able description the network is built from (sizes, id -> row maps)."""
         raise NotImplementedError

@@ -22,7 +22,7 @@ from sqlmodel import Session, col, select
 from app.core.errors import Conflict
 from app.core.signing import Keys, sign_ed25519, verify_ed25519
 from app.db.models import AuditEvent, ModelVersion, utcnow
-from app.services import callbacks, erasure, lifecycle
+from app.services import callbacks, erasure, lifecycle, source_erasure
 
 KIND = "lethe.erasure-certificate/v1"
 DONE = lifecycle.ERASED
@@ -66,6 +66,8 @@ def build(session: Session, *, request_id: str, keys: Keys, issuer: str) -> dict
             "received_at": callbacks.rfc3339(req.received_at), "due_at": callbacks.rfc3339(req.due_at),
             "completed_at": callbacks.rfc3339(req.completed_at), "models": models,
             "audit_chain_head": {"seq": done_ev.seq, "hash": done_ev.hash} if done_ev else None}
+    if sources := source_erasure.certificate_entries(session, req.id):  # delta store (issue 18)
+        cert["data_sources"] = sources
     cert = json.loads(json.dumps(cert, default=str, allow_nan=False))  # exactly what a verifier will parse
     return {"certificate": cert,
             "signature": {"alg": "Ed25519", "key_id": keys.key_id, "value": sign_ed25519(keys, canonical(cert))}}

@@ -33,7 +33,7 @@ from sqlmodel import Session, col, func, select
 from app.core import db
 from app.core.config import get_settings
 from app.db.models import (AuditEvent, CallbackDelivery, ErasureRequest, ErasureTarget, FidesResume, MetricCounter,
-                           Model, Replica, UnlearningJob, as_utc, utcnow)
+                           Model, Replica, SourceErasure, UnlearningJob, as_utc, utcnow)
 from app.ml.policy import METHODS
 from app.services import fides_state
 from app.services.lifecycle import RequestStatus, TargetStatus
@@ -240,6 +240,10 @@ class OperationsCollector(Collector):
                 serving = dict(session.exec(select(Model.name, Model.serving_version)).all())
                 fides = session.exec(select(FidesResume.state, func.count(), func.min(FidesResume.token_expires_at))
                                      .group_by(FidesResume.state)).all()
+                sources = session.exec(select(SourceErasure.status, SourceErasure.reason, func.count())
+                                       .group_by(SourceErasure.status, SourceErasure.reason)).all()
+                sources_retrying = session.exec(select(func.count()).select_from(SourceErasure).where(
+                    SourceErasure.status != "purged", SourceErasure.attempts > 0)).one()
         except Exception:  # noqa: BLE001 - a scrape must not fail because the DB blipped
             return
         g = GaugeMetricFamily("lethe_callback_deliveries", "Status callbacks in the outbox by kind and status "
@@ -282,6 +286,14 @@ class OperationsCollector(Collector):
                 behind.add_metric([r.replica_id, r.model_name], max(target - (r.version or 0), 0))
         yield age
         yield behind
+        g = GaugeMetricFamily("lethe_source_erasures", "Delta-store erasures in organisations' tables (issue 18) by "
+                              "status (pending = DELETE owed, deleted = purge owed, purged) and reason (erasure, "
+                              "reingested: a suppressed subject's rows found again)", labels=["status", "reason"])
+        for status, reason, n in sources:
+            g.add_metric([status, reason], n)
+        yield g
+        yield GaugeMetricFamily("lethe_source_erasures_retrying", "Owed Delta-store erasures whose last attempt "
+                                "failed (table unreachable or refusing the commit)", value=sources_retrying)
 
     def describe(self) -> list:
         return []  # collected lazily: no DB access at registration

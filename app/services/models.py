@@ -15,6 +15,7 @@ from typing import Any
 from sqlmodel import Session, col, select
 
 from app.core.errors import Conflict, NotFound
+from app.data.delta import DEFAULT_PURGE_AFTER_S
 from app.db.models import ErasureTarget, Model, ModelVersion, Replica, utcnow
 from app.ml.specs import get_spec
 from app.services import audit
@@ -197,7 +198,10 @@ def policy_of(session: Session, *, name: str) -> dict[str, Any]:
     from app.ml import policy
 
     model = get_model(session, name)
-    return {"model": name, "spec": model.spec, **policy.effective(model.spec, model.config)}
+    purge = None
+    if (model.config or {}).get("store") == "delta":
+        purge = float(model.config.get("purge_after_s", DEFAULT_PURGE_AFTER_S))
+    return {"model": name, "spec": model.spec, **policy.effective(model.spec, model.config), "purge_after_s": purge}
 
 
 def set_policy(session: Session, *, name: str, changes: dict[str, Any], actor: str) -> dict[str, Any]:
@@ -214,10 +218,15 @@ def set_policy(session: Session, *, name: str, changes: dict[str, Any], actor: s
             else:
                 config[field] = changes[field]
     problems = policy.validate(config.get("chain"), config.get("methods"))
+    if changes.get("purge_after_s") is not None:
+        if config.get("store") != "delta":
+            problems.append("purge_after_s applies to models of the delta store only")
+        config["purge_after_s"] = float(changes["purge_after_s"])
     if problems:
         raise Unprocessable("; ".join(problems), code="invalid_policy")
     model.config = config
     session.add(model)
     audit.append(session, type="policy_updated", actor=actor,
-                 payload={"model": name, "chain": config.get("chain"), "methods": config.get("methods")})
+                 payload={"model": name, "chain": config.get("chain"), "methods": config.get("methods"),
+                          "purge_after_s": config.get("purge_after_s")})
     return policy_of(session, name=name)

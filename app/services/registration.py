@@ -25,7 +25,7 @@ from sqlmodel import Session, col, select
 
 from app.core.errors import Conflict, LetheError, NotFound, Unprocessable
 from app.core.security import subject_key
-from app.data import registry
+from app.data import delta, registry
 from app.db.models import Model, ModelRegistration, ModelVersion, utcnow
 from app.ml.spec import SPLITS, Example, ModelSpec
 from app.ml.specs import get_spec
@@ -56,6 +56,7 @@ class Prepared:
     metrics: dict[str, Any]
     reference: dict[str, Any] | None
     method: str  # train, or adopt
+    source: dict[str, Any] | None = None  # store "delta": the table and the version read (pinned)
 
 
 def check_name(name: str) -> None:
@@ -114,19 +115,31 @@ def adopt_weights(spec: ModelSpec, spec_name: str, train: list[Example], weights
     return public.freeze(model, meta).eval(), meta
 
 
+def _load(spec: ModelSpec, spec_name: str, secret: str, config: dict[str, Any] | None,
+          ) -> tuple[list[Example], int, dict[str, Any] | None]:
+    """Keyed examples, subject count, and for ``store: delta`` the source pinned to the version read."""
+    if (config or {}).get("store") == "delta":
+        source = delta.Source.of(config or {})
+        keyed, version = _spec_step(spec_name, "example_from_row", lambda: delta.load_examples(spec, source, secret))
+        _check_examples(spec_name, keyed)
+        return keyed, len({e.subject_id for e in keyed}), source.config(version)
+    examples = _spec_step(spec_name, "load_examples", spec.load_examples)
+    _check_examples(spec_name, examples)
+    keys: dict[str, str] = {}
+    keyed = [replace(e, subject_id=keys.setdefault(e.subject_id, subject_key(secret, e.subject_id))) for e in examples]
+    return keyed, len(keys), None
+
+
 def prepare(*, spec_name: str, secret: str, workdir: Path, device: Any, seed: int = 0,
             training: dict[str, Any] | None = None, weights: Path | None = None, calibrate: Calibrate | None = None,
-            progress: Progress | None = None) -> Prepared:
+            progress: Progress | None = None, config: dict[str, Any] | None = None) -> Prepared:
     """Everything slow and fallible, before any write (see the module docstring)."""
     from app.ml.train import evaluate, train_for_registration
 
     report = progress or (lambda stage, fraction: None)
     spec = get_spec(spec_name)
     report("loading_data", 0.0)
-    examples = _spec_step(spec_name, "load_examples", spec.load_examples)
-    _check_examples(spec_name, examples)
-    keys: dict[str, str] = {}
-    keyed = [replace(e, subject_id=keys.setdefault(e.subject_id, subject_key(secret, e.subject_id))) for e in examples]
+    keyed, n_subjects, source = _load(spec, spec_name, secret, config)
     rows = [{"subject_key": e.subject_id, "split": e.split, "features": e.features, "label": int(e.label)}
             for e in keyed]
     # Workers only ever see subject keys; train on the same IDs so that anything derived from
@@ -146,13 +159,13 @@ def prepare(*, spec_name: str, secret: str, workdir: Path, device: Any, seed: in
     test = [e for e in keyed if e.split == "test"]
     metrics = {"train_acc": train_acc, "retain_acc": train_acc,
                "test_acc": evaluate(spec, model_obj, meta, test, device=device) if test else None,
-               "n_train": len(train), "n_subjects": len(keys)}
+               "n_train": len(train), "n_subjects": n_subjects}
     reference = None
     if calibrate is not None:
         report("calibrating", 0.0)
         reference = _spec_step(spec_name, "calibration", lambda: calibrate(
             spec, keyed, model=model_obj, meta=meta, device=device))
-    return Prepared(spec_name, spec, rows, len(keys), model_obj, meta, metrics, reference, method)
+    return Prepared(spec_name, spec, rows, n_subjects, model_obj, meta, metrics, reference, method, source)
 
 
 def commit(session: Session, *, name: str, prepared: Prepared, artifacts_dir: Path, config: dict[str, Any],
@@ -165,6 +178,8 @@ def commit(session: Session, *, name: str, prepared: Prepared, artifacts_dir: Pa
         raise Unprocessable(f"store must be one of {list(registry.STORES)}, not {store!r}.", code="invalid_store")
     if prepared.reference is not None:
         config = {**config, "reference": prepared.reference}
+    if prepared.source is not None:
+        config = {**config, "source": prepared.source}
     model = Model(name=name, spec=prepared.spec_name, description=prepared.spec.description, config=config)
     session.add(model)
     session.flush()
@@ -205,7 +220,7 @@ def register(session: Session, *, name: str, spec: str, secret: str, artifacts_d
     try:
         prepared = prepare(spec_name=spec, secret=secret, workdir=workdir, device=device, seed=seed,
                            training=(config or {}).get("training"), weights=weights, calibrate=calibrate,
-                           progress=progress)
+                           progress=progress, config=config)
         if progress:
             progress("committing", 0.0)
         return commit(session, name=name, prepared=prepared, artifacts_dir=artifacts_dir, config=dict(config or {}),
@@ -225,6 +240,9 @@ def open_registration(session: Session, *, name: str, spec: str, config: dict[st
     name, an unknown spec, a name that exists or is being registered."""
     check_name(name)
     get_spec(spec)  # UnknownSpec (422) / SpecUnavailable (503) before anything is recorded
+    if (config or {}).get("store") == "delta":  # a bad source (no such column) is a 422 now, not a failed job
+        source = delta.Source.of(config or {})
+        delta.check_schema(delta.open_table(source.uri), source)
     if session.get(Model, name) is not None:
         raise Conflict(f"A model named {name!r} already exists.", code="model_exists")
     busy = session.exec(select(ModelRegistration).where(ModelRegistration.name == name,
@@ -287,7 +305,7 @@ def run_registration(session_factory: Callable[[], Session], registration_id: st
         # The slow part holds no session, so intake, progress and the rest of the stack go on.
         prepared = prepare(spec_name=spec, secret=secret, workdir=workdir, device=device,
                            training=config.get("training"), weights=Path(weights) if weights else None,
-                           calibrate=calibrate, progress=progress)
+                           calibrate=calibrate, progress=progress, config=config)
         progress("committing", 0.0)
         with session_factory() as s:
             version = commit(s, name=name, prepared=prepared, artifacts_dir=artifacts_dir, config=config,

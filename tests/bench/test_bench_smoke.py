@@ -76,3 +76,14 @@ def test_data_scale_quick(tmp_path: Path) -> None:
         assert res["ingest"]["ingested"] == data["sizes"][store] and res["collect"]["forget"] > 0
         assert res["erase"]["status"] == "completed", res["erase"]
     assert data["results"]["columnar"]["collect"]["manifest"]["store"] == "columnar"
+
+
+def test_delta_scale_quick(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LETHE_")}
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "delta_scale.py"), "--quick", "--no-columnar",
+                           "--out", str(tmp_path)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    data = json.loads((tmp_path / "delta_scale.json").read_text())["delta"]
+    assert data["collect"]["forget"] > 0 and data["collect"]["manifest"]["store"] == "delta"
+    assert data["erase"]["1"]["subjects"] == 1 and data["erase"]["1"]["rows_deleted"] > 0
+    assert data["erase"]["1000"]["subjects"] > 1 and data["erase"]["1000"]["files_removed"] > 0

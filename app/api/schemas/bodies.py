@@ -87,3 +87,5 @@ class PolicyBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
     chain: list[str] | None = Field(None, max_length=20, description="Methods `auto` tries in order; ends exact.")
     methods: dict[str, dict[str, Any]] | None = Field(None, description="Config overrides per method name.")
+    purge_after_s: float | None = Field(None, ge=0, description="Delta store only: seconds between the DELETE in "
+                                        "the table and its physical purge (capped before the legal due_at).")

@@ -96,6 +96,8 @@ class PolicyOut(Out):
     chain_source: Literal["model", "spec default", "fallback"]
     # Open JSON: each method's own config fields (workers/unlearning/<method>.py).
     methods: dict[str, dict[str, Any]] = Field(description="Config overrides per method name.")
+    purge_after_s: float | None = Field(None, description="Delta store only: delay from the DELETE in the table to "
+                                        "its physical purge; null for the other stores.")
 
 
 class RegistrationOut(Out):

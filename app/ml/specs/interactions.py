@@ -77,6 +77,10 @@ class InteractionsSpec(ModelSpec):
         return [Example(r["subject_id"], r["split"], r["features"], r["label"])
                 for r in generate(n, n_users=min(self.n_users, max(100, n // 10)))]
 
+    def example_from_row(self, row: dict[str, Any]) -> Example:
+        """A Delta table row ``{user_id, item_id, label, ...}`` (issue 18; ``bench/delta_scale.py``)."""
+        return Example("", "train", {"user_id": int(row["user_id"]), "item_id": int(row["item_id"])}, int(row["label"]))
+
     def make_meta(self, train_features: list[dict[str, Any]]) -> dict[str, Any]:
         return {"spec": self.name, "buckets": BUCKETS, "dim": DIM}
 

@@ -65,6 +65,11 @@ class ToySpec(ModelSpec):
                 examples.append(Example(f"toy-{s:02d}", split, {"x": [round(float(v), 6) for v in x]}, int(y)))
         return examples
 
+    def example_from_row(self, row: dict[str, Any]) -> Example:
+        """A Delta table row ``{x: list of 16 floats, label: int, ...}`` (issue 18); Lethe sets the
+        subject and split from the table's columns."""
+        return Example("", "train", {"x": [float(v) for v in row["x"]]}, int(row["label"]))
+
     def make_meta(self, train_features: list[dict[str, Any]]) -> dict[str, Any]:
         return {"spec": self.name, "dim": DIM, "hidden": 128}
 

@@ -122,3 +122,17 @@ def test_messages_never_echo_the_submitted_value(spec):
 def test_integers_are_accepted_as_numbers(spec):
     item = {**spec.input_example, "mean_area": 1001}
     assert spec.validate_input(item)["mean_area"] == 1001.0
+
+
+def test_the_delta_table_variant_reads_back_as_the_same_examples(spec, examples, tmp_path) -> None:
+    import deltalake  # the plugin's `delta` extra (Lethe's `dev` extra has it too)
+
+    from lethe_breast_cancer.delta_table import write_table
+
+    uri = str(tmp_path / "wdbc")
+    assert write_table(uri) == len(examples) == 569
+    rows = deltalake.DeltaTable(uri).to_pyarrow_table().to_pylist()
+    by_patient = {e.subject_id: e for e in examples}
+    for row in rows:
+        e, want = spec.example_from_row(row), by_patient[row["patient"]]
+        assert e.features == want.features and e.label == want.label and row["split"] == want.split

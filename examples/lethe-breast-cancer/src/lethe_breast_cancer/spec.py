@@ -95,6 +95,11 @@ class BreastCancerSpec(ModelSpec):
             examples.append(Example(subject, split, features, int(label)))
         return examples
 
+    def example_from_row(self, row: dict[str, Any]) -> Example:
+        """One row of a Delta table (``store: delta``; ``lethe_breast_cancer.delta_table`` writes one):
+        the 30 measurement columns and ``label``. Lethe sets the subject and split from the table."""
+        return Example("", "train", {name: float(row[name]) for name in FEATURES}, int(row["label"]))
+
     def make_meta(self, train_features: list[dict[str, Any]]) -> dict[str, Any]:
         if not train_features:
             raise ValueError("no training features to compute the standardisation from")

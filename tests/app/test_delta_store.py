@@ -1,0 +1,306 @@
+"""The ``delta`` store (issue 18) on real Delta tables written by the tests in temporary directories:
+registration pins a version, an erasure reaches the table (DELETE, then the physical purge), and
+after the purge no table version and no file holds the person."""
+
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from deltalake import DeltaTable, write_deltalake
+from sqlmodel import Session, select
+
+from app.core.errors import Unprocessable
+from app.core.security import subject_key
+from app.data import delta, registry
+from app.db.models import ErasureRequest, Model, ModelVersion, SourceErasure, SubjectRows, utcnow
+from app.ml.specs import get_spec
+from app.core.signing import get_keys
+from app.services import audit, certificates, erasure, registration, source_erasure
+from app.core import db
+from workers import pipeline
+
+SUBJECT = "toy-02"  # a train subject of the toy set
+# The scenarios beyond registration and the main erasure run on SQLite only: the store's SQL is the
+# same on both, and the suite's time is shared (both backends run the two main tests).
+sqlite_only = pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+
+
+def _rows(subjects: set[str] | None = None) -> pa.Table:
+    ex = [e for e in get_spec("toy").load_examples() if subjects is None or e.subject_id in subjects]
+    return pa.table({"user": [e.subject_id for e in ex], "x": [e.features["x"] for e in ex],
+                     "label": [e.label for e in ex], "split": [e.split for e in ex]})
+
+
+@pytest.fixture
+def table(tmp_path: Path) -> str:
+    uri = str(tmp_path / "interactions")
+    write_deltalake(uri, _rows())
+    return uri
+
+
+def _register(session: Session, settings, uri: str, purge_after_s: float = 0.0) -> ModelVersion:  # noqa: ANN001
+    config = {"store": "delta", "purge_after_s": purge_after_s,
+              "source": {"uri": uri, "subject_column": "user", "split_column": "split"}}
+    v = registration.register(session, name="toyd", spec="toy", secret=settings.subject_key_secret,
+                              artifacts_dir=settings.artifacts_dir, device="cpu", config=config)
+    session.commit()
+    return v
+
+
+@pytest.fixture
+def worker(settings):  # noqa: ANN001, ANN201
+    import torch
+
+    return pipeline.Worker(settings=settings.model_copy(update={"job_lease_s": 3600, "deploy_timeout_s": 2}),
+                           engine=None, device=torch.device("cpu"), owner="test-worker", sleep=lambda s: None)
+
+
+def _erase(session: Session, settings, worker, subject: str = SUBJECT) -> ErasureRequest:  # noqa: ANN001
+    req, _ = erasure.create_request(session, subject_key=subject_key(settings.subject_key_secret, subject),
+                                    policy="retrain")
+    session.commit()
+    assert len(pipeline.drain(worker, "toyd")) == 1
+    session.refresh(req)
+    return req
+
+
+def _rows_of(uri: str, subject: str, version: int | None = None) -> int:
+    t = DeltaTable(uri, version=version).to_pyarrow_table()
+    return sum(1 for u in t.column("user").to_pylist() if u == subject)
+
+
+def _assert_gone_everywhere(uri: str, subject: str) -> None:
+    """Every version either fails to load or holds none of their rows; no Parquet file holds a row
+    of theirs (read directly); no file under the table holds their id at all (log statistics too)."""
+    current = DeltaTable(uri).version()
+    assert _rows_of(uri, subject) == 0
+    for v in range(current):
+        try:
+            n = _rows_of(uri, subject, v)
+        except Exception:  # noqa: BLE001 - vacuumed or cut from the log: cannot be read back
+            continue
+        assert n == 0, f"version {v} still holds {n} rows"
+    files = [Path(r) / f for r, _, fs in os.walk(uri) for f in fs]
+    parquet = [f for f in files if f.suffix == ".parquet" and "_delta_log" not in f.parts]
+    assert parquet
+    for f in parquet:
+        assert subject not in pq.read_table(f, columns=["user"]).column("user").to_pylist()
+    for f in files:
+        assert subject.encode() not in f.read_bytes(), f"{f} holds the subject id"
+
+
+def test_registration_pins_the_version_and_indexes_subjects_without_copying_rows(
+        session: Session, settings, table: str) -> None:  # noqa: ANN001
+    v1 = _register(session, settings, table)
+    model = session.get(Model, "toyd")
+    assert model.config["source"] == {"uri": table, "subject_column": "user", "split_column": "split", "version": 0}
+    m = v1.manifest
+    assert m["store"] == "delta" and m["uri"] == table and m["version"] == 0 and len(m["sha256"]) == 64
+    assert m["rows"] == 240  # the toy set's train split
+    key = subject_key(settings.subject_key_secret, SUBJECT)
+    index = session.exec(select(SubjectRows).where(SubjectRows.model_name == "toyd")).all()
+    assert len(index) == 40 and {r.subject_key for r in index if r.count == 10} >= {key}
+    assert registry.holding(session, [key]) == {key: ["toyd"]}
+    # An upstream append does not move what jobs read until a new version is pinned.
+    write_deltalake(table, _rows({"toy-05"}), mode="append")
+    live = registry.live(session, model, "train", set(), settings.data_dir)
+    assert len(live) == 240 and all(len(e.features["x"]) == 16 for e in live.take([0, 239]))
+
+
+@sqlite_only
+def test_a_source_without_the_subject_column_is_a_422_naming_it(
+        session: Session, table: str, client, admin_headers) -> None:  # noqa: ANN001
+    config = {"store": "delta", "source": {"uri": table, "subject_column": "customer", "split_column": None}}
+    with pytest.raises(Unprocessable, match="'customer'"):
+        registration.open_registration(session, name="toyd", spec="toy", config=config, weights=None,
+                                       uploads_dir=Path("/nonexistent"), actor="test")
+    r = client.post("/v1/models", json={"name": "toyd", "spec": "toy", "config": config}, headers=admin_headers)
+    assert r.status_code == 422 and r.headers["content-type"].startswith("application/problem+json")
+    assert "'customer'" in r.json()["detail"] and "'user'" in r.json()["detail"]  # names it, lists the columns
+
+
+def test_erasure_deletes_and_purges_every_version_and_file(
+        session: Session, settings, table: str, worker, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
+    _register(session, settings, table)
+    key = subject_key(settings.subject_key_secret, SUBJECT)
+    real = delta.forget_examples
+
+    def while_the_job_reads(*a, **k):  # noqa: ANN002, ANN003, ANN202 - an upstream writer appends mid-job
+        rows = real(*a, **k)
+        write_deltalake(table, _rows({"toy-05"}), mode="append")
+        return rows
+
+    monkeypatch.setattr(delta, "forget_examples", while_the_job_reads)
+    assert _rows_of(table, SUBJECT, 0) == 10
+    req = _erase(session, settings, worker)
+    assert req.status == "completed"
+    _assert_gone_everywhere(table, SUBJECT)
+    assert _rows_of(table, "toy-05") == 20  # other people's rows, appended concurrently, are kept
+    row = session.exec(select(SourceErasure).where(SourceErasure.subject_key == key)).one()
+    assert row.status == "purged" and row.delete_version == 2
+    assert row.files_removed == 1  # only the file that held them was rewritten (the appended one was not)
+    assert req.result["source"]["deleted"]["table_version"] == 2 and req.result["source"]["purged"]["at"]
+    cert = certificates.build(session, request_id=req.id, keys=get_keys(settings), issuer="test")["certificate"]
+    [entry] = cert["data_sources"]
+    assert entry["status"] == "purged" and entry["absent_after_version"] == 2 and entry["purged_at"]
+    audit.sync(session)
+    events = {e.type: e for e in audit.list_events(session, request_id=req.id, limit=100)}
+    assert events["source_rows_deleted"].payload["table_version"] == 2
+    assert events["source_purged"].payload["absent_after_version"] == 2
+    for e in events.values():  # the clear subject id never enters the audit trail
+        assert SUBJECT not in str(e.payload)
+    # Re-pinned to what remains; the next version's data is read there (the appended rows included).
+    model = session.get(Model, "toyd")
+    session.refresh(model)
+    assert model.config["source"]["version"] == DeltaTable(table).version()
+    assert session.exec(select(SubjectRows).where(SubjectRows.subject_key == key)).all() == []
+    assert session.exec(select(SubjectRows).where(SubjectRows.model_name == "toyd",
+                                                  SubjectRows.subject_key == subject_key(
+                                                      settings.subject_key_secret, "toy-05"))).one().count == 20
+    assert audit.verify(session)["ok"]
+
+
+@sqlite_only
+def test_a_crash_between_delete_and_purge_is_finished_by_the_next_drain(
+        session: Session, settings, table: str, worker, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
+    _register(session, settings, table, purge_after_s=3600)
+    real_repin, calls = source_erasure.repin, []
+
+    def crash(*a, **k):  # noqa: ANN002, ANN003, ANN202 - the worker dies after the table's DELETE commit
+        calls.append(1)
+        raise RuntimeError("worker killed")
+
+    monkeypatch.setattr(source_erasure, "repin", crash)
+    assert _erase(session, settings, worker).status == "completed"  # the model's part is done either way
+    assert calls and _rows_of(table, SUBJECT) == 0  # the table's DELETE committed, the DB did not record it
+    key = subject_key(settings.subject_key_secret, SUBJECT)
+    row = session.exec(select(SourceErasure).where(SourceErasure.subject_key == key)).one()
+    assert row.status == "pending"
+    monkeypatch.setattr(source_erasure, "repin", real_repin)
+    source_erasure.drain(db.new_session, secret=settings.subject_key_secret)
+    session.refresh(row)
+    assert row.status == "pending"  # the dead drain's claim holds until its lease ends
+    later = utcnow() + source_erasure.CLAIM_LEASE + timedelta(seconds=1)
+    source_erasure.drain(db.new_session, secret=settings.subject_key_secret, now=later)
+    session.refresh(row)
+    assert row.status == "deleted"  # purge_after_s not over: the old versions still hold them
+    assert _rows_of(table, SUBJECT, 0) == 10
+    source_erasure.drain(db.new_session, secret=settings.subject_key_secret, now=utcnow() + timedelta(hours=2))
+    session.refresh(row)
+    assert row.status == "purged"
+    _assert_gone_everywhere(table, SUBJECT)
+
+
+@sqlite_only
+def test_the_purge_is_capped_before_the_legal_deadline(session: Session, settings, table: str) -> None:  # noqa: ANN001
+    _register(session, settings, table, purge_after_s=90 * 86400)
+    key = subject_key(settings.subject_key_secret, SUBJECT)
+    req, _ = erasure.create_request(session, subject_key=key)
+    delta.schedule(session, session.get(Model, "toyd"), [key])
+    row = session.exec(select(SourceErasure).where(SourceErasure.subject_key == key)).one()
+    assert row.purge_not_before <= req.due_at - delta.PURGE_MARGIN
+    session.rollback()
+
+
+@sqlite_only
+def test_an_unreachable_table_leaves_the_erasure_owed_and_retried(
+        session: Session, settings, table: str) -> None:  # noqa: ANN001
+    _register(session, settings, table)
+    key = subject_key(settings.subject_key_secret, SUBJECT)
+    erasure.create_request(session, subject_key=key)
+    delta.schedule(session, session.get(Model, "toyd"), [key])
+    session.commit()
+    moved = table + ".offline"
+    os.rename(table, moved)
+    counts = source_erasure.drain(db.new_session, secret=settings.subject_key_secret)
+    row = session.exec(select(SourceErasure).where(SourceErasure.subject_key == key)).one()
+    session.refresh(row)
+    assert counts["failed"] == 1 and row.status == "pending" and row.attempts == 1
+    assert "cannot be read" in row.last_error and SUBJECT not in row.last_error
+    assert source_erasure.owed(session)[0]["status"] == "pending"
+    os.rename(moved, table)
+    source_erasure.drain(db.new_session, secret=settings.subject_key_secret)
+    session.refresh(row)
+    assert row.status == "pending"  # backing off: not retried before not_before
+    source_erasure.drain(db.new_session, secret=settings.subject_key_secret, now=utcnow() + timedelta(hours=1))
+    session.refresh(row)
+    assert row.status == "purged"
+    _assert_gone_everywhere(table, SUBJECT)
+
+
+@sqlite_only
+def test_reingested_rows_are_never_trained_on_and_are_purged_again(
+        session: Session, settings, table: str, worker) -> None:  # noqa: ANN001
+    _register(session, settings, table)
+    _erase(session, settings, worker)
+    key = subject_key(settings.subject_key_secret, SUBJECT)
+    write_deltalake(table, _rows({SUBJECT, "toy-05"}), mode="append")  # an upstream pipeline re-inserts them
+    model = session.get(Model, "toyd")
+    session.refresh(model)
+    source_erasure.repin(session, model, DeltaTable(table), settings.subject_key_secret)  # a newer pin
+    session.commit()
+    live = registry.live(session, model, "train", set(), settings.data_dir)
+    assert key not in {e.subject_id for e in live} and len(live) == 230  # 240 less theirs, the re-inserted too
+    holdout = registry.live(session, model, "holdout", set(), settings.data_dir)
+    assert len(holdout) == 80 + 10  # toy-05 (a holdout subject) appended once more: read at the new pin
+    source_erasure.after_job(db.new_session, secret=settings.subject_key_secret)
+    rows = session.exec(select(SourceErasure).where(SourceErasure.subject_key == key)
+                        .order_by(SourceErasure.id)).all()
+    assert [r.reason for r in rows] == ["erasure", "reingested"]
+    session.refresh(rows[1])
+    assert rows[1].status == "purged"
+    _assert_gone_everywhere(table, SUBJECT)
+    assert _rows_of(table, "toy-05") == 20
+    audit.sync(session)
+    types = [e.type for e in audit.list_events(session, type="source_reingested_rows_removed", limit=10)]
+    assert types == ["source_reingested_rows_removed"]
+
+
+def test_a_delete_that_conflicts_with_a_concurrent_writer_is_retried(
+        table: str, settings, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
+    from deltalake.exceptions import CommitFailedError
+
+    real, tries = DeltaTable.delete, []
+
+    def racing(self, predicate=None, *a, **k):  # noqa: ANN001, ANN002, ANN003, ANN202
+        tries.append(predicate)
+        if len(tries) == 1:  # another writer commits first: this commit loses the race
+            write_deltalake(table, _rows({"toy-05"}), mode="append")
+            raise CommitFailedError("concurrent transaction")
+        return real(self, predicate, *a, **k)
+
+    monkeypatch.setattr(DeltaTable, "delete", racing)
+    key = subject_key(settings.subject_key_secret, SUBJECT)
+    version, deleted, present = delta.delete_rows(table, "user", {key}, settings.subject_key_secret,
+                                                  sleep=lambda s: None)
+    assert len(tries) == 2 and (version, deleted, present) == (2, 10, {key})
+    assert _rows_of(table, SUBJECT) == 0 and _rows_of(table, "toy-05") == 20
+
+
+@sqlite_only
+def test_the_purge_delay_is_a_policy_setting_of_delta_models_only(
+        session: Session, settings, table: str, toy_model, client, admin_headers) -> None:  # noqa: ANN001
+    _register(session, settings, table, purge_after_s=60)
+    assert client.get("/v1/models/toyd/policy", headers=admin_headers).json()["purge_after_s"] == 60
+    r = client.put("/v1/models/toyd/policy", json={"purge_after_s": 7200}, headers=admin_headers)
+    assert r.status_code == 200 and r.json()["purge_after_s"] == 7200
+    assert delta.Source.of(session.get(Model, "toyd").config).purge_after_s == 7200
+    r = client.put("/v1/models/toy/policy", json={"purge_after_s": 10}, headers=admin_headers)
+    assert r.status_code == 422 and "delta store only" in r.json()["detail"]
+    r = client.put("/v1/models/toyd/policy", json={"purge_after_s": -1}, headers=admin_headers)
+    assert r.status_code == 422 and r.headers["content-type"].startswith("application/problem+json")
+
+
+@sqlite_only
+def test_a_job_that_cannot_read_the_table_fails_and_the_erasure_stays_owed(
+        session: Session, settings, table: str, worker) -> None:  # noqa: ANN001
+    _register(session, settings, table)
+    os.rename(table, table + ".offline")
+    req = _erase(session, settings, worker)
+    assert req.status == "queued" and req.stage == "retry_scheduled"  # retried with backoff, never dropped
+    assert "cannot be read" in req.error and SUBJECT not in req.error

@@ -4,10 +4,15 @@ PY ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# A real MLflow tracking server for the publish-target tests (issue 19), in its own venv so the
+# full MLflow (Flask, SQLAlchemy pins, pandas...) never mixes with Lethe's dependencies.
+MLFLOW_VENV := .venv-mlflow
+MLFLOW_STAMP := $(MLFLOW_VENV)/.installed
+MLFLOW_VERSION ?= 3.17.2
 LETHE_PORT ?= 8000
 export LETHE_PORT
 
-.PHONY: run test install lint bench clean
+.PHONY: run test install mlflow-server lint bench clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -21,12 +26,20 @@ $(STAMP): pyproject.toml $(BIN)/python
 
 install: $(STAMP)
 
+$(MLFLOW_STAMP):
+	$(PY) -m venv $(MLFLOW_VENV)
+	$(MLFLOW_VENV)/bin/pip install -q --upgrade pip
+	$(MLFLOW_VENV)/bin/pip install -q mlflow==$(MLFLOW_VERSION)
+	touch $(MLFLOW_STAMP)
+
+mlflow-server: $(MLFLOW_STAMP)
+
 run: $(STAMP)
 	$(BIN)/python -m app.cli run
 
 # Two phases: unit tests one at a time, then the integration tests (real stacks in subprocesses, mostly
 # waiting on them) two files at a time; every test runs in exactly one phase, and both always run.
-test: $(STAMP)
+test: $(STAMP) $(MLFLOW_STAMP)
 	@rc=0; $(BIN)/python -m pytest -q -m "not integration" || rc=$$?; \
 	$(BIN)/python -m pytest -q -m integration -n 2 --dist loadfile || rc=$$?; exit $$rc
 

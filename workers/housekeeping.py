@@ -1,4 +1,5 @@
-"""Housekeeping beat tasks: callback delivery, GDPR deadline warnings, signed audit checkpoints.
+"""Housekeeping beat tasks: callback delivery, registry syncs, GDPR deadline warnings, signed audit
+checkpoints.
 
 Thin wrappers (STYLE.md principle 6): each opens sessions from ``app.core.db`` and calls one
 service function; all state is in the DB (and the checkpoint file), so a restart loses nothing.
@@ -12,10 +13,11 @@ import httpx
 
 from app.core import db
 from app.core.config import get_settings
-from app.core.queue import TASK_AUDIT_CHECKPOINT, TASK_CHECK_DEADLINES, TASK_DELIVER_CALLBACKS, get_celery
+from app.core.queue import (TASK_AUDIT_CHECKPOINT, TASK_CHECK_DEADLINES, TASK_DELIVER_CALLBACKS, TASK_SYNC_REGISTRIES,
+                            get_celery)
 from app.core.signing import get_keys
 from app.db.models import utcnow
-from app.services import audit, callbacks, deadlines
+from app.services import audit, callbacks, deadlines, publishing
 
 log = logging.getLogger("lethe.housekeeping")
 celery = get_celery()
@@ -28,6 +30,15 @@ def deliver_callbacks() -> dict[str, int]:
         counts = callbacks.deliver_due(db.new_session, http_client=client, settings=get_settings())
     if any(counts.values()):
         log.info("callbacks: %s", counts)
+    return counts
+
+
+@celery.task(name=TASK_SYNC_REGISTRIES, ignore_result=True)
+def sync_registries() -> dict[str, int]:
+    """Deliver due registry syncs (issue 19): publish clean versions, move aliases, purge tainted versions."""
+    counts = publishing.deliver_due(db.new_session, settings=get_settings())
+    if any(counts.values()):
+        log.info("registry syncs: %s", counts)
     return counts
 
 

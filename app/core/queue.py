@@ -32,7 +32,8 @@ TASK_REGISTER = "lethe.register_model"  # trains: on the unlearn queue (the GPU 
 TASK_DELIVER_CALLBACKS = "lethe.deliver_callbacks"
 TASK_CHECK_DEADLINES = "lethe.check_deadlines"
 TASK_AUDIT_CHECKPOINT = "lethe.audit_checkpoint"
-HOUSEKEEPING_TASKS = (TASK_DELIVER_CALLBACKS, TASK_CHECK_DEADLINES, TASK_AUDIT_CHECKPOINT)
+TASK_SYNC_REGISTRIES = "lethe.sync_registries"  # issue 19: publish targets' outbox
+HOUSEKEEPING_TASKS = (TASK_DELIVER_CALLBACKS, TASK_CHECK_DEADLINES, TASK_AUDIT_CHECKPOINT, TASK_SYNC_REGISTRIES)
 
 
 def redis_reachable(url: str, timeout: float = 0.5) -> bool:
@@ -79,6 +80,9 @@ def make_celery(settings: Settings) -> Celery:
                        "deliver-callbacks": {"task": TASK_DELIVER_CALLBACKS,
                                              "schedule": settings.housekeeping_interval_s,
                                              "options": {"expires": settings.housekeeping_interval_s}},
+                       "sync-registries": {"task": TASK_SYNC_REGISTRIES,
+                                           "schedule": settings.housekeeping_interval_s,
+                                           "options": {"expires": settings.housekeeping_interval_s}},
                        "check-deadlines": {"task": TASK_CHECK_DEADLINES,
                                            "schedule": settings.deadline_check_interval_s,
                                            "options": {"expires": settings.deadline_check_interval_s}},

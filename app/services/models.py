@@ -18,7 +18,8 @@ from sqlmodel import Session, col, select
 from app.core.errors import Conflict, NotFound
 from app.db.models import ErasureTarget, Model, ModelVersion, Replica, utcnow
 from app.ml.specs import get_spec
-from app.services import audit
+from app.publish import target_key
+from app.services import audit, registry_outbox
 
 log = logging.getLogger("lethe.models")
 
@@ -225,7 +226,8 @@ def policy_of(session: Session, *, name: str) -> dict[str, Any]:
     from app.ml import policy
 
     model = get_model(session, name)
-    return {"model": name, "spec": model.spec, **policy.effective(model.spec, model.config)}
+    return {"model": name, "spec": model.spec, **policy.effective(model.spec, model.config),
+            "publish": list(model.config.get("publish") or [])}
 
 
 def set_policy(session: Session, *, name: str, changes: dict[str, Any], actor: str) -> dict[str, Any]:
@@ -235,7 +237,7 @@ def set_policy(session: Session, *, name: str, changes: dict[str, Any], actor: s
 
     model = get_model(session, name)
     config = dict(model.config)
-    for field in ("chain", "methods"):
+    for field in ("chain", "methods", "publish"):
         if field in changes:
             if changes[field] is None:
                 config.pop(field, None)
@@ -244,8 +246,14 @@ def set_policy(session: Session, *, name: str, changes: dict[str, Any], actor: s
     problems = policy.validate(config.get("chain"), config.get("methods"))
     if problems:
         raise Unprocessable("; ".join(problems), code="invalid_policy")
+    if config.get("publish") is not None:
+        registry_outbox.validate(config["publish"])
     model.config = config
     session.add(model)
     audit.append(session, type="policy_updated", actor=actor,
-                 payload={"model": name, "chain": config.get("chain"), "methods": config.get("methods")})
+                 payload={"model": name, "chain": config.get("chain"), "methods": config.get("methods"),
+                          **({"publish": [target_key(t) for t in config.get("publish") or []]}
+                             if "publish" in changes else {})})
+    if changes.get("publish"):  # at once, for the version serving now (and again after every erasure)
+        registry_outbox.enqueue(session, model_name=name, targets=config["publish"], reason="configured")
     return policy_of(session, name=name)

@@ -11,7 +11,7 @@ from sqlmodel import Session
 
 from app.core.config import get_settings
 from app.db.models import ErasureRequest, OpenDsrRequest
-from app.services import callbacks, fides, lifecycle, metrics
+from app.services import callbacks, fides, lifecycle, metrics, publishing
 from app.services import models as model_service
 from app.services.lifecycle import Transition
 
@@ -59,6 +59,13 @@ def art19_recipients(session: Session, req: ErasureRequest, transition: Transiti
     models[ctx["model"]] = {**models.get(ctx["model"], {}), "recipients_notified": names}
     req.result = {**result, "models": models}
     session.add(req)
+
+
+@lifecycle.subscribe
+def registry_purge(session: Session, req: ErasureRequest, transition: Transition) -> None:
+    """Issue 19: the model's publish targets owe a sync (clean version in, tainted versions out)."""
+    if transition.name == "complete_model":
+        publishing.owe_to_request(session, req, model_name=transition.context["model"])
 
 
 @lifecycle.subscribe

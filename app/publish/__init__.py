@@ -33,6 +33,7 @@ class RegistryVersion:
     number: str
     tags: dict[str, str] = field(default_factory=dict)
     source: str | None = None
+    run_id: str | None = None
 
     @property
     def lethe_version(self) -> int | None:

@@ -101,7 +101,8 @@ class MlflowClient:
                 detail = f"{err.get('error_code', '')}: {str(err.get('message', ''))[:300]}"
             except ValueError:
                 detail = f"HTTP {resp.status_code}"
-            if ok_missing and "RESOURCE_DOES_NOT_EXIST" in detail:
+            # A missing alias is INVALID_PARAMETER_VALUE "... alias X not found." (HTTP 400) in MLflow 3.
+            if ok_missing and ("RESOURCE_DOES_NOT_EXIST" in detail or detail.rstrip(".").endswith("not found")):
                 return None
             raise RegistryError(f"MLflow registry at {self.base}: {method} {path.split('?')[0]} failed ({detail})",
                                 code="registry_refused", retry=resp.status_code >= 500 or resp.status_code == 429)
@@ -129,7 +130,8 @@ class MlflowClient:
             body = self.call("GET", f"{API}/model-versions/search", params=params) or {}
             for mv in body.get("model_versions", []):
                 out.append(RegistryVersion(number=str(mv["version"]), source=mv.get("source"),
-                                           tags={t["key"]: t.get("value", "") for t in mv.get("tags", [])}))
+                                           tags={t["key"]: t.get("value", "") for t in mv.get("tags", [])},
+                                           run_id=mv.get("run_id") or None))
             token = body.get("next_page_token")
             if not token:
                 return sorted(out, key=lambda v: int(v.number))
@@ -226,15 +228,35 @@ class MlflowTarget:
         return self.client.versions(self.name)
 
     def publish(self, *, files: dict[str, Path | bytes], tags: dict[str, str], folder: str) -> RegistryVersion:
-        base = f"lethe/{self.name}/{folder}"
+        """One run in experiment ``lethe/<registered model>`` holds the files under ``model/`` (MLflow
+        accepts a version's source only inside a run's artifacts); the version points there."""
+        experiment = self._experiment()
+        run = self.client.call("POST", f"{API}/runs/create", json={
+            "experiment_id": experiment, "run_name": f"lethe-{folder}",
+            "tags": [{"key": k, "value": v[:MAX_TAG]} for k, v in tags.items()]})["run"]["info"]
+        base = proxied_path(run["artifact_uri"])
+        if base is None:
+            raise RegistryError(f"MLflow registry at {self.client.base} does not proxy artifacts (run artifact URI "
+                                f"scheme {urlparse(run['artifact_uri']).scheme!r}); start it with --serve-artifacts",
+                                retry=False, code="registry_artifacts_unreachable")
         for rel, data in files.items():
-            self.client.upload(f"{base}/{rel}", data if isinstance(data, bytes) else Path(data).read_bytes())
+            self.client.upload(f"{base}/model/{rel}", data if isinstance(data, bytes) else Path(data).read_bytes())
         body = self.client.call("POST", f"{API}/model-versions/create", json={
-            "name": self.name, "source": f"{SCHEME}{base}",
+            "name": self.name, "source": f"{run['artifact_uri']}/model", "run_id": run["run_id"],
             "tags": [{"key": k, "value": v[:MAX_TAG]} for k, v in tags.items()],
             "description": f"Lethe version {tags.get('lethe.version')} (sha256 {tags.get('lethe.sha256')})"})
+        self.client.call("POST", f"{API}/runs/update", json={"run_id": run["run_id"], "status": "FINISHED"})
         mv = body["model_version"]
-        return RegistryVersion(number=str(mv["version"]), source=mv.get("source"), tags=dict(tags))
+        return RegistryVersion(number=str(mv["version"]), source=mv.get("source"), tags=dict(tags),
+                               run_id=run["run_id"])
+
+    def _experiment(self) -> str:
+        name = f"lethe/{self.name}"
+        body = self.client.call("GET", f"{API}/experiments/get-by-name", params={"experiment_name": name},
+                                ok_missing=True)
+        if body is not None and body["experiment"].get("lifecycle_stage") != "deleted":
+            return body["experiment"]["experiment_id"]
+        return self.client.call("POST", f"{API}/experiments/create", json={"name": name})["experiment_id"]
 
     def alias_version(self) -> str | None:
         return self.client.alias_version(self.name, self.alias) if self.alias else None
@@ -243,7 +265,7 @@ class MlflowTarget:
         if not self.alias:
             return
         if number is None:
-            self.client.call("DELETE", f"{API}/registered-models/alias", params={"name": self.name, "alias": self.alias},
+            self.client.call("DELETE", f"{API}/registered-models/alias", json={"name": self.name, "alias": self.alias},
                              ok_missing=True)
         else:
             self.client.call("POST", f"{API}/registered-models/alias",
@@ -265,9 +287,11 @@ class MlflowTarget:
                 f"proxy ({urlparse(version.source or '').scheme or 'unknown'} URI): Lethe cannot delete them",
                 code="registry_artifacts_unreachable", retry=False)
         deleted = self.client.delete_artifacts(path)
+        if version.run_id:  # the run only held these files: gone with them (MLflow keeps a soft-deleted row)
+            self.client.call("POST", f"{API}/runs/delete", json={"run_id": version.run_id}, ok_missing=True)
         if archive_tags is None:
             self.client.call("DELETE", f"{API}/model-versions/delete",
-                             params={"name": self.name, "version": version.number}, ok_missing=True)
+                             json={"name": self.name, "version": version.number}, ok_missing=True)
         else:
             for k, v in archive_tags.items():
                 self.client.call("POST", f"{API}/model-versions/set-tag",

@@ -291,15 +291,15 @@ def _report_to_requests(s: Session, row: RegistrySync, config: dict[str, Any], r
     purged = [d["registry_version"] for d in done if d["op"] in ("purged", "archived")]
     for req in s.exec(select(ErasureRequest).where(col(ErasureRequest.id).in_(row.request_ids))).all():
         previous = ((req.result or {}).get("models", {}).get(row.model_name, {}).get("registry") or {}).get(row.target, {})
+        so_far = sorted(set(previous.get("registry_versions_purged", [])) | set(purged), key=int)
         if report is None:
             entry = {**previous, "status": "owed", "last_error": row.last_error, "attempts": row.attempts,
-                     "next_attempt_at": row.next_attempt_at.isoformat()}
+                     "next_attempt_at": row.next_attempt_at.isoformat(), "registry_versions_purged": so_far}
         else:
             entry = {"status": "published", "required": bool(config.get("required", False)),
                      "registry_version": report["clean_version"]["registry_version"],
                      "lethe_version": report["clean_version"]["lethe_version"],
-                     "alias": report["alias"], "registry_versions_purged": sorted(
-                         set(previous.get("registry_versions_purged", [])) | set(purged), key=int)}
+                     "alias": report["alias"], "registry_versions_purged": so_far}
             if report["history_kept"]:
                 entry["history_kept"] = report["history_kept"]
                 entry["note"] = (f"registry versions {', '.join(report['history_kept'])} predate Lethe and were kept "

@@ -62,7 +62,7 @@ def owe_to_request(session: Session, req: ErasureRequest, *, model_name: str) ->
         return
     registry_outbox.enqueue(session, model_name=model_name, targets=targets, reason="completed", request_id=req.id)
     _set_result(req, model_name, {publish.target_key(t): {
-        "status": "owed", "required": bool(t.get("required", False)),
+        "status": "owed",
         "note": "the registry sync is queued; the registry may still hold versions that carry this person"}
         for t in targets})
     session.add(req)
@@ -296,7 +296,7 @@ def _report_to_requests(s: Session, row: RegistrySync, config: dict[str, Any], r
             entry = {**previous, "status": "owed", "last_error": row.last_error, "attempts": row.attempts,
                      "next_attempt_at": row.next_attempt_at.isoformat(), "registry_versions_purged": so_far}
         else:
-            entry = {"status": "published", "required": bool(config.get("required", False)),
+            entry = {"status": "published",
                      "registry_version": report["clean_version"]["registry_version"],
                      "lethe_version": report["clean_version"]["lethe_version"],
                      "alias": report["alias"], "registry_versions_purged": so_far}

@@ -8,6 +8,7 @@ refused connection from Lethe's side while the server (and its start-up time) st
 from __future__ import annotations
 
 import hashlib
+import http.server
 import itertools
 import json
 import os
@@ -200,7 +201,7 @@ def test_publish_purge_alias_and_outage(session: Session, settings, toy_model, w
     assert counts["retry"] == 1, (counts, [r.model_dump() for r in session.exec(select(RegistrySync)).all()])
     v2 = model_service.get_version(session, "toy", 2)
     mv = _versions(mlflow.url, REGISTERED)
-    assert [{t["key"]: t["value"] for t in m["tags"]}["lethe.version"] for m in mv] == ["2"]
+    assert [{t["key"]: t["value"] for t in m.get("tags", [])}["lethe.version"] for m in mv] == ["2"]
     gone = HTTP.get(f"{mlflow.url}/api/2.0/mlflow/registered-models/alias",
                     params={"name": REGISTERED, "alias": "champion"})
     assert gone.status_code in (400, 404) and "not found" in gone.json()["message"]
@@ -264,3 +265,76 @@ def test_adopting_a_missing_alias_fails_clearly(session: Session, settings, mlfl
     assert status == "failed"
     assert "has no alias 'champion'" in registration.get_registration(session, reg.id).error
     assert session.get(Model, "toy-missing") is None
+
+
+def test_archive_on_taint_and_kept_history_are_said_plainly(session: Session, settings, toy_model, worker,
+                                                            mlflow) -> None:  # noqa: ANN001
+    """``on_taint: archive`` strips a tainted version's files and tags it; ``history: keep`` keeps the
+    organisation's older versions, and the request's result says they still hold the person."""
+    mlflow.wait()
+    name = "toy-archive"
+    history = _history_version(mlflow.url, name, b"older model " * 32)
+    target = {"kind": "mlflow", "tracking_uri": mlflow.url, "registered_model": name, "on_taint": "archive",
+              "history": "keep"}
+    model_service.set_policy(session, name="toy", changes={"publish": [target]}, actor="test")
+    session.commit()
+    assert _sync(session, settings)["delivered"] == 1
+    req, _ = erasure.create_request(session, subject_key=subject_key(settings.subject_key_secret, "toy-03"))
+    session.commit()
+    pipeline.drain(worker, "toy")
+    assert _sync(session, settings)["delivered"] == 1
+    mv = {m["version"]: {t["key"]: t["value"] for t in m.get("tags", [])} for m in _versions(mlflow.url, name)}
+    v1_copy = next(n for n, tags in mv.items() if tags.get("lethe.version") == "1")
+    assert json.loads(mv[v1_copy]["lethe.tainted"]) == {"count": 1, "request_ids": [req.id]}
+    assert "lethe.tainted" not in mv[history]  # kept as it was
+    v1 = model_service.get_version(session, "toy", 1)
+    assert v1.sha256 not in {_sha(p) for p in mlflow.files()}  # archived: the version stays, its files do not
+    session.expire_all()
+    entry = session.get(ErasureRequest, req.id).result["models"]["toy"]["registry"][f"mlflow:{name}@{mlflow.url}"]
+    assert entry["status"] == "published" and entry["history_kept"] == [history]
+    assert "predate Lethe" in entry["note"] and entry["registry_versions_purged"] == [v1_copy]
+
+
+class _Refusing(http.server.BaseHTTPRequestHandler):
+    seen: list[str] = []
+
+    def do_GET(self) -> None:  # noqa: N802
+        _Refusing.seen.append(self.headers.get("Authorization", ""))
+        self.send_response(401)
+        self.end_headers()
+
+    def log_message(self, *args) -> None:  # noqa: ANN002
+        pass
+
+
+def test_refused_credentials_are_owed_and_never_shown(session: Session, settings, toy_model, client, admin_headers,
+                                                      caplog) -> None:  # noqa: ANN001
+    """The token goes to the registry as a bearer header and nowhere else; a 401 leaves the sync owed."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Refusing)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    secret = "s3cret-token-for-the-test"
+    try:
+        bad = client.put("/v1/models/toy/policy", headers=admin_headers, json={"publish": [
+            {"kind": "mlflow", "tracking_uri": f"http://user:{secret}@127.0.0.1:1", "registered_model": "x"}]})
+        assert bad.status_code == 422 and bad.headers["content-type"].startswith("application/problem+json")
+        assert "must not carry credentials" in bad.json()["detail"] and secret not in bad.text
+        ok = client.put("/v1/models/toy/policy", headers=admin_headers, json={"publish": [
+            {"kind": "mlflow", "tracking_uri": url, "registered_model": "x", "alias": "champion"}]})
+        assert ok.status_code == 200 and ok.json()["publish"][0]["registered_model"] == "x"
+        from pydantic import SecretStr
+
+        counts = _sync(session, settings.model_copy(update={"mlflow_token": SecretStr(secret)}))
+        assert counts == {"delivered": 0, "retry": 1, "dropped": 0}
+        assert _Refusing.seen and set(_Refusing.seen) == {f"Bearer {secret}"}
+        row = session.exec(select(RegistrySync)).one()
+        assert row.status == "pending" and "refused the credentials (HTTP 401)" in row.last_error
+        status = client.get("/v1/models/toy/publish", headers=admin_headers)
+        assert status.status_code == 200 and status.json()["targets"][0]["owed"][0]["attempts"] == 1
+        audit.sync(session)
+        shown = [status.text, row.last_error, caplog.text,
+                 json.dumps([e.payload for e in audit.list_events(session, limit=200)]),
+                 json.dumps(session.get(Model, "toy").config)]
+        assert all(secret not in text for text in shown)
+    finally:
+        server.shutdown()

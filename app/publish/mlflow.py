@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlparse
@@ -31,6 +32,8 @@ ARTIFACTS = "/api/2.0/mlflow-artifacts/artifacts"
 SCHEME = "mlflow-artifacts:/"
 ON_TAINT = ("delete", "archive")
 HISTORY = ("purge", "keep")
+REGISTERED_NAME = re.compile(r"^[A-Za-z0-9._/-]{1,256}$")  # a subset MLflow accepts, safe in a search filter
+ALIAS = re.compile(r"^[A-Za-z0-9_-]{1,255}$")
 # MLflow caps a model-version tag value at 5000 characters (``MAX_MODEL_VERSION_TAG_VALUE_LENGTH``).
 MAX_TAG = 5000
 
@@ -38,16 +41,23 @@ MAX_TAG = 5000
 def _validate(t: dict[str, Any]) -> list[str]:
     problems = []
     uri = t.get("tracking_uri")
-    if not isinstance(uri, str) or urlparse(uri).scheme not in ("http", "https") or not urlparse(uri).hostname:
+    try:
+        parsed = urlparse(uri) if isinstance(uri, str) and len(uri) <= 2000 else None
+        host = parsed.hostname if parsed else None
+    except ValueError:  # e.g. "http://[" (a broken IPv6 literal)
+        parsed = host = None
+    if parsed is None or parsed.scheme not in ("http", "https") or not host:
         problems.append("tracking_uri must be an http(s) URL of an MLflow tracking server")
-    elif urlparse(uri).username or urlparse(uri).password or "token" in urlparse(uri).query.lower():
+    elif parsed.username or parsed.password or "token" in parsed.query.lower():
         problems.append("tracking_uri must not carry credentials (set LETHE_MLFLOW_TOKEN or "
                         "LETHE_MLFLOW_USERNAME/PASSWORD instead)")
-    if not isinstance(t.get("registered_model"), str) or not t["registered_model"].strip():
-        problems.append("registered_model must be a non-empty string")
-    if "alias" in t and t["alias"] is not None and (not isinstance(t["alias"], str) or not t["alias"].strip()
-                                                    or t["alias"].lower() == "latest"):
-        problems.append("alias must be a non-empty string other than 'latest' (reserved by MLflow)")
+    if not isinstance(t.get("registered_model"), str) or not REGISTERED_NAME.match(t["registered_model"]):
+        problems.append("registered_model must be 1-256 letters, digits, '.', '_', '-' or '/'")
+    alias = t.get("alias")
+    if alias is not None and (not isinstance(alias, str) or not ALIAS.match(alias) or alias.lower() == "latest"
+                              or re.fullmatch(r"v\d+", alias.lower())):
+        problems.append("alias must be 1-255 letters, digits, '_' or '-', and not 'latest' or 'v<number>' "
+                        "(reserved by MLflow)")
     if t.get("on_taint", "delete") not in ON_TAINT:
         problems.append(f"on_taint must be one of {list(ON_TAINT)}")
     if t.get("history", "purge") not in HISTORY:

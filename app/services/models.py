@@ -187,6 +187,8 @@ def rollback(session: Session, *, name: str, number: int, actor: str) -> ModelVe
         raise Conflict(f"Version {number} still carries {len(taint)} completed erasure(s); it may never be "
                        "served again.", code="tainted_version")
     set_serving(session, name=name, number=number, actor=actor, event="model_rolled_back")
+    if targets := get_model(session, name).config.get("publish"):  # the alias follows once replicas swap
+        registry_outbox.enqueue(session, model_name=name, targets=targets, reason="rolled_back")
     return version
 
 

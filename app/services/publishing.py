@@ -255,7 +255,7 @@ def deliver_one(session_factory: Callable[[], Session], row_id: int, *, settings
 def _record(s: Session, row: RegistrySync, *, config: dict[str, Any] | None, report: dict[str, Any] | None,
             error: RegistryError | None, done: list[dict[str, Any]], now: datetime, settings: Any) -> str:
     row.lease_until = None
-    base = {"model": row.model_name, "target": row.target, "sync_id": row.id}
+    base = {"model": row.model_name, "target": row.target, "sync_id": row.id, "request_ids": row.request_ids}
     for step in done:
         kind = {"published": "registry_published", "purged": "registry_version_purged",
                 "archived": "registry_version_purged"}.get(step["op"], "registry_alias_changed")
@@ -289,7 +289,10 @@ def _report_to_requests(s: Session, row: RegistrySync, config: dict[str, Any], r
                         done: list[dict[str, Any]]) -> None:
     """What each completed request's result says about this target."""
     purged = [d["registry_version"] for d in done if d["op"] in ("purged", "archived")]
-    for req in s.exec(select(ErasureRequest).where(col(ErasureRequest.id).in_(row.request_ids))).all():
+    q = select(ErasureRequest).where(col(ErasureRequest.id).in_(row.request_ids))
+    if s.get_bind().dialect.name == "postgresql":  # another model's job may be writing the same result
+        q = q.with_for_update()
+    for req in s.exec(q).all():
         previous = ((req.result or {}).get("models", {}).get(row.model_name, {}).get("registry") or {}).get(row.target, {})
         so_far = sorted(set(previous.get("registry_versions_purged", [])) | set(purged), key=int)
         if report is None:

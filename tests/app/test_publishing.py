@@ -338,3 +338,23 @@ def test_refused_credentials_are_owed_and_never_shown(session: Session, settings
         assert all(secret not in text for text in shown)
     finally:
         server.shutdown()
+
+
+@pytest.mark.parametrize(("target", "problem"), [
+    ({"tracking_uri": "http://[", "registered_model": "recs"}, "tracking_uri must be an http(s) URL"),
+    ({"tracking_uri": "ftp://host", "registered_model": "recs"}, "tracking_uri must be an http(s) URL"),
+    ({"tracking_uri": "https://h.example/?token=x", "registered_model": "recs"}, "must not carry credentials"),
+    ({"tracking_uri": "https://h.example", "registered_model": "a'b"}, "registered_model must be"),
+    ({"tracking_uri": "https://h.example", "registered_model": "recs", "alias": "latest"}, "alias must be"),
+    ({"tracking_uri": "https://h.example", "registered_model": "recs", "on_taint": "hide"}, "on_taint must be"),
+    ({"tracking_uri": "https://h.example", "registered_model": "recs", "history": "ignore"}, "history must be"),
+    ({"tracking_uri": "https://h.example", "registered_model": "recs", "required": True}, "not supported yet"),
+    ({"tracking_uri": "https://h.example", "registered_model": "recs", "token": "x"}, "unknown field"),
+])
+def test_publish_targets_are_validated(target: dict, problem: str) -> None:
+    from app import publish
+
+    assert publish.validate([{"kind": "mlflow", **target}]) == [p for p in publish.validate(
+        [{"kind": "mlflow", **target}]) if problem in p] != []
+    assert publish.validate([{"kind": "mlflow", "tracking_uri": "https://h.example", "registered_model": "recs",
+                              "alias": "champion", "on_taint": "archive", "history": "keep"}]) == []

@@ -59,7 +59,7 @@ class MlflowServer:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"mlflow server exited: {(self.root / 'server.log').read_text()[-2000:]}")
             try:
-                if httpx.get(f"{self.url}/health", timeout=1.0).status_code == 200:
+                if httpx.get(f"{self.url}/health", timeout=1.0, trust_env=False).status_code == 200:
                     return time.monotonic() - t0
             except httpx.HTTPError:
                 pass

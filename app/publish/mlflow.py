@@ -81,16 +81,22 @@ def auth_of(settings: Any) -> httpx.Auth | dict[str, str] | None:
     return None
 
 
+def http_client(base_url: str, auth: httpx.Auth | dict[str, str] | None, timeout_s: float) -> httpx.Client:
+    """The one HTTP client of this module. The registry's URL is an admin's configuration (like
+    ``LETHE_FIDES_URL``), not a caller's; still: no redirects (a credential must not follow one to
+    another host) and no proxies from the environment."""
+    return httpx.Client(base_url=base_url, timeout=timeout_s, follow_redirects=False, trust_env=False,
+                        headers=auth if isinstance(auth, dict) else None,
+                        auth=auth if isinstance(auth, httpx.Auth) else None)
+
+
 class MlflowClient:
     """The few REST calls Lethe makes; every failure is a ``RegistryError`` without credentials in it."""
 
     def __init__(self, tracking_uri: str, settings: Any, *, timeout_s: float | None = None) -> None:
         self.base = tracking_uri.rstrip("/")
         auth = auth_of(settings)
-        self.http = httpx.Client(
-            base_url=self.base, timeout=timeout_s or getattr(settings, "registry_timeout_s", 30.0),
-            follow_redirects=False, headers=auth if isinstance(auth, dict) else None,
-            auth=auth if isinstance(auth, httpx.Auth) else None)
+        self.http = http_client(self.base, auth, timeout_s or getattr(settings, "registry_timeout_s", 30.0))
 
     def close(self) -> None:
         self.http.close()

@@ -29,7 +29,8 @@ from tests.mlflow_server import MlflowServer
 from workers import pipeline
 
 REGISTERED = "toy-prod"
-HTTP = httpx.Client(timeout=120)  # the tests' own look at the registry; 2 shared cores can be slow
+# The tests' own look at the registry (loopback; no environment proxy); 2 shared cores can be slow.
+HTTP = httpx.Client(timeout=120, trust_env=False)
 
 
 @pytest.fixture
@@ -87,6 +88,7 @@ def mlflow(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
     os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"  # the pyfunc client in this process too
     os.environ["DO_NOT_TRACK"] = "true"
     os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
+    os.environ["NO_PROXY"] = "127.0.0.1,localhost"  # the pyfunc client (requests) stays on loopback
     server = MlflowServer(tmp_path_factory.mktemp("mlflow"))
     server.start(wait=False)  # boots while the toy model trains; tests wait() before the first call
     yield server
@@ -282,6 +284,8 @@ def test_archive_on_taint_and_kept_history_are_said_plainly(session: Session, se
     req, _ = erasure.create_request(session, subject_key=subject_key(settings.subject_key_secret, "toy-03"))
     session.commit()
     pipeline.drain(worker, "toy")
+    session.expire_all()
+    assert session.get(ErasureRequest, req.id).status == "completed"  # before any registry sync
     assert _sync(session, settings)["delivered"] == 1
     mv = {m["version"]: {t["key"]: t["value"] for t in m.get("tags", [])} for m in _versions(mlflow.url, name)}
     v1_copy = next(n for n, tags in mv.items() if tags.get("lethe.version") == "1")

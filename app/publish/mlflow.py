@@ -62,9 +62,8 @@ def _validate(t: dict[str, Any]) -> list[str]:
         problems.append(f"on_taint must be one of {list(ON_TAINT)}")
     if t.get("history", "purge") not in HISTORY:
         problems.append(f"history must be one of {list(HISTORY)}")
-    if "required" in t:  # completion does not wait for a registry (yet): refuse rather than ignore
-        problems.append("required is not supported yet: an erasure completes without waiting for the registry; "
-                        "its result shows whether each target has the clean version")
+    if not isinstance(t.get("required", False), bool):
+        problems.append("required must be true or false")
     unknown = set(t) - {"kind", "tracking_uri", "registered_model", "alias", "on_taint", "history", "required"}
     if unknown:
         problems.append(f"unknown field(s) {sorted(unknown)}")

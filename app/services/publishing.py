@@ -41,7 +41,7 @@ from app import publish
 from app.core.errors import Unprocessable
 from app.db.models import ErasureRequest, Model, ModelVersion, RegistrySync, as_utc, utcnow
 from app.publish import RegistryError, RegistryTarget, RegistryVersion
-from app.services import audit, registry_outbox
+from app.services import audit, lifecycle, registry_outbox
 from app.services import models as model_service
 
 log = logging.getLogger("lethe.publishing")
@@ -62,7 +62,7 @@ def owe_to_request(session: Session, req: ErasureRequest, *, model_name: str) ->
         return
     registry_outbox.enqueue(session, model_name=model_name, targets=targets, reason="completed", request_id=req.id)
     _set_result(req, model_name, {publish.target_key(t): {
-        "status": "owed",
+        "status": "owed", "required": bool(t.get("required", False)),
         "note": "the registry sync is queued; the registry may still hold versions that carry this person"}
         for t in targets})
     session.add(req)
@@ -263,6 +263,7 @@ def _record(s: Session, row: RegistrySync, *, config: dict[str, Any] | None, rep
     if config is None:
         row.status, row.last_error = "dropped", "the target is no longer configured for this model"
         s.add(row)
+        _report_to_requests(s, row, None, None, done)
         return "dropped"
     row.attempts += 1
     if error is None and not report["alias_pending"]:
@@ -281,11 +282,13 @@ def _record(s: Session, row: RegistrySync, *, config: dict[str, Any] | None, rep
             log.warning("registry sync %s of model %s (%s) failed, attempt %d: %s", row.id, row.model_name,
                         row.target, row.attempts, error)
     s.add(row)
-    _report_to_requests(s, row, config, report if outcome == "delivered" else None, done)
+    # The clean version is there and every tainted version gone (the alias may still wait for replicas).
+    landed = error is None and report is not None and report["clean_version"]["registry_version"] is not None
+    _report_to_requests(s, row, config, report if landed else None, done)
     return outcome
 
 
-def _report_to_requests(s: Session, row: RegistrySync, config: dict[str, Any], report: dict[str, Any] | None,
+def _report_to_requests(s: Session, row: RegistrySync, config: dict[str, Any] | None, report: dict[str, Any] | None,
                         done: list[dict[str, Any]]) -> None:
     """What each completed request's result says about this target."""
     purged = [d["registry_version"] for d in done if d["op"] in ("purged", "archived")]
@@ -295,20 +298,35 @@ def _report_to_requests(s: Session, row: RegistrySync, config: dict[str, Any], r
     for req in s.exec(q).all():
         previous = ((req.result or {}).get("models", {}).get(row.model_name, {}).get("registry") or {}).get(row.target, {})
         so_far = sorted(set(previous.get("registry_versions_purged", [])) | set(purged), key=int)
-        if report is None:
+        if config is None:
+            entry = {**previous, "status": "dropped", "note": "the target was removed from the model's config "
+                     "before this erasure's sync landed; the registry was not checked"}
+        elif report is None:
             entry = {**previous, "status": "owed", "last_error": row.last_error, "attempts": row.attempts,
                      "next_attempt_at": row.next_attempt_at.isoformat(), "registry_versions_purged": so_far}
         else:
-            entry = {"status": "published",
+            entry = {"status": "published", "required": bool(config.get("required", False)),
                      "registry_version": report["clean_version"]["registry_version"],
                      "lethe_version": report["clean_version"]["lethe_version"],
-                     "alias": report["alias"], "registry_versions_purged": so_far}
+                     "alias": report["alias"], "alias_pending": report["alias_pending"],
+                     "registry_versions_purged": so_far}
             if report["history_kept"]:
                 entry["history_kept"] = report["history_kept"]
                 entry["note"] = (f"registry versions {', '.join(report['history_kept'])} predate Lethe and were kept "
                                  "(\"history\": \"keep\"): they were trained on everybody, this person included")
         _set_result(req, row.model_name, {row.target: entry})
         s.add(req)
+        if entry["status"] != "owed":
+            lifecycle.release(s, req, actor=ACTOR)  # a request a required target held completes now
+
+
+def registry_hold(req: ErasureRequest) -> str | None:
+    """``lifecycle`` hold: a target marked ``required`` that does not have this erasure's clean version yet."""
+    for entry in ((req.result or {}).get("models") or {}).values():
+        for target in (entry.get("registry") or {}).values():
+            if target.get("required") and target.get("status") == "owed":
+                return "awaiting_registry"
+    return None
 
 
 def fetch_for_registration(uri: str, config: dict[str, Any], dest: Path, *, settings: Any) -> dict[str, Any]:

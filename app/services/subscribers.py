@@ -68,6 +68,9 @@ def registry_purge(session: Session, req: ErasureRequest, transition: Transition
         publishing.owe_to_request(session, req, model_name=transition.context["model"])
 
 
+lifecycle.hold_completion(publishing.registry_hold)
+
+
 @lifecycle.subscribe
 def time_to_forget(session: Session, req: ErasureRequest, transition: Transition) -> None:
     """``lethe_time_to_forget_seconds``: observed once per completed request, in its own transaction."""

@@ -154,7 +154,8 @@ def test_publish_purge_alias_and_outage(session: Session, settings, toy_model, w
     relay = Relay(mlflow.port)
     history_bytes = b"trained on everybody " * 64
     history = _history_version(mlflow.url, REGISTERED, history_bytes)
-    target = {"kind": "mlflow", "tracking_uri": relay.url, "registered_model": REGISTERED, "alias": "champion"}
+    target = {"kind": "mlflow", "tracking_uri": relay.url, "registered_model": REGISTERED, "alias": "champion",
+              "required": True}
     model_service.set_policy(session, name="toy", changes={"publish": [target]}, actor="test")
     session.commit()
     assert "token" not in json.dumps(session.get(Model, "toy").config)
@@ -178,7 +179,7 @@ def test_publish_purge_alias_and_outage(session: Session, settings, toy_model, w
     lethe = predict(spec, served, meta, [spec.validate_input(i) for i in inputs], device="cpu")
     assert pyfunc.predict(inputs) == [{"label": y, "probability": p} for y, p in lethe]
 
-    # 2. registry down: the erasure completes; its result says the registry is owed.
+    # 2. registry down: Lethe's replicas are clean, but the required registry holds completion back.
     relay.down()
     req, _ = erasure.create_request(session, subject_key=subject_key(settings.subject_key_secret, "toy-02"))
     session.commit()
@@ -186,9 +187,13 @@ def test_publish_purge_alias_and_outage(session: Session, settings, toy_model, w
     session.expire_all()
     req = session.get(ErasureRequest, req.id)
     key = f"mlflow:{REGISTERED}@{relay.url}"
-    assert req.status == "completed"
-    assert req.result["models"]["toy"]["registry"][key]["status"] == "owed"
+    assert (req.status, req.stage) == ("deploying", "awaiting_registry") and req.completed_at is None
+    assert req.result["models"]["toy"]["registry"][key] == {
+        "status": "owed", "required": True,
+        "note": "the registry sync is queued; the registry may still hold versions that carry this person"}
+    assert model_service.get_version(session, "toy", 2).free_of == [req.id]  # the job itself is done
     assert _sync(session, settings)["retry"] == 1
+    assert session.get(ErasureRequest, req.id).status == "deploying"  # still held, never lost
     row = session.exec(select(RegistrySync).where(RegistrySync.status == "pending")).one()
     assert "unreachable" in row.last_error and row.request_ids == [req.id]
     assert session.get(ErasureRequest, req.id).result["models"]["toy"]["registry"][key]["status"] == "owed"
@@ -199,8 +204,9 @@ def test_publish_purge_alias_and_outage(session: Session, settings, toy_model, w
     for name in (model_service.ANY_MODEL, "toy"):  # a live replica (liveness row + the model's row)
         model_service.heartbeat(session, replica_id="r1", model_name=name, version=1, loaded_at=utcnow())
     session.commit()
-    counts = _sync(session, settings)
-    assert counts["retry"] == 1, (counts, [r.model_dump() for r in session.exec(select(RegistrySync)).all()])
+    assert _sync(session, settings)["retry"] == 1  # the alias still waits for r1
+    done = session.get(ErasureRequest, req.id)
+    assert done.status == "completed" and done.result["models"]["toy"]["registry"][key]["alias_pending"]
     v2 = model_service.get_version(session, "toy", 2)
     mv = _versions(mlflow.url, REGISTERED)
     assert [{t["key"]: t["value"] for t in m.get("tags", [])}["lethe.version"] for m in mv] == ["2"]
@@ -352,7 +358,7 @@ def test_refused_credentials_are_owed_and_never_shown(session: Session, settings
     ({"tracking_uri": "https://h.example", "registered_model": "recs", "alias": "latest"}, "alias must be"),
     ({"tracking_uri": "https://h.example", "registered_model": "recs", "on_taint": "hide"}, "on_taint must be"),
     ({"tracking_uri": "https://h.example", "registered_model": "recs", "history": "ignore"}, "history must be"),
-    ({"tracking_uri": "https://h.example", "registered_model": "recs", "required": True}, "not supported yet"),
+    ({"tracking_uri": "https://h.example", "registered_model": "recs", "required": "yes"}, "required must be"),
     ({"tracking_uri": "https://h.example", "registered_model": "recs", "token": "x"}, "unknown field"),
 ])
 def test_publish_targets_are_validated(target: dict, problem: str) -> None:

@@ -368,3 +368,29 @@ def test_publish_targets_are_validated(target: dict, problem: str) -> None:
         [{"kind": "mlflow", **target}]) if problem in p] != []
     assert publish.validate([{"kind": "mlflow", "tracking_uri": "https://h.example", "registered_model": "recs",
                               "alias": "champion", "on_taint": "archive", "history": "keep"}]) == []
+
+
+def test_cli_register_from_a_registry_uri_queues_an_adoption(app, session: Session, admin_headers,  # noqa: ANN001
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """``lethe models register NAME --spec S --weights models:/REG@ALIAS`` sends the URI (the worker
+    fetches it); both kinds of weights at once, or a URI that is not models:/..., is a 422."""
+    from fastapi.testclient import TestClient
+
+    from app import cli, cli_models
+    from app.api.routes import model_admin
+    from app.db.models import ModelRegistration
+
+    queued: list[str] = []
+    monkeypatch.setattr(model_admin, "enqueue_registration", queued.append)
+    monkeypatch.setattr(cli_models, "client", lambda args: TestClient(app, headers=admin_headers,
+                                                                      raise_server_exceptions=False))
+    assert cli.main(["models", "register", "toy-from-mlflow", "--spec", "toy", "--no-follow",
+                     "--weights", "models:/toy-prod@champion"]) == 0
+    reg = session.exec(select(ModelRegistration).where(ModelRegistration.name == "toy-from-mlflow")).one()
+    assert reg.weights_path == "models:/toy-prod@champion" and queued == [reg.id]
+    client = TestClient(app, headers=admin_headers, raise_server_exceptions=False)
+    both = client.post("/v1/models", json={"name": "toy-both", "spec": "toy", "weights_base64": "AAAA",
+                                           "weights_uri": "models:/toy-prod@champion"})
+    assert both.status_code == 422 and "not both" in both.json()["detail"]
+    bad = client.post("/v1/models", json={"name": "toy-bad", "spec": "toy", "weights_uri": "s3://bucket/w"})
+    assert bad.status_code == 422 and bad.headers["content-type"].startswith("application/problem+json")

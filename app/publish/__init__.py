@@ -56,6 +56,8 @@ class RegistryTarget(Protocol):
 
     def purge(self, version: RegistryVersion, *, archive_tags: dict[str, str] | None) -> list[str]: ...
 
+    def sweep(self) -> list[str]: ...  # files of Lethe's uploads that no version points at, deleted
+
     def close(self) -> None: ...
 
 

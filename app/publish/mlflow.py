@@ -266,6 +266,29 @@ class MlflowTarget:
         return RegistryVersion(number=str(mv["version"]), source=mv.get("source"), tags=dict(tags),
                                run_id=run["run_id"])
 
+    def sweep(self) -> list[str]:
+        """Delete the files of Lethe's runs that no model version points at (a publish cut off between
+        upload and version creation): such a copy would escape every later purge. Returns the files."""
+        body = self.client.call("GET", f"{API}/experiments/get-by-name",
+                                params={"experiment_name": f"lethe/{self.name}"}, ok_missing=True)
+        if body is None:
+            return []
+        referenced = {v.run_id for v in self.client.versions(self.name) if v.run_id}
+        deleted, token = [], None
+        while True:
+            page = self.client.call("POST", f"{API}/runs/search", json={
+                "experiment_ids": [body["experiment"]["experiment_id"]], "max_results": 1000,
+                "run_view_type": "ACTIVE_ONLY", **({"page_token": token} if token else {})}) or {}
+            for run in page.get("runs", []):
+                info = run["info"]
+                if info["run_id"] in referenced or (path := proxied_path(info.get("artifact_uri"))) is None:
+                    continue
+                deleted += self.client.delete_artifacts(path)
+                self.client.call("POST", f"{API}/runs/delete", json={"run_id": info["run_id"]}, ok_missing=True)
+            token = page.get("next_page_token")
+            if not token:
+                return deleted
+
     def _experiment(self) -> str:
         name = f"lethe/{self.name}"
         body = self.client.call("GET", f"{API}/experiments/get-by-name", params={"experiment_name": name},

@@ -182,6 +182,8 @@ def sync(target: RegistryTarget, config: dict[str, Any], plan: dict[str, Any], d
         done.append({"op": "archived" if archive else "purged", "registry_version": rv.number,
                      "lethe_version": owner["number"] if owner else None, "history": owner is None,
                      "files_deleted": len(files), "carries": len(carries)})
+    if swept := target.sweep():  # uploads a cut-off publish left without a version: no purge would find them
+        done.append({"op": "orphans_swept", "files_deleted": len(swept)})
     served = copies.get(serving)
     return {"clean_version": {"lethe_version": serving, "registry_version": served.number if served else None},
             "alias": {"name": alias, "registry_version": current} if alias else None,
@@ -258,7 +260,8 @@ def _record(s: Session, row: RegistrySync, *, config: dict[str, Any] | None, rep
     base = {"model": row.model_name, "target": row.target, "sync_id": row.id, "request_ids": row.request_ids}
     for step in done:
         kind = {"published": "registry_published", "purged": "registry_version_purged",
-                "archived": "registry_version_purged"}.get(step["op"], "registry_alias_changed")
+                "archived": "registry_version_purged", "orphans_swept": "registry_orphans_purged"
+                }.get(step["op"], "registry_alias_changed")
         audit.append(s, type=kind, actor=ACTOR, payload={**base, **step})
     if config is None:
         row.status, row.last_error = "dropped", "the target is no longer configured for this model"

@@ -304,6 +304,22 @@ def test_archive_on_taint_and_kept_history_are_said_plainly(session: Session, se
     assert entry["status"] == "published" and entry["history_kept"] == [history]
     assert "predate Lethe" in entry["note"] and entry["registry_versions_purged"] == [v1_copy]
 
+    # A publish cut off between its upload and the version's creation leaves a run no version points at:
+    # the next sync deletes its files (a later erasure's purge could never find them).
+    api = f"{mlflow.url}/api/2.0/mlflow"
+    exp = HTTP.get(f"{api}/experiments/get-by-name", params={"experiment_name": f"lethe/{name}"}).json()
+    run = HTTP.post(f"{api}/runs/create", json={"experiment_id": exp["experiment"]["experiment_id"]}).json()
+    orphan = run["run"]["info"]["artifact_uri"].removeprefix("mlflow-artifacts:/")
+    HTTP.put(f"{mlflow.url}/api/2.0/mlflow-artifacts/artifacts/{orphan}/model/weights.safetensors",
+             content=b"cut off " * 64).raise_for_status()
+    assert hashlib.sha256(b"cut off " * 64).hexdigest() in {_sha(p) for p in mlflow.files()}
+    model_service.set_policy(session, name="toy", changes={"publish": [target]}, actor="test")
+    session.commit()
+    assert _sync(session, settings)["delivered"] == 1
+    assert hashlib.sha256(b"cut off " * 64).hexdigest() not in {_sha(p) for p in mlflow.files()}
+    audit.sync(session)
+    assert [e.payload["files_deleted"] for e in audit.list_events(session, type="registry_orphans_purged")] == [1]
+
 
 class _Refusing(http.server.BaseHTTPRequestHandler):
     seen: list[str] = []

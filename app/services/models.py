@@ -249,7 +249,7 @@ def set_policy(session: Session, *, name: str, changes: dict[str, Any], actor: s
     if problems:
         raise Unprocessable("; ".join(problems), code="invalid_policy")
     if config.get("publish") is not None:
-        registry_outbox.validate(config["publish"])
+        registry_outbox.validate(config["publish"], session=session, model_name=name)
     model.config = config
     session.add(model)
     audit.append(session, type="policy_updated", actor=actor,

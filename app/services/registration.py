@@ -156,7 +156,7 @@ def commit(session: Session, *, name: str, prepared: Prepared, artifacts_dir: Pa
     if session.get(Model, name) is not None:
         raise Conflict(f"A model named {name!r} already exists.", code="model_exists")
     if config.get("publish") is not None:
-        registry_outbox.validate(config["publish"])
+        registry_outbox.validate(config["publish"], session=session, model_name=name)
     if (store := config.get("store", "rows")) not in registry.STORES:
         raise Unprocessable(f"store must be one of {list(registry.STORES)}, not {store!r}.", code="invalid_store")
     if prepared.reference is not None:
@@ -235,7 +235,7 @@ def open_registration(session: Session, *, name: str, spec: str, config: dict[st
     if weights is not None and weights_uri is not None:
         raise Unprocessable("Give weights_base64 or weights_uri, not both.", code="invalid_weights")
     if (config or {}).get("publish") is not None:
-        registry_outbox.validate(config["publish"])
+        registry_outbox.validate(config["publish"], session=session, model_name=name)
     reg = ModelRegistration(name=name, spec=spec, config=dict(config or {}), actor=actor)
     if weights_uri is not None:  # fetched by the worker (issue 19: adopt from a model registry)
         reg.weights_path = weights_uri

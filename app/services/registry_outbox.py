@@ -11,12 +11,18 @@ from sqlmodel import Session, col, select
 
 from app import publish
 from app.core.errors import Unprocessable
-from app.db.models import RegistrySync, utcnow
+from app.db.models import Model, RegistrySync, utcnow
 
 
-def validate(targets: Any) -> list[dict[str, Any]]:
-    """A model's ``publish`` list, checked (422 naming every problem)."""
+def validate(targets: Any, *, session: Session | None = None, model_name: str | None = None) -> list[dict[str, Any]]:
+    """A model's ``publish`` list, checked (422 naming every problem). With a session: no registered
+    model may be another Lethe model's target too (each would purge the other's versions as history)."""
     problems = publish.validate(targets)
+    if not problems and session is not None:
+        mine = {publish.target_key(t) for t in targets}
+        for other in session.exec(select(Model).where(Model.name != model_name)).all():
+            for key in mine & {publish.target_key(t) for t in other.config.get("publish") or []}:
+                problems.append(f"{key} is already model {other.name!r}'s publish target")
     if problems:
         raise Unprocessable("; ".join(problems), code="invalid_publish_target")
     return targets

@@ -236,11 +236,13 @@ def test_publish_purge_alias_and_outage(session: Session, settings, toy_model, w
             session, type="registry_published", limit=10)) == [1, 2]
 
     # 5. adopt version 1 of a new model from the registry alias: the same weights, provenance recorded.
-    reg = registration.open_registration(session, name="toy-adopted", spec="toy", config={"publish": [target]},
+    #    (No publish target of its own: the server is LETHE_MLFLOW_TRACKING_URI.)
+    reg = registration.open_registration(session, name="toy-adopted", spec="toy", config={},
                                          weights=None, uploads_dir=settings.data_dir / "uploads", actor="test",
                                          weights_uri=f"models:/{REGISTERED}@champion")
     session.commit()
-    fetch = lambda uri, config, dest: publishing.fetch_for_registration(uri, config, dest, settings=settings)  # noqa: E731
+    with_uri = settings.model_copy(update={"mlflow_tracking_uri": mlflow.url})
+    fetch = lambda uri, config, dest: publishing.fetch_for_registration(uri, config, dest, settings=with_uri)  # noqa: E731
     status = registration.run_registration(lambda: Session(bind=session.get_bind()), reg.id,
                                            secret=settings.subject_key_secret, artifacts_dir=settings.artifacts_dir,
                                            device="cpu", calibrate=None, fetch_weights=fetch)
@@ -348,6 +350,11 @@ def test_refused_credentials_are_owed_and_never_shown(session: Session, settings
         ok = client.put("/v1/models/toy/policy", headers=admin_headers, json={"publish": [
             {"kind": "mlflow", "tracking_uri": url, "registered_model": "x", "alias": "champion"}]})
         assert ok.status_code == 200 and ok.json()["publish"][0]["registered_model"] == "x"
+        session.add(Model(name="other", spec="toy", config={}))
+        session.commit()
+        taken = client.put("/v1/models/other/policy", headers=admin_headers, json={"publish": [
+            {"kind": "mlflow", "tracking_uri": url, "registered_model": "x"}]})
+        assert taken.status_code == 422 and "already model 'toy'" in taken.json()["detail"]
         from pydantic import SecretStr
 
         counts = _sync(session, settings.model_copy(update={"mlflow_token": SecretStr(secret)}))

@@ -277,6 +277,7 @@ def test_adopting_a_missing_alias_fails_clearly(session: Session, settings, mlfl
     assert session.get(Model, "toy-missing") is None
 
 
+@pytest.mark.parametrize("backend", ["postgresql"])  # the row locks of delivery (the other flows run on SQLite)
 def test_archive_on_taint_and_kept_history_are_said_plainly(session: Session, settings, toy_model, worker,
                                                             mlflow) -> None:  # noqa: ANN001
     """``on_taint: archive`` strips a tainted version's files and tags it; ``history: keep`` keeps the
@@ -335,6 +336,7 @@ class _Refusing(http.server.BaseHTTPRequestHandler):
         pass
 
 
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
 def test_refused_credentials_are_owed_and_never_shown(session: Session, settings, toy_model, client, admin_headers,
                                                       caplog) -> None:  # noqa: ANN001
     """The token goes to the registry as a bearer header and nowhere else; a 401 leaves the sync owed."""

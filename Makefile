@@ -4,10 +4,15 @@ PY ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# A real MLflow tracking server for the publish-target tests (issue 19), in its own venv so the
+# full MLflow (Flask, SQLAlchemy pins, pandas...) never mixes with Lethe's dependencies.
+MLFLOW_VENV := .venv-mlflow
+MLFLOW_STAMP := $(MLFLOW_VENV)/.installed
+MLFLOW_VERSION ?= 3.17.2
 LETHE_PORT ?= 8000
 export LETHE_PORT
 
-.PHONY: run test test-fides install lint bench clean
+.PHONY: run test test-fides install mlflow-server lint bench clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -21,13 +26,21 @@ $(STAMP): pyproject.toml $(BIN)/python
 
 install: $(STAMP)
 
+$(MLFLOW_STAMP):
+	$(PY) -m venv $(MLFLOW_VENV)
+	$(MLFLOW_VENV)/bin/pip install -q --upgrade pip
+	$(MLFLOW_VENV)/bin/pip install -q mlflow==$(MLFLOW_VERSION)
+	touch $(MLFLOW_STAMP)
+
+mlflow-server: $(MLFLOW_STAMP)
+
 run: $(STAMP)
 	$(BIN)/python -m app.cli run
 
 # Two phases: unit tests one at a time, then the integration tests (real stacks in subprocesses, mostly
 # waiting on them) two files at a time; every test runs in exactly one phase, and both always run
 # (the `fides` tests, which need a real Fides server, run only in `make test-fides`).
-test: $(STAMP)
+test: $(STAMP) $(MLFLOW_STAMP)
 	@rc=0; $(BIN)/python -m pytest -q -m "not integration and not fides" || rc=$$?; \
 	$(BIN)/python -m pytest -q -m "integration and not fides" -n 2 --dist loadfile || rc=$$?; exit $$rc
 

@@ -1,5 +1,5 @@
-"""Housekeeping beat tasks: callback delivery, GDPR deadline warnings, signed audit checkpoints,
-and the Delta-store work (owed DELETEs and purges in the organisation's tables, re-ingestion).
+"""Housekeeping beat tasks: callback delivery, registry syncs, GDPR deadline warnings, signed audit
+checkpoints, and the Delta-store work (owed DELETEs and purges in the organisation's tables, re-ingestion).
 
 Thin wrappers (STYLE.md principle 6): each opens sessions from ``app.core.db`` and calls one
 service function; all state is in the DB (and the checkpoint file), so a restart loses nothing.
@@ -12,10 +12,10 @@ import logging
 from app.core import db
 from app.core.config import get_settings
 from app.core.queue import (TASK_AUDIT_CHECKPOINT, TASK_CHECK_DEADLINES, TASK_DELIVER_CALLBACKS,
-                            TASK_SOURCE_ERASURES, get_celery)
+                            TASK_SOURCE_ERASURES, TASK_SYNC_REGISTRIES, get_celery)
 from app.core.signing import get_keys
 from app.db.models import utcnow
-from app.services import audit, callbacks, deadlines, fides_state, source_erasure
+from app.services import audit, callbacks, deadlines, fides_state, publishing, source_erasure
 
 log = logging.getLogger("lethe.housekeeping")
 celery = get_celery()
@@ -27,6 +27,15 @@ def deliver_callbacks() -> dict[str, int]:
     counts = callbacks.deliver_due(db.new_session, settings=get_settings())  # through app.core.outbound
     if any(counts.values()):
         log.info("callbacks: %s", counts)
+    return counts
+
+
+@celery.task(name=TASK_SYNC_REGISTRIES, ignore_result=True)
+def sync_registries() -> dict[str, int]:
+    """Deliver due registry syncs (issue 19): publish clean versions, move aliases, purge tainted versions."""
+    counts = publishing.deliver_due(db.new_session, settings=get_settings())
+    if any(counts.values()):
+        log.info("registry syncs: %s", counts)
     return counts
 
 

@@ -49,6 +49,7 @@ def unlearn_model(model_name: str) -> list[str]:
 def register_model(registration_id: str) -> str:
     """Run one model registration (nothing is committed unless it completes)."""
     from app.services import registration
+    from app.services import publishing
     from workers.verify.calibrate import calibrate_reference
 
     w = worker()
@@ -56,7 +57,9 @@ def register_model(registration_id: str) -> str:
                                          artifacts_dir=w.settings.artifacts_dir, device=w.device,
                                          calibrate=calibrate_reference, publish=w.publish,
                                          deploy_timeout_s=w.settings.deploy_timeout_s,
-                                         replica_ttl_s=w.settings.replica_ttl_s)
+                                         replica_ttl_s=w.settings.replica_ttl_s,
+                                         fetch_weights=functools.partial(publishing.fetch_for_registration,
+                                                                         settings=w.settings))
 
 
 @celery.task(name=TASK_SISA_SHARD, acks_late=True, reject_on_worker_lost=True)

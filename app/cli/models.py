@@ -140,7 +140,9 @@ def cmd_register(r: Remote, c: httpx.Client, *, name: str, spec: str, weights: s
     if config:
         text = Path(config).read_text() if Path(config).is_file() else config
         body["config"] = json.loads(text)
-    if weights:
+    if weights and weights.startswith("models:/"):  # adopted from an MLflow registry by the worker
+        body["weights_uri"] = weights
+    elif weights:
         body["weights_base64"] = base64.b64encode(Path(weights).read_bytes()).decode()
     view = call(c, "POST", "/v1/models", json=body)
     if not no_follow:
@@ -197,7 +199,8 @@ Name = Annotated[str, typer.Argument(help="the model's name")]
 def register(ctx: typer.Context, name: Name,
              spec: Annotated[str, typer.Option(help="spec entry-point name (group lethe.models)")],
              weights: Annotated[str | None, typer.Option(
-                 help="safetensors state dict to adopt as version 1 instead of training")] = None,
+                 help="safetensors state dict to adopt as version 1 instead of training; or models:/NAME@ALIAS "
+                      "(models:/NAME/VERSION) to adopt it from the MLflow registry")] = None,
              config: Annotated[str | None, typer.Option(help="JSON (or a JSON file): training, chain, methods")] = None,
              no_follow: Annotated[bool, typer.Option("--no-follow", help="return after the 202")] = False,
              url: UrlOpt = None, key: KeyOpt = None, json_: JsonOpt = False) -> int:

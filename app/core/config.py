@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import AliasChoices, Field, field_validator, model_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEV_SECRET = "lethe-dev-secret-change-me"
@@ -180,6 +180,23 @@ class Settings(BaseSettings):
         "and succeeded is recognised on retry (Fides' 400 'status = complete' ends the delivery as done).")
     fides_identity_fields: str = Field(
         "external_id,user_id", description="Fides identity fields, in order, that carry Lethe's subject ID.")
+    # Publish targets (issue 19, app/publish/): credentials live here (env), never in a model's config.
+    mlflow_tracking_uri: str | None = Field(
+        None, validation_alias=AliasChoices("LETHE_MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_URI"),
+        description="MLflow server that `register --weights models:/NAME@ALIAS` adopts from (when the model's "
+        "publish config names none).")
+    mlflow_token: SecretStr | None = Field(
+        None, validation_alias=AliasChoices("LETHE_MLFLOW_TOKEN", "MLFLOW_TRACKING_TOKEN"),
+        description="Bearer token for MLflow registries (never stored in the DB, never logged).")
+    mlflow_username: str | None = Field(
+        None, validation_alias=AliasChoices("LETHE_MLFLOW_USERNAME", "MLFLOW_TRACKING_USERNAME"),
+        description="Basic-auth user for MLflow registries (with LETHE_MLFLOW_PASSWORD).")
+    mlflow_password: SecretStr | None = Field(
+        None, validation_alias=AliasChoices("LETHE_MLFLOW_PASSWORD", "MLFLOW_TRACKING_PASSWORD"),
+        description="Basic-auth password for MLflow registries.")
+    registry_timeout_s: float = Field(30.0, description="HTTP timeout of one model-registry call.")
+    registry_backoff_s: float = Field(10.0, description="First retry delay of a registry sync; doubles per "
+                                      "attempt, capped at 1 h, never given up (an erasure's purge is owed).")
 
     @field_validator("callback_allow")
     @classmethod

@@ -27,6 +27,7 @@ internal-only names, allowlist); :meth:`Outbound.post` repeats it and then resol
 from __future__ import annotations
 
 import ipaddress
+import json as json_module
 import os
 import re
 import socket
@@ -208,6 +209,8 @@ def policy_for(settings: Settings) -> Policy:
     nets, hosts = parse_allowlist(allow)
     if settings.fides_url and (fides_host := urlsplit(settings.fides_url).hostname):
         hosts = (*hosts, fides_host.lower())  # the operator's own Fides, configured on purpose
+    if settings.mlflow_tracking_uri and (registry_host := urlsplit(settings.mlflow_tracking_uri).hostname):
+        hosts = (*hosts, registry_host.lower())  # the operator's own model registry (issue 19), likewise
     allow_http = settings.callback_allow_http if settings.callback_allow_http is not None else not production
     return Policy(allow_http=allow_http, allow_networks=nets, allow_hosts=hosts,
                   connect_timeout_s=settings.callback_connect_timeout_s, read_timeout_s=settings.callback_timeout_s,
@@ -360,6 +363,13 @@ class Response:
     status_code: int
     body: bytes
 
+    @property
+    def content(self) -> bytes:
+        return self.body
+
+    def json(self) -> Any:
+        return json_module.loads(self.body)
+
 
 @dataclass
 class Outbound:
@@ -380,25 +390,36 @@ class Outbound:
         """POST once (``read_timeout_s`` overrides the policy's, e.g. for a Fides resume that runs the rest
         of its request inside the call). Raises :class:`Refused` (permanent), :class:`OutboundError` or
         ``httpx.HTTPError``."""
+        return self.request("POST", url, content=content, headers=headers, read_timeout_s=read_timeout_s)
+
+    def request(self, method: str, url: str, *, content: bytes | None = None, json: Any = None,
+                params: dict[str, Any] | None = None, headers: dict[str, str] | None = None,
+                auth: httpx.Auth | None = None, read_timeout_s: float | None = None,
+                max_response_bytes: int | None = None) -> Response:
+        """One request of any method through the guard (a model registry's REST calls and artifact
+        transfers, issue 19): the same checks, pinning and caps as ``post``; ``max_response_bytes``
+        raises the cap for a caller that downloads files it asked for (never for a callback)."""
         target, addresses = resolve(url, self.policy, self.resolver)
         if self.ssl_context is None:
             self.ssl_context = httpx.create_ssl_context()
         p = self.policy
+        cap = p.max_response_bytes if max_response_bytes is None else max_response_bytes
         transport = PinnedTransport(PinnedBackend(target.host, target.port, addresses, self.network_backend),
                                     self.ssl_context)
         read_s = p.read_timeout_s if read_timeout_s is None else read_timeout_s
         timeout = httpx.Timeout(read_s, connect=p.connect_timeout_s)
         deadline = time.monotonic() + p.connect_timeout_s + read_s
-        with httpx.Client(transport=transport, follow_redirects=False, trust_env=False, timeout=timeout) as client, \
-                client.stream("POST", url, content=content, headers=headers) as resp:
+        with httpx.Client(transport=transport, follow_redirects=False, trust_env=False, timeout=timeout,
+                          auth=auth) as client, \
+                client.stream(method, url, content=content, json=json, params=params, headers=headers) as resp:
             declared = resp.headers.get("content-length", "")
-            if declared.isdigit() and int(declared) > p.max_response_bytes:
-                raise ResponseTooLarge(f"response over {p.max_response_bytes} bytes")
+            if declared.isdigit() and int(declared) > cap:
+                raise ResponseTooLarge(f"response over {cap} bytes")
             body = bytearray()
-            for chunk in resp.iter_raw():
+            for chunk in resp.iter_bytes():  # decoded: the cap holds against a compression bomb too
                 body += chunk
-                if len(body) > p.max_response_bytes:
-                    raise ResponseTooLarge(f"response over {p.max_response_bytes} bytes")
+                if len(body) > cap:
+                    raise ResponseTooLarge(f"response over {cap} bytes")
                 if time.monotonic() > deadline:
                     raise OutboundError("response slower than the delivery deadline")
             return Response(resp.status_code, bytes(body))

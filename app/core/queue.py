@@ -34,7 +34,9 @@ TASK_DELIVER_CALLBACKS = "lethe.deliver_callbacks"
 TASK_CHECK_DEADLINES = "lethe.check_deadlines"
 TASK_AUDIT_CHECKPOINT = "lethe.audit_checkpoint"
 TASK_SOURCE_ERASURES = "lethe.source_erasures"  # issue 18: Delta tables (DELETE, purge, re-ingestion)
-HOUSEKEEPING_TASKS = (TASK_DELIVER_CALLBACKS, TASK_CHECK_DEADLINES, TASK_AUDIT_CHECKPOINT, TASK_SOURCE_ERASURES)
+TASK_SYNC_REGISTRIES = "lethe.sync_registries"  # issue 19: publish targets' outbox
+HOUSEKEEPING_TASKS = (TASK_DELIVER_CALLBACKS, TASK_CHECK_DEADLINES, TASK_AUDIT_CHECKPOINT, TASK_SOURCE_ERASURES,
+                      TASK_SYNC_REGISTRIES)
 
 
 def redis_reachable(url: str, timeout: float = 0.5) -> bool:
@@ -82,6 +84,9 @@ def make_celery(settings: Settings) -> Celery:
                        "deliver-callbacks": {"task": TASK_DELIVER_CALLBACKS,
                                              "schedule": settings.housekeeping_interval_s,
                                              "options": {"expires": settings.housekeeping_interval_s}},
+                       "sync-registries": {"task": TASK_SYNC_REGISTRIES,
+                                           "schedule": settings.housekeeping_interval_s,
+                                           "options": {"expires": settings.housekeeping_interval_s}},
                        "check-deadlines": {"task": TASK_CHECK_DEADLINES,
                                            "schedule": settings.deadline_check_interval_s,
                                            "options": {"expires": settings.deadline_check_interval_s}},

@@ -330,3 +330,24 @@ class SourceErasure(SQLModel, table=True):
     created_at: datetime = Field(default_factory=utcnow)
     deleted_at: datetime | None = None
     purged_at: datetime | None = None
+
+
+class RegistrySync(SQLModel, table=True):
+    """Outbox of publish-target syncs (issue 19, ``app/services/publishing.py``): written in the
+    transaction that makes a registry out of date (a completed erasure, a configured target), delivered
+    at least once by housekeeping; never given up, so an outage delays a purge but never loses it."""
+
+    __table_args__ = (Index("ix_registrysync_due", "status", "next_attempt_at"),)
+    id: int | None = Field(default=None, primary_key=True)
+    model_name: str = Field(index=True)
+    target: str  # app.publish.target_key(config): kind:registered_model@tracking_uri (no credentials)
+    reason: str  # completed, configured, registered, rolled_back
+    request_ids: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    status: str = "pending"  # pending, delivered, dropped (target no longer configured)
+    attempts: int = 0
+    next_attempt_at: datetime = Field(default_factory=utcnow)
+    lease_until: datetime | None = None
+    last_error: str | None = None
+    created_at: datetime = Field(default_factory=utcnow)
+    delivered_at: datetime | None = None
+    report: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))

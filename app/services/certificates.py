@@ -57,7 +57,9 @@ def build(session: Session, *, request_id: str, keys: Keys, issuer: str) -> dict
                        "version_after": _version(session, name, r.get("version_after")),
                        "methods_tried": [a.get("method") for a in attempts],
                        "verification": [{"method": a.get("method"), "passed": a.get("passed"),
-                                         "report": a.get("report")} for a in attempts]})
+                                         "report": a.get("report")} for a in attempts],
+                       # issue 19: each model registry's state for this erasure (owed, published, history kept)
+                       **({"registries": r["registry"]} if r.get("registry") else {})})
     done_ev = session.exec(select(AuditEvent).where(AuditEvent.request_id == req.id,
                                                     AuditEvent.type == "erasure_completed")
                            .order_by(col(AuditEvent.seq).desc())).first()

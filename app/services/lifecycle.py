@@ -248,6 +248,43 @@ def complete_model(session: Session, req: ErasureRequest, *, model_name: str, de
     targets = session.exec(select(ErasureTarget).where(ErasureTarget.request_id == req.id)).all()
     if req.status == S.FAILED or not all(t.status in (TargetStatus.DONE, TargetStatus.CANCELLED) for t in targets):
         return  # another model still owes its part (a failed one waits for retry / reopen)
+    if _held(req):
+        return  # e.g. a required model registry still owes the clean version: ``release`` completes it
+    _complete(session, req, detail=detail, actor=actor)
+
+
+Hold = Callable[[ErasureRequest], str | None]
+_holds: list[Hold] = []
+
+
+def hold_completion(fn: Hold) -> Hold:
+    """Register ``fn``: a reason (a stage name) it returns keeps a request whose models are all done
+    from ``completed`` (issue 19: a model registry marked ``required`` without the clean version yet)."""
+    if fn not in _holds:
+        _holds.append(fn)
+    return fn
+
+
+def _held(req: ErasureRequest) -> bool:
+    reason = next((r for fn in list(_holds) if (r := fn(req))), None)
+    if reason:
+        req.stage = reason
+    return reason is not None
+
+
+def release(session: Session, req: ErasureRequest, *, actor: str) -> bool:
+    """Complete a request that a hold kept back, once nothing holds it; returns whether it completed."""
+    if req.status in FINISHED or req.status == S.FAILED:
+        return False
+    targets = session.exec(select(ErasureTarget).where(ErasureTarget.request_id == req.id)).all()
+    if not targets or not all(t.status in (TargetStatus.DONE, TargetStatus.CANCELLED) for t in targets) or _held(req):
+        return False
+    models = (req.result or {}).get("models") or {}
+    _complete(session, req, detail=models[sorted(models)[-1]] if models else {}, actor=actor)
+    return True
+
+
+def _complete(session: Session, req: ErasureRequest, *, detail: dict[str, Any], actor: str) -> None:
     now = utcnow()
     result = dict(req.result or {})  # as the subscribers left it
     req.percent, req.completed_at, req.error = 100.0, now, None

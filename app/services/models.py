@@ -18,7 +18,8 @@ from app.core.errors import Conflict, NotFound
 from app.data.delta import DEFAULT_PURGE_AFTER_S
 from app.db.models import ErasureTarget, Model, ModelVersion, Replica, utcnow
 from app.ml.specs import get_spec
-from app.services import audit
+from app.publish import target_key
+from app.services import audit, registry_outbox
 
 log = logging.getLogger("lethe.models")
 
@@ -159,6 +160,8 @@ def rollback(session: Session, *, name: str, number: int, actor: str) -> ModelVe
         raise Conflict(f"Version {number} still carries {len(taint)} completed erasure(s); it may never be "
                        "served again.", code="tainted_version")
     set_serving(session, name=name, number=number, actor=actor, event="model_rolled_back")
+    if targets := get_model(session, name).config.get("publish"):  # the alias follows once replicas swap
+        registry_outbox.enqueue(session, model_name=name, targets=targets, reason="rolled_back")
     return version
 
 
@@ -201,7 +204,8 @@ def policy_of(session: Session, *, name: str) -> dict[str, Any]:
     purge = None
     if (model.config or {}).get("store") == "delta":
         purge = float(model.config.get("purge_after_s", DEFAULT_PURGE_AFTER_S))
-    return {"model": name, "spec": model.spec, **policy.effective(model.spec, model.config), "purge_after_s": purge}
+    return {"model": name, "spec": model.spec, **policy.effective(model.spec, model.config), "purge_after_s": purge,
+            "publish": list(model.config.get("publish") or [])}
 
 
 def set_policy(session: Session, *, name: str, changes: dict[str, Any], actor: str) -> dict[str, Any]:
@@ -211,7 +215,7 @@ def set_policy(session: Session, *, name: str, changes: dict[str, Any], actor: s
 
     model = get_model(session, name)
     config = dict(model.config)
-    for field in ("chain", "methods"):
+    for field in ("chain", "methods", "publish"):
         if field in changes:
             if changes[field] is None:
                 config.pop(field, None)
@@ -224,9 +228,15 @@ def set_policy(session: Session, *, name: str, changes: dict[str, Any], actor: s
         config["purge_after_s"] = float(changes["purge_after_s"])
     if problems:
         raise Unprocessable("; ".join(problems), code="invalid_policy")
+    if config.get("publish") is not None:
+        registry_outbox.validate(config["publish"], session=session, model_name=name)
     model.config = config
     session.add(model)
     audit.append(session, type="policy_updated", actor=actor,
                  payload={"model": name, "chain": config.get("chain"), "methods": config.get("methods"),
-                          "purge_after_s": config.get("purge_after_s")})
+                          "purge_after_s": config.get("purge_after_s"),
+                          **({"publish": [target_key(t) for t in config.get("publish") or []]}
+                             if "publish" in changes else {})})
+    if changes.get("publish"):  # at once, for the version serving now (and again after every erasure)
+        registry_outbox.enqueue(session, model_name=name, targets=config["publish"], reason="configured")
     return policy_of(session, name=name)

@@ -31,6 +31,7 @@ from app.ml.spec import SPLITS, Example, ModelSpec
 from app.ml.specs import get_spec
 from app.services import audit
 from app.services import models as model_service
+from app.services import registry_outbox
 
 log = logging.getLogger("lethe.registration")
 NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
@@ -169,11 +170,13 @@ def prepare(*, spec_name: str, secret: str, workdir: Path, device: Any, seed: in
 
 
 def commit(session: Session, *, name: str, prepared: Prepared, artifacts_dir: Path, config: dict[str, Any],
-           actor: str, data_root: Path | None = None) -> ModelVersion:
+           actor: str, data_root: Path | None = None, source: dict[str, Any] | None = None) -> ModelVersion:
     """Write the model, its samples (into the store ``config["store"]`` names), version 1 with
     the manifest of its training data, and the audit events; the caller commits."""
     if session.get(Model, name) is not None:
         raise Conflict(f"A model named {name!r} already exists.", code="model_exists")
+    if config.get("publish") is not None:
+        registry_outbox.validate(config["publish"], session=session, model_name=name)
     if (store := config.get("store", "rows")) not in registry.STORES:
         raise Unprocessable(f"store must be one of {list(registry.STORES)}, not {store!r}.", code="invalid_store")
     if prepared.reference is not None:
@@ -192,6 +195,8 @@ def commit(session: Session, *, name: str, prepared: Prepared, artifacts_dir: Pa
         train = [Example(r["subject_key"], r["split"], r["features"], r["label"]) for r in prepared.rows
                  if r["split"] == "train"]
         manifest = registry.manifest(session, model, train, set(), root)
+        if source:  # adopted from a model registry: which version of which registered model (issue 19)
+            manifest = {**manifest, "source": source}
         audit.append(session, type="model_registered", actor=actor,
                      payload={"model": name, "spec": prepared.spec_name, "samples": len(prepared.rows),
                               "subjects": prepared.n_subjects, "method": prepared.method, "store": store,
@@ -204,6 +209,8 @@ def commit(session: Session, *, name: str, prepared: Prepared, artifacts_dir: Pa
         ingest.abort()
         raise
     model_service.set_serving(session, name=name, number=version.number, actor=actor)
+    if config.get("publish"):  # publish targets get version 1 once it serves
+        registry_outbox.enqueue(session, model_name=name, targets=config["publish"], reason="registered")
     return version
 
 
@@ -235,7 +242,8 @@ def register(session: Session, *, name: str, spec: str, secret: str, artifacts_d
 
 
 def open_registration(session: Session, *, name: str, spec: str, config: dict[str, Any] | None,
-                      weights: bytes | None, uploads_dir: Path, actor: str) -> ModelRegistration:
+                      weights: bytes | None, uploads_dir: Path, actor: str,
+                      weights_uri: str | None = None) -> ModelRegistration:
     """Record a registration job (the caller commits, then enqueues it). Refused at once: a bad
     name, an unknown spec, a name that exists or is being registered."""
     check_name(name)
@@ -249,7 +257,13 @@ def open_registration(session: Session, *, name: str, spec: str, config: dict[st
                                                         col(ModelRegistration.status).in_(("queued", "running")))).first()
     if busy is not None:
         raise Conflict(f"Model {name!r} is being registered ({busy.id}).", code="registration_in_progress")
+    if weights is not None and weights_uri is not None:
+        raise Unprocessable("Give weights_base64 or weights_uri, not both.", code="invalid_weights")
+    if (config or {}).get("publish") is not None:
+        registry_outbox.validate(config["publish"], session=session, model_name=name)
     reg = ModelRegistration(name=name, spec=spec, config=dict(config or {}), actor=actor)
+    if weights_uri is not None:  # fetched by the worker (issue 19: adopt from a model registry)
+        reg.weights_path = weights_uri
     if weights is not None:
         uploads_dir.mkdir(parents=True, exist_ok=True)
         path = uploads_dir / f"{reg.id}.safetensors"
@@ -257,7 +271,8 @@ def open_registration(session: Session, *, name: str, spec: str, config: dict[st
         reg.weights_path = str(path.resolve())
     session.add(reg)
     audit.append(session, type="model_registration_requested", actor=actor,
-                 payload={"registration_id": reg.id, "model": name, "spec": spec, "weights": weights is not None})
+                 payload={"registration_id": reg.id, "model": name, "spec": spec, "weights": weights is not None,
+                          **({"weights_uri": weights_uri} if weights_uri else {})})
     return reg
 
 
@@ -272,7 +287,8 @@ def run_registration(session_factory: Callable[[], Session], registration_id: st
                      artifacts_dir: Path, device: Any, calibrate: Calibrate | None,
                      publish: Callable[[str, int], Any] = lambda name, version: None,
                      deploy_timeout_s: float = 0.0, replica_ttl_s: float = 10.0,
-                     sleep: Callable[[float], None] = time.sleep) -> str:
+                     sleep: Callable[[float], None] = time.sleep,
+                     fetch_weights: Callable[[str, dict[str, Any], Path], dict[str, Any]] | None = None) -> str:
     """Run one registration job to its end (the worker's task). Returns its final status.
 
     After the commit it announces the model (``publish``) and, for up to ``deploy_timeout_s``,
@@ -287,6 +303,7 @@ def run_registration(session_factory: Callable[[], Session], registration_id: st
         s.add(reg)
         s.commit()
         name, spec, config, weights = reg.name, reg.spec, dict(reg.config), reg.weights_path
+    uri, source = (weights, None) if weights and weights.startswith("models:/") else (None, None)
 
     def progress(stage: str, fraction: float) -> None:
         lo, hi = SPAN.get(stage, (0, 100))
@@ -302,6 +319,12 @@ def run_registration(session_factory: Callable[[], Session], registration_id: st
         with session_factory() as s:  # a short read: on SQLite any transaction holds the write lock
             if s.get(Model, name) is not None:
                 raise Conflict(f"A model named {name!r} already exists.", code="model_exists")
+        if uri is not None:  # adopt from a model registry: downloaded, then checked like a local file
+            if fetch_weights is None:
+                raise RegistrationFailed("this worker cannot fetch weights from a model registry")
+            progress("adopting", 0.0)
+            weights = str((artifacts_dir.parent / "uploads" / f"{registration_id}.safetensors").resolve())
+            source = fetch_weights(uri, config, Path(weights))
         # The slow part holds no session, so intake, progress and the rest of the stack go on.
         prepared = prepare(spec_name=spec, secret=secret, workdir=workdir, device=device,
                            training=config.get("training"), weights=Path(weights) if weights else None,
@@ -309,9 +332,9 @@ def run_registration(session_factory: Callable[[], Session], registration_id: st
         progress("committing", 0.0)
         with session_factory() as s:
             version = commit(s, name=name, prepared=prepared, artifacts_dir=artifacts_dir, config=config,
-                             actor="worker")
+                             actor="worker", source=source)
             result = {"version": version.number, "sha256": version.sha256, "metrics": version.metrics,
-                      "method": version.method}
+                      "method": version.method, **({"source": source} if source else {})}
             s.commit()
         number, pending = result["version"], []
         try:  # the model exists from here on: serving lag or a lost message never fail the registration
@@ -347,7 +370,7 @@ def run_registration(session_factory: Callable[[], Session], registration_id: st
                          payload={"registration_id": registration_id, "model": name, "spec": spec, "error": message})
             s.commit()
         status = "failed"
-    if weights:
+    if weights and not weights.startswith("models:/"):
         Path(weights).unlink(missing_ok=True)
     return status
 

@@ -13,7 +13,7 @@ from sqlmodel import Session
 
 from app.core.config import get_settings
 from app.db.models import ErasureRequest, OpenDsrRequest
-from app.services import callbacks, fides, lifecycle, metrics
+from app.services import callbacks, fides, lifecycle, metrics, publishing
 from app.services import models as model_service
 from app.services.lifecycle import Transition
 
@@ -59,6 +59,12 @@ def art19_recipients(session: Session, req: ErasureRequest, transition: Transiti
     session.add(req)
 
 
+def registry_purge(session: Session, req: ErasureRequest, transition: Transition) -> None:
+    """Issue 19: the model's publish targets owe a sync (clean version in, tainted versions out)."""
+    if transition.name == "complete_model":
+        publishing.owe_to_request(session, req, model_name=transition.context["model"])
+
+
 def time_to_forget(session: Session, req: ErasureRequest, transition: Transition) -> None:
     """``lethe_time_to_forget_seconds``: observed once per completed request, in its own transaction."""
     seconds = (req.result or {}).get("time_to_forget_s")
@@ -66,10 +72,14 @@ def time_to_forget(session: Session, req: ErasureRequest, transition: Transition
         metrics.observe_time_to_forget(session, float(seconds))
 
 
-SUBSCRIBERS = (native_callback, opendsr_controller, fides_resume, art19_recipients, time_to_forget)
+SUBSCRIBERS = (native_callback, opendsr_controller, fides_resume, art19_recipients, registry_purge, time_to_forget)
+# Reasons that keep a request from ``completed`` after its models are done (a ``required`` registry).
+HOLDS = (publishing.registry_hold,)
 
 
 def install_subscribers() -> None:
-    """Subscribe the product's own subscribers to the lifecycle (idempotent)."""
+    """Subscribe the product's own subscribers (and completion holds) to the lifecycle (idempotent)."""
     for fn in SUBSCRIBERS:
         lifecycle.subscribe(fn)
+    for hold in HOLDS:
+        lifecycle.hold_completion(hold)

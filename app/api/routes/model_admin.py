@@ -11,12 +11,12 @@ from starlette.concurrency import run_in_threadpool
 
 from app.api.deps import Principal, SessionDep, SettingsDep, require
 from app.api.schemas import ModelRegister, PolicyBody
-from app.api.schemas.models import BulkIngestOut, PolicyOut, RegistrationOut, SpecList
+from app.api.schemas.models import BulkIngestOut, PolicyOut, PublishStatusOut, RegistrationOut, SpecList
 from app.core.errors import Unprocessable
 from app.core.queue import enqueue_registration
 from app.ml.specs import spec_names
 from app.services import models as model_service
-from app.services import registration
+from app.services import publishing, registration
 from app.services.bulk import BulkIngest
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
@@ -34,7 +34,8 @@ def register_model(body: ModelRegister, session: SessionDep, settings: SettingsD
         except (binascii.Error, ValueError) as exc:
             raise Unprocessable("weights_base64 is not valid base64.", code="invalid_weights") from exc
     reg = registration.open_registration(session, name=body.name, spec=body.spec, config=body.config, weights=weights,
-                                         uploads_dir=settings.data_dir / "uploads", actor=f"key:{key.name}")
+                                         uploads_dir=settings.data_dir / "uploads", actor=f"key:{key.name}",
+                                         weights_uri=body.weights_uri)
     view = registration.view(reg, settings.base_url)
     session.commit()
     enqueue_registration(reg.id)  # only after commit
@@ -61,11 +62,17 @@ def get_policy(name: str, session: SessionDep, _: Predictor) -> dict[str, Any]:
 
 @router.put("/{name}/policy", response_model=PolicyOut)
 def set_policy(name: str, body: PolicyBody, session: SessionDep, key: Admin) -> dict[str, Any]:
-    """Set this model's chain and/or method overrides (validated; a chain ends with an exact method)."""
+    """Set this model's chain, method overrides and publish targets (validated; a chain ends exact)."""
     out = model_service.set_policy(session, name=name, changes=body.model_dump(exclude_unset=True),
                                    actor=f"key:{key.name}")
     session.commit()
     return out
+
+
+@router.get("/{name}/publish", response_model=PublishStatusOut)
+def publish_status(name: str, session: SessionDep, _: Admin) -> dict[str, Any]:
+    """Publish targets: the last registry sync (clean version, alias, purged versions) and what is owed."""
+    return {"model": name, "targets": publishing.status(session, name=name)}
 
 
 NDJSON_BODY = {"requestBody": {"required": True, "content": {"application/x-ndjson": {

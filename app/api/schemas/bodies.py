@@ -80,6 +80,10 @@ class ModelRegister(BaseModel):
     config: dict[str, Any] = Field(default_factory=dict, description="Per-model config: training, chain, methods.")
     weights_base64: str | None = Field(None, max_length=700_000_000,
                                        description="safetensors state dict to adopt as version 1 instead of training.")
+    weights_uri: str | None = Field(None, max_length=500, pattern=r"^models:/[^@/\s]+(@[^@/\s]+|/\d+)$",
+                                    description="Adopt version 1 from an MLflow registry: models:/NAME@ALIAS or "
+                                    "models:/NAME/VERSION (the server: the first publish target's tracking_uri, "
+                                    "else LETHE_MLFLOW_TRACKING_URI).")
 
 
 class PolicyBody(BaseModel):
@@ -89,3 +93,7 @@ class PolicyBody(BaseModel):
     methods: dict[str, dict[str, Any]] | None = Field(None, description="Config overrides per method name.")
     purge_after_s: float | None = Field(None, ge=0, description="Delta store only: seconds between the DELETE in "
                                         "the table and its physical purge (capped before the legal due_at).")
+    publish: list[dict[str, Any]] | None = Field(None, max_length=10, description=(
+        'Publish targets, e.g. [{"kind": "mlflow", "tracking_uri": "https://mlflow.internal", "registered_model": '
+        '"recs", "alias": "champion", "on_taint": "delete", "history": "purge"}]; credentials come from '
+        "LETHE_MLFLOW_* settings, never from here."))

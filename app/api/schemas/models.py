@@ -98,6 +98,22 @@ class PolicyOut(Out):
     methods: dict[str, dict[str, Any]] = Field(description="Config overrides per method name.")
     purge_after_s: float | None = Field(None, description="Delta store only: delay from the DELETE in the table to "
                                         "its physical purge; null for the other stores.")
+    # Open JSON: each kind's own fields (app/publish/<kind>.py); never credentials.
+    publish: list[dict[str, Any]] = Field(description="Publish targets (issue 19): model registries that get every "
+                                          "clean version and lose every version that carries an erased person.")
+
+
+class PublishTargetOut(Out):
+    target: str = Field(description="kind:registered_model@tracking_uri")
+    config: dict[str, Any]
+    last_sync: dict[str, Any] | None = Field(description="What the last delivered sync found and did.")
+    owed: list[dict[str, Any]] = Field(description="Syncs not delivered yet (registry unreachable, replicas "
+                                       "still swapping), with their last error and next attempt.")
+
+
+class PublishStatusOut(Out):
+    model: str
+    targets: list[PublishTargetOut]
 
 
 class RegistrationOut(Out):

@@ -329,7 +329,9 @@ def register() -> None:
     if not _collectors:
         from prometheus_client import REGISTRY
 
-        _collectors.extend([ErasureCollector(), OperationsCollector()])
+        from app.services.compute import ComputeCollector  # issue 16: compute per erasure, time to interim
+
+        _collectors.extend([ErasureCollector(), OperationsCollector(), ComputeCollector()])
         for collector in _collectors:
             REGISTRY.register(collector)
 

@@ -224,28 +224,34 @@ def notify_recipients(session: Session, *, name: str, request_id: str, version_b
 def policy_of(session: Session, *, name: str) -> dict[str, Any]:
     from app.ml import policy
 
+    from app.ml import schedule
+
     model = get_model(session, name)
-    return {"model": name, "spec": model.spec, **policy.effective(model.spec, model.config)}
+    sched, source = schedule.parse(model.config.get("schedule"), (model.config.get("reference") or {}).get(
+        "retrain_seconds"))
+    return {"model": name, "spec": model.spec, **policy.effective(model.spec, model.config),
+            "schedule": sched.to_dict(), "schedule_source": source}
 
 
 def set_policy(session: Session, *, name: str, changes: dict[str, Any], actor: str) -> dict[str, Any]:
     """Per-model chain / method overrides (issue 9); ``None`` resets a field to the spec default."""
     from app.core.errors import Unprocessable
-    from app.ml import policy
+    from app.ml import policy, schedule
 
     model = get_model(session, name)
     config = dict(model.config)
-    for field in ("chain", "methods"):
+    for field in ("chain", "methods", "schedule"):
         if field in changes:
             if changes[field] is None:
                 config.pop(field, None)
             else:
                 config[field] = changes[field]
-    problems = policy.validate(config.get("chain"), config.get("methods"))
+    problems = policy.validate(config.get("chain"), config.get("methods")) + schedule.validate(config.get("schedule"))
     if problems:
         raise Unprocessable("; ".join(problems), code="invalid_policy")
     model.config = config
     session.add(model)
     audit.append(session, type="policy_updated", actor=actor,
-                 payload={"model": name, "chain": config.get("chain"), "methods": config.get("methods")})
+                 payload={"model": name, "chain": config.get("chain"), "methods": config.get("methods"),
+                          "schedule": config.get("schedule")})
     return policy_of(session, name=name)

@@ -11,7 +11,7 @@ from sqlmodel import Session
 
 from app.core.config import get_settings
 from app.db.models import ErasureRequest, OpenDsrRequest
-from app.services import callbacks, fides, lifecycle, metrics
+from app.services import callbacks, compute, fides, lifecycle, metrics
 from app.services import models as model_service
 from app.services.lifecycle import Transition
 
@@ -67,3 +67,11 @@ def time_to_forget(session: Session, req: ErasureRequest, transition: Transition
     seconds = (req.result or {}).get("time_to_forget_s")
     if transition.name == "complete" and seconds is not None:
         metrics.observe_time_to_forget(session, float(seconds))
+
+
+@lifecycle.subscribe
+def time_to_interim(session: Session, req: ErasureRequest, transition: Transition) -> None:
+    """``lethe_time_to_interim_seconds``: observed once per request whose interim served (issue 16)."""
+    seconds = (req.result or {}).get("time_to_interim_s")
+    if transition.name == "schedule" and seconds is not None and transition.previous != "scheduled":
+        compute.observe_time_to_interim(session, float(seconds))

@@ -64,17 +64,18 @@ def get_erasure_request(request_id: str, session: SessionDep, settings: Settings
 def list_erasure_requests(session: SessionDep, settings: SettingsDep, _: Reader,
                           status: RequestStatus | None = None, subject_id: str | None = None,
                           overdue: bool | None = None, source: Source | None = None,
-                          dialect: Dialect | None = None,
+                          dialect: Dialect | None = None, at_risk: bool | None = None,
                           order: Annotated[str, Query(pattern="^(received|due)$")] = "received",
                           cursor: str | None = None,
                           limit: Annotated[int, Query(ge=1, le=500)] = 50) -> dict[str, Any]:
     """List requests with a cursor: newest first, or ``order=due`` (unfinished ones by deadline, overdue first);
     filter by status, subject, overdue, source (api, opendsr, fides) and, for OpenDSR-family requests, the
-    dialect they arrived in (opengdpr, opendsr, opencompliance). An unknown status, source or dialect, or a
+    dialect they arrived in (opengdpr, opendsr, opencompliance); ``at_risk``: scheduled erasures whose exact
+    version may miss its ``exact_due_at``. An unknown status, source or dialect, or a
     cursor that names no request, is a 422 (never an unfiltered or restarted listing)."""
     key = subject_key(settings.subject_key_secret, subject_id) if subject_id else None
     rows = erasure.list_requests(session, status=status, subject_key=key, overdue=overdue, source=source,
-                                 dialect=dialect, order=order, after=cursor, limit=limit)
+                                 dialect=dialect, order=order, after=cursor, limit=limit, at_risk=at_risk)
     items = [erasure.public_view(r, erasure.targets_of(session, r.id), settings.base_url) for r in rows]
     return {"items": items, "next_cursor": rows[-1].id if len(rows) == limit else None}
 

@@ -32,7 +32,8 @@ TASK_REGISTER = "lethe.register_model"  # trains: on the unlearn queue (the GPU 
 TASK_DELIVER_CALLBACKS = "lethe.deliver_callbacks"
 TASK_CHECK_DEADLINES = "lethe.check_deadlines"
 TASK_AUDIT_CHECKPOINT = "lethe.audit_checkpoint"
-HOUSEKEEPING_TASKS = (TASK_DELIVER_CALLBACKS, TASK_CHECK_DEADLINES, TASK_AUDIT_CHECKPOINT)
+TASK_SCHEDULE_TICK = "lethe.schedule_tick"  # issue 16: wakes scheduled models' exact jobs
+HOUSEKEEPING_TASKS = (TASK_DELIVER_CALLBACKS, TASK_CHECK_DEADLINES, TASK_AUDIT_CHECKPOINT, TASK_SCHEDULE_TICK)
 
 
 def redis_reachable(url: str, timeout: float = 0.5) -> bool:
@@ -82,6 +83,8 @@ def make_celery(settings: Settings) -> Celery:
                        "check-deadlines": {"task": TASK_CHECK_DEADLINES,
                                            "schedule": settings.deadline_check_interval_s,
                                            "options": {"expires": settings.deadline_check_interval_s}},
+                       "schedule-tick": {"task": TASK_SCHEDULE_TICK, "schedule": settings.schedule_tick_s,
+                                         "options": {"expires": settings.schedule_tick_s}},
                        "audit-checkpoint": {"task": TASK_AUDIT_CHECKPOINT,
                                             "schedule": settings.audit_checkpoint_interval_s,
                                             "options": {"expires": settings.audit_checkpoint_interval_s}}},

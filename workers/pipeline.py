@@ -251,12 +251,17 @@ def _run_job(w: Worker, job_id: str) -> None:
     deploy_and_complete(w, job_id)
 
 
+def _complete_exact(s: Session, job: UnlearningJob, settings: Settings, *, deploy_s: float) -> None:
+    jobs.complete_job(s, job, settings, deploy_s=deploy_s)
+    schedule_service.observe_job(s, job)  # the scheduler's expected exact cost (issue 16)
+
+
 def deploy_and_complete(w: Worker, job_id: str) -> None:
     set_progress(w, job_id, "deploying")
     with w.session() as s:
         job = s.get(UnlearningJob, job_id)
         target_version, name, phase = job.version_after, job.model_name, job.phase
-    complete = schedule_service.complete_interim if phase == "interim" else jobs.complete_job
+    complete = schedule_service.complete_interim if phase == "interim" else _complete_exact
     deadline = time.monotonic() + w.settings.deploy_timeout_s
     t0 = time.monotonic()
     while True:

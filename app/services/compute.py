@@ -14,23 +14,18 @@ from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
-from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 from sqlmodel import Session, col, func, select
 
 from app.core import db
 from app.db.models import ErasureTarget, UnlearningJob, utcnow
 from app.services import metrics
+from app.services import schedule as schedule_service
 from app.services.lifecycle import TargetStatus
 
 TIME_TO_INTERIM = "lethe_time_to_interim_seconds"
 WINDOW_DAYS = 30
-
-
-def account(session: Session, job: UnlearningJob, seconds: float) -> None:
-    """Add one unlearning run's seconds (methods and their verification) to the job."""
-    job.compute_s = round((job.compute_s or 0.0) + max(seconds, 0.0), 3)
-    session.add(job)
 
 
 def observe_time_to_interim(session: Session, seconds: float) -> None:
@@ -62,8 +57,8 @@ def per_erasure(session: Session, *, name: str, days: int = WINDOW_DAYS) -> dict
 
 
 class ComputeCollector(Collector):
-    """``lethe_compute_seconds_total{model,phase,method}``, ``lethe_erasures_completed_total{model}``
-    and ``lethe_time_to_interim_seconds``, read from the DB on each scrape."""
+    """``lethe_compute_seconds_total{model,phase,method}``, ``lethe_erasures_completed_total{model}``,
+    ``lethe_time_to_interim_seconds`` and ``lethe_erasures_at_risk{model}``, read from the DB on each scrape."""
 
     def collect(self) -> Iterator[object]:
         try:
@@ -75,6 +70,7 @@ class ComputeCollector(Collector):
                               .where(ErasureTarget.status == TargetStatus.DONE)
                               .group_by(ErasureTarget.model_name)).all()
                 buckets, total = metrics.read_histogram(s, TIME_TO_INTERIM)
+                at_risk = schedule_service.at_risk_by_model(s)
         except Exception:  # noqa: BLE001 - a scrape must not fail because the DB blipped
             return
         c = CounterMetricFamily("lethe_compute_seconds", "Unlearning and verification seconds spent by jobs, by "
@@ -91,6 +87,22 @@ class ComputeCollector(Collector):
                                   "(scheduled erasures)")
         h.add_metric([], buckets, total)
         yield h
+        g = GaugeMetricFamily("lethe_erasures_at_risk", "Scheduled erasures whose exact version, started now at "
+                              "the safety factor, would end after exact_due_at (or already past it)", labels=["model"])
+        for model, n in sorted(at_risk.items()):
+            g.add_metric([model], n)
+        yield g
 
     def describe(self) -> list:
         return []
+
+
+_registered: list[Collector] = []
+
+
+def register() -> None:
+    if not _registered:
+        from prometheus_client import REGISTRY
+
+        _registered.append(ComputeCollector())
+        REGISTRY.register(_registered[0])

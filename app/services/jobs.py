@@ -16,7 +16,7 @@ from app.core.config import Settings
 from app.data import registry
 from app.db.models import ErasureRequest, ErasureTarget, ModelVersion, UnlearningJob, utcnow
 from app.core.errors import NotFound
-from app.services import audit, compute, lifecycle
+from app.services import audit, lifecycle
 from app.services import models as model_service
 from app.services.lifecycle import TargetStatus
 
@@ -138,7 +138,7 @@ def record_outcome(session: Session, job: UnlearningJob, *, method: str | None, 
                    version_after: int | None, seconds: float) -> None:
     job.method, job.attempts, job.version_after = method, attempts, version_after
     job.timings = {**job.timings, "unlearn_s": round(seconds, 3)}
-    compute.account(session, job, seconds)
+    job.compute_s = round((job.compute_s or 0.0) + max(seconds, 0.0), 3)  # compute accounting (issue 16)
     job.status = "deploying" if version_after is not None else job.status
     session.add(job)
 

@@ -329,9 +329,7 @@ def register() -> None:
     if not _collectors:
         from prometheus_client import REGISTRY
 
-        from app.services.compute import ComputeCollector  # issue 16: compute per erasure, time to interim
-
-        _collectors.extend([ErasureCollector(), OperationsCollector(), ComputeCollector()])
+        _collectors.extend([ErasureCollector(), OperationsCollector()])
         for collector in _collectors:
             REGISTRY.register(collector)
 

@@ -174,24 +174,32 @@ def models_to_wake(session: Session, settings: Settings) -> list[str]:
     return wake
 
 
+def at_risk_by_model(session: Session, *, now: datetime | None = None) -> dict[str, int]:
+    return {name: len(ids) for name, ids in _at_risk(session, now or utcnow()).items()}
+
+
 def at_risk_ids(session: Session, *, now: datetime | None = None) -> list[str]:
-    """Open requests whose exact erasure, started now at the safety factor, would end after
-    ``exact_due_at`` (or that are past it): visible before they are late."""
-    now = now or utcnow()
+    """Open requests of any model that ``_at_risk`` finds."""
+    return sorted({rid for ids in _at_risk(session, now or utcnow()).values() for rid in ids})
+
+
+def _at_risk(session: Session, now: datetime) -> dict[str, set[str]]:
+    """Per model, open requests whose exact erasure, started now at the safety factor, would end
+    after ``exact_due_at`` (or that are past it): visible before they are late."""
     rows = session.exec(select(ErasureRequest.id, ErasureRequest.exact_due_at, ErasureTarget.model_name).join(
         ErasureTarget, col(ErasureTarget.request_id) == col(ErasureRequest.id)).where(
         col(ErasureRequest.exact_due_at).is_not(None), col(ErasureRequest.status).in_(sorted(OPEN)),
         col(ErasureTarget.status).in_((TargetStatus.SCHEDULED, TargetStatus.QUEUED, TargetStatus.RUNNING,
                                        TargetStatus.FAILED)))).all()
     cost: dict[str, float | None] = {}
-    out = set()
+    out: dict[str, set[str]] = {}
     for rid, due, name in rows:
         if name not in cost:
             model = session.get(Model, name)
             cost[name] = expected_exact_s(model) if model else None
         if sch.at_risk(now=now, exact_due=as_utc(due), expected_exact_s=cost[name]):
-            out.add(rid)
-    return sorted(out)
+            out.setdefault(name, set()).add(rid)
+    return out
 
 
 def complete_interim(session: Session, job: Any, settings: Settings, *, deploy_s: float) -> None:

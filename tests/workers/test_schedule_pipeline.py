@@ -112,3 +112,22 @@ def test_deadline_wakes_the_exact_job_and_a_failed_one_retries(session: Session,
     assert phases == ["interim", "exact", "exact"] and failures
     assert session.exec(select(ModelVersion).where(ModelVersion.method == "params")).all() == []
     assert as_utc(req.completed_at) <= as_utc(req.exact_due_at)
+
+
+def test_the_beat_tick_wakes_only_models_whose_exact_job_is_due(session: Session, settings, toy_model,  # noqa: ANN001
+                                                                worker) -> None:
+    _schedule(session, exact_within_s=7 * 86400, max_owed=2, interim="none")
+    _request(session, settings, "toy-02")
+    pipeline.drain(worker, "toy")
+    assert schedule_service.models_to_wake(session, worker.settings) == []  # one owed, a week to go
+    req = session.exec(select(ErasureRequest)).one()
+    assert req.status == "scheduled" and req.forgotten_at is None
+    # a week less the lead later, the tick wakes the model
+    later = as_utc(req.exact_due_at) - timedelta(seconds=1)
+    model = session.get(Model, "toy")
+    assert schedule_service.decision(session, model, worker.settings, now=later).reason == "deadline"
+    _request(session, settings, "toy-03")  # max_owed reached once its interim step ran
+    pipeline.drain(worker, "toy")
+    assert all(r.status == "completed" for r in session.exec(select(ErasureRequest)).all())
+    exact = session.exec(select(UnlearningJob).where(UnlearningJob.phase == "exact")).one()
+    assert exact.timings["schedule"]["reason"] == "max_owed" and len(exact.request_ids) == 2

@@ -187,6 +187,9 @@ def real_run(a: Any, users: list[str], offsets: list[float], movies: dict[str, l
     interim = [b["result"].get("time_to_interim_s") for b in completed if b["result"].get("time_to_interim_s")]
     forget = [b["result"]["time_to_forget_s"] for b in completed]
     final = next(v for v in model["versions"] if v["version"] == model["serving_version"])
+    reports = [v for b in completed for v in [((b["result"].get("interim") or {}).get("movielens") or {})
+                                             .get("verification")] if v]
+    ref = (reports[0].get("reference_acc") or {}) if reports else {}
     return {"completed": len(completed), "requests": len(users),
             "exact_jobs": sum(1 for j in jobs if j[0] == "exact" and j[1] == "completed"),
             "interim_jobs": sum(1 for j in jobs if j[0] == "interim"),
@@ -197,6 +200,11 @@ def real_run(a: Any, users: list[str], offsets: list[float], movies: dict[str, l
             "time_to_forget_p50_s": statistics.median(forget) if forget else None,
             "time_to_forget_max_s": max(forget) if forget else None,
             "test_acc": (final.get("metrics") or {}).get("test_acc"), "predicted_like_a_stranger": stranger,
+            "interim_forget_acc_mean": round(statistics.mean(r["forget_acc"] for r in reports), 3) if reports else None,
+            "interim_holdout_acc_mean": round(statistics.mean(r["holdout_acc"] for r in reports), 3) if reports else None,
+            "interim_mia_auc_mean": round(statistics.mean(r["mia_auc"] for r in reports), 3) if reports else None,
+            "interim_gate_passed": f"{sum(1 for r in reports if r.get('passed'))}/{len(reports)}" if reports else None,
+            "reference_forget_acc": round(ref["forget"], 3) if ref.get("forget") is not None else None,
             "missed_exact_due": sum(1 for b in completed if b.get("exact_due_at") and b["completed_at"] > b["exact_due_at"])}
 
 
@@ -219,7 +227,8 @@ def real_main(a: Any) -> int:
     gain = today["compute_per_erasure_s"] / scheduled["compute_per_erasure_s"] if scheduled["compute_per_erasure_s"] else None
     keys = ["completed", "exact_jobs", "interim_jobs", "failed_jobs", "compute_s", "compute_per_erasure_s",
             "time_to_interim_p50_s", "time_to_interim_p95_s", "time_to_forget_p50_s", "time_to_forget_max_s",
-            "missed_exact_due", "test_acc", "predicted_like_a_stranger"]
+            "missed_exact_due", "test_acc", "predicted_like_a_stranger", "interim_forget_acc_mean",
+            "interim_holdout_acc_mean", "interim_mia_auc_mean", "interim_gate_passed", "reference_forget_acc"]
     rows = [[k, today[k], scheduled[k]] for k in keys]
     rows.append(["compute per erasure, today / scheduled", "", f"{gain:.2f}x" if gain else "n/a"])
     table = md_table(["", "today (exact_within_s 0)", f"scheduled ({a.within:g} s, params)"], rows)

@@ -216,9 +216,10 @@ def complete_interim(session: Session, job: Any, settings: Settings, *, deploy_s
     report = (job.attempts[-1].get("report") if job.attempts else None) or {}
     detail = {"job_id": job.id, "version": job.version_after if job.method not in (None, "none") else None,
               "method": job.method, "version_before": job.version_before, "free_of_subject": False,
-              "verification": {k: report.get(k) for k in ("test", "mia_auc", "reference_auc", "forget_acc",
-                                                           "reference_forget_acc", "retain_acc", "test_acc",
-                                                           "passed", "gates") if k in report},
+              "verification": {k: report.get(k) for k in (
+                  "passed", "mia_test", "mia_auc", "mia_margin", "reference_auc", "forget_acc", "holdout_acc",
+                  "retain_acc", "test_acc", "reference_acc", "subject_params_cleared", "gates", "disclaimer")
+                  if k in report},
               "note": "an interim version: the subject's own parameters are cleared and their samples excluded, "
                       "but shared parameters may still carry their influence until the exact version serves"}
     for req in jobs.requests_of(session, job):

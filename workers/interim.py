@@ -43,12 +43,13 @@ if TYPE_CHECKING:
 def run_interim(w: Worker, job_id: str, *, progress: Callable[[str, float], None]) -> bool:
     """Collect, forget cheaply, publish. True when an interim version now waits to be deployed;
     False when the job ended here (``interim: none`` scheduled the batch already, or fenced off)."""
-    p = collect(w, job_id)
     with w.session() as s:
-        model = s.get(Model, p.model_name)
+        model = s.get(Model, s.get(UnlearningJob, job_id).model_name)
         sched = schedule_service.schedule_of(model)
         budget = policy.DEFAULT_ESCALATION.get(model.spec, policy.FALLBACK_ESCALATION).approx_budget_share * (
             schedule_service.expected_exact_s(model) or 0.0)
+    # params trains nothing: the interim keeps its parent's data manifest (no retain hash to compute)
+    p = collect(w, job_id, manifest=sched.interim == "auto")
     if sched.interim == "none" or (not p.forget and not p.subject_ids):
         with w.session() as s:
             job = s.get(UnlearningJob, job_id)
@@ -79,7 +80,7 @@ def run_interim(w: Worker, job_id: str, *, progress: Callable[[str, float], None
         version = model_service.register_trained(
             s, name=p.model_name, model_obj=candidate, meta=new_meta, metrics={**new_metrics, "interim": True},
             artifacts_dir=Path(w.settings.artifacts_dir), method=name, parent=p.serving,
-            free_of=list(p.free_of), actor=ACTOR, manifest=p.manifest)  # NOT free of the batch
+            free_of=list(p.free_of), actor=ACTOR, manifest=p.manifest)  # NOT free of the batch; the parent's data
         model_service.set_serving(s, name=p.model_name, number=version.number, actor=ACTOR)
         job.timings = {**job.timings, "seed": seed}
         jobs.record_outcome(s, job, method=name, attempts=attempts, version_after=version.number, seconds=seconds)

@@ -131,3 +131,20 @@ def test_the_beat_tick_wakes_only_models_whose_exact_job_is_due(session: Session
     assert all(r.status == "completed" for r in session.exec(select(ErasureRequest)).all())
     exact = session.exec(select(UnlearningJob).where(UnlearningJob.phase == "exact")).one()
     assert exact.timings["schedule"]["reason"] == "max_owed" and len(exact.request_ids) == 2
+
+
+def test_interim_auto_serves_a_gated_cheap_method_or_falls_back_to_params(session: Session, settings,  # noqa: ANN001
+                                                                          toy_model, worker) -> None:
+    _schedule(session, exact_within_s=86400, interim="auto")
+    rid = _request(session, settings, "toy-02")
+    pipeline.drain(worker, "toy")
+    req = _get(session, rid)
+    job = session.exec(select(UnlearningJob)).one()
+    tried = [a["method"] for a in job.attempts]
+    assert req.status == "scheduled" and tried[0] == "neggrad_plus"  # toy's chain, exact methods left out
+    passed = job.attempts[0]["passed"]
+    assert job.method == ("neggrad_plus" if passed else "params") and tried == (["neggrad_plus"] if passed
+                                                                                 else ["neggrad_plus", "params"])
+    serving = model_service.serving_version(session, "toy")
+    assert serving.method == job.method and rid not in serving.free_of
+    assert req.result["interim"]["toy"]["verification"]["passed"] is job.attempts[-1]["passed"]

@@ -69,3 +69,21 @@ def test_cli_policy_schedule_and_exact_now(lethe) -> None:  # noqa: ANN001, F811
     assert rc != 0 and "exact_within_s" in out + err
     rc, out, _ = lethe("models", "exact-now", "toy")
     assert rc == 0 and "exact job requested for 0 owed" in out
+
+
+def test_follow_prints_the_interim_and_the_exact_step_once_each() -> None:
+    from app.cli_erasure import steps
+
+    shown: set[str] = set()
+    queued = {"status": "queued", "exact_due_at": None, "result": None}
+    assert steps(queued, shown) == []
+    scheduled = {"status": "scheduled", "exact_due_at": "2026-12-07T10:00:00Z", "forgotten_at": "2026-12-06T10:00:03Z",
+                 "result": {"interim": {"movielens": {"version": 3, "method": "params"}}}}
+    first = steps(scheduled, shown)
+    assert len(first) == 1 and "step 1/2" in first[0] and "movielens v3 (params)" in first[0]
+    assert "not yet erased" in first[0] and "2026-12-07T10:00:00Z" in first[0]
+    assert steps(scheduled, shown) == []  # printed once
+    done = {**scheduled, "status": "completed", "completed_at": "2026-12-06T12:00:00Z",
+            "result": {**scheduled["result"], "models": {"movielens": {"version_after": 4, "method": "retrain"}}}}
+    second = steps(done, shown)
+    assert len(second) == 1 and "step 2/2" in second[0] and "movielens v4 (retrain)" in second[0]

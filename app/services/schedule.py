@@ -62,7 +62,9 @@ def observe_job(session: Session, job: Any) -> None:
 
 
 def schedule_of(model: Model) -> sch.Schedule:
-    return sch.parse(model.config.get("schedule"), expected_exact_s(model))[0]
+    """The model's schedule; the default is derived from the measured retrain alone (as
+    ``GET .../policy`` shows it), never from job wall times that a loaded machine inflates."""
+    return sch.parse(model.config.get("schedule"), (model.config.get("reference") or {}).get("retrain_seconds"))[0]
 
 
 def exact_method(model: Model) -> str:

@@ -148,3 +148,32 @@ def test_interim_auto_serves_a_gated_cheap_method_or_falls_back_to_params(sessio
     serving = model_service.serving_version(session, "toy")
     assert serving.method == job.method and rid not in serving.free_of
     assert req.result["interim"]["toy"]["verification"]["passed"] is job.attempts[-1]["passed"]
+
+
+def test_a_worker_lost_during_the_exact_job_is_resumed_and_completes_in_time(session: Session, settings,  # noqa: ANN001
+                                                                             toy_model, worker) -> None:
+    import dataclasses
+
+    _schedule(session, exact_within_s=86400, interim="params")
+    ids = [_request(session, settings, s) for s in ("toy-02", "toy-03")]
+    pipeline.drain(worker, "toy")
+    schedule_service.request_exact_now(session, name="toy", actor="test")
+    session.commit()
+    # worker A takes the lease, opens the exact job and dies before running it
+    dead = dataclasses.replace(worker, owner="dead-worker")
+    from workers.lease import acquire_lock
+
+    assert acquire_lock(dead, "toy")
+    job_id = pipeline.next_job(dead, "toy")
+    assert session.get(UnlearningJob, job_id).phase == "exact"
+    model = session.get(Model, "toy")
+    session.refresh(model)
+    model.lock_until = model.lock_until - timedelta(hours=2)  # its lease runs out
+    session.add(model)
+    session.commit()
+    pipeline.drain(worker, "toy")  # worker B resumes the orphan
+    exact = session.exec(select(UnlearningJob).where(UnlearningJob.phase == "exact")).all()
+    assert [j.id for j in exact] == [job_id] and exact[0].deliveries == 2
+    for rid in ids:
+        req = _get(session, rid)
+        assert req.status == "completed" and as_utc(req.completed_at) <= as_utc(req.exact_due_at)

@@ -177,3 +177,21 @@ def test_a_worker_lost_during_the_exact_job_is_resumed_and_completes_in_time(ses
     for rid in ids:
         req = _get(session, rid)
         assert req.status == "completed" and as_utc(req.completed_at) <= as_utc(req.exact_due_at)
+
+
+def test_a_halted_fides_request_is_due_before_its_reply_token_dies(session: Session, settings, toy_model) -> None:  # noqa: ANN001
+    from app.db.models import FidesResume
+    from app.ml import schedule as sch
+
+    _schedule(session, exact_within_s=7 * 86400, interim="params")
+    rid = _request(session, settings, "toy-02")
+    req = _get(session, rid)
+    model = session.get(Model, "toy")
+    assert as_utc(schedule_service.exact_due_for(session, req, model, settings)) == as_utc(req.received_at) + timedelta(days=7)
+    session.add(FidesResume(privacy_request_id="pri_1", request_id=rid, reply_to="http://127.0.0.1:9/resume",
+                            token="t", created_at=as_utc(req.received_at)))
+    session.commit()
+    margin = sch.margin_s(schedule_service.expected_exact_s(model), attempts=settings.max_request_attempts,
+                          backoff_s=settings.retry_backoff_s)
+    due = schedule_service.exact_due_for(session, req, model, settings)
+    assert as_utc(due) == as_utc(req.received_at) + timedelta(seconds=settings.fides_token_ttl_s - margin)

@@ -173,8 +173,12 @@ def real_run(a: Any, users: list[str], offsets: list[float], movies: dict[str, l
             for user, at in zip(users, offsets, strict=True):
                 _time.sleep(max(0.0, at - (_time.monotonic() - start)))
                 ids[user] = c.post("/v1/erasure-requests", json={"subject_id": user}).json()["id"]
-            done = {u: stack.wait_status(ids[u], ("completed", "failed"), timeout=a.window + a.within + 600)
-                    for u in users}
+            try:
+                done = {u: stack.wait_status(ids[u], ("completed", "failed"), timeout=a.window + a.within + 600)
+                        for u in users}
+            except Exception:
+                print(stack.logs(20000), file=sys.stderr)  # the stack's own account of what went wrong
+                raise
             inputs = [{"user_id": uid, "movie_id": m} for u in users for m in movies[u][:2]
                       for uid in (int(u), NEVER_SEEN_USER)]
             preds = c.post("/v1/models/movielens/predict", json={"inputs": inputs}).json()["predictions"]

@@ -21,6 +21,7 @@ from app.serving.holder import ModelHolder, UpdateListener
 from app.services import audit as audit_log
 from app.services import metrics
 from app.services.subscribers import install_subscribers
+from app.services import compute
 
 
 log = logging.getLogger("lethe.app")
@@ -75,6 +76,7 @@ def create_app(*, serve_models: bool = True) -> FastAPI:
     app = FastAPI(title="Lethe", version="0.1.0", lifespan=lifespan, responses=PROBLEM_RESPONSES,
                   description="Machine unlearning for the GDPR right to be forgotten (Art. 17).")
     metrics.register()
+    compute.register()  # issue 16: compute per erasure, time to interim, erasures at risk
     app.add_middleware(metrics.HttpMetrics)
     app.state.holder = ModelHolder()
     app.state.listener = None

@@ -12,10 +12,12 @@ import logging
 from app.core import db
 from app.core.config import get_settings
 from app.core.queue import (TASK_AUDIT_CHECKPOINT, TASK_CHECK_DEADLINES, TASK_DELIVER_CALLBACKS,
-                            TASK_SOURCE_ERASURES, TASK_SYNC_REGISTRIES, get_celery)
+                            TASK_SCHEDULE_TICK, TASK_SOURCE_ERASURES, TASK_SYNC_REGISTRIES, enqueue_unlearn,
+                            get_celery)
 from app.core.signing import get_keys
 from app.db.models import utcnow
 from app.services import audit, callbacks, deadlines, fides_state, publishing, source_erasure
+from app.services import schedule as schedule_service
 
 log = logging.getLogger("lethe.housekeeping")
 celery = get_celery()
@@ -52,6 +54,19 @@ def check_deadlines() -> list[str]:
         log.warning("%d Fides reply-to-token(s) expired before the resume; the requests show token_expired",
                     len(expired))
     return warned
+
+
+@celery.task(name=TASK_SCHEDULE_TICK, ignore_result=True)
+def schedule_tick() -> list[str]:
+    """Enqueue the exact job of every scheduled model whose earliest exact_due_at less the lead has come
+    (or whose max_owed is reached); the worker re-decides from the DB before it runs anything."""
+    with db.session_scope() as s:
+        names = schedule_service.models_to_wake(s, get_settings())
+    for name in names:
+        enqueue_unlearn(name, dedup_s=0)
+    if names:
+        log.info("scheduler woke the exact job of %s", names)
+    return names
 
 
 @celery.task(name=TASK_AUDIT_CHECKPOINT, ignore_result=True)

@@ -22,16 +22,19 @@ from collections.abc import Callable
 
 from sqlalchemy import func, text
 from sqlalchemy.exc import DBAPIError
-from sqlmodel import col, select
+from sqlmodel import Session, col, select
 
+from app.core.config import Settings
 from app.core.errors import Unavailable, database_unavailable
 from app.core.logging import log_context
 from app.data import physical
 from app.db.models import ErasureTarget, UnlearningJob, utcnow
 from app.services import audit, deletions, jobs, source_erasure
 from app.services import models as model_service
+from app.services import schedule as schedule_service
 from app.services.jobs import ACTOR, STAGE_SPAN
 from workers.context import Worker
+from workers.interim import run_interim
 from workers.lease import LeaseKeeper, acquire_lock, holds_fence, release_lock
 from workers.problem import collect, unlearn_and_publish
 
@@ -116,20 +119,29 @@ def next_job(w: Worker, model_name: str) -> str | None:
     if outcome is not None:
         return outcome
     with w.session() as s:
-        first = s.exec(jobs.due_targets(model_name).order_by(col(ErasureTarget.queued_at))).first()
-        if first is None:
+        # What the model's schedule runs next (issue 16): today's job, a scheduled model's
+        # interim step, or its exact job for every owed subject; None: nothing is due now.
+        phase = schedule_service.next_phase(s, model_name, w.settings)
+        if phase is None:
             return None
-    wait = w.settings.batch_window_s - (utcnow() - first.queued_at).total_seconds()
+        first = s.exec(jobs.due_targets(model_name).order_by(col(ErasureTarget.queued_at))).first()
+    wait = w.settings.batch_window_s - (utcnow() - first.queued_at).total_seconds() if first is not None else 0
     if wait > 0:  # let more requests arrive: 100 requests in a minute become one job
         w.sleep(wait)
     with w.session() as s:
-        q = jobs.due_targets(model_name).order_by(col(ErasureTarget.queued_at)).limit(w.settings.batch_max)
-        if s.get_bind().dialect.name == "postgresql":
-            q = q.with_for_update(skip_locked=True)
-        targets = list(s.exec(q).all())
+        model = model_service.get_model(s, model_name)
+        deferred = schedule_service.schedule_of(model).deferred
+        why = schedule_service.decision(s, model, w.settings).to_dict() if deferred and phase == "exact" else None
+        targets = schedule_service.take(s, model_name, phase, limit=w.settings.batch_max,
+                                        lock=s.get_bind().dialect.name == "postgresql")
         if not targets:
             return None
-        job = jobs.open_job(s, model_name=model_name, targets=targets, worker=w.owner, device=str(w.device))
+        job = jobs.open_job(s, model_name=model_name, targets=targets, worker=w.owner, device=str(w.device),
+                            phase="interim" if phase == "interim" else "exact",
+                            policy=schedule_service.exact_method(model) if deferred and phase == "exact" else None)
+        if deferred and phase == "exact":
+            job.timings = {**job.timings, "schedule": why}
+            schedule_service.clear_operator_request(s, model)
         s.commit()
         return job.id
 
@@ -192,7 +204,7 @@ def _run_job(w: Worker, job_id: str) -> None:
         job = s.get(UnlearningJob, job_id)
         serving = model_service.serving_version(s, job.model_name)
         job.lease_until = utcnow()
-        if set(job.request_ids) <= set(serving.free_of) and job.version_after is None:
+        if set(job.request_ids) <= set(serving.free_of) and job.version_after is None and job.phase != "interim":
             # The serving version is already free of the batch (an earlier attempt published
             # it, then failed to deploy in time): skip straight to deploy.
             job.version_before = job.version_before or serving.parent
@@ -200,7 +212,12 @@ def _run_job(w: Worker, job_id: str) -> None:
             job.status = "deploying"
         s.add(job)
         s.commit()
-        published = job.version_after is not None
+        published, phase = job.version_after is not None, job.phase
+    if phase == "interim":
+        if not published and not run_interim(w, job_id, progress=throttled_progress(w, job_id)):
+            return
+        deploy_and_complete(w, job_id)
+        return
     if not published:
         set_progress(w, job_id, "deleting_data")
         try:
@@ -215,11 +232,17 @@ def _run_job(w: Worker, job_id: str) -> None:
     deploy_and_complete(w, job_id)
 
 
+def _complete_exact(s: Session, job: UnlearningJob, settings: Settings, *, deploy_s: float) -> None:
+    jobs.complete_job(s, job, settings, deploy_s=deploy_s)
+    schedule_service.observe_job(s, job)  # the scheduler's expected exact cost (issue 16)
+
+
 def deploy_and_complete(w: Worker, job_id: str) -> None:
     set_progress(w, job_id, "deploying")
     with w.session() as s:
         job = s.get(UnlearningJob, job_id)
-        target_version, name = job.version_after, job.model_name
+        target_version, name, phase = job.version_after, job.model_name, job.phase
+    complete = schedule_service.complete_interim if phase == "interim" else _complete_exact
     deadline = time.monotonic() + w.settings.deploy_timeout_s
     t0 = time.monotonic()
     while True:
@@ -239,7 +262,7 @@ def deploy_and_complete(w: Worker, job_id: str) -> None:
     with w.session() as s:
         job = s.get(UnlearningJob, job_id)
         if holds_fence(s, w, job, serving=target_version):
-            jobs.complete_job(s, job, w.settings, deploy_s=time.monotonic() - t0)
+            complete(s, job, w.settings, deploy_s=time.monotonic() - t0)
         s.commit()
     drain_deletions(w)
     if w.engine is not None:  # the deleted rows leave the database files too (app/data/physical.py)

@@ -61,7 +61,10 @@ class ForgetProblem:
     failed_streak: int = 0
 
 
-def collect(w: Worker, job_id: str) -> ForgetProblem:
+def collect(w: Worker, job_id: str, *, manifest: bool = True) -> ForgetProblem:
+    """``manifest=False`` (an interim job, issue 16): the new version keeps the serving version's
+    manifest -- its weights are the serving ones with per-subject rows cleared, trained on nothing
+    new -- and the retain set is not hashed."""
     root = Path(w.settings.data_dir)
     with w.session() as s:
         job = s.get(UnlearningJob, job_id)
@@ -91,7 +94,7 @@ def collect(w: Worker, job_id: str) -> ForgetProblem:
             serving=serving.number, artifact_path=serving.artifact_path, sha256=serving.sha256,
             free_of=list(serving.free_of), baseline=dict(first.metrics), reference=model.config.get("reference"),
             methods=model.config.get("methods"), chain=model.config.get("chain"),
-            manifest=registry.manifest(s, model, live["train"], owed, root),
+            manifest=registry.manifest(s, model, live["train"], owed, root) if manifest else dict(serving.manifest),
             failed_streak=int((model.config.get("escalation") or {}).get("approx_failed_streak", 0)))
 
 

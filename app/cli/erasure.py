@@ -41,15 +41,28 @@ def follow(c: httpx.Client, view: dict[str, Any], *, quiet: bool, timeout_s: flo
 
     desc = f"erasure {view['id'][:8]}"
     if quiet or not sys.stderr.isatty():
-        lines = reporter(desc, quiet=quiet, stream=sys.stderr)
-        view = poll(c, view, timeout_s, lambda v: lines.update(v["percent"], stage_text(v)))
+        lines, shown = reporter(desc, quiet=quiet, stream=sys.stderr), set()
+
+        def show_lines(v: dict[str, Any]) -> None:
+            lines.update(v["percent"], stage_text(v))
+            for line in ([] if quiet else steps(v, shown)):
+                print(line, file=sys.stderr, flush=True)
+
+        view = poll(c, view, timeout_s, show_lines)
         lines.close()
         return view
     columns = (TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(),
                TextColumn("{task.fields[stage]}"), TimeElapsedColumn())
     with Progress(*columns, console=Console(stderr=True), transient=False) as bar:
         task = bar.add_task(desc, total=100, completed=view["percent"], stage=stage_text(view))
-        return poll(c, view, timeout_s, lambda v: bar.update(task, completed=v["percent"], stage=stage_text(v)))
+        shown_bar: set[str] = set()
+
+        def show(v: dict[str, Any]) -> None:
+            bar.update(task, completed=v["percent"], stage=stage_text(v))
+            for line in steps(v, shown_bar):
+                bar.console.print(line)
+
+        return poll(c, view, timeout_s, show)
 
 
 def poll(c: httpx.Client, view: dict[str, Any], timeout_s: float | None,
@@ -66,6 +79,25 @@ def poll(c: httpx.Client, view: dict[str, Any], timeout_s: float | None,
     return view
 
 
+def steps(view: dict[str, Any], shown: set[str]) -> list[str]:
+    """The two steps of a scheduled erasure (issue 16), each printed once: the interim forget, then
+    the exact version (only the second is the erasure Lethe certifies)."""
+    lines = []
+    interim = (view.get("result") or {}).get("interim") or {}
+    if view.get("exact_due_at") and "interim" not in shown:
+        shown.add("interim")
+        served = ", ".join(f"{m} v{d['version']} ({d['method']})" for m, d in interim.items() if d.get("version"))
+        lines.append(f"step 1/2 interim forget: {served or 'nothing published (interim: none)'}"
+                     f"{' served everywhere at ' + view['forgotten_at'] if view.get('forgotten_at') else ''}; "
+                     f"not yet erased -- exact version due by {view['exact_due_at']}")
+    if view.get("exact_due_at") and view["status"] == "completed" and "exact" not in shown:
+        shown.add("exact")
+        models = (view.get("result") or {}).get("models") or {}
+        done = ", ".join(f"{m} v{d.get('version_after')} ({d.get('method')})" for m, d in models.items())
+        lines.append(f"step 2/2 exact erasure: {done} serves everywhere (completed {view.get('completed_at')})")
+    return lines
+
+
 def stage_text(view: dict[str, Any]) -> str:
     return view["status"] + (f" / {view['stage']}" if view.get("stage") and view["stage"] != view["status"] else "")
 
@@ -78,6 +110,7 @@ def request_table(view: dict[str, Any]) -> Any:
     grid.add_column(overflow="fold")
     rows = [("id", view["id"]), ("status", stage_text(view)), ("percent", f"{view['percent']:.0f} %"),
             ("policy", view.get("policy")), ("received", view.get("received_at")), ("due", view.get("due_at")),
+            ("interim served", view.get("forgotten_at")), ("exact due", view.get("exact_due_at")),
             ("completed", view.get("completed_at")), ("identity", view.get("identity")),
             ("error", view.get("error"))]
     for name, value in rows:
@@ -112,13 +145,15 @@ def cmd_status(r: Remote, c: httpx.Client, *, request_id: str) -> int:
 
 def cmd_requests(r: Remote, c: httpx.Client, *, status: str | None, overdue: bool, subject: str | None, limit: int,
                  cursor: str | None, source: str | None = None, dialect: str | None = None,
-                 external_id: str | None = None) -> int:
+                 external_id: str | None = None, at_risk: bool = False) -> int:
     params: dict[str, Any] = {"limit": limit}
     for name, value in (("status", status), ("source", source), ("dialect", dialect), ("external_id", external_id)):
         if value:
             params[name] = value
     if overdue:
         params["overdue"] = "true"
+    if at_risk:
+        params["at_risk"] = "true"
     if subject:
         params["subject_id"] = subject
     if cursor:
@@ -171,6 +206,8 @@ def status(ctx: typer.Context, request_id: RequestId, url: UrlOpt = None, key: K
 def requests(ctx: typer.Context,
              status: Annotated[str | None, typer.Option(help="only this status (queued, running, failed, ...)")] = None,
              overdue: Annotated[bool, typer.Option("--overdue", help="only requests past their deadline")] = False,
+             at_risk: Annotated[bool, typer.Option(
+                 "--at-risk", help="only scheduled erasures whose exact version may miss its exact_due_at")] = False,
              subject: Annotated[str | None, typer.Option(help="only this data subject's requests")] = None,
              source: Annotated[str | None, typer.Option(help="only requests from api, opendsr or fides")] = None,
              dialect: Annotated[str | None, typer.Option(
@@ -181,7 +218,8 @@ def requests(ctx: typer.Context,
              cursor: Annotated[str | None, typer.Option(help="next_cursor of the previous page")] = None,
              url: UrlOpt = None, key: KeyOpt = None, json_: JsonOpt = False) -> int:
     return run_remote(remote(ctx, url, key, json_), cmd_requests, status=status, overdue=overdue, subject=subject,
-                      limit=limit, cursor=cursor, source=source, dialect=dialect, external_id=external_id)
+                      limit=limit, cursor=cursor, source=source, dialect=dialect, external_id=external_id,
+                      at_risk=at_risk)
 
 
 def retry(ctx: typer.Context, request_id: RequestId, url: UrlOpt = None, key: KeyOpt = None,

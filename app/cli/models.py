@@ -170,18 +170,52 @@ def cmd_show(r: Remote, c: httpx.Client, *, name: str) -> int:
     return 0
 
 
-def cmd_policy(r: Remote, c: httpx.Client, *, name: str, chain: str | None, methods: str | None) -> int:
-    if chain is not None or methods is not None:
+def parse_schedule(text: str) -> dict[str, Any] | None:
+    """``--schedule``: JSON, ``exact_within_s=3600,max_owed=50,interim=params``, or '' (reset to the default)."""
+    text = text.strip()
+    if not text:
+        return None
+    if text.startswith("{"):
+        return json.loads(text)
+    out_: dict[str, Any] = {}
+    for part in text.split(","):
+        key, _, value = part.partition("=")
+        key, value = key.strip(), value.strip()
+        if key == "interim":
+            out_[key] = value
+        elif value.lower() in ("", "null", "none"):
+            out_[key] = None
+        else:
+            out_[key] = float(value) if key == "exact_within_s" else int(value) if value.isdigit() else value
+    return out_
+
+
+def cmd_policy(r: Remote, c: httpx.Client, *, name: str, chain: str | None, methods: str | None,
+               schedule: str | None = None) -> int:
+    if chain is not None or methods is not None or schedule is not None:
         changes: dict[str, Any] = {}
         if chain is not None:
             changes["chain"] = [m.strip() for m in chain.split(",") if m.strip()] or None
         if methods is not None:
             changes["methods"] = json.loads(methods)
+        if schedule is not None:
+            changes["schedule"] = parse_schedule(schedule)
         body = call(c, "PUT", f"/v1/models/{name}/policy", json=changes)
     else:
         body = call(c, "GET", f"/v1/models/{name}/policy")
-    out(r, body, lambda b: f"{b['model']}: chain {' -> '.join(b['chain'])} ({b['chain_source']}); "
-                           f"method overrides {json.dumps(b['methods'])}")
+
+    def text(b: dict[str, Any]) -> str:
+        s = b["schedule"]
+        return (f"{b['model']}: chain {' -> '.join(b['chain'])} ({b['chain_source']}); "
+                f"method overrides {json.dumps(b['methods'])}; schedule: exact within {s['exact_within_s']:g} s, "
+                f"max_owed {s['max_owed']}, interim {s['interim']} ({b['schedule_source']})")
+    out(r, body, text)
+    return 0
+
+
+def cmd_exact_now(r: Remote, c: httpx.Client, *, name: str) -> int:
+    body = call(c, "POST", f"/v1/models/{name}/exact-now")
+    out(r, body, lambda b: f"model {b['model']}: exact job requested for {b['owed']} owed erasure(s)")
     return 0
 
 
@@ -218,13 +252,21 @@ def show(ctx: typer.Context, name: Name, url: UrlOpt = None, key: KeyOpt = None,
     return run_remote(remote(ctx, url, key, json_), cmd_show, name=name)
 
 
-@models_app.command("policy", help="show, or with --chain/--methods set, the model's unlearning policy")
+@models_app.command("policy", help="show, or with --chain/--methods/--schedule set, the model's unlearning policy")
 def policy(ctx: typer.Context, name: Name,
            chain: Annotated[str | None, typer.Option(
                help="comma list of methods, ending with an exact one ('' resets)")] = None,
            methods: Annotated[str | None, typer.Option(help="JSON of per-method config overrides")] = None,
+           schedule: Annotated[str | None, typer.Option(
+               help="exact_within_s=SECONDS,max_owed=N,interim=none|params|auto (or JSON; '' resets)")] = None,
            url: UrlOpt = None, key: KeyOpt = None, json_: JsonOpt = False) -> int:
-    return run_remote(remote(ctx, url, key, json_), cmd_policy, name=name, chain=chain, methods=methods)
+    return run_remote(remote(ctx, url, key, json_), cmd_policy, name=name, chain=chain, methods=methods,
+                      schedule=schedule)
+
+
+@models_app.command("exact-now", help="start the exact job for every owed erasure of the model now")
+def exact_now(ctx: typer.Context, name: Name, url: UrlOpt = None, key: KeyOpt = None, json_: JsonOpt = False) -> int:
+    return run_remote(remote(ctx, url, key, json_), cmd_exact_now, name=name)
 
 
 @models_app.command("rollback", help="serve an earlier version again (refused if it still carries an erasure)")

@@ -32,8 +32,33 @@ function rollbackButton(name, v) {
   } }, "Roll back to this");
 }
 
+function exactNowButton(name) {
+  return h("button", { type: "button", class: "ghost small", id: "exact-now", onclick: async (e) => {
+    try {
+      const body = await api.post(`/v1/models/${name}/exact-now`, {});
+      toast(`exact job requested for ${body.owed} owed erasure${body.owed === 1 ? "" : "s"}`);
+    } catch (err) {
+      e.target.parentElement.append(problemBox(err));
+    }
+  } }, "Run the exact job now");
+}
+
+// Issue 16: when erasures get their exact version, and what they cost.
+function scheduleCard(name, policy, compute) {
+  const s = policy.schedule;
+  return card("Erasure schedule", kv([
+    ["Exact within", s.exact_within_s ? `${s.exact_within_s} s` : "at once (0)"],
+    ["Max owed", s.max_owed ?? "—"], ["Interim", s.interim], ["Source", policy.schedule_source],
+    ["Compute per erasure", compute.compute_per_erasure_s === null ? "—"
+      : `${num(compute.compute_per_erasure_s)} s (${compute.erasures_completed} erasures, ${compute.window_days} d)`],
+    ["By phase", Object.entries(compute.by_phase).map(([p, v]) => `${p}: ${v.jobs} jobs, ${num(v.compute_s)} s`)
+      .join(" · ") || "—"],
+  ]), s.exact_within_s ? exactNowButton(name) : null);
+}
+
 export async function modelPage(name) {
   const m = await api.get(`/v1/models/${name}`);
+  const policy = await api.get(`/v1/models/${name}/policy`);
   const replicas = m.replicas.length ? h("table", { class: "grid-table" },
     h("thead", {}, h("tr", {}, ["Replica", "Serves", "Loaded", "Last seen"].map((t) => h("th", {}, t)))),
     h("tbody", {}, m.replicas.map((r) => h("tr", {}, h("td", { class: "mono" }, r.replica_id), h("td", {}, `v${r.version}`),
@@ -61,6 +86,7 @@ export async function modelPage(name) {
       card("Model", kv([["Spec", m.spec], ["Description", m.description || "—"],
                         ["Art. 19 recipients", m.recipients.map((r) => r.name).join(", ") || "none"]])),
       card("Replicas", replicas)),
+    scheduleCard(name, policy, m.compute),
     card("Versions", versions, h("p", { class: "muted small" },
       "Rollback is refused for a version that still carries a completed erasure; the API's reason is shown.")),
   ];

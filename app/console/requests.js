@@ -3,7 +3,7 @@ import { api } from "./api.js";
 import { badge, card, h, isOverdue, kv, problemBox, short, toast, when } from "./ui.js";
 
 // app.services.lifecycle.RequestStatus (tests/app/test_console.py checks they stay equal).
-export const STATUSES = ["awaiting_identity", "received", "queued", "running", "verifying", "deploying", "completed",
+export const STATUSES = ["awaiting_identity", "received", "queued", "running", "verifying", "deploying", "scheduled", "completed",
                          "no_data", "failed", "cancelled", "rejected"];
 export const SOURCES = ["api", "opendsr", "fides"];
 export const DIALECTS = ["opengdpr", "opendsr", "opencompliance"];  // OpenDSR-family requests only
@@ -146,7 +146,12 @@ export async function detailPage(id) {
       card("Status", kv([["Stage", `${r.stage} · ${r.percent}%`], ["Source", r.source], ["Policy", r.policy],
         ["Identity", r.identity + (r.clock_paused ? " (clock paused)" : "")], ["Received", when(r.received_at)],
         ["Due", h("span", { class: isOverdue(r) ? "late" : "" }, when(r.due_at), isOverdue(r) ? " · overdue" : "")],
-        ["Extended", r.extended ? `yes — ${r.extension_reason}` : "no"], ["Completed", when(r.completed_at)],
+        ["Extended", r.extended ? `yes — ${r.extension_reason}` : "no"],
+        // Scheduled erasures (issue 16): step 1 the interim forget (not yet erased), step 2 the exact version.
+        r.exact_due_at ? ["Interim forget", r.forgotten_at ? `served everywhere ${when(r.forgotten_at)} (not yet erased)`
+          : "nothing published (interim: none)"] : null,
+        r.exact_due_at ? ["Exact version due", when(r.exact_due_at)] : null,
+        ["Completed", when(r.completed_at)],
         r.error ? ["Error", h("span", { class: "late" }, r.error)] : null,
         ...fidesRows(r)])),
       actions(r)),

@@ -89,6 +89,9 @@ class Settings(BaseSettings):
                                                    "fresh seed per job, recorded in the job and its audit events.")
     retry_backoff_s: float = Field(30.0, description="Wait before an owed erasure's next attempt after a failed "
                                                      "job; doubles with each attempt.")
+    schedule_tick_s: float = Field(
+        30.0, gt=0, description="Beat interval of the erasure scheduler (issue 16): wakes a model's exact job when "
+                                "its earliest exact_due_at less the expected exact cost arrives.")
     db_outage_wait_s: float = Field(
         600.0, gt=0, description="A worker whose job hit a database outage waits this long for the database, "
                                  "then resumes the job; longer, the job is left to the reconciler.")

@@ -35,8 +35,9 @@ TASK_CHECK_DEADLINES = "lethe.check_deadlines"
 TASK_AUDIT_CHECKPOINT = "lethe.audit_checkpoint"
 TASK_SOURCE_ERASURES = "lethe.source_erasures"  # issue 18: Delta tables (DELETE, purge, re-ingestion)
 TASK_SYNC_REGISTRIES = "lethe.sync_registries"  # issue 19: publish targets' outbox
+TASK_SCHEDULE_TICK = "lethe.schedule_tick"  # issue 16: wakes scheduled models' exact jobs
 HOUSEKEEPING_TASKS = (TASK_DELIVER_CALLBACKS, TASK_CHECK_DEADLINES, TASK_AUDIT_CHECKPOINT, TASK_SOURCE_ERASURES,
-                      TASK_SYNC_REGISTRIES)
+                      TASK_SYNC_REGISTRIES, TASK_SCHEDULE_TICK)
 
 
 def redis_reachable(url: str, timeout: float = 0.5) -> bool:
@@ -90,6 +91,8 @@ def make_celery(settings: Settings) -> Celery:
                        "check-deadlines": {"task": TASK_CHECK_DEADLINES,
                                            "schedule": settings.deadline_check_interval_s,
                                            "options": {"expires": settings.deadline_check_interval_s}},
+                       "schedule-tick": {"task": TASK_SCHEDULE_TICK, "schedule": settings.schedule_tick_s,
+                                         "options": {"expires": settings.schedule_tick_s}},
                        "audit-checkpoint": {"task": TASK_AUDIT_CHECKPOINT,
                                             "schedule": settings.audit_checkpoint_interval_s,
                                             "options": {"expires": settings.audit_checkpoint_interval_s}},

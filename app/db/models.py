@@ -152,6 +152,10 @@ class ErasureRequest(SQLModel, table=True):
     callback_url: str | None = None
     error: str | None = None
     result: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    # Issue 16 (scheduled erasures): when every live replica served the interim version (not free of
+    # the subject), and when the exact version must serve everywhere (app/ml/schedule.py).
+    forgotten_at: datetime | None = None
+    exact_due_at: datetime | None = None
 
 
 class ErasureTarget(SQLModel, table=True):
@@ -188,6 +192,10 @@ class UnlearningJob(SQLModel, table=True):
     started_at: datetime = Field(default_factory=utcnow)
     lease_until: datetime | None = None
     finished_at: datetime | None = None
+    # Issue 16: ``interim`` (clear / cheap step, not free of the batch) or ``exact``; and the
+    # unlearning + verification seconds it spent on ``device`` (compute accounting).
+    phase: str = Field(default="exact", sa_column_kwargs={"server_default": "exact"})
+    compute_s: float | None = None
 
 
 class AuditEvent(SQLModel, table=True):

@@ -51,7 +51,7 @@ HEADER_PREFIX = {"opengdpr": "X-OpenGDPR", "opendsr": "X-OpenDSR", "opencomplian
 # Lethe status -> OpenDSR request_status (spec section 8 has no "failed": a failed erasure is
 # still owed, an operator re-runs it, so it stays in_progress towards the controller).
 REQUEST_STATUS = {"received": "pending", "queued": "pending", "running": "in_progress", "verifying": "in_progress",
-                  "deploying": "in_progress", "failed": "in_progress", "completed": "completed",
+                  "deploying": "in_progress", "scheduled": "in_progress", "failed": "in_progress", "completed": "completed",
                   "no_data": "completed", "cancelled": "cancelled",
                   # Native-only states (OpenDSR controllers verify identity before they send):
                   "awaiting_identity": "pending", "rejected": "cancelled"}

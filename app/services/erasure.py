@@ -28,6 +28,7 @@ from app.db.models import ErasureRequest, ErasureTarget, OpenDsrRequest, Suppres
 from app.data import registry
 from app.services import audit, fides_state, lifecycle
 from app.services.lifecycle import OPEN, RequestStatus, TargetStatus
+from app.services.schedule import at_risk_ids
 
 OPEN_STATUSES = tuple(sorted(OPEN))
 
@@ -318,7 +319,7 @@ def targets_of(session: Session, request_id: str) -> list[ErasureTarget]:
 def list_requests(session: Session, *, status: str | None = None, subject_key: str | None = None,
                   overdue: bool | None = None, source: str | None = None, dialect: str | None = None,
                   external_id: str | None = None, order: str = "received", after: str | None = None,
-                  limit: int = 50) -> list[ErasureRequest]:
+                  limit: int = 50, at_risk: bool | None = None) -> list[ErasureRequest]:
     """``order="received"``: newest first; ``"due"``: unfinished requests by deadline (overdue
     first), then finished ones. ``after`` is the id of the last row of the previous page."""
     q = select(ErasureRequest)
@@ -335,6 +336,8 @@ def list_requests(session: Session, *, status: str | None = None, subject_key: s
                                               .where(OpenDsrRequest.dialect == dialect)))
     if overdue:
         q = q.where(col(ErasureRequest.status).in_(OPEN_STATUSES), col(ErasureRequest.due_at) < utcnow())
+    if at_risk:  # issue 16: an exact erasure that may miss its exact_due_at
+        q = q.where(col(ErasureRequest.id).in_(at_risk_ids(session)))
     last = session.get(ErasureRequest, after) if after else None
     if after and last is None:  # a stale or mistyped cursor must not silently restart from the first page
         raise Unprocessable(f"Cursor {after!r} names no erasure request; start without a cursor.",
@@ -380,6 +383,8 @@ def public_view(req: ErasureRequest, targets: list[ErasureTarget], base_url: str
         "received_at": req.received_at,
         "due_at": req.due_at,
         "completed_at": req.completed_at,
+        "forgotten_at": req.forgotten_at,
+        "exact_due_at": req.exact_due_at,
         "extended": req.extended_at is not None,
         "identity": req.identity_status,
         "clock_paused": req.clock_paused_at is not None,

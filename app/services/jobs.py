@@ -47,10 +47,12 @@ def targets_of(session: Session, job: UnlearningJob) -> list[ErasureTarget]:
     return list(session.exec(select(ErasureTarget).where(ErasureTarget.job_id == job.id)).all())
 
 
-def open_job(session: Session, *, model_name: str, targets: list[ErasureTarget], worker: str, device: str) -> UnlearningJob:
-    """A job for ``targets`` (queued, due): each counts one more attempt; their requests start."""
+def open_job(session: Session, *, model_name: str, targets: list[ErasureTarget], worker: str, device: str,
+             phase: str = "exact", policy: str | None = None) -> UnlearningJob:
+    """A job for ``targets`` (queued, due): each counts one more attempt; their requests start.
+    ``phase``: ``exact`` or a scheduled model's ``interim`` (issue 16); ``policy`` overrides the batch's."""
     job = UnlearningJob(model_name=model_name, request_ids=sorted({t.request_id for t in targets}),
-                        worker_host=worker, device=device, stage="collecting")
+                        worker_host=worker, device=device, stage="collecting", phase=phase)
     session.add(job)
     session.flush()
     for t in targets:
@@ -59,9 +61,10 @@ def open_job(session: Session, *, model_name: str, targets: list[ErasureTarget],
     requests = requests_of(session, job)
     for req in requests:
         lifecycle.start(session, req, job_id=job.id)
-    job.policy = _job_policy(requests)
+    job.policy = policy or _job_policy(requests)
     audit.append(session, type="job_started", actor=ACTOR,
-                 payload={"job_id": job.id, "model": model_name, "requests": job.request_ids, "device": device,
+                 payload={"job_id": job.id, "model": model_name, "phase": phase, "requests": job.request_ids,
+                          "device": device,
                           "worker": worker, "attempts": max(t.attempts for t in targets)})
     return job
 
@@ -85,7 +88,8 @@ def owed_subjects(session: Session, model_name: str) -> set[str]:
     return set(session.exec(select(ErasureRequest.subject_key).join(
         ErasureTarget, col(ErasureTarget.request_id) == col(ErasureRequest.id)).where(
         ErasureTarget.model_name == model_name,
-        col(ErasureTarget.status).in_((TargetStatus.QUEUED, TargetStatus.RUNNING, TargetStatus.FAILED)))).all())
+        col(ErasureTarget.status).in_((TargetStatus.QUEUED, TargetStatus.RUNNING, TargetStatus.SCHEDULED,
+                                       TargetStatus.FAILED)))).all())
 
 
 def fail_job(session: Session, job: UnlearningJob, error: str, settings: Settings) -> None:
@@ -133,6 +137,7 @@ def record_outcome(session: Session, job: UnlearningJob, *, method: str | None, 
                    version_after: int | None, seconds: float) -> None:
     job.method, job.attempts, job.version_after = method, attempts, version_after
     job.timings = {**job.timings, "unlearn_s": round(seconds, 3)}
+    job.compute_s = round((job.compute_s or 0.0) + max(seconds, 0.0), 3)  # compute accounting (issue 16)
     job.status = "deploying" if version_after is not None else job.status
     session.add(job)
 

@@ -35,6 +35,9 @@ class RequestStatus(StrEnum):
     RUNNING = "running"
     VERIFYING = "verifying"
     DEPLOYING = "deploying"
+    # Issue 16: the interim version serves on every live replica (forgotten_at), the exact one is
+    # owed by exact_due_at. Not erased: no certificate, OpenDSR in_progress, Fides not resumed.
+    SCHEDULED = "scheduled"
     COMPLETED = "completed"  # every model that held the subject serves a version free of them
     NO_DATA = "no_data"  # no model held the subject: nothing to unlearn
     FAILED = "failed"  # owed, automatic retries exhausted: needs an operator (retry) or a new request
@@ -45,6 +48,7 @@ class RequestStatus(StrEnum):
 class TargetStatus(StrEnum):
     QUEUED = "queued"
     RUNNING = "running"
+    SCHEDULED = "scheduled"  # interim served; waits for the model's exact job (app/ml/schedule.py)
     DONE = "done"
     FAILED = "failed"
     CANCELLED = "cancelled"
@@ -52,7 +56,7 @@ class TargetStatus(StrEnum):
 
 S = RequestStatus
 # The subject is still owed an erasure (the deadline runs, the request counts as overdue).
-OPEN = frozenset({S.RECEIVED, S.QUEUED, S.RUNNING, S.VERIFYING, S.DEPLOYING, S.FAILED})
+OPEN = frozenset({S.RECEIVED, S.QUEUED, S.RUNNING, S.VERIFYING, S.DEPLOYING, S.SCHEDULED, S.FAILED})
 # Lethe says the person is erased: no version that can serve still carries them.
 ERASED = frozenset({S.COMPLETED, S.NO_DATA})
 # Owed but not in progress: a new request for the subject reopens these.
@@ -203,6 +207,35 @@ def attempt_failed(session: Session, req: ErasureRequest, targets: list[ErasureT
                      payload={"job_id": job_id, "error": error, "attempts": attempts})
         _move(session, req, S.FAILED, "fail", context={"attempts": attempts})
     return retry
+
+
+def interim_served(session: Session, req: ErasureRequest, targets: list[ErasureTarget], *, model_name: str,
+                   detail: dict[str, Any], exact_due_at: Any, actor: str) -> None:
+    """The interim step of ``model_name`` serves on every live replica (or, with ``interim: none``,
+    the samples are excluded and nothing was published): ``targets`` wait for the model's exact
+    job. The request is ``scheduled`` once no target is still queued or running; ``forgotten_at``
+    is set when an interim version served, ``exact_due_at`` is the earliest over its models."""
+    for t in targets:
+        t.status, t.job_id = TargetStatus.SCHEDULED, None
+        session.add(t)
+    now = utcnow()
+    result = dict(req.result or {})
+    result.setdefault("interim", {})[model_name] = detail
+    req.result = result
+    req.exact_due_at = min(x for x in (as_utc(req.exact_due_at), as_utc(exact_due_at)) if x is not None)
+    audit.append(session, type="interim_served" if detail.get("version") else "erasure_scheduled", actor=actor,
+                 request_id=req.id, subject_key=req.subject_key,
+                 payload={"model": model_name, "version": detail.get("version"), "method": detail.get("method"),
+                          "exact_due_at": as_utc(req.exact_due_at).isoformat()})
+    all_targets = session.exec(select(ErasureTarget).where(ErasureTarget.request_id == req.id)).all()
+    if any(t.status in (TargetStatus.QUEUED, TargetStatus.RUNNING) for t in all_targets):
+        session.add(req)
+        return
+    if detail.get("version") and req.forgotten_at is None:
+        req.forgotten_at = now
+        req.result = {**req.result, "time_to_interim_s": round((now - as_utc(req.received_at)).total_seconds(), 3)}
+    req.percent = 50.0
+    _move(session, req, S.SCHEDULED, "schedule", context={"exact_due_at": as_utc(req.exact_due_at).isoformat()})
 
 
 def reopen(session: Session, req: ErasureRequest, *, actor: str, reason: str) -> list[str]:

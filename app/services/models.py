@@ -200,28 +200,33 @@ def notify_recipients(session: Session, *, name: str, request_id: str, version_b
 def policy_of(session: Session, *, name: str) -> dict[str, Any]:
     from app.ml import policy
 
+    from app.ml import schedule
+
     model = get_model(session, name)
     purge = None
     if (model.config or {}).get("store") == "delta":
         purge = float(model.config.get("purge_after_s", DEFAULT_PURGE_AFTER_S))
+    sched, source = schedule.parse(model.config.get("schedule"), (model.config.get("reference") or {}).get(
+        "retrain_seconds"))
     return {"model": name, "spec": model.spec, **policy.effective(model.spec, model.config), "purge_after_s": purge,
-            "publish": list(model.config.get("publish") or [])}
+            "publish": list(model.config.get("publish") or []), "schedule": sched.to_dict(),
+            "schedule_source": source}
 
 
 def set_policy(session: Session, *, name: str, changes: dict[str, Any], actor: str) -> dict[str, Any]:
     """Per-model chain / method overrides (issue 9); ``None`` resets a field to the spec default."""
     from app.core.errors import Unprocessable
-    from app.ml import policy
+    from app.ml import policy, schedule
 
     model = get_model(session, name)
     config = dict(model.config)
-    for field in ("chain", "methods", "publish"):
+    for field in ("chain", "methods", "publish", "schedule"):
         if field in changes:
             if changes[field] is None:
                 config.pop(field, None)
             else:
                 config[field] = changes[field]
-    problems = policy.validate(config.get("chain"), config.get("methods"))
+    problems = policy.validate(config.get("chain"), config.get("methods")) + schedule.validate(config.get("schedule"))
     if changes.get("purge_after_s") is not None:
         if config.get("store") != "delta":
             problems.append("purge_after_s applies to models of the delta store only")
@@ -234,7 +239,7 @@ def set_policy(session: Session, *, name: str, changes: dict[str, Any], actor: s
     session.add(model)
     audit.append(session, type="policy_updated", actor=actor,
                  payload={"model": name, "chain": config.get("chain"), "methods": config.get("methods"),
-                          "purge_after_s": config.get("purge_after_s"),
+                          "purge_after_s": config.get("purge_after_s"), "schedule": config.get("schedule"),
                           **({"publish": [target_key(t) for t in config.get("publish") or []]}
                              if "publish" in changes else {})})
     if changes.get("publish"):  # at once, for the version serving now (and again after every erasure)

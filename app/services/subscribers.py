@@ -13,7 +13,7 @@ from sqlmodel import Session
 
 from app.core.config import get_settings
 from app.db.models import ErasureRequest, OpenDsrRequest
-from app.services import callbacks, fides, lifecycle, metrics, publishing
+from app.services import callbacks, compute, fides, lifecycle, metrics, publishing
 from app.services import models as model_service
 from app.services.lifecycle import Transition
 
@@ -72,7 +72,15 @@ def time_to_forget(session: Session, req: ErasureRequest, transition: Transition
         metrics.observe_time_to_forget(session, float(seconds))
 
 
-SUBSCRIBERS = (native_callback, opendsr_controller, fides_resume, art19_recipients, registry_purge, time_to_forget)
+def time_to_interim(session: Session, req: ErasureRequest, transition: Transition) -> None:
+    """``lethe_time_to_interim_seconds``: observed once per request whose interim served (issue 16)."""
+    seconds = (req.result or {}).get("time_to_interim_s")
+    if transition.name == "schedule" and seconds is not None and transition.previous != "scheduled":
+        compute.observe_time_to_interim(session, float(seconds))
+
+
+SUBSCRIBERS = (native_callback, opendsr_controller, fides_resume, art19_recipients, registry_purge, time_to_forget,
+               time_to_interim)
 # Reasons that keep a request from ``completed`` after its models are done (a ``required`` registry).
 HOLDS = (publishing.registry_hold,)
 

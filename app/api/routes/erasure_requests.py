@@ -69,17 +69,20 @@ def list_erasure_requests(session: SessionDep, settings: SettingsDep, _: Reader,
                           overdue: bool | None = None, source: Source | None = None,
                           dialect: Dialect | None = None,
                           external_id: Annotated[str | None, Query(min_length=1, max_length=200)] = None,
+                          at_risk: bool | None = None,
                           order: Annotated[str, Query(pattern="^(received|due)$")] = "received",
                           cursor: str | None = None,
                           limit: Annotated[int, Query(ge=1, le=500)] = 50) -> dict[str, Any]:
     """List requests with a cursor: newest first, or ``order=due`` (unfinished ones by deadline, overdue first);
     filter by status, subject, overdue, source (api, opendsr, fides) and, for OpenDSR-family requests, the
-    dialect they arrived in (opengdpr, opendsr, opencompliance), and by ``external_id`` (a Fides
-    privacy_request_id, an OpenDSR subject_request_id). An unknown status, source or dialect, or a
+    dialect they arrived in (opengdpr, opendsr, opencompliance), by ``external_id`` (a Fides
+    privacy_request_id, an OpenDSR subject_request_id), and by ``at_risk``: scheduled erasures whose exact
+    version may miss its ``exact_due_at``. An unknown status, source or dialect, or a
     cursor that names no request, is a 422 (never an unfiltered or restarted listing)."""
     key = subject_key(settings.subject_key_secret, subject_id) if subject_id else None
     rows = erasure.list_requests(session, status=status, subject_key=key, overdue=overdue, source=source,
-                                 dialect=dialect, external_id=external_id, order=order, after=cursor, limit=limit)
+                                 dialect=dialect, external_id=external_id, order=order, after=cursor, limit=limit,
+                                 at_risk=at_risk)
     fides = fides_state.views(session, rows)
     items = [erasure.public_view(r, erasure.targets_of(session, r.id), settings.base_url, fides=fides[r.id])
              for r in rows]

@@ -11,12 +11,14 @@ from starlette.concurrency import run_in_threadpool
 
 from app.api.deps import Principal, SessionDep, SettingsDep, require
 from app.api.schemas import ModelRegister, PolicyBody
-from app.api.schemas.models import BulkIngestOut, PolicyOut, PublishStatusOut, RegistrationOut, SpecList
+from app.api.schemas.models import (BulkIngestOut, ExactNowOut, PolicyOut, PublishStatusOut, RegistrationOut,
+                                    SpecList)
 from app.core.errors import Unprocessable
-from app.core.queue import enqueue_registration
+from app.core.queue import enqueue_registration, enqueue_unlearn
 from app.ml.specs import spec_names
 from app.services import models as model_service
 from app.services import publishing, registration
+from app.services import schedule as schedule_service
 from app.services.bulk import BulkIngest
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
@@ -73,6 +75,15 @@ def set_policy(name: str, body: PolicyBody, session: SessionDep, key: Admin) -> 
 def publish_status(name: str, session: SessionDep, _: Admin) -> dict[str, Any]:
     """Publish targets: the last registry sync (clean version, alias, purged versions) and what is owed."""
     return {"model": name, "targets": publishing.status(session, name=name)}
+
+
+@router.post("/{name}/exact-now", status_code=202, response_model=ExactNowOut)
+def exact_now(name: str, session: SessionDep, key: Admin) -> dict[str, Any]:
+    """Start the exact job for every owed (scheduled) erasure of this model now, whatever its schedule."""
+    out = schedule_service.request_exact_now(session, name=name, actor=f"key:{key.name}")
+    session.commit()
+    enqueue_unlearn(name, dedup_s=0)
+    return out
 
 
 NDJSON_BODY = {"requestBody": {"required": True, "content": {"application/x-ndjson": {

@@ -13,6 +13,7 @@ from app.api.schemas.models import ModelDetail, ModelList, PredictOut, Recipient
 from app.core import outbound
 from app.core.errors import NotFound, Unavailable, Unprocessable
 from app.ml.train import predict as run_predict
+from app.services import compute
 from app.services import models as model_service
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
@@ -29,8 +30,9 @@ def list_models(session: SessionDep, _: Predictor) -> dict[str, Any]:
 
 @router.get("/{name}", response_model=ModelDetail)
 def get_model(name: str, session: SessionDep, settings: SettingsDep, _: Predictor) -> dict[str, Any]:
-    """One model: input schema with an example, live replicas, version history and metrics."""
-    return model_service.describe(session, name=name, ttl_s=settings.replica_ttl_s)
+    """One model: input schema with an example, live replicas, version history, metrics and compute per erasure."""
+    return {**model_service.describe(session, name=name, ttl_s=settings.replica_ttl_s),
+            "compute": compute.per_erasure(session, name=name)}
 
 
 @router.post("/{name}/predict", response_model=PredictOut)

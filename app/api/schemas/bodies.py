@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, HttpUrl
 
@@ -86,6 +86,16 @@ class ModelRegister(BaseModel):
                                     "else LETHE_MLFLOW_TRACKING_URI).")
 
 
+class ScheduleBody(BaseModel):
+    """How long an acknowledged erasure may wait for its exact version, and what serves meanwhile."""
+    model_config = ConfigDict(extra="forbid")
+    exact_within_s: float = Field(0.0, ge=0, le=7 * 86400, allow_inf_nan=False,
+                                  description="Longest wait for the exact version, seconds (0: exact at once).")
+    max_owed: int | None = Field(None, ge=1, le=100_000, description="Start the exact job once this many are owed.")
+    interim: Literal["none", "params", "auto"] = Field(
+        "params", description="What runs at once: nothing, clear per-subject parameters, or a gated cheap method.")
+
+
 class PolicyBody(BaseModel):
     """Per-model unlearning policy; omitted fields keep their value, null resets to the spec default."""
     model_config = ConfigDict(extra="forbid")
@@ -97,3 +107,5 @@ class PolicyBody(BaseModel):
         'Publish targets, e.g. [{"kind": "mlflow", "tracking_uri": "https://mlflow.internal", "registered_model": '
         '"recs", "alias": "champion", "on_taint": "delete", "history": "purge"}]; credentials come from '
         "LETHE_MLFLOW_* settings, never from here."))
+    schedule: ScheduleBody | None = Field(None, description="When erasures get their exact version (issue 16); "
+                                                           "null resets to the default derived from the exact cost.")

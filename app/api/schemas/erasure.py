@@ -51,6 +51,9 @@ class ErasureRequestOut(Out):
     received_at: datetime
     due_at: datetime = Field(description="GDPR Art. 12(3) deadline (paused identity checks added).")
     completed_at: datetime | None
+    forgotten_at: datetime | None = Field(description="Scheduled erasures (issue 16): when every live replica "
+                                                      "served the interim version (not free of the subject).")
+    exact_due_at: datetime | None = Field(description="When the exact version must serve everywhere.")
     extended: bool = Field(description="The deadline was extended by two months (Art. 12(3)).")
     identity: Literal["verified", "pending", "rejected"] = Field(description="Art. 12(6) identity check.")
     clock_paused: bool = Field(description="The deadline clock is paused while identity is pending.")

@@ -55,6 +55,15 @@ class PredictExample(Out):
     inputs: list[dict[str, Any]]
 
 
+class ComputeOut(Out):
+    window_days: int
+    erasures_completed: int
+    compute_s: float = Field(description="Unlearning + verification seconds of every job finished in the window.")
+    compute_per_erasure_s: float | None
+    by_phase: dict[str, dict[str, float]] = Field(description="interim / exact: jobs and compute seconds.")
+    devices: list[str]
+
+
 class ModelDetail(Out):
     name: str
     spec: str = Field(description="The spec's entry-point name (group ``lethe.models``).")
@@ -66,6 +75,7 @@ class ModelDetail(Out):
     recipients: list[RecipientOut]
     replicas: list[ReplicaOut] = Field(description="Live API replicas and the version each serves.")
     versions: list[VersionOut] = Field(description="History, oldest first.")
+    compute: ComputeOut = Field(description="Compute per completed erasure over the window (issue 16).")
 
 
 class Prediction(Out):
@@ -89,6 +99,12 @@ class RecipientsOut(Out):
     recipients: list[RecipientOut]
 
 
+class ScheduleOut(Out):
+    exact_within_s: float
+    max_owed: int | None
+    interim: Literal["none", "params", "auto"]
+
+
 class PolicyOut(Out):
     model: str
     spec: str
@@ -102,6 +118,10 @@ class PolicyOut(Out):
     publish: list[dict[str, Any]] = Field(description="Publish targets (issue 19): model registries that get every "
                                           "clean version and lose every version that carries an erased person.")
 
+    schedule: ScheduleOut
+    schedule_source: str = Field(description="``model``, or the default and why (from the recorded exact cost).")
+
+
 
 class PublishTargetOut(Out):
     target: str = Field(description="kind:registered_model@tracking_uri")
@@ -114,6 +134,11 @@ class PublishTargetOut(Out):
 class PublishStatusOut(Out):
     model: str
     targets: list[PublishTargetOut]
+
+
+class ExactNowOut(Out):
+    model: str
+    owed: int = Field(description="Erasures owed an exact version when the operator asked.")
 
 
 class RegistrationOut(Out):

@@ -1,0 +1,233 @@
+"""The erasure scheduler over the registry (issue 16): which job a model runs next, when its exact
+job wakes, which requests are at risk. The decisions themselves are ``app/ml/schedule.py`` (pure,
+also driven by ``bench/schedule.py`` with a fake clock); this module only reads rows for them.
+
+Per model with a deferred schedule (``exact_within_s > 0``) a target goes
+``queued -> (interim job) -> scheduled -> (exact job) -> done``. A target still ``queued`` whose
+request already has an ``exact_due_at`` had its interim and is owed only the exact job (a failed
+exact attempt queues it again with backoff): it never gets a second interim.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlmodel import Session, col, select
+
+from app.core.config import Settings
+from app.db.models import ErasureRequest, ErasureTarget, FidesResume, Model, as_utc, utcnow
+from app.ml import policy
+from app.ml import schedule as sch
+from app.services import audit, jobs, lifecycle
+from app.services import models as model_service
+from app.services.jobs import due_targets
+from app.services.lifecycle import OPEN, TargetStatus
+
+OPERATOR_KEY = "exact_requested_at"  # Model.config: an operator's exact-now, cleared by the exact job
+
+
+COSTS_KEY = "job_costs"  # Model.config: {"overhead_s", "exact_total_s"} observed by completed jobs
+
+
+def expected_exact_s(model: Model) -> float | None:
+    """The model's expected exact job, wall clock: the measured retrain (at calibration, refreshed by
+    each exact job) plus a job's observed fixed overhead (collect, publish, deploy to every replica),
+    or the last exact job's whole duration if that is longer. A retrain alone undercounts: on the
+    demo model under load the 3 s retrain is a 20 s job."""
+    retrain = (model.config.get("reference") or {}).get("retrain_seconds")
+    costs = model.config.get(COSTS_KEY) or {}
+    candidates = [x for x in ((retrain or 0.0) + costs.get("overhead_s", 0.0) if retrain else None,
+                              costs.get("exact_total_s")) if x]
+    return max(candidates) if candidates else None
+
+
+def observe_job(session: Session, job: Any) -> None:
+    """Fold a completed job's wall time into the model's expected exact cost (biased upward: a
+    slower job raises the estimate at once, a faster one lowers it slowly)."""
+    total, spent = (job.timings or {}).get("total_s"), job.compute_s or 0.0
+    if total is None:
+        return
+    model = session.get(Model, job.model_name)
+    costs = dict(model.config.get(COSTS_KEY) or {})
+
+    def fold(old: float | None, new: float) -> float:
+        return round(new if old is None else max(new, 0.7 * old + 0.3 * new), 3)
+
+    costs["overhead_s"] = fold(costs.get("overhead_s"), max(total - spent, 0.0))
+    if job.phase == "exact":
+        costs["exact_total_s"] = fold(costs.get("exact_total_s"), total)
+    model.config = {**model.config, COSTS_KEY: costs}
+    session.add(model)
+
+
+def schedule_of(model: Model) -> sch.Schedule:
+    """The model's schedule; the default is derived from the measured retrain alone (as
+    ``GET .../policy`` shows it), never from job wall times that a loaded machine inflates."""
+    return sch.parse(model.config.get("schedule"), (model.config.get("reference") or {}).get("retrain_seconds"))[0]
+
+
+def exact_method(model: Model) -> str:
+    """The exact method an exact-phase job runs: the last exact one of the model's effective chain."""
+    chain = policy.effective(model.spec, model.config)["chain"]
+    return next((m for m in reversed(chain) if policy.METHODS.get(m)), "retrain")
+
+
+def token_expiry(session: Session, request_id: str, settings: Settings) -> datetime | None:
+    """When the reply-to-token of a halted Fides request for this erasure dies (the earliest)."""
+    created = session.exec(select(FidesResume.created_at).where(FidesResume.request_id == request_id,
+                                                                col(FidesResume.resumed_at).is_(None))).all()
+    return min((as_utc(c) + timedelta(seconds=settings.fides_token_ttl_s) for c in created), default=None)
+
+
+def exact_due_for(session: Session, req: ErasureRequest, model: Model, settings: Settings) -> datetime:
+    margin = sch.margin_s(expected_exact_s(model), attempts=settings.max_request_attempts,
+                          backoff_s=settings.retry_backoff_s)
+    return sch.exact_due_at(received_at=as_utc(req.received_at), due_at=as_utc(req.due_at),
+                            schedule=schedule_of(model), margin=margin,
+                            token_expires_at=token_expiry(session, req.id, settings))
+
+
+def _due(q: Any, now: datetime) -> Any:
+    return q.where(col(ErasureTarget.not_before).is_(None) | (col(ErasureTarget.not_before) <= now))
+
+
+def interim_query(model_name: str, now: datetime) -> Any:
+    """Queued, due targets that have not had their interim step (their request has no exact_due_at)."""
+    return _due(select(ErasureTarget).join(ErasureRequest, col(ErasureRequest.id) == col(ErasureTarget.request_id))
+                .where(ErasureTarget.model_name == model_name, ErasureTarget.status == TargetStatus.QUEUED,
+                       col(ErasureRequest.exact_due_at).is_(None)), now)
+
+
+def exact_rows(session: Session, model_name: str) -> list[tuple[ErasureTarget, ErasureRequest]]:
+    """Targets owed only the exact job: scheduled, or queued again after a failed exact attempt."""
+    return list(session.exec(select(ErasureTarget, ErasureRequest).join(
+        ErasureRequest, col(ErasureRequest.id) == col(ErasureTarget.request_id)).where(
+        ErasureTarget.model_name == model_name,
+        (ErasureTarget.status == TargetStatus.SCHEDULED) | (
+            (ErasureTarget.status == TargetStatus.QUEUED) & col(ErasureRequest.exact_due_at).is_not(None)))).all())
+
+
+def decision(session: Session, model: Model, settings: Settings, *, now: datetime | None = None) -> sch.Decision:
+    """Whether the model's exact job for every owed subject starts now (a retry past its backoff does)."""
+    now = now or utcnow()
+    rows = exact_rows(session, model.name)
+    retry_due = any(t.status == TargetStatus.QUEUED and (t.not_before is None or as_utc(t.not_before) <= now)
+                    for t, _ in rows)
+    d = sch.decide(now=now, owed=[sch.Owed(r.id, as_utc(r.exact_due_at)) for _, r in rows],
+                   schedule=schedule_of(model), expected_exact_s=expected_exact_s(model),
+                   tick_s=settings.schedule_tick_s, backoff_s=settings.retry_backoff_s,
+                   operator_asked=bool(model.config.get(OPERATOR_KEY)))
+    if retry_due and not d.run:
+        return sch.Decision(True, "retry", now, d.owed)
+    return d
+
+
+def next_phase(session: Session, model_name: str, settings: Settings) -> str | None:
+    """``interim`` or ``exact`` (what the model's next job does), or None: nothing to run now."""
+    model = model_service.get_model(session, model_name)
+    now = utcnow()
+    if not schedule_of(model).deferred:
+        return "exact" if session.exec(due_targets(model_name)).first() is not None else None
+    if session.exec(interim_query(model_name, now)).first() is not None:
+        return "interim"
+    return "exact" if decision(session, model, settings, now=now).run else None
+
+
+def take(session: Session, model_name: str, phase: str, *, limit: int, lock: bool = False) -> list[ErasureTarget]:
+    """The targets a job of ``phase`` takes: due queued ones (today's path and interims, ``limit``
+    at a time); for a deferred model's exact job every owed one at once. ``lock`` (PostgreSQL):
+    skip rows another transaction holds."""
+    model = model_service.get_model(session, model_name)
+    if not schedule_of(model).deferred or phase == "interim":
+        q = due_targets(model_name) if not schedule_of(model).deferred else interim_query(model_name, utcnow())
+        q = q.order_by(col(ErasureTarget.queued_at)).limit(limit)
+        if lock:
+            q = q.with_for_update(skip_locked=True, of=ErasureTarget)
+        return list(session.exec(q).all())
+    return [t for t, _ in exact_rows(session, model_name)]
+
+
+def request_exact_now(session: Session, *, name: str, actor: str) -> dict[str, Any]:
+    """An operator asks for the exact job now; it runs at once for every owed subject of the model."""
+    model = model_service.get_model(session, name)
+    owed = len(exact_rows(session, name))
+    model.config = {**model.config, OPERATOR_KEY: utcnow().isoformat()}
+    session.add(model)
+    audit.append(session, type="exact_requested", actor=actor, payload={"model": name, "owed": owed})
+    return {"model": name, "owed": owed}
+
+
+def clear_operator_request(session: Session, model: Model) -> None:
+    if OPERATOR_KEY in model.config:
+        model.config = {k: v for k, v in model.config.items() if k != OPERATOR_KEY}
+        session.add(model)
+
+
+def models_to_wake(session: Session, settings: Settings) -> list[str]:
+    """Models whose exact job should start now (the beat tick enqueues them)."""
+    names = sorted(set(session.exec(select(ErasureTarget.model_name).where(
+        col(ErasureTarget.status).in_((TargetStatus.SCHEDULED, TargetStatus.QUEUED)))).all()))
+    wake = []
+    for name in names:
+        model = session.get(Model, name)
+        if model is not None and schedule_of(model).deferred and decision(session, model, settings).run:
+            wake.append(name)
+    return wake
+
+
+def at_risk_by_model(session: Session, *, now: datetime | None = None) -> dict[str, int]:
+    return {name: len(ids) for name, ids in _at_risk(session, now or utcnow()).items()}
+
+
+def at_risk_ids(session: Session, *, now: datetime | None = None) -> list[str]:
+    """Open requests of any model that ``_at_risk`` finds."""
+    return sorted({rid for ids in _at_risk(session, now or utcnow()).values() for rid in ids})
+
+
+def _at_risk(session: Session, now: datetime) -> dict[str, set[str]]:
+    """Per model, open requests whose exact erasure, started now at the safety factor, would end
+    after ``exact_due_at`` (or that are past it): visible before they are late."""
+    rows = session.exec(select(ErasureRequest.id, ErasureRequest.exact_due_at, ErasureTarget.model_name).join(
+        ErasureTarget, col(ErasureTarget.request_id) == col(ErasureRequest.id)).where(
+        col(ErasureRequest.exact_due_at).is_not(None), col(ErasureRequest.status).in_(sorted(OPEN)),
+        col(ErasureTarget.status).in_((TargetStatus.SCHEDULED, TargetStatus.QUEUED, TargetStatus.RUNNING,
+                                       TargetStatus.FAILED)))).all()
+    cost: dict[str, float | None] = {}
+    out: dict[str, set[str]] = {}
+    for rid, due, name in rows:
+        if name not in cost:
+            model = session.get(Model, name)
+            cost[name] = expected_exact_s(model) if model else None
+        if sch.at_risk(now=now, exact_due=as_utc(due), expected_exact_s=cost[name]):
+            out.setdefault(name, set()).add(rid)
+    return out
+
+
+def complete_interim(session: Session, job: Any, settings: Settings, *, deploy_s: float) -> None:
+    """The interim version serves on every live replica (or ``interim: none`` published nothing):
+    the batch's requests are ``scheduled`` with their ``exact_due_at``; nothing is purged (the
+    samples stay flagged deleted until the exact version completes the erasure)."""
+    model = model_service.get_model(session, job.model_name)
+    now = utcnow()
+    job.status, job.stage, job.finished_at = "completed", "completed", now
+    job.timings = {**job.timings, "deploy_s": round(deploy_s, 3),
+                   "total_s": round((now - as_utc(job.started_at)).total_seconds(), 3)}
+    session.add(job)
+    targets = jobs.targets_of(session, job)
+    report = (job.attempts[-1].get("report") if job.attempts else None) or {}
+    detail = {"job_id": job.id, "version": job.version_after if job.method not in (None, "none") else None,
+              "method": job.method, "version_before": job.version_before, "free_of_subject": False,
+              "verification": {k: report.get(k) for k in (
+                  "passed", "mia_test", "mia_auc", "mia_margin", "reference_auc", "forget_acc", "holdout_acc",
+                  "retain_acc", "test_acc", "reference_acc", "subject_params_cleared", "gates", "disclaimer")
+                  if k in report},
+              "note": "an interim version: the subject's own parameters are cleared and their samples excluded, "
+                      "but shared parameters may still carry their influence until the exact version serves"}
+    for req in jobs.requests_of(session, job):
+        if req.status in lifecycle.FINISHED:
+            continue
+        mine = [t for t in targets if t.request_id == req.id]
+        lifecycle.interim_served(session, req, mine, model_name=job.model_name, detail=detail,
+                                 exact_due_at=exact_due_for(session, req, model, settings), actor=jobs.ACTOR)
+    observe_job(session, job)

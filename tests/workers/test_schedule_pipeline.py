@@ -1,0 +1,197 @@
+"""Scheduled erasures through the worker pipeline, called directly on a real DB (issue 16):
+interim -> scheduled -> one exact job for every owed subject -> completed; retries; rollback."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from sqlmodel import Session, select
+
+from app.core.errors import Conflict
+from app.core.security import subject_key
+from app.db.models import ErasureRequest, Model, ModelVersion, Sample, UnlearningJob, as_utc
+from app.services import compute, erasure, jobs, schedule as schedule_service
+from app.services import models as model_service
+from workers import pipeline
+
+
+@pytest.fixture
+def worker(settings):  # noqa: ANN001, ANN201
+    import torch
+
+    w = pipeline.Worker(settings=settings.model_copy(update={"job_lease_s": 3600, "deploy_timeout_s": 2,
+                                                             "retry_backoff_s": 0.0, "job_seed": 0}),
+                        engine=None, device=torch.device("cpu"), owner="test-worker", sleep=lambda s: None)
+    return w
+
+
+def _schedule(session: Session, **schedule) -> None:  # noqa: ANN003
+    model_service.set_policy(session, name="toy", changes={"schedule": schedule}, actor="test")
+    session.commit()
+
+
+def _request(session: Session, settings, subject: str) -> str:  # noqa: ANN001
+    req, _ = erasure.create_request(session, subject_key=subject_key(settings.subject_key_secret, subject))
+    session.commit()
+    return req.id
+
+
+def _get(session: Session, rid: str) -> ErasureRequest:
+    req = session.get(ErasureRequest, rid)
+    session.refresh(req)
+    return req
+
+
+def test_interim_then_one_exact_job_for_every_owed_subject(session: Session, settings, toy_model, worker) -> None:  # noqa: ANN001
+    _schedule(session, exact_within_s=86400, interim="params")
+    burst = [_request(session, settings, s) for s in ("toy-02", "toy-03")]
+    pipeline.drain(worker, "toy")  # the interim only: the exact job is a day away
+    late = _request(session, settings, "toy-04")
+    pipeline.drain(worker, "toy")
+    ids = [*burst, late]
+    interim_jobs = session.exec(select(UnlearningJob).where(UnlearningJob.phase == "interim")).all()
+    assert len(interim_jobs) == 2 and not session.exec(select(UnlearningJob).where(UnlearningJob.phase == "exact")).all()
+    for rid in ids:
+        req = _get(session, rid)
+        assert req.status == "scheduled" and req.forgotten_at is not None
+        assert as_utc(req.exact_due_at) == as_utc(req.received_at) + timedelta(days=1)
+        assert req.result["interim"]["toy"]["verification"]  # the interim's report, shown on the request
+    serving = model_service.serving_version(session, "toy")
+    assert serving.number == 3 and serving.method == "params" and not set(ids) & set(serving.free_of)
+    # samples excluded at once, kept until the exact erasure completes
+    keys = [_get(session, r).subject_key for r in ids]
+    rows = session.exec(select(Sample).where(Sample.subject_key.in_(keys))).all()  # type: ignore[attr-defined]
+    assert rows and all(r.deleted for r in rows)
+    assert schedule_service.at_risk_ids(session) == []
+
+    out = schedule_service.request_exact_now(session, name="toy", actor="test")
+    session.commit()
+    assert out == {"model": "toy", "owed": 3}
+    pipeline.drain(worker, "toy")
+    exact = session.exec(select(UnlearningJob).where(UnlearningJob.phase == "exact")).all()
+    assert len(exact) == 1 and sorted(exact[0].request_ids) == sorted(ids)
+    assert exact[0].policy == "retrain" and exact[0].timings["schedule"]["reason"] == "operator"
+    assert "exact_requested_at" not in session.get(Model, "toy").config
+    final = model_service.serving_version(session, "toy")
+    assert set(ids) <= set(final.free_of) and final.method == "retrain"
+    for rid in ids:
+        assert _get(session, rid).status == "completed"
+    assert session.exec(select(Sample).where(Sample.subject_key.in_(keys))).all() == []  # type: ignore[attr-defined]
+    # neither the interim version nor its parent can serve again
+    for number in (1, 2, 3):
+        with pytest.raises(Conflict):
+            model_service.rollback(session, name="toy", number=number, actor="test")
+    spent = compute.per_erasure(session, name="toy")
+    assert spent["erasures_completed"] == 3 and spent["by_phase"]["interim"]["jobs"] == 2
+    assert spent["by_phase"]["exact"]["jobs"] == 1 and spent["compute_per_erasure_s"] > 0
+
+
+def test_deadline_wakes_the_exact_job_and_a_failed_one_retries(session: Session, settings, toy_model, worker,  # noqa: ANN001
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    # exact_within_s shorter than the lead (a tick + two attempts at 2x the cost): due at once
+    _schedule(session, exact_within_s=20, interim="none")
+    real = pipeline.unlearn_and_publish
+    failures = []
+
+    def flaky(w, job_id, problem, *, progress):  # noqa: ANN001, ANN202
+        if not failures:
+            failures.append(job_id)
+            with w.session() as s:
+                jobs.fail_job(s, s.get(UnlearningJob, job_id), "simulated exact failure", w.settings)
+                s.commit()
+            return False
+        return real(w, job_id, problem, progress=progress)
+
+    monkeypatch.setattr(pipeline, "unlearn_and_publish", flaky)
+    rid = _request(session, settings, "toy-05")
+    pipeline.drain(worker, "toy")
+    req = _get(session, rid)
+    assert req.status == "completed" and req.forgotten_at is None  # interim none: nothing was published
+    phases = [j.phase for j in session.exec(select(UnlearningJob).order_by(UnlearningJob.started_at)).all()]
+    assert phases == ["interim", "exact", "exact"] and failures
+    assert session.exec(select(ModelVersion).where(ModelVersion.method == "params")).all() == []
+    assert as_utc(req.completed_at) <= as_utc(req.exact_due_at)
+
+
+def test_the_beat_tick_wakes_only_models_whose_exact_job_is_due(session: Session, settings, toy_model,  # noqa: ANN001
+                                                                worker) -> None:
+    _schedule(session, exact_within_s=7 * 86400, max_owed=2, interim="none")
+    _request(session, settings, "toy-02")
+    pipeline.drain(worker, "toy")
+    assert schedule_service.models_to_wake(session, worker.settings) == []  # one owed, a week to go
+    req = session.exec(select(ErasureRequest)).one()
+    assert req.status == "scheduled" and req.forgotten_at is None
+    # a week less the lead later, the tick wakes the model
+    later = as_utc(req.exact_due_at) - timedelta(seconds=1)
+    model = session.get(Model, "toy")
+    assert schedule_service.decision(session, model, worker.settings, now=later).reason == "deadline"
+    _request(session, settings, "toy-03")  # max_owed reached once its interim step ran
+    pipeline.drain(worker, "toy")
+    assert all(r.status == "completed" for r in session.exec(select(ErasureRequest)).all())
+    exact = session.exec(select(UnlearningJob).where(UnlearningJob.phase == "exact")).one()
+    assert exact.timings["schedule"]["reason"] == "max_owed" and len(exact.request_ids) == 2
+
+
+def test_interim_auto_serves_a_gated_cheap_method_or_falls_back_to_params(session: Session, settings,  # noqa: ANN001
+                                                                          toy_model, worker) -> None:
+    _schedule(session, exact_within_s=86400, interim="auto")
+    rid = _request(session, settings, "toy-02")
+    pipeline.drain(worker, "toy")
+    req = _get(session, rid)
+    job = session.exec(select(UnlearningJob)).one()
+    tried = [a["method"] for a in job.attempts]
+    assert req.status == "scheduled" and tried[0] == "neggrad_plus"  # toy's chain, exact methods left out
+    passed = job.attempts[0]["passed"]
+    assert job.method == ("neggrad_plus" if passed else "params") and tried == (["neggrad_plus"] if passed
+                                                                                 else ["neggrad_plus", "params"])
+    serving = model_service.serving_version(session, "toy")
+    assert serving.method == job.method and rid not in serving.free_of
+    assert req.result["interim"]["toy"]["verification"]["passed"] is job.attempts[-1]["passed"]
+
+
+def test_a_worker_lost_during_the_exact_job_is_resumed_and_completes_in_time(session: Session, settings,  # noqa: ANN001
+                                                                             toy_model, worker) -> None:
+    import dataclasses
+
+    _schedule(session, exact_within_s=86400, interim="params")
+    ids = [_request(session, settings, s) for s in ("toy-02", "toy-03")]
+    pipeline.drain(worker, "toy")
+    schedule_service.request_exact_now(session, name="toy", actor="test")
+    session.commit()
+    # worker A takes the lease, opens the exact job and dies before running it
+    dead = dataclasses.replace(worker, owner="dead-worker")
+    from workers.lease import acquire_lock
+
+    assert acquire_lock(dead, "toy")
+    job_id = pipeline.next_job(dead, "toy")
+    assert session.get(UnlearningJob, job_id).phase == "exact"
+    model = session.get(Model, "toy")
+    session.refresh(model)
+    model.lock_until = model.lock_until - timedelta(hours=2)  # its lease runs out
+    session.add(model)
+    session.commit()
+    pipeline.drain(worker, "toy")  # worker B resumes the orphan
+    exact = session.exec(select(UnlearningJob).where(UnlearningJob.phase == "exact")).all()
+    assert [j.id for j in exact] == [job_id] and exact[0].deliveries == 2
+    for rid in ids:
+        req = _get(session, rid)
+        assert req.status == "completed" and as_utc(req.completed_at) <= as_utc(req.exact_due_at)
+
+
+def test_a_halted_fides_request_is_due_before_its_reply_token_dies(session: Session, settings, toy_model) -> None:  # noqa: ANN001
+    from app.db.models import FidesResume
+    from app.ml import schedule as sch
+
+    _schedule(session, exact_within_s=7 * 86400, interim="params")
+    rid = _request(session, settings, "toy-02")
+    req = _get(session, rid)
+    model = session.get(Model, "toy")
+    assert as_utc(schedule_service.exact_due_for(session, req, model, settings)) == as_utc(req.received_at) + timedelta(days=7)
+    session.add(FidesResume(privacy_request_id="pri_1", request_id=rid, reply_to="http://127.0.0.1:9/resume",
+                            token="t", created_at=as_utc(req.received_at)))
+    session.commit()
+    margin = sch.margin_s(schedule_service.expected_exact_s(model), attempts=settings.max_request_attempts,
+                          backoff_s=settings.retry_backoff_s)
+    due = schedule_service.exact_due_for(session, req, model, settings)
+    assert as_utc(due) == as_utc(req.received_at) + timedelta(seconds=settings.fides_token_ttl_s - margin)

@@ -54,10 +54,12 @@ def phase(name: str, store: str, rows: int, workdir: Path) -> dict:
 
     from app.core.db import create_schema, make_engine
     from app.services import erasure, registration
+    from app.services.subscribers import install_subscribers
     from app.services.bulk import BulkIngest
     from app.core.security import subject_key
     from workers import pipeline
     from workers.problem import collect
+    install_subscribers()  # transitions write their outbox rows here as in the worker
 
     settings = _settings(workdir)
     engine = make_engine(settings.db_url)

@@ -75,8 +75,10 @@ def phase(name: str, rows: int, workdir: Path) -> dict:
     from app.data import delta
     from app.db.models import Model
     from app.services import erasure, registration, source_erasure
+    from app.services.subscribers import install_subscribers
     from workers import pipeline
     from workers.problem import collect
+    install_subscribers()  # transitions write their outbox rows here as in the worker
 
     from bench.data_scale import _peak_mb, _rss_mb, _settings
 

@@ -20,8 +20,8 @@ from app.ml.device import set_cpu_threads
 from app.serving.holder import ModelHolder, UpdateListener
 from app.services import audit as audit_log
 from app.services import metrics
-from app.services.subscribers import install_subscribers
-from app.services import compute
+from app.services.requests.subscribers import install_subscribers
+from app.services.models import compute
 
 
 log = logging.getLogger("lethe.app")

@@ -53,9 +53,10 @@ def phase(name: str, store: str, rows: int, workdir: Path) -> dict:
     from sqlmodel import Session
 
     from app.core.db import create_schema, make_engine
-    from app.services import erasure, registration
-    from app.services.subscribers import install_subscribers
-    from app.services.bulk import BulkIngest
+    from app.services.models import registration
+    from app.services.requests import erasure
+    from app.services.requests.subscribers import install_subscribers
+    from app.services.models.bulk import BulkIngest
     from app.core.security import subject_key
     from workers import pipeline
     from workers.problem import collect

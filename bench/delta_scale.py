@@ -74,8 +74,10 @@ def phase(name: str, rows: int, workdir: Path) -> dict:
     from app.core.security import subject_key
     from app.data import delta
     from app.db.models import Model
-    from app.services import erasure, registration, source_erasure
-    from app.services.subscribers import install_subscribers
+    from app.services.integrations import source_erasure
+    from app.services.models import registration
+    from app.services.requests import erasure
+    from app.services.requests.subscribers import install_subscribers
     from workers import pipeline
     from workers.problem import collect
     install_subscribers()  # transitions write their outbox rows here as in the worker

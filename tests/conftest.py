@@ -33,7 +33,7 @@ from app.core import db  # noqa: E402
 from app.core.config import get_settings  # noqa: E402
 from app.core.db import create_schema, make_engine  # noqa: E402
 from app.core.security import SCOPES  # noqa: E402
-from app.services.subscribers import install_subscribers  # noqa: E402
+from app.services.requests.subscribers import install_subscribers  # noqa: E402
 
 PG_URL = os.environ.get("LETHE_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 # Services called directly transition requests as the API and the worker do: with the subscribers.
@@ -155,7 +155,7 @@ def client(app) -> TestClient:  # noqa: ANN001
 
 
 def make_key(session: Session, scopes: list[str], name: str = "test") -> str:
-    from app.services import keys
+    from app.services.access import keys
 
     _, clear = keys.create_key(session, name=name, scopes=scopes)
     session.commit()
@@ -170,7 +170,7 @@ def admin_headers(session: Session) -> dict[str, str]:
 @pytest.fixture
 def toy_model(session: Session, settings):  # noqa: ANN001, ANN201
     """The toy model registered (samples in the registry, v1 trained and serving)."""
-    from app.services import registration
+    from app.services.models import registration
 
     version = registration.register_demo_model(session, name="toy", secret=settings.subject_key_secret,
                                                artifacts_dir=settings.artifacts_dir, device="cpu")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from app.core.config import get_settings
 from app.core.logging import configure_logging
 from app.core.queue import get_celery
-from app.services.subscribers import install_subscribers
+from app.services.requests.subscribers import install_subscribers
 
 configure_logging(get_settings().log_level)
 install_subscribers()  # the worker's transitions write their callbacks' outbox rows (lifecycle)

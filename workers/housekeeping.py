@@ -16,8 +16,10 @@ from app.core.queue import (TASK_AUDIT_CHECKPOINT, TASK_CHECK_DEADLINES, TASK_DE
                             get_celery)
 from app.core.signing import get_keys
 from app.db.models import utcnow
-from app.services import audit, callbacks, deadlines, fides_state, publishing, source_erasure
-from app.services import schedule as schedule_service
+from app.services import audit
+from app.services.integrations import callbacks, fides_state, publishing, source_erasure
+from app.services.requests import deadlines
+from app.services.models import schedule as schedule_service
 
 log = logging.getLogger("lethe.housekeeping")
 celery = get_celery()

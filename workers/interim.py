@@ -29,10 +29,10 @@ from typing import TYPE_CHECKING, Any
 
 from app.db.models import Model, UnlearningJob
 from app.ml import policy
-from app.services import jobs
-from app.services import models as model_service
-from app.services import schedule as schedule_service
-from app.services.jobs import ACTOR
+from app.services.models import jobs
+from app.services.models import catalog as model_service
+from app.services.models import schedule as schedule_service
+from app.services.models.jobs import ACTOR
 from workers.lease import holds_fence
 from workers.problem import ForgetProblem, collect
 

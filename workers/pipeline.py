@@ -9,8 +9,8 @@ over, and a job re-delivered more than ``max_job_attempts`` times fails visibly.
 One job at a time per model: a lease on the ``model`` row (``workers/lease.py``), renewed
 while the job runs, so versions never fork and a dead worker's lock expires.
 
-This module only orchestrates over IDs: job state lives in ``app/services/jobs.py``, request
-status in ``app/services/lifecycle.py``, the forget problem and its unlearning in
+This module only orchestrates over IDs: job state lives in ``app/services/models/jobs.py``, request
+status in ``app/services/requests/lifecycle.py``, the forget problem and its unlearning in
 ``workers/problem.py``. A job that fails leaves its requests owed (retried with backoff).
 """
 
@@ -29,10 +29,13 @@ from app.core.errors import Unavailable, database_unavailable
 from app.core.logging import log_context
 from app.data import physical
 from app.db.models import ErasureTarget, UnlearningJob, utcnow
-from app.services import audit, deletions, jobs, source_erasure
-from app.services import models as model_service
-from app.services import schedule as schedule_service
-from app.services.jobs import ACTOR, STAGE_SPAN
+from app.services import audit
+from app.services.integrations import source_erasure
+from app.services.models import jobs
+from app.services.storage import deletions
+from app.services.models import catalog as model_service
+from app.services.models import schedule as schedule_service
+from app.services.models.jobs import ACTOR, STAGE_SPAN
 from workers.context import Worker
 from workers.interim import run_interim
 from workers.lease import LeaseKeeper, acquire_lock, holds_fence, release_lock
@@ -272,7 +275,7 @@ def deploy_and_complete(w: Worker, job_id: str) -> None:
 
 def drain_deletions(w: Worker) -> None:
     """Delete the files the committed completion made obsolete; what a failure leaves on the
-    to-delete list the reconciler drains (``app/services/deletions.py``)."""
+    to-delete list the reconciler drains (``app/services/storage/deletions.py``)."""
     try:
         deletions.drain(w.session)
     except Exception:  # noqa: BLE001 - the job is complete; the files are the reconciler's now

@@ -27,9 +27,10 @@ from app.data import registry
 from app.db.models import Model, UnlearningJob
 from app.ml import policy
 from app.ml.spec import Example, ModelSpec
-from app.services import audit, jobs
-from app.services import models as model_service
-from app.services.jobs import ACTOR
+from app.services import audit
+from app.services.models import jobs
+from app.services.models import catalog as model_service
+from app.services.models.jobs import ACTOR
 from workers.lease import holds_fence
 
 if TYPE_CHECKING:

@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING, Any
 from sqlmodel import col, select
 
 from app.db.models import ErasureTarget, Model, ModelRegistration, UnlearningJob, utcnow
-from app.services import deletions, orphans
-from app.services.lifecycle import TargetStatus
+from app.services.storage import deletions, orphans
+from app.services.requests.lifecycle import TargetStatus
 
 if TYPE_CHECKING:
     from workers.context import Worker

@@ -48,8 +48,8 @@ def unlearn_model(model_name: str) -> list[str]:
 @celery.task(name=TASK_REGISTER, acks_late=True, reject_on_worker_lost=True)
 def register_model(registration_id: str) -> str:
     """Run one model registration (nothing is committed unless it completes)."""
-    from app.services import registration
-    from app.services import publishing
+    from app.services.models import registration
+    from app.services.integrations import publishing
     from workers.verify.calibrate import calibrate_reference
 
     w = worker()

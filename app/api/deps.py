@@ -16,7 +16,7 @@ from app.core.db import get_session
 from app.core.errors import Unavailable
 from app.db.models import ApiKey
 from app.serving.holder import ModelHolder, UpdateListener
-from app.services import keys as key_service
+from app.services.access import keys as key_service
 
 SessionDep = Annotated[Session, Depends(get_session)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]

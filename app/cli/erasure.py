@@ -25,7 +25,7 @@ POLL_S = 0.5
 def statuses() -> tuple[frozenset[str], frozenset[str]]:
     """(erased, settled) from the lifecycle's one status enum; imported late: it loads the ORM
     (about 1 s), which ``lethe --help`` and the other commands do not need."""
-    from app.services.lifecycle import ERASED, RequestStatus as S
+    from app.services.requests.lifecycle import ERASED, RequestStatus as S
 
     # Settled: statuses a request does not leave without an operator; --follow stops there.
     return ERASED, frozenset({*ERASED, S.FAILED, S.CANCELLED, S.REJECTED, S.AWAITING_IDENTITY})
@@ -229,7 +229,7 @@ def retry(ctx: typer.Context, request_id: RequestId, url: UrlOpt = None, key: Ke
 
 def verify_certificate(file: Path, *, pem_file: str | None, url: str | None) -> int:
     """Check a certificate's Ed25519 signature against a PEM file or the key a stack serves."""
-    from app.services import certificates
+    from app.services.requests import certificates
 
     if pem_file:
         pem = Path(pem_file).read_text()

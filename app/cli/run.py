@@ -33,7 +33,9 @@ def bootstrap(settings: Settings, *, quiet: bool = False) -> str:
     from app.core.db import create_schema, session_scope
     from app.core.security import SCOPES
     from app.ml.train import demo_training
-    from app.services import keys, models, registration
+    from app.services.access import keys
+    from app.services.models import registration
+    from app.services.models import catalog as models
     from workers.verify.calibrate import calibrate_reference  # the CLI composes app and workers
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)

@@ -2,7 +2,7 @@
 import { api } from "./api.js";
 import { badge, card, h, isOverdue, kv, problemBox, short, toast, when } from "./ui.js";
 
-// app.services.lifecycle.RequestStatus (tests/app/test_console.py checks they stay equal).
+// app.services.requests.lifecycle.RequestStatus (tests/app/test_console.py checks they stay equal).
 export const STATUSES = ["awaiting_identity", "received", "queued", "running", "verifying", "deploying", "scheduled", "completed",
                          "no_data", "failed", "cancelled", "rejected"];
 export const SOURCES = ["api", "opendsr", "fides"];

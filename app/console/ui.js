@@ -26,7 +26,7 @@ export const pct = (x, digits = 1) => (x === null || x === undefined ? "—" : `
 export const num = (x, digits = 3) => (x === null || x === undefined ? "—" : Number(x).toFixed(digits));
 export const short = (id, n = 8) => (id ? String(id).slice(0, n) : "—");
 
-// app.services.lifecycle.OPEN: owed and on the clock (awaiting_identity has its clock paused).
+// app.services.requests.lifecycle.OPEN: owed and on the clock (awaiting_identity has its clock paused).
 export const OPEN = new Set(["received", "queued", "running", "verifying", "deploying", "scheduled", "failed"]);
 export const isOverdue = (r) => OPEN.has(r.status) && r.due_at && new Date(r.due_at) < new Date();
 

@@ -27,7 +27,7 @@ from sqlalchemy import delete, insert, update
 from sqlmodel import Session, col, select
 
 from app.db.models import SubjectRows
-from app.services import deletions
+from app.services.storage import deletions
 from app.ml.spec import Example
 
 PART_ROWS = 1_000_000  # rows per part: ~1 s to rewrite one when a subject in it is purged

@@ -142,7 +142,7 @@ def manifest(session: Session, model: Model, retain: Sequence[Example], exclude:
 def purge(session: Session, model: Model, keys: list[str], root: Path) -> int:
     """Remove the subjects' rows (and any cached features of theirs) for good (the erasure completed).
     For ``delta``: dropped from the index and recorded as owed to the table; the table itself changes
-    after commit (``app/services/source_erasure.py``)."""
+    after commit (``app/services/integrations/source_erasure.py``)."""
     feature_cache.drop(root, model.name, keys)
     if store_of(model) == "delta":
         return delta.schedule(session, model, keys)

@@ -135,7 +135,7 @@ class ErasureRequest(SQLModel, table=True):
     api_key_id: str | None = None
     reason: str | None = None
     policy: str = "auto"
-    status: str = Field(default="received", index=True)  # app.services.lifecycle.RequestStatus
+    status: str = Field(default="received", index=True)  # app.services.requests.lifecycle.RequestStatus
     stage: str = "received"
     percent: float = 0.0
     received_at: datetime = Field(default_factory=utcnow, index=True)
@@ -165,7 +165,7 @@ class ErasureTarget(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     request_id: str = Field(foreign_key="erasurerequest.id", index=True)
     model_name: str = Field(foreign_key="model.name")
-    status: str = "queued"  # app.services.lifecycle.TargetStatus
+    status: str = "queued"  # app.services.requests.lifecycle.TargetStatus
     job_id: str | None = None
     queued_at: datetime = Field(default_factory=utcnow)
     # Jobs that took this target and failed; after a failure it waits until ``not_before``.
@@ -304,7 +304,7 @@ class MetricCounter(SQLModel, table=True):
 
 class PendingDeletion(SQLModel, table=True):
     """A file or directory the database no longer needs, to be deleted after the commit that
-    stopped needing it (``app/services/deletions.py``). Written in that same transaction, so a
+    stopped needing it (``app/services/storage/deletions.py``). Written in that same transaction, so a
     rollback keeps the file and a crash after the commit leaves an entry the reconciler drains."""
 
     id: int | None = Field(default=None, primary_key=True)
@@ -316,7 +316,7 @@ class PendingDeletion(SQLModel, table=True):
 class SourceErasure(SQLModel, table=True):
     """Delta store (issue 18): a subject owed a DELETE and a physical purge in an organisation's
     table. Written in the transaction that completes the erasure (or finds re-ingested rows); the
-    table changes only after that commit (``app/services/source_erasure.py``), so a crash or an
+    table changes only after that commit (``app/services/integrations/source_erasure.py``), so a crash or an
     unreachable table leaves the row owed and retried. Holds the key, never the clear id."""
 
     __table_args__ = (Index("ix_sourceerasure_status_uri", "status", "uri"),)
@@ -341,7 +341,7 @@ class SourceErasure(SQLModel, table=True):
 
 
 class RegistrySync(SQLModel, table=True):
-    """Outbox of publish-target syncs (issue 19, ``app/services/publishing.py``): written in the
+    """Outbox of publish-target syncs (issue 19, ``app/services/integrations/publishing.py``): written in the
     transaction that makes a registry out of date (a completed erasure, a configured target), delivered
     at least once by housekeeping; never given up, so an outage delays a purge but never loses it."""
 

@@ -4,7 +4,7 @@ Exactness is bought by retraining, and one exact retrain without every owed subj
 all of them at once. A per-model ``Schedule`` says how long an acknowledged erasure may wait for
 its exact version (``exact_within_s``), how many owed subjects start the exact job early
 (``max_owed``) and what runs at once (``interim``). This module decides, from times and costs
-only -- no database, no clock of its own -- so the worker (``app/services/schedule.py``) and the
+only -- no database, no clock of its own -- so the worker (``app/services/models/schedule.py``) and the
 discrete-event simulation (``bench/schedule.py``, with a fake clock) run the same decisions.
 
 Deadline arithmetic (all times aware UTC)::

@@ -1,7 +1,7 @@
 """Publish targets: where clean model versions go besides Lethe's own replicas (issue 19).
 
 One module per kind behind one small interface (``RegistryTarget``), registered by name like the
-data stores of ``app/data/registry.py``; ``app/services/publishing.py`` decides *what* a target must
+data stores of ``app/data/registry.py``; ``app/services/integrations/publishing.py`` decides *what* a target must
 hold (every clean version Lethe serves, nothing that carries an erased person) and calls only this
 interface, so a second kind of registry is one more module, not a branch in the pipeline.
 

@@ -3,7 +3,7 @@
 * counters kept in the DB (``MetricCounter``) for what the worker counts: the worker, not the
   scraped API process, completes requests, so ``lethe_time_to_forget_seconds`` is a real
   histogram whose buckets are incremented in the completion's own transaction (a subscriber,
-  ``app/services/subscribers.py``) and only read here — monotonic, so ``rate()`` works;
+  ``app/services/requests/subscribers.py``) and only read here — monotonic, so ``rate()`` works;
 * gauges computed from the DB at scrape time (requests by status, queue depth, jobs, serving
   versions, replicas, the callback outbox) and counters tallied from the sequenced audit chain
   (gate failures, utility warnings): every API replica reports the same DB truth, so alert rules
@@ -35,9 +35,9 @@ from app.core.config import get_settings
 from app.db.models import (AuditEvent, CallbackDelivery, ErasureRequest, ErasureTarget, FidesResume, MetricCounter,
                            Model, Replica, SourceErasure, UnlearningJob, as_utc, utcnow)
 from app.ml.policy import METHODS
-from app.services import fides_state
-from app.services.lifecycle import RequestStatus, TargetStatus
-from app.services.models import ANY_MODEL
+from app.services.integrations import fides_state
+from app.services.requests.lifecycle import RequestStatus, TargetStatus
+from app.services.models.catalog import ANY_MODEL
 
 TIME_TO_FORGET = "lethe_time_to_forget_seconds"
 # Receipt to every live replica serving a version free of the subject: seconds (a retrain on the

@@ -10,7 +10,7 @@ a missed message cannot defeat, by polling the DB every ``poll_interval_s``. The
 heartbeats ``(replica, model, version, loaded_at)`` to the DB every
 ``heartbeat_interval_s``; the worker completes an erasure only when every live replica
 reports a clean version. The same subscription carries API-key changes for the replica's key
-cache (``app.services.keycache``), which it acks.
+cache (``app.services.access.keycache``), which it acks.
 """
 
 from __future__ import annotations
@@ -33,8 +33,8 @@ from app.core.errors import LetheError
 from app.db.models import Model, utcnow
 from app.ml.spec import ModelSpec
 from app.ml.specs import get_spec
-from app.services import keycache
-from app.services import models as model_service
+from app.services.access import keycache
+from app.services.models import catalog as model_service
 
 log = logging.getLogger("lethe.serving")
 CHANNEL = "lethe:model-updated"

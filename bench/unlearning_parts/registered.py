@@ -36,8 +36,8 @@ from app.ml.policy import METHODS as EXACT
 from app.ml.sisa import is_sisa
 from app.ml.spec import SPLITS, Example, ModelSpec
 from app.ml.specs import get_spec
-from app.services import jobs
-from app.services import models as model_service
+from app.services.models import jobs
+from app.services.models import catalog as model_service
 from bench.unlearning_parts.configs import SIZES, draw_forget_set
 from bench.unlearning_parts.measure import Stage, bench_stage
 from workers.verify.report import Gates

@@ -197,7 +197,7 @@ def test_identity_verification_pauses_the_clock_and_erases_nothing_until_confirm
     assert 3 * 86400 <= resumed["clock_paused_s"] < 3 * 86400 + 60
     session.expire_all()
     req = session.get(ErasureRequest, pending["id"])
-    from app.services.erasure import add_one_month
+    from app.services.requests.erasure import add_one_month
 
     assert abs((req.due_at - add_one_month(req.received_at)).total_seconds() - req.clock_paused_s) < 1
     assert session.get(Suppression, key) is not None
@@ -223,7 +223,7 @@ def test_unverified_identity_rejects_and_cancel_works_while_paused(client: TestC
     from datetime import timedelta
 
     from app.db.models import utcnow
-    from app.services import deadlines
+    from app.services.requests import deadlines
 
     # A paused clock is in no deadline bucket (the gauge), even long past the provisional due date.
     assert sum(deadlines.open_by_bucket(session, now=utcnow() + timedelta(days=90)).values()) == 0
@@ -237,7 +237,7 @@ def test_unverified_identity_rejects_and_cancel_works_while_paused(client: TestC
 def test_month_arithmetic_clamps_to_the_last_day() -> None:
     from datetime import datetime
 
-    from app.services.erasure import add_months
+    from app.services.requests.erasure import add_months
 
     assert add_months(datetime(2026, 1, 31), 1) == datetime(2026, 2, 28)
     assert add_months(datetime(2028, 1, 31), 1) == datetime(2028, 2, 29)

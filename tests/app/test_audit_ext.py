@@ -17,7 +17,8 @@ from sqlmodel import Session, select
 
 from app.core.db import create_schema, make_engine
 from app.db.models import AuditEvent, ErasureRequest, utcnow
-from app.services import audit, deadlines
+from app.services import audit
+from app.services.requests import deadlines
 from tests.conftest import fresh_pg_database, make_key
 
 

@@ -19,7 +19,7 @@ from app.core.outbound import Outbound
 from app.core.security import subject_key
 from app.core.signing import get_keys, verify_rsa
 from app.db.models import AuditEvent, CallbackDelivery, Model, OpenDsrRequest, Sample, utcnow
-from app.services import callbacks
+from app.services.integrations import callbacks
 
 HELD = "callback-subject"
 

@@ -18,7 +18,7 @@ from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 from app.core import db
 from app.core.outbound import Outbound
 from app.db.models import AuditEvent, CallbackDelivery, ErasureRequest, Model
-from app.services import callbacks
+from app.services.integrations import callbacks
 from tests.app.test_outbound import FakeResolver, Receiver, RecordingBackend
 
 NEW, OLD = "prod-callback-secret-2026-12", "prod-callback-secret-2026-06"

@@ -14,7 +14,7 @@ from app.cli import main as cli_main
 from app.core.security import subject_key
 from app.db.models import ErasureRequest, Model, ModelVersion, Sample, utcnow
 from app.services import audit
-from app.services.certificates import verify_certificate_file
+from app.services.requests.certificates import verify_certificate_file
 
 SUBJECT = "certified-subject"
 REPORT = {"test": "rank", "forget_auc": 0.51, "reference_auc": 0.5, "passed": True}

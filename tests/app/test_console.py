@@ -13,8 +13,8 @@ from app.core.security import subject_key
 from app.db.models import ErasureTarget, UnlearningJob
 from app.api.console import CONSOLE_DIR
 from app.main import create_app
-from app.services import erasure
-from app.services.lifecycle import OPEN, RequestStatus
+from app.services.requests import erasure
+from app.services.requests.lifecycle import OPEN, RequestStatus
 from tests.conftest import make_key
 
 PROBLEM = "application/problem+json"

@@ -60,9 +60,11 @@ def live(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict]:
     from app.core.signing import get_keys
     from app.core.security import subject_key
     from app.main import create_app
-    from app.services import audit, erasure, keys
-    from app.services import models as model_service
-    from app.services import registration
+    from app.services import audit
+    from app.services.access import keys
+    from app.services.requests import erasure
+    from app.services.models import catalog as model_service
+    from app.services.models import registration
     from workers import pipeline
 
     port = _free_port()

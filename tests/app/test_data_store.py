@@ -11,7 +11,8 @@ from sqlmodel import Session, select
 from app.core.security import subject_key
 from app.data import columnar, registry
 from app.db.models import ErasureRequest, Model, ModelVersion, Sample, SubjectRows
-from app.services import erasure, registration
+from app.services.models import registration
+from app.services.requests import erasure
 from workers import pipeline
 
 

@@ -20,7 +20,10 @@ from app.data import delta, registry
 from app.db.models import ErasureRequest, Model, ModelVersion, SourceErasure, SubjectRows, utcnow
 from app.ml.specs import get_spec
 from app.core.signing import get_keys
-from app.services import audit, certificates, erasure, registration, source_erasure
+from app.services import audit
+from app.services.integrations import source_erasure
+from app.services.models import registration
+from app.services.requests import certificates, erasure
 from app.core import db
 from workers import pipeline
 

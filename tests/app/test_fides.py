@@ -9,7 +9,8 @@ from sqlmodel import Session, select
 
 from app.core.config import get_settings
 from app.db.models import CallbackDelivery, ErasureRequest, ErasureTarget, FidesResume
-from app.services import callbacks, lifecycle
+from app.services.integrations import callbacks
+from app.services.requests import lifecycle
 
 HEADERS = {"reply-to": "/privacy-request/pri_1/resume", "reply-to-token": "jwe-token-abc"}
 
@@ -63,7 +64,7 @@ def test_post_webhooks_and_bad_input(client: TestClient, admin_headers: dict, to
 
 
 def test_identity_fields_accept_fides_value_objects() -> None:
-    from app.services.fides import subject_id_of
+    from app.services.integrations.fides import subject_id_of
 
     assert subject_id_of({"external_id": {"value": "15", "label": "Customer"}}, "external_id") == "15"
     assert subject_id_of({"user_id": 7}, "external_id,user_id") == "7"

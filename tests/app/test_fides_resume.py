@@ -23,7 +23,8 @@ from app.core.outbound import Outbound
 from app.core.security import subject_key
 from app.db.models import (AuditEvent, CallbackDelivery, ErasureRequest, ErasureTarget, FidesResume, Model, Sample,
                            utcnow)
-from app.services import callbacks, fides_state, lifecycle
+from app.services.integrations import callbacks, fides_state
+from app.services.requests import lifecycle
 
 TOKEN = "t" * 259  # Fides' reply-to-token is a 259-character JWE
 

@@ -16,7 +16,7 @@ from app.core import db
 from app.core.errors import Conflict
 from app.core.security import subject_key
 from app.db.models import AuditEvent, ErasureRequest, ErasureTarget, Suppression
-from app.services import erasure, intake
+from app.services.requests import erasure, intake
 
 
 def item(settings, subject: str, **kw) -> erasure.IntakeItem:  # noqa: ANN001

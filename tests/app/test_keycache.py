@@ -13,7 +13,8 @@ from sqlmodel import Session
 from app.core.errors import Unauthorized
 from app.db.models import ApiKey
 from app.serving.holder import ModelHolder, UpdateListener
-from app.services import keycache, keys, models
+from app.services.access import keycache, keys
+from app.services.models import catalog as models
 from tests.conftest import make_key, redis_available
 
 NO_REDIS = "redis://127.0.0.1:1/0"  # nothing listens there

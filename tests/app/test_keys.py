@@ -7,7 +7,7 @@ from sqlmodel import Session, select
 
 from app.core import db
 from app.db.models import ApiKey
-from app.services import keys
+from app.services.access import keys
 from tests.conftest import make_key
 
 

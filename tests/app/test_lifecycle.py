@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from app.services import callbacks, lifecycle
-from app.services.lifecycle import RequestStatus
+from app.services.integrations import callbacks
+from app.services.requests import lifecycle
+from app.services.requests.lifecycle import RequestStatus
 
 
 def test_every_status_has_an_opendsr_status_and_erased_means_completed() -> None:
@@ -29,7 +30,7 @@ def test_the_lifecycle_is_the_only_writer_of_request_status() -> None:
 
 
 def test_a_transition_with_no_subscribers_installed_is_refused(session, monkeypatch) -> None:  # noqa: ANN001
-    from app.services import erasure
+    from app.services.requests import erasure
 
     monkeypatch.setattr(lifecycle, "_subscribers", [])
     with pytest.raises(RuntimeError, match="install_subscribers"):
@@ -42,12 +43,12 @@ def test_the_api_and_the_worker_each_install_the_subscribers(monkeypatch) -> Non
     from pathlib import Path
 
     from app.main import create_app
-    from app.services.subscribers import SUBSCRIBERS
+    from app.services.requests.subscribers import SUBSCRIBERS
 
     monkeypatch.setattr(lifecycle, "_subscribers", [])
     create_app(serve_models=False)
     assert lifecycle._subscribers == list(SUBSCRIBERS)
-    check = ("import workers.celery_app; from app.services import lifecycle, subscribers; "
+    check = ("import workers.celery_app; from app.services.requests import lifecycle, subscribers; "
              "assert lifecycle._subscribers == list(subscribers.SUBSCRIBERS), lifecycle._subscribers")
     done = subprocess.run([sys.executable, "-c", check], cwd=Path(__file__).resolve().parents[2],
                           capture_output=True, text=True, timeout=120)

@@ -15,7 +15,8 @@ from sqlmodel import Session, delete, select
 from app.core.db import session_scope
 from app.db.models import (AuditEvent, ErasureRequest, ErasureTarget, MetricCounter, Model, UnlearningJob, as_utc,
                            utcnow)
-from app.services import audit, lifecycle, metrics
+from app.services import audit, metrics
+from app.services.requests import lifecycle
 from tests.conftest import engine_for
 
 

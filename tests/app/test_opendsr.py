@@ -16,7 +16,7 @@ from sqlmodel import Session, select
 from app.core.security import subject_key
 from app.core.signing import verify_rsa
 from app.db.models import AuditEvent, CallbackDelivery, ErasureRequest, Model, OpenDsrRequest, Sample
-from app.services import callbacks
+from app.services.integrations import callbacks
 from tests.conftest import make_key
 
 DIALECTS = {  # name: (requests path, discovery/status base, header prefix, api_version)

@@ -18,7 +18,8 @@ from app.core.db import create_schema, make_engine
 from app.core.security import subject_key
 from app.db.models import ErasureRequest
 from app.ml.specs import get_spec
-from app.services import erasure, registration
+from app.services.models import registration
+from app.services.requests import erasure
 from workers import pipeline
 
 SUBJECT = "toy-07"  # a train subject

@@ -23,8 +23,11 @@ from sqlmodel import Session, select
 
 from app.core.security import subject_key
 from app.db.models import ErasureRequest, Model, RegistrySync, utcnow
-from app.services import audit, erasure, publishing, registration
-from app.services import models as model_service
+from app.services import audit
+from app.services.integrations import publishing
+from app.services.models import registration
+from app.services.requests import erasure
+from app.services.models import catalog as model_service
 from tests.mlflow_server import MlflowServer
 from workers import pipeline
 

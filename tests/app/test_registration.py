@@ -17,7 +17,7 @@ from app.core.errors import Conflict
 from app.db.models import Model, ModelRegistration, ModelVersion, Sample
 from app.ml import policy
 from app.ml.specs import SpecUnavailable, UnknownSpec, get_spec, spec_class, spec_names
-from app.services import registration
+from app.services.models import registration
 
 PLUGIN = '''
 from app.ml.specs.toy import ToySpec

@@ -12,7 +12,7 @@ from sqlmodel import Session, select
 
 from app.core.security import subject_key
 from app.db.models import ErasureTarget, Model, utcnow
-from app.services import erasure
+from app.services.requests import erasure
 from tests.app.test_cli_commands import lethe  # noqa: F401 - the CLI fixture
 
 

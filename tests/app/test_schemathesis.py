@@ -34,7 +34,7 @@ from app.core.errors import PROBLEM
 from app.core.security import SCOPES
 from app.main import create_app
 from app.serving.holder import UpdateListener
-from app.services import registration
+from app.services.models import registration
 from tests.conftest import engine_for, make_key
 
 MAX_EXAMPLES = 8  # per operation and generation mode
@@ -152,6 +152,6 @@ def test_a_blank_idempotency_key_is_not_a_server_error(admin_headers: dict[str, 
                for _ in range(2)]
     assert [r.status_code for r in answers] == [422, 422], [r.json() for r in answers]
     assert answers[0].headers["content-type"].startswith("application/problem+json")
-    from app.services import erasure
+    from app.services.requests import erasure
 
     assert erasure.IntakeItem(subject_key="k", idempotency_key=" ").idempotency_key is None

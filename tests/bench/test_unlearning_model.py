@@ -25,7 +25,7 @@ from app.ml.checkpoint import load_checkpoint
 from app.ml.spec import Example
 from app.ml.specs import get_spec
 from app.ml.train import evaluate
-from app.services import registration
+from app.services.models import registration
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "bench" / "unlearning.py"

@@ -329,7 +329,7 @@ def test_after_every_erasure_on_this_stack_disk_and_database_agree(stack2: Stack
 
     from app.db.models import ModelVersion
     from app.ml.checkpoint import companion_dirs, file_sha256, read_meta
-    from app.services import deletions, orphans
+    from app.services.storage import deletions, orphans
 
     engine = create_engine(stack2.db_url)
     try:

@@ -84,7 +84,7 @@ def test_feature_cache_serves_what_the_backbone_computes_and_drops_a_subject(spe
 def test_adopted_weights_must_carry_the_published_backbone(spec, train, tmp_path) -> None:
     from safetensors.torch import save_file
 
-    from app.services.registration import RegistrationFailed, adopt_weights
+    from app.services.models.registration import RegistrationFailed, adopt_weights
 
     model, meta = train_from_scratch(spec, train, device="cpu", seed=0, recipe=SHORT)
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, tmp_path / "ok.safetensors")

@@ -19,8 +19,9 @@ from app.core.errors import Conflict
 from app.core.security import subject_key
 from app.db.models import ErasureRequest, Model, ModelVersion, Sample, UnlearningJob, utcnow
 from app.serving.holder import ModelHolder, UpdateListener
-from app.services import audit, deadlines, erasure
-from app.services import models as model_service
+from app.services import audit
+from app.services.requests import deadlines, erasure
+from app.services.models import catalog as model_service
 from workers import pipeline
 
 

@@ -27,7 +27,9 @@ from app.core.security import subject_key
 from app.data import columnar, registry
 from app.db.models import ErasureRequest, Model, ModelVersion, Sample, SubjectRows
 from app.ml.checkpoint import companion_dirs, file_sha256, read_meta
-from app.services import deletions, erasure, jobs, orphans, registration
+from app.services.models import jobs, registration
+from app.services.requests import erasure
+from app.services.storage import deletions, orphans
 from workers import pipeline
 from workers.reconcile import reconcile_files
 

@@ -16,7 +16,7 @@ from app.core.security import subject_key
 from app.db.models import ErasureRequest, ModelVersion
 from app.ml.checkpoint import load_checkpoint
 from app.ml.train import evaluate
-from app.services import erasure
+from app.services.requests import erasure
 from workers import pipeline
 from workers.unlearning import METHODS, get_method
 from workers.unlearning.base import UnlearnContext

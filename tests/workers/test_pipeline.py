@@ -8,7 +8,8 @@ import pytest
 from sqlmodel import Session, select
 
 from app.db.models import ErasureRequest, Model, ModelVersion, Replica, Sample, UnlearningJob, utcnow
-from app.services import audit, erasure
+from app.services import audit
+from app.services.requests import erasure
 from app.core.security import subject_key
 from workers import pipeline
 
@@ -134,7 +135,7 @@ def test_reconciler_resends_queued_work(session: Session, settings, toy_model, w
 
 def test_sisa_model_is_unlearned_exactly_and_old_slices_are_purged(session: Session, settings, worker) -> None:  # noqa: ANN001
     from app.ml.checkpoint import companion_dirs, read_meta
-    from app.services import registration
+    from app.services.models import registration
 
     registration.register_demo_model(session, name="toy", secret=settings.subject_key_secret,
                                      artifacts_dir=settings.artifacts_dir / "sisa-test", device="cpu",
@@ -159,7 +160,7 @@ def test_art19_recipients_are_notified_on_completion(session: Session, settings,
     import json
 
     from app.db.models import CallbackDelivery
-    from app.services import models
+    from app.services.models import catalog as models
 
     models.set_recipients(session, name="toy", actor="test", recipients=[
         {"name": "edge-fleet", "contact": "ops@example.org", "callback_url": "http://127.0.0.1:9/art19"},
@@ -369,7 +370,7 @@ def test_subjects_still_owed_an_erasure_are_never_trained_on(session: Session, s
 def test_a_request_of_two_models_completes_only_when_both_are_clean(
         session: Session, settings, toy_model, worker, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
     import workers.unlearning.engine as engine
-    from app.services import registration
+    from app.services.models import registration
     from workers.unlearning.engine import ForgetOutcome
 
     registration.register(session, name="toy-b", spec="toy", secret=settings.subject_key_secret,

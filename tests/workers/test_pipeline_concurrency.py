@@ -12,7 +12,8 @@ from sqlmodel import Session, select
 from app.core.db import create_schema, make_engine
 from app.core.security import subject_key
 from app.db.models import ErasureRequest, ModelVersion, UnlearningJob
-from app.services import erasure, registration
+from app.services.models import registration
+from app.services.requests import erasure
 from tests.conftest import fresh_pg_database
 from workers import pipeline
 

@@ -87,7 +87,8 @@ def test_an_erasure_deletes_the_subjects_cached_features_and_retrains_the_head(s
     from app.data.feature_cache import FeatureCache, directory
     from app.db.models import ErasureRequest, ModelVersion
     from app.ml.checkpoint import read_meta
-    from app.services import erasure, registration
+    from app.services.models import registration
+    from app.services.requests import erasure
     from workers import pipeline
 
     registration.register_demo_model(session, name="wdbc", spec="wdbc_head", secret=settings.subject_key_secret,

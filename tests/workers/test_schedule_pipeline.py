@@ -11,8 +11,10 @@ from sqlmodel import Session, select
 from app.core.errors import Conflict
 from app.core.security import subject_key
 from app.db.models import ErasureRequest, Model, ModelVersion, Sample, UnlearningJob, as_utc
-from app.services import compute, erasure, jobs, schedule as schedule_service
-from app.services import models as model_service
+from app.services.models import compute, jobs
+from app.services.models import schedule as schedule_service
+from app.services.requests import erasure
+from app.services.models import catalog as model_service
 from workers import pipeline
 
 

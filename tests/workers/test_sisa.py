@@ -97,7 +97,8 @@ def test_auto_prefers_user_sharded_sisa_only_where_measured_to_win():
 
 
 def test_register_demo_model_as_sisa(session, settings):
-    from app.services import models, registration
+    from app.services.models import registration
+    from app.services.models import catalog as models
 
     version = registration.register_demo_model(session, name="toy", secret=settings.subject_key_secret,
                                                artifacts_dir=settings.artifacts_dir, device="cpu",
@@ -138,7 +139,9 @@ def test_a_movielens_sisa_model_forgets_a_user_exactly_through_the_pipeline(sess
     from app.db.models import ErasureRequest, ModelVersion
     from app.ml import policy
     from app.ml.train import demo_training, predict_logits
-    from app.services import erasure, models, registration
+    from app.services.models import registration
+    from app.services.models import catalog as models
+    from app.services.requests import erasure
     from workers import pipeline
 
     training = demo_training("movielens", sisa_models="toy,movielens")

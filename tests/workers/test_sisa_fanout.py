@@ -16,7 +16,9 @@ from app.db.models import ErasureRequest, ModelVersion
 from app.ml import sisa
 from app.ml.checkpoint import load_checkpoint
 from app.ml.sisa_tasks import FanOut
-from app.services import erasure, models, registration
+from app.services.models import registration
+from app.services.models import catalog as models
+from app.services.requests import erasure
 from workers import pipeline
 
 ROOT = Path(__file__).resolve().parents[2]

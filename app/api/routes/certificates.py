@@ -11,7 +11,8 @@ from app.api.schemas.certificates import PublicKeyOut, SignedCertificate
 from app.core import db
 from app.core.signing import get_keys
 from app.db.models import utcnow
-from app.services import audit, certificates, deadlines
+from app.services import audit
+from app.services.requests import certificates, deadlines
 
 router = APIRouter(tags=["certificates"])
 # The open-requests-by-deadline gauge is read from the DB at scrape time (GET /metrics).

@@ -17,8 +17,9 @@ from app.core.queue import enqueue_unlearn
 from app.core.ratelimit import check_intake
 from app.core.security import subject_key
 from app.ml import policy as policy_rules
-from app.services import callbacks, erasure, fides_state, intake, opendsr
-from app.services.lifecycle import RequestStatus
+from app.services.integrations import callbacks, fides_state, opendsr
+from app.services.requests import erasure, intake
+from app.services.requests.lifecycle import RequestStatus
 
 router = APIRouter(prefix="/v1/erasure-requests", tags=["erasure"])
 Writer = Annotated[Principal, Depends(require("erasure:write"))]

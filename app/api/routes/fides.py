@@ -11,7 +11,8 @@ from app.api.deps import Principal, SessionDep, SettingsDep, require
 from app.api.schemas.fides import FidesAnswer
 from app.core.queue import enqueue_unlearn
 from app.core.ratelimit import check_intake
-from app.services import erasure, fides
+from app.services.integrations import fides
+from app.services.requests import erasure
 
 router = APIRouter(prefix="/integrations/fides", tags=["integrations"])
 

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends
 
 from app.api.deps import Principal, SessionDep, require
 from app.api.schemas.jobs import JobPublic
-from app.services import jobs
+from app.services.models import jobs
 
 router = APIRouter(prefix="/v1/jobs", tags=["erasure"])
 Reader = Annotated[Principal, Depends(require("erasure:read"))]

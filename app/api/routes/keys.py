@@ -10,7 +10,7 @@ from fastapi import APIRouter, Depends
 from app.api.deps import CurrentKey, Principal, SessionDep, SettingsDep, require
 from app.api.schemas import KeyCreate
 from app.api.schemas.keys import KeyList, KeyPublic, KeySecret
-from app.services import keys
+from app.services.access import keys
 
 router = APIRouter(prefix="/v1/keys", tags=["keys"])
 Admin = Annotated[Principal, Depends(require("admin"))]

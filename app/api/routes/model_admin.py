@@ -16,10 +16,11 @@ from app.api.schemas.models import (BulkIngestOut, ExactNowOut, PolicyOut, Publi
 from app.core.errors import Unprocessable
 from app.core.queue import enqueue_registration, enqueue_unlearn
 from app.ml.specs import spec_names
-from app.services import models as model_service
-from app.services import publishing, registration
-from app.services import schedule as schedule_service
-from app.services.bulk import BulkIngest
+from app.services.models import catalog as model_service
+from app.services.integrations import publishing
+from app.services.models import registration
+from app.services.models import schedule as schedule_service
+from app.services.models.bulk import BulkIngest
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
 Admin = Annotated[Principal, Depends(require("admin"))]

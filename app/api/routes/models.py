@@ -13,8 +13,8 @@ from app.api.schemas.models import ModelDetail, ModelList, PredictOut, Recipient
 from app.core import outbound
 from app.core.errors import NotFound, Unavailable, Unprocessable
 from app.ml.train import predict as run_predict
-from app.services import compute
-from app.services import models as model_service
+from app.services.models import compute
+from app.services.models import catalog as model_service
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
 Predictor = Annotated[Principal, Depends(require("predict"))]

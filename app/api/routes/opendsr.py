@@ -25,8 +25,8 @@ from app.core.queue import enqueue_unlearn
 from app.core.ratelimit import check_intake
 from app.core.signing import get_keys
 from app.db.models import utcnow
-from app.services import opendsr
-from app.services.opendsr import CERT_PATH, DIALECTS, REQUEST_TYPES, Dialect, SubjectRequestIn
+from app.services.integrations import opendsr
+from app.services.integrations.opendsr import CERT_PATH, DIALECTS, REQUEST_TYPES, Dialect, SubjectRequestIn
 
 Writer = Annotated[Principal, Depends(require("erasure:write"))]
 Reader = Annotated[Principal, Depends(require("erasure:read"))]

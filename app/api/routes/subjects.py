@@ -10,7 +10,7 @@ from app.api.deps import Principal, SessionDep, SettingsDep, require
 from app.api.schemas import IngestBody
 from app.api.schemas.subjects import IngestOut, SubjectOut
 from app.core.security import subject_key
-from app.services import subjects
+from app.services.requests import subjects
 
 router = APIRouter(prefix="/v1/subjects", tags=["subjects"])
 

@@ -8,7 +8,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from app.api.schemas._base import NEXT_CURSOR, Out
-from app.services.lifecycle import RequestStatus, TargetStatus
+from app.services.requests.lifecycle import RequestStatus, TargetStatus
 
 
 class TargetOut(Out):
@@ -22,7 +22,7 @@ class TargetOut(Out):
 
 
 class FidesStateOut(Out):
-    """A Fides request's integration state (app/services/fides_state.py; README "Fides")."""
+    """A Fides request's integration state (app/services/integrations/fides_state.py; README "Fides")."""
 
     privacy_request_id: str | None = Field(description="Fides' privacy_request_id.")
     state: Literal["not_halted", "halted", "resuming", "resumed", "ended_in_fides", "resume_refused",

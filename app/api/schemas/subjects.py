@@ -7,7 +7,7 @@ from datetime import datetime
 from pydantic import Field
 
 from app.api.schemas._base import Out
-from app.services.lifecycle import RequestStatus
+from app.services.requests.lifecycle import RequestStatus
 
 
 class IngestOut(Out):

@@ -19,7 +19,8 @@ from app.data.delta import DEFAULT_PURGE_AFTER_S
 from app.db.models import ErasureTarget, Model, ModelVersion, Replica, utcnow
 from app.ml.specs import get_spec
 from app.publish import target_key
-from app.services import audit, registry_outbox
+from app.services import audit
+from app.services.integrations import registry_outbox
 
 log = logging.getLogger("lethe.models")
 
@@ -179,7 +180,7 @@ def notify_recipients(session: Session, *, name: str, request_id: str, version_b
                       version_after: int | None, completed_at: Any) -> list[str]:
     """Art. 19 notices for one completed erasure of model ``name``: an audit record per recipient and,
     where a recipient gave a callback URL, a signed notice from the callback outbox. Returns the names."""
-    from app.services import callbacks
+    from app.services.integrations import callbacks
 
     recipients = get_model(session, name).config.get("recipients") or []
     after = get_version(session, name, version_after) if version_after else None

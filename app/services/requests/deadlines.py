@@ -16,7 +16,7 @@ from sqlmodel import Session, col, select
 
 from app.db.models import AuditEvent, ErasureRequest, as_utc
 from app.services import audit
-from app.services.erasure import OPEN_STATUSES
+from app.services.requests.erasure import OPEN_STATUSES
 
 log = logging.getLogger("lethe.deadlines")
 EVENT = "deadline_80_percent"

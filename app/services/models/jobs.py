@@ -1,7 +1,7 @@
 """Unlearning jobs' state in the registry: open, progress, fail (retry with backoff), complete.
 
 Plain functions over a session (the caller commits); the worker's pipeline orchestrates them.
-Request statuses change only through ``app/services/lifecycle.py``.
+Request statuses change only through ``app/services/requests/lifecycle.py``.
 """
 
 from __future__ import annotations
@@ -15,9 +15,11 @@ from app.core.config import Settings
 from app.data import registry
 from app.db.models import ErasureRequest, ErasureTarget, ModelVersion, UnlearningJob, utcnow
 from app.core.errors import NotFound
-from app.services import audit, deletions, lifecycle
-from app.services import models as model_service
-from app.services.lifecycle import TargetStatus
+from app.services import audit
+from app.services.requests import lifecycle
+from app.services.storage import deletions
+from app.services.models import catalog as model_service
+from app.services.requests.lifecycle import TargetStatus
 
 ACTOR = "worker"
 # Where each stage sits on the request's percent bar.

@@ -2,7 +2,7 @@
 
 Intake, in one transaction: the request row, a suppression entry (nothing of this subject
 may be ingested from now on), one target per model that holds the subject, and the audit
-events. Status changes go through ``app/services/lifecycle.py``.
+events. Status changes go through ``app/services/requests/lifecycle.py``.
 
 A model *holds* a subject while any of the subject's sample rows remain for it — deleted or
 not: rows are flagged deleted when a job starts and removed only when the erasure completes,
@@ -26,9 +26,11 @@ from sqlmodel import Session, col, select
 from app.core.errors import Conflict, LetheError, NotFound, Unprocessable
 from app.db.models import ErasureRequest, ErasureTarget, OpenDsrRequest, Suppression, as_utc, utcnow
 from app.data import registry
-from app.services import audit, fides_state, lifecycle
-from app.services.lifecycle import OPEN, RequestStatus, TargetStatus
-from app.services.schedule import at_risk_ids
+from app.services import audit
+from app.services.integrations import fides_state
+from app.services.requests import lifecycle
+from app.services.requests.lifecycle import OPEN, RequestStatus, TargetStatus
+from app.services.models.schedule import at_risk_ids
 
 OPEN_STATUSES = tuple(sorted(OPEN))
 
@@ -146,7 +148,7 @@ def create_request(session: Session, **fields: Any) -> tuple[ErasureRequest, boo
 
 def create_requests(session: Session, items: list[IntakeItem]) -> list[Intake | LetheError]:
     """Record a batch of erasure requests in the caller's transaction, in a fixed number of
-    statements whatever the batch size (group commit: ``app/services/intake.py``).
+    statements whatever the batch size (group commit: ``app/services/requests/intake.py``).
 
     Per item, in one transaction: the request row, a suppression entry (nothing of this subject
     may be ingested from now on), one target per model that holds the subject's samples, and

@@ -1,4 +1,4 @@
-"""Who hears of an erasure request's transitions (``app/services/lifecycle.py``).
+"""Who hears of an erasure request's transitions (``app/services/requests/lifecycle.py``).
 
 Each subscriber runs inside the transaction of the transition, so a notification (a callback
 outbox row) commits or rolls back with the change itself; housekeeping delivers it. Installed by
@@ -13,9 +13,12 @@ from sqlmodel import Session
 
 from app.core.config import get_settings
 from app.db.models import ErasureRequest, OpenDsrRequest
-from app.services import callbacks, compute, fides, lifecycle, metrics, publishing
-from app.services import models as model_service
-from app.services.lifecycle import Transition
+from app.services import metrics
+from app.services.integrations import callbacks, fides, publishing
+from app.services.models import compute
+from app.services.requests import lifecycle
+from app.services.models import catalog as model_service
+from app.services.requests.lifecycle import Transition
 
 
 def native_callback(session: Session, req: ErasureRequest, transition: Transition) -> None:

@@ -21,7 +21,7 @@ from app.data import registry
 from app.db.models import Suppression
 from app.ml.spec import SPLITS
 from app.services import audit
-from app.services import models as model_service
+from app.services.models import catalog as model_service
 
 MAX_ERRORS = 20
 

@@ -41,8 +41,10 @@ from app import publish
 from app.core.errors import Unprocessable
 from app.db.models import ErasureRequest, Model, ModelVersion, RegistrySync, as_utc, utcnow
 from app.publish import RegistryError, RegistryTarget, RegistryVersion
-from app.services import audit, lifecycle, registry_outbox
-from app.services import models as model_service
+from app.services import audit
+from app.services.integrations import registry_outbox
+from app.services.requests import lifecycle
+from app.services.models import catalog as model_service
 
 log = logging.getLogger("lethe.publishing")
 ACTOR = "lethe"

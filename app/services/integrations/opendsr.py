@@ -32,7 +32,9 @@ from app.core.errors import LetheError
 from app.core.security import subject_key
 from app.core.signing import Keys, processor_domain, sign_rsa
 from app.db.models import ErasureRequest, OpenDsrRequest, Sample, utcnow
-from app.services import audit, callbacks, erasure, subjects
+from app.services import audit
+from app.services.integrations import callbacks
+from app.services.requests import erasure, subjects
 
 REQUEST_TYPES = ("erasure", "access")  # portability: no export format for model training rows yet
 HASHED_FORMATS = ("sha256", "sha1", "md5")

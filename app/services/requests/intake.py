@@ -5,7 +5,7 @@ PostgreSQL most of an intake's time is round trips and the commit's WAL flush, n
 replica funnels its native intake through a few writer threads (``LETHE_INTAKE_WRITERS``, so
 one batch is written while another waits for its commit): a writer takes every request
 that is waiting (up to ``LETHE_INTAKE_BATCH_MAX``), records them all with
-:func:`app.services.erasure.create_requests` in a fixed number of statements, commits once,
+:func:`app.services.requests.erasure.create_requests` in a fixed number of statements, commits once,
 and only then releases each caller. Under no load a batch is one request and nothing waits; under
 load the batch grows by itself while the previous commit is in flight (no timer, no added
 latency), the same trick databases use for their own log.
@@ -30,7 +30,7 @@ from typing import Any
 
 from app.core import db
 from app.core.errors import LetheError, Unavailable
-from app.services import erasure
+from app.services.requests import erasure
 
 log = logging.getLogger("lethe.intake")
 

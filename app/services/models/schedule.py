@@ -19,10 +19,12 @@ from app.core.config import Settings
 from app.db.models import ErasureRequest, ErasureTarget, FidesResume, Model, as_utc, utcnow
 from app.ml import policy
 from app.ml import schedule as sch
-from app.services import audit, jobs, lifecycle
-from app.services import models as model_service
-from app.services.jobs import due_targets
-from app.services.lifecycle import OPEN, TargetStatus
+from app.services import audit
+from app.services.models import jobs
+from app.services.requests import lifecycle
+from app.services.models import catalog as model_service
+from app.services.models.jobs import due_targets
+from app.services.requests.lifecycle import OPEN, TargetStatus
 
 OPERATOR_KEY = "exact_requested_at"  # Model.config: an operator's exact-now, cleared by the exact job
 

@@ -1,6 +1,6 @@
 """Orphans: files no committed row references, left by a transaction that wrote them and rolled
 back (a failed commit, a killed worker). Found per model and handed to the to-delete list
-(``app/services/deletions.py``), by the reconciler on every beat (issue 23).
+(``app/services/storage/deletions.py``), by the reconciler on every beat (issue 23).
 
 What is referenced: the columnar parts in ``SubjectRows``; the weights of every version that is
 not ``purged`` and the directories their meta names (SISA slices, update logs). What is looked

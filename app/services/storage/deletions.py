@@ -12,7 +12,7 @@ are gone. So every store and publish target follows one rule:
 
 A crash between 2 and 3 leaves entries, never a row that points at a missing file; a crash
 inside 3 leaves an entry whose file may already be gone (deleting it again is a no-op). Files
-written in step 1 by a transaction that then rolled back are orphans: ``app/services/orphans.py``
+written in step 1 by a transaction that then rolled back are orphans: ``app/services/storage/orphans.py``
 finds them and schedules them here.
 
 Contract for callers: a path with a pending entry is never reused for a new file (new names are

@@ -21,8 +21,8 @@ from sqlmodel import Session, col, func, select
 from app.core import db
 from app.db.models import ErasureTarget, UnlearningJob, utcnow
 from app.services import metrics
-from app.services import schedule as schedule_service
-from app.services.lifecycle import TargetStatus
+from app.services.models import schedule as schedule_service
+from app.services.requests.lifecycle import TargetStatus
 
 TIME_TO_INTERIM = "lethe_time_to_interim_seconds"
 WINDOW_DAYS = 30

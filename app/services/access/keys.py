@@ -19,9 +19,9 @@ from app.core import db
 from app.services import audit
 from app.core.security import SCOPES, hash_api_key, new_api_key
 from app.db.models import ApiKey
-from app.services import keycache
-from app.services import models as model_service
-from app.services.keycache import KeyCache
+from app.services.access import keycache
+from app.services.models import catalog as model_service
+from app.services.access.keycache import KeyCache
 
 
 def create_key(session: Session, *, name: str, scopes: list[str], key: str | None = None) -> tuple[ApiKey, str]:

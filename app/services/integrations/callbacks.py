@@ -43,7 +43,9 @@ from app.core.config import DEV_SECRET, Settings
 from app.core.errors import Unavailable
 from app.core.signing import get_keys, processor_domain, sign_rsa
 from app.db.models import CallbackDelivery, ErasureRequest, OpenDsrRequest, as_utc, utcnow
-from app.services import audit, fides_state, lifecycle
+from app.services import audit
+from app.services.integrations import fides_state
+from app.services.requests import lifecycle
 
 log = logging.getLogger("lethe.callbacks")
 NATIVE_HEADER = "X-Lethe-Signature"

@@ -20,7 +20,9 @@ from app.core.config import Settings
 from app.core.errors import Unprocessable
 from app.core.security import subject_key
 from app.db.models import ErasureRequest, FidesResume, as_utc, utcnow
-from app.services import audit, callbacks, erasure, fides_state, lifecycle
+from app.services import audit
+from app.services.integrations import callbacks, fides_state
+from app.services.requests import erasure, lifecycle
 
 DONE = lifecycle.ERASED
 

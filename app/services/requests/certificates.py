@@ -22,7 +22,8 @@ from sqlmodel import Session, col, select
 from app.core.errors import Conflict
 from app.core.signing import Keys, sign_ed25519, verify_ed25519
 from app.db.models import AuditEvent, ModelVersion, utcnow
-from app.services import callbacks, erasure, lifecycle, source_erasure
+from app.services.integrations import callbacks, source_erasure
+from app.services.requests import erasure, lifecycle
 
 KIND = "lethe.erasure-certificate/v1"
 DONE = lifecycle.ERASED

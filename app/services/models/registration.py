@@ -30,8 +30,8 @@ from app.db.models import Model, ModelRegistration, ModelVersion, utcnow
 from app.ml.spec import SPLITS, Example, ModelSpec
 from app.ml.specs import get_spec
 from app.services import audit
-from app.services import models as model_service
-from app.services import registry_outbox
+from app.services.models import catalog as model_service
+from app.services.integrations import registry_outbox
 
 log = logging.getLogger("lethe.registration")
 NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")

@@ -4,7 +4,7 @@ Every change of an erasure request's status goes through a transition here. Each
 status, its audit event and (through the subscribers) the outbox rows in the caller's
 transaction, so they commit or roll back together. Who must hear of a change — the native
 callback, the OpenDSR controller, a halted Fides request, the Art. 19 recipients — subscribes
-(``app/services/subscribers.py``); nothing here calls them by name, which also keeps the
+(``app/services/requests/subscribers.py``); nothing here calls them by name, which also keeps the
 import graph a tree (intake -> lifecycle, never lifecycle -> fides -> intake).
 
 The promise these transitions keep: ``completed`` and ``no_data`` are reached only when no
@@ -90,7 +90,7 @@ def subscribe(fn: Subscriber) -> Subscriber:
 
 def _announce(session: Session, req: ErasureRequest, transition: Transition) -> None:
     if not _subscribers:  # a transition nobody hears would drop its callbacks without a trace
-        raise RuntimeError("No lifecycle subscribers: call app.services.subscribers.install_subscribers() "
+        raise RuntimeError("No lifecycle subscribers: call app.services.requests.subscribers.install_subscribers() "
                            "where the process starts.")
     for fn in list(_subscribers):
         fn(session, req, transition)

@@ -1,0 +1,1 @@
+"""API keys: hashed keys, scopes, rotation and the serving replicas' key cache."""

@@ -20,15 +20,15 @@ import logging
 import time
 from collections.abc import Callable
 
-from sqlalchemy import func, text
+from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
-from sqlmodel import Session, col, select
+from sqlmodel import Session
 
 from app.core.config import Settings
 from app.core.errors import Unavailable, database_unavailable
 from app.core.logging import log_context
 from app.data import physical
-from app.db.models import ErasureTarget, UnlearningJob, utcnow
+from app.db.models import UnlearningJob, utcnow
 from app.services import audit
 from app.services.integrations import source_erasure
 from app.services.models import jobs
@@ -50,7 +50,7 @@ log = logging.getLogger("lethe.pipeline")
 def queued_count(w: Worker, model_name: str) -> int:
     """Targets a job could take now (queued and past their retry backoff)."""
     with w.session() as s:
-        return s.exec(select(func.count()).select_from(jobs.due_targets(model_name).subquery())).one()
+        return jobs.due_count(s, model_name)
 
 
 def drain(w: Worker, model_name: str) -> list[str]:
@@ -127,8 +127,8 @@ def next_job(w: Worker, model_name: str) -> str | None:
         phase = schedule_service.next_phase(s, model_name, w.settings)
         if phase is None:
             return None
-        first = s.exec(jobs.due_targets(model_name).order_by(col(ErasureTarget.queued_at))).first()
-    wait = w.settings.batch_window_s - (utcnow() - first.queued_at).total_seconds() if first is not None else 0
+        first = jobs.oldest_due_queued_at(s, model_name)
+    wait = w.settings.batch_window_s - (utcnow() - first).total_seconds() if first is not None else 0
     if wait > 0:  # let more requests arrive: 100 requests in a minute become one job
         w.sleep(wait)
     with w.session() as s:
@@ -152,9 +152,7 @@ def next_job(w: Worker, model_name: str) -> str | None:
 def _resume_orphan(w: Worker, model_name: str) -> str | None:
     """Id of a job left running by a dead worker (we hold the lease), "gave_up", or None."""
     with w.session() as s:
-        orphan = s.exec(select(UnlearningJob).where(UnlearningJob.model_name == model_name,
-                                                    col(UnlearningJob.status).in_(("running", "deploying")))
-                        .order_by(col(UnlearningJob.started_at))).first()
+        orphan = jobs.orphaned_job(s, model_name)
         if orphan is None:
             return None
         cause = "database_unavailable" if orphan.id in w.db_interrupted else "redelivered"
@@ -179,7 +177,7 @@ def _resume_orphan(w: Worker, model_name: str) -> str | None:
 
 def set_progress(w: Worker, job_id: str, stage: str, fraction: float = 0.0) -> None:
     with w.session() as s:
-        jobs.set_stage(s, s.get(UnlearningJob, job_id), stage, fraction)
+        jobs.set_stage(s, jobs.get_job(s, job_id=job_id), stage, fraction)
         s.commit()
 
 
@@ -204,7 +202,7 @@ def run_job(w: Worker, job_id: str) -> None:
 
 def _run_job(w: Worker, job_id: str) -> None:
     with w.session() as s:
-        job = s.get(UnlearningJob, job_id)
+        job = jobs.get_job(s, job_id=job_id)
         serving = model_service.serving_version(s, job.model_name)
         job.lease_until = utcnow()
         if set(job.request_ids) <= set(serving.free_of) and job.version_after is None and job.phase != "interim":
@@ -227,7 +225,7 @@ def _run_job(w: Worker, job_id: str) -> None:
             problem = collect(w, job_id)
         except Unavailable as exc:  # e.g. the organisation's Delta table cannot be read: retried with backoff
             with w.session() as s:
-                jobs.fail_job(s, s.get(UnlearningJob, job_id), exc.detail, w.settings)
+                jobs.fail_job(s, jobs.get_job(s, job_id=job_id), exc.detail, w.settings)
                 s.commit()
             return
         if not unlearn_and_publish(w, job_id, problem, progress=throttled_progress(w, job_id)):
@@ -243,7 +241,7 @@ def _complete_exact(s: Session, job: UnlearningJob, settings: Settings, *, deplo
 def deploy_and_complete(w: Worker, job_id: str) -> None:
     set_progress(w, job_id, "deploying")
     with w.session() as s:
-        job = s.get(UnlearningJob, job_id)
+        job = jobs.get_job(s, job_id=job_id)
         target_version, name, phase = job.version_after, job.model_name, job.phase
     complete = schedule_service.complete_interim if phase == "interim" else _complete_exact
     deadline = time.monotonic() + w.settings.deploy_timeout_s
@@ -256,14 +254,14 @@ def deploy_and_complete(w: Worker, job_id: str) -> None:
             break
         if time.monotonic() > deadline:
             with w.session() as s:
-                jobs.fail_job(s, s.get(UnlearningJob, job_id),
+                jobs.fail_job(s, jobs.get_job(s, job_id=job_id),
                               f"{len(stale)} live replica(s) did not load version {target_version} in time",
                               w.settings)
                 s.commit()
             return
         w.sleep(0.2)
     with w.session() as s:
-        job = s.get(UnlearningJob, job_id)
+        job = jobs.get_job(s, job_id=job_id)
         if holds_fence(s, w, job, serving=target_version):
             complete(s, job, w.settings, deploy_s=time.monotonic() - t0)
         s.commit()

@@ -6,10 +6,11 @@ Request statuses change only through ``app/services/requests/lifecycle.py``.
 
 from __future__ import annotations
 
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from sqlmodel import Session, col, select
+from sqlmodel import Session, col, func, select
 
 from app.core.config import Settings
 from app.data import registry
@@ -32,6 +33,25 @@ def due_targets(model_name: str):  # noqa: ANN201 - a select
     now = utcnow()
     return select(ErasureTarget).where(ErasureTarget.model_name == model_name, ErasureTarget.status == TargetStatus.QUEUED,
                                        col(ErasureTarget.not_before).is_(None) | (col(ErasureTarget.not_before) <= now))
+
+
+def due_count(session: Session, model_name: str) -> int:
+    """How many targets a job could take now (queued and past their retry backoff)."""
+    return session.exec(select(func.count()).select_from(due_targets(model_name).subquery())).one()
+
+
+def oldest_due_queued_at(session: Session, model_name: str) -> datetime | None:
+    """When the longest-waiting due target was queued (the batch window counts from it)."""
+    first = session.exec(due_targets(model_name).order_by(col(ErasureTarget.queued_at))).first()
+    return first.queued_at if first is not None else None
+
+
+def orphaned_job(session: Session, model_name: str) -> UnlearningJob | None:
+    """The oldest job of the model still marked running or deploying: left by a dead worker when the
+    caller holds the model's lease."""
+    return session.exec(select(UnlearningJob).where(UnlearningJob.model_name == model_name,
+                                                    col(UnlearningJob.status).in_(("running", "deploying")))
+                        .order_by(col(UnlearningJob.started_at))).first()
 
 
 def get_job(session: Session, *, job_id: str) -> UnlearningJob:

@@ -43,7 +43,7 @@ COPY lethe ./lethe
 COPY bench ./bench
 COPY migrations ./migrations
 COPY deploy/healthcheck.py ./deploy/healthcheck.py
-RUN pip install --no-cache-dir -e .
+RUN pip install --no-cache-dir -e ".[delta]"
 USER 10001
 VOLUME ["/data"]
 EXPOSE 8000
@@ -64,7 +64,7 @@ COPY lethe ./lethe
 COPY bench ./bench
 COPY migrations ./migrations
 COPY deploy/healthcheck.py ./deploy/healthcheck.py
-RUN pip install --no-cache-dir -e .
+RUN pip install --no-cache-dir -e ".[delta]"
 USER 10001
 VOLUME ["/data"]
 # A Celery ping to this container's node through the broker (see deploy/healthcheck.py); torch and

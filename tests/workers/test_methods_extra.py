@@ -1,7 +1,6 @@
 """SCRUB, SSD, SalUn and reinit+repair on the memorising toy model (tests/workers/conftest.py)."""
 
 import copy
-import time
 
 import pytest
 import torch
@@ -60,13 +59,34 @@ def test_forgets_memorised_set_and_keeps_utility(name, toy, toy_trained, toy_set
     assert evaluate(toy, result.model, result.meta, toy_sets["test"], device="cpu") > test_before - 0.1
 
 
+class CountingDeadline:
+    """A deadline that expires after its 5th check, on a count instead of the wall clock (a loaded CI
+    machine makes any seconds threshold flaky; how close to the budget the real cut lands is measured
+    by ``bench/budget.py``), and fails the test if the method keeps checking long after that."""
+
+    made: list["CountingDeadline"] = []
+
+    def __init__(self, budget_s: float | None) -> None:
+        assert budget_s is not None
+        self.checks = 0
+        CountingDeadline.made.append(self)
+
+    def expired(self) -> bool:
+        self.checks += 1
+        assert self.checks < 500, "kept working long after its time budget ran out"
+        return self.checks > 5
+
+
 @pytest.mark.parametrize("name", NEW)
-def test_respects_time_budget(name, toy, toy_trained, toy_sets):
+def test_respects_time_budget(name, toy, toy_trained, toy_sets, monkeypatch):
+    import sys
+
     model, meta = toy_trained
+    monkeypatch.setattr(sys.modules[f"workers.unlearning.{name}"], "Deadline", CountingDeadline)
+    CountingDeadline.made.clear()
     ctx = make_ctx(toy, model, meta, toy_sets, ENDLESS[name], time_budget_s=0.2)
-    started = time.perf_counter()
-    result = get_method(name)(ctx)
-    assert time.perf_counter() - started < 3.0
+    result = get_method(name)(ctx)  # endless configs: only the budget can end them
+    assert CountingDeadline.made and max(d.checks for d in CountingDeadline.made) > 5  # it ran into the budget
     assert all(torch.isfinite(p).all() for p in result.model.parameters())
 
 

@@ -297,6 +297,25 @@ def test_the_purge_delay_is_a_policy_setting_of_delta_models_only(
 
 
 @sqlite_only
+def test_a_purge_delay_too_long_for_a_timedelta_is_refused_not_stored(
+        session: Session, settings, table: str, toy_model, client, admin_headers) -> None:  # noqa: ANN001
+    # QA: 1e300 or 1e999 (JSON for infinity) passed `ge=0` and was stored; the completing job's
+    # timedelta(seconds=...) then raised OverflowError, so every erasure of the model failed.
+    _register(session, settings, table, purge_after_s=60)
+    for raw in ('{"purge_after_s": 1e300}', '{"purge_after_s": 1e999}'):
+        r = client.put("/v1/models/toyd/policy", content=raw,
+                       headers={**admin_headers, "content-type": "application/json"})
+        assert r.status_code == 422 and r.headers["content-type"].startswith("application/problem+json")
+    session.expire_all()
+    assert session.get(Model, "toyd").config["purge_after_s"] == 60
+    r = client.put("/v1/models/toyd/policy", json={"purge_after_s": delta.MAX_PURGE_AFTER_S}, headers=admin_headers)
+    assert r.status_code == 200 and r.json()["purge_after_s"] == delta.MAX_PURGE_AFTER_S
+    for bad in (float("inf"), float("nan"), 1e300, delta.MAX_PURGE_AFTER_S + 1):
+        with pytest.raises(Unprocessable):
+            delta.Source.of({"store": "delta", "purge_after_s": bad, "source": {"uri": table, "subject_column": "user"}})
+
+
+@sqlite_only
 def test_a_job_that_cannot_read_the_table_fails_and_the_erasure_stays_owed(
         session: Session, settings, table: str, worker) -> None:  # noqa: ANN001
     _register(session, settings, table)

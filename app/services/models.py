@@ -227,7 +227,9 @@ def set_policy(session: Session, *, name: str, changes: dict[str, Any], actor: s
             else:
                 config[field] = changes[field]
     problems = policy.validate(config.get("chain"), config.get("methods")) + schedule.validate(config.get("schedule"))
-    if changes.get("purge_after_s") is not None:
+    if "purge_after_s" in changes and changes["purge_after_s"] is None:  # null resets to the default
+        config.pop("purge_after_s", None)
+    elif changes.get("purge_after_s") is not None:
         if config.get("store") != "delta":
             problems.append("purge_after_s applies to models of the delta store only")
         config["purge_after_s"] = float(changes["purge_after_s"])

@@ -316,6 +316,19 @@ def test_a_purge_delay_too_long_for_a_timedelta_is_refused_not_stored(
 
 
 @sqlite_only
+def test_a_null_purge_delay_resets_it_to_the_default(
+        session: Session, settings, table: str, toy_model, client, admin_headers) -> None:  # noqa: ANN001
+    # PolicyBody: "null resets to the spec default"; purge_after_s: null was ignored (QA).
+    _register(session, settings, table, purge_after_s=60)
+    r = client.put("/v1/models/toyd/policy", json={"purge_after_s": None}, headers=admin_headers)
+    assert r.status_code == 200 and r.json()["purge_after_s"] == delta.DEFAULT_PURGE_AFTER_S
+    session.expire_all()
+    assert delta.Source.of(session.get(Model, "toyd").config).purge_after_s == delta.DEFAULT_PURGE_AFTER_S
+    r = client.put("/v1/models/toy/policy", json={"purge_after_s": None}, headers=admin_headers)
+    assert r.status_code == 200 and r.json()["purge_after_s"] is None
+
+
+@sqlite_only
 def test_a_job_that_cannot_read_the_table_fails_and_the_erasure_stays_owed(
         session: Session, settings, table: str, worker) -> None:  # noqa: ANN001
     _register(session, settings, table)

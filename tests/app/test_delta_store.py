@@ -166,6 +166,22 @@ def test_erasure_deletes_and_purges_every_version_and_file(
 
 
 @sqlite_only
+def test_the_certificate_of_a_delta_erasure_is_served_over_http(
+        session: Session, settings, table: str, worker, client, admin_headers) -> None:  # noqa: ANN001
+    # QA: the response schema had no data_sources (nor models[].registries), so GET .../certificate
+    # of every erasure of a delta (or published) model answered 500 (ResponseValidationError).
+    _register(session, settings, table)
+    req = _erase(session, settings, worker)
+    assert req.status == "completed"
+    r = client.get(f"/v1/erasure-requests/{req.id}/certificate", headers=admin_headers)
+    assert r.status_code == 200, r.text
+    doc = r.json()
+    [entry] = doc["certificate"]["data_sources"]
+    assert entry["model"] == "toyd" and entry["status"] == "purged" and entry["absent_after_version"]
+    assert certificates.verify_certificate(doc, get_keys(settings).ed25519_public_pem)[0]
+
+
+@sqlite_only
 def test_a_crash_between_delete_and_purge_is_finished_by_the_next_drain(
         session: Session, settings, table: str, worker, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
     _register(session, settings, table, purge_after_s=3600)

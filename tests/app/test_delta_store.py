@@ -12,6 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from deltalake import DeltaTable, write_deltalake
+from sqlalchemy import delete
 from sqlmodel import Session, select
 
 from app.core.errors import Unprocessable
@@ -221,6 +222,65 @@ def test_the_purge_is_capped_before_the_legal_deadline(session: Session, setting
     row = session.exec(select(SourceErasure).where(SourceErasure.subject_key == key)).one()
     assert row.purge_not_before <= req.due_at - delta.PURGE_MARGIN
     session.rollback()
+
+
+@sqlite_only
+def test_an_index_row_a_concurrent_repin_brought_back_does_not_hold_the_delete_forever(
+        session: Session, settings, table: str) -> None:  # noqa: ANN001
+    # QA (PostgreSQL, a burst of 10 while earlier DELETEs repinned): a repin that read the index before
+    # the completing job dropped the subjects wrote their rows back (deleted flag kept); _still_held
+    # then saw the model "still holding" people whose erasure of it had completed: the rows stayed
+    # pending for ever and the people stayed in the organisation's table.
+    from app.db.models import ErasureTarget
+
+    _register(session, settings, table)
+    key = subject_key(settings.subject_key_secret, SUBJECT)
+    req, _ = erasure.create_request(session, subject_key=key)
+    model = session.get(Model, "toyd")
+    delta.schedule(session, model, [key])
+    for t in session.exec(select(ErasureTarget).where(ErasureTarget.request_id == req.id)).all():
+        t.status = "done"  # the job completed the erasure for every model
+        session.add(t)
+    req.status = "completed"
+    session.add(req)
+    session.add(SubjectRows(model_name="toyd", subject_key=key, part=0, offset=0, count=10, deleted=True))
+    session.commit()
+    source_erasure.drain(db.new_session, secret=settings.subject_key_secret)
+    row = session.exec(select(SourceErasure).where(SourceErasure.subject_key == key)).one()
+    session.refresh(row)
+    assert row.status in ("deleted", "purged") and _rows_of(table, SUBJECT) == 0
+
+
+@sqlite_only
+def test_a_second_model_with_an_open_erasure_of_the_subject_defers_the_delete(
+        session: Session, settings, table: str) -> None:  # noqa: ANN001
+    from app.db.models import ErasureTarget
+
+    _register(session, settings, table)
+    registration.register(session, name="toyd2", spec="toy", secret=settings.subject_key_secret,
+                          artifacts_dir=settings.artifacts_dir, device="cpu", config={
+                              "store": "delta", "purge_after_s": 0.0,
+                              "source": {"uri": table, "subject_column": "user", "split_column": "split"}})
+    session.commit()
+    key = subject_key(settings.subject_key_secret, SUBJECT)
+    req, _ = erasure.create_request(session, subject_key=key)
+    targets = {t.model_name: t for t in session.exec(select(ErasureTarget).where(ErasureTarget.request_id == req.id))}
+    assert {"toyd", "toyd2"} <= set(targets)
+    delta.schedule(session, session.get(Model, "toyd"), [key])
+    targets["toyd"].status = "done"
+    session.add(targets["toyd"])
+    session.commit()
+    source_erasure.drain(db.new_session, secret=settings.subject_key_secret)
+    row = session.exec(select(SourceErasure).where(SourceErasure.subject_key == key)).one()
+    session.refresh(row)
+    assert row.status == "pending" and _rows_of(table, SUBJECT) == 10  # toyd2 still owes its erasure
+    session.execute(delete(SubjectRows).where(SubjectRows.model_name == "toyd2", SubjectRows.subject_key == key))
+    targets["toyd2"].status = "done"
+    session.add(targets["toyd2"])
+    session.commit()
+    source_erasure.drain(db.new_session, secret=settings.subject_key_secret)
+    session.refresh(row)
+    assert row.status in ("deleted", "purged") and _rows_of(table, SUBJECT) == 0
 
 
 @sqlite_only

@@ -388,7 +388,8 @@ def test_a_purge_delay_too_long_for_a_timedelta_is_refused_not_stored(
     assert r.status_code == 200 and r.json()["purge_after_s"] == delta.MAX_PURGE_AFTER_S
     for bad in (float("inf"), float("nan"), 1e300, delta.MAX_PURGE_AFTER_S + 1):
         with pytest.raises(Unprocessable):
-            delta.Source.of({"store": "delta", "purge_after_s": bad, "source": {"uri": table, "subject_column": "user"}})
+            delta.Source.of({"store": "delta", "purge_after_s": bad,
+                             "source": {"uri": table, "subject_column": "user"}})
 
 
 @sqlite_only

@@ -92,6 +92,9 @@ def call(c: httpx.Client, method: str, path: str, **kw: Any) -> dict[str, Any]:
     return r.json()
 
 
+PIPE_WIDTH = 200  # columns of a table printed to a pipe or a file (no terminal, no COLUMNS)
+
+
 def out(options: Remote, body: Any, human: Any) -> None:
     """``--json``: the API's object on one line; else ``human(body)``, a string or a rich renderable."""
     if options.json:
@@ -103,7 +106,9 @@ def out(options: Remote, body: Any, human: Any) -> None:
     else:
         from rich.console import Console
 
-        Console(soft_wrap=True).print(shown)
+        # A pipe or a log has no width: rich's 80 columns cut every table cell to "sche…", "2026…".
+        wide = None if sys.stdout.isatty() or os.environ.get("COLUMNS") else PIPE_WIDTH
+        Console(soft_wrap=True, width=wide).print(shown)
 
 
 def run_remote(options: Remote, command: Callable[..., int], **kw: Any) -> int:

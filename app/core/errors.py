@@ -122,11 +122,21 @@ def database_unavailable(exc: BaseException) -> LetheError | None:
     return None
 
 
+def _nul_in_text(exc: BaseException) -> bool:
+    """psycopg refuses a NUL (0x00) in a text parameter (a path, query or body string) with a DataError."""
+    from sqlalchemy.exc import DataError
+
+    return isinstance(exc, DataError) and "NUL (0x00)" in str(exc.orig)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     from sqlalchemy.exc import DBAPIError
 
     @app.exception_handler(DBAPIError)
     async def _db(request: Request, exc: DBAPIError) -> JSONResponse:
+        if _nul_in_text(exc):  # PostgreSQL text cannot hold NUL: the client's input, not our fault
+            return problem(422, "Invalid input", "Text values may not contain the NUL (0x00) character.",
+                           "validation_error", request.url.path)
         if (err := database_unavailable(exc)) is None:
             return await _unexpected(request, exc)
         log.warning("database unavailable on %s: %s", request.url.path, type(exc.orig).__name__)

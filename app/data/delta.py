@@ -27,6 +27,7 @@ from __future__ import annotations
 import bisect
 import hashlib
 import logging
+import math
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -50,6 +51,9 @@ log = logging.getLogger("lethe.delta")
 # while the person's rows stay on disk until then. One hour lets running queries finish; the purge
 # is always capped to happen at least PURGE_MARGIN before the request's legal deadline.
 DEFAULT_PURGE_AFTER_S = 3600.0
+# The longest delay accepted: the purge is capped before the legal due_at (at most 3 months) anyway,
+# and a larger value (1e300, infinity) would overflow the completing job's timedelta.
+MAX_PURGE_AFTER_S = 366 * 86400.0
 PURGE_MARGIN = timedelta(days=2)
 HOLDOUT_SHARE = 10  # a table without a split column: 1 subject in 10 (by key) is held out for the MIA gate
 BATCH_ROWS = 65536
@@ -84,8 +88,10 @@ class Source:
         if split is not None and not isinstance(split, str):
             raise Unprocessable("source.split_column is a column name or null.", code="invalid_source")
         after = config.get("purge_after_s", DEFAULT_PURGE_AFTER_S)
-        if not isinstance(after, int | float) or isinstance(after, bool) or after < 0:
-            raise Unprocessable("purge_after_s is a number of seconds >= 0.", code="invalid_source")
+        if (not isinstance(after, int | float) or isinstance(after, bool) or not math.isfinite(after)
+                or not 0 <= after <= MAX_PURGE_AFTER_S):
+            raise Unprocessable(f"purge_after_s is a number of seconds from 0 to {MAX_PURGE_AFTER_S:.0f}.",
+                                code="invalid_source")
         return cls(src["uri"], src["subject_column"], split, src.get("version"), float(after))
 
     def config(self, version: int) -> dict[str, Any]:

@@ -272,6 +272,47 @@ def next_failed_streak(streak: int, decision: dict[str, Any], served_exact: bool
     return streak
 
 
+# The config fields each method's ``resolve_config`` accepts (workers/unlearning/*.py ``*Config``
+# dataclasses; a test asserts they match), with their types as written there. An override the worker
+# would refuse (an unknown field: ValueError) or choke on (a string for steps) failed every job of the
+# model, while the PUT answered 200; the exact methods take no overrides.
+METHOD_FIELDS: dict[str, dict[str, str]] = {
+    "retrain": {}, "sisa": {},
+    "finetune": {"steps": "int", "lr_scale": "float", "batch_size": "int | None", "weight_decay": "float | None",
+                 "noise_scale": "float"},
+    "neggrad_plus": {"steps": "int", "alpha": "float", "lr_scale": "float", "batch_size": "int | None",
+                     "forget_batch_size": "int", "clamp_scale": "float"},
+    "scrub": {"cycles": "int", "max_cycles": "int", "forget_steps": "int | None", "retain_steps": "int",
+              "alpha": "float", "temperature": "float", "lr_scale": "float", "max_lr_scale": "float",
+              "batch_size": "int | None", "forget_batch_size": "int", "clamp_scale": "float | None",
+              "forget_objective": "str"},
+    "ssd": {"alpha": "float", "lam": "float", "batch_size": "int", "full_samples": "int | None",
+            "full_importance": "dict[str, Any] | None", "noise_scale": "float", "repair_steps": "int",
+            "repair_lr_scale": "float"},
+    "salun": {"steps": "int", "quantile": "float", "forget_weight": "float", "lr_scale": "float",
+              "batch_size": "int | None", "forget_batch_size": "int", "clamp_scale": "float | None"},
+    "amnesiac": {"steps": "int", "lr_scale": "float", "batch_size": "int | None"},
+    "reinit_repair": {"reinit_share": "float", "reinit_head": "bool", "cycles": "int", "steps_per_cycle": "int",
+                      "lr_scale": "float", "temperature": "float", "ce_weight": "float", "kl_weight": "float",
+                      "batch_size": "int | None"},
+}
+
+
+def _fits(value: Any, kind: str) -> bool:
+    base = kind.removesuffix(" | None")
+    if value is None:
+        return kind.endswith(" | None")
+    if base == "bool":
+        return isinstance(value, bool)
+    if base == "int":
+        return isinstance(value, int) and not isinstance(value, bool)
+    if base == "float":
+        return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    if base == "str":
+        return isinstance(value, str)
+    return isinstance(value, dict) if base.startswith("dict") else True
+
+
 def validate(chain: list[str] | None, methods: dict[str, dict[str, Any]] | None) -> list[str]:
     """Problems with a per-model policy (empty list: valid). A chain must name known methods and
     end with an exact one, so an erasure can always finish."""
@@ -287,6 +328,14 @@ def validate(chain: list[str] | None, methods: dict[str, dict[str, Any]] | None)
     for name, overrides in (methods or {}).items():
         if not isinstance(overrides, dict):
             problems.append(f"methods.{name} must be an object of config overrides")
+        elif name in METHOD_FIELDS:
+            fields = METHOD_FIELDS[name]
+            for key, value in overrides.items():
+                if key not in fields:
+                    problems.append(f"methods.{name}.{key} is not a setting of {name}; known: "
+                                    f"{', '.join(sorted(fields)) or 'none'}")
+                elif not _fits(value, fields[key]):
+                    problems.append(f"methods.{name}.{key} must be {fields[key]}")
     return problems
 
 

@@ -298,3 +298,17 @@ def test_policy_names_come_from_the_method_registry(client: TestClient, admin_he
     assert set(KNOWN_POLICIES) == {"auto", *METHODS}
     r = client.post("/v1/erasure-requests", json={"subject_id": "x", "policy": "forget_harder"}, headers=admin_headers)
     assert r.status_code == 422 and r.json()["code"] == "unknown_policy"
+
+
+def test_a_nul_character_in_input_is_a_4xx_problem_on_every_backend(client, admin_headers) -> None:  # noqa: ANN001
+    # QA: on PostgreSQL a NUL in a path, query or body string reached psycopg ("PostgreSQL text
+    # fields cannot contain NUL (0x00) bytes") and answered a 500; SQLite answered a 404 or stored it.
+    calls = [("get", "/v1/models/toy%00", None), ("post", "/v1/models/toy%00/exact-now", None),
+             ("get", "/v1/models/toy%00/publish", None), ("get", "/v1/erasure-requests?external_id=%00", None),
+             ("get", "/v1/erasure-requests/abc%00", None),
+             ("post", "/v1/erasure-requests", {"subject_id": "nul-subject", "reason": "nul \x00 reason"})]
+    for method, path, body in calls:
+        r = getattr(client, method)(path, headers=admin_headers, **({"json": body} if body else {}))
+        assert r.status_code < 500, (path, r.status_code, r.text)
+        if r.status_code >= 400:
+            assert r.headers["content-type"].startswith("application/problem+json"), path

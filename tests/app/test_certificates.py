@@ -144,3 +144,22 @@ def test_a_certificate_naming_a_gone_version_is_sent_as_signed(client: TestClien
     path.write_bytes(r.content)
     ok, reason = verify_certificate_file(path, client.get("/v1/keys/certificate").json()["public_key_pem"])
     assert ok, reason
+
+
+def test_a_certificate_with_registry_state_is_served_as_signed(client: TestClient, session: Session,
+                                                               admin_headers: dict, completed: ErasureRequest,
+                                                               tmp_path: Path) -> None:
+    """QA: models[].registries (issue 19) was not in the response schema: a 500 for every erasure of a
+    model with a publish target."""
+    registry = {"mlflow:recs@http://127.0.0.1:5000": {"status": "published", "required": False,
+                                                       "registry_version": "3", "lethe_version": 2}}
+    completed.result = {"models": {"mini": {**completed.result["models"]["mini"], "registry": registry}}}
+    session.add(completed)
+    session.commit()
+    r = client.get(f"/v1/erasure-requests/{completed.id}/certificate", headers=admin_headers)
+    assert r.status_code == 200, r.text
+    assert r.json()["certificate"]["models"][0]["registries"] == registry
+    path = tmp_path / "cert.json"
+    path.write_bytes(r.content)
+    ok, reason = verify_certificate_file(path, client.get("/v1/keys/certificate").json()["public_key_pem"])
+    assert ok, reason

@@ -215,3 +215,14 @@ def test_usage_errors_raise_exit_2_and_help_returns_0(capsys: pytest.CaptureFixt
         assert usage.value.code == 2, argv
         assert "Usage: lethe" in capsys.readouterr().err, argv
     assert cli.main(["--help"]) == 0 and "verify-certificate" in capsys.readouterr().out
+
+
+def test_requests_table_in_a_pipe_is_not_cut_to_80_columns(lethe, toy_model,  # noqa: ANN001
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    # QA: `lethe requests | cat` (no COLUMNS exported, stdout not a terminal) printed "sche…", "2026…".
+    monkeypatch.delenv("COLUMNS", raising=False)
+    rc, out, _ = lethe("erase", "toy-03", "--json")
+    view = json.loads(out)
+    rc, out, _ = lethe("requests")
+    assert rc == 0 and view["id"] in out and "queued" in out
+    assert view["received_at"][:19] in out and view["due_at"][:19] in out

@@ -12,6 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from deltalake import DeltaTable, write_deltalake
+from sqlalchemy import delete
 from sqlmodel import Session, select
 
 from app.core.errors import Unprocessable
@@ -169,6 +170,22 @@ def test_erasure_deletes_and_purges_every_version_and_file(
 
 
 @sqlite_only
+def test_the_certificate_of_a_delta_erasure_is_served_over_http(
+        session: Session, settings, table: str, worker, client, admin_headers) -> None:  # noqa: ANN001
+    # QA: the response schema had no data_sources (nor models[].registries), so GET .../certificate
+    # of every erasure of a delta (or published) model answered 500 (ResponseValidationError).
+    _register(session, settings, table)
+    req = _erase(session, settings, worker)
+    assert req.status == "completed"
+    r = client.get(f"/v1/erasure-requests/{req.id}/certificate", headers=admin_headers)
+    assert r.status_code == 200, r.text
+    doc = r.json()
+    [entry] = doc["certificate"]["data_sources"]
+    assert entry["model"] == "toyd" and entry["status"] == "purged" and entry["absent_after_version"]
+    assert certificates.verify_certificate(doc, get_keys(settings).ed25519_public_pem)[0]
+
+
+@sqlite_only
 def test_a_crash_between_delete_and_purge_is_finished_by_the_next_drain(
         session: Session, settings, table: str, worker, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
     _register(session, settings, table, purge_after_s=3600)
@@ -208,6 +225,65 @@ def test_the_purge_is_capped_before_the_legal_deadline(session: Session, setting
     row = session.exec(select(SourceErasure).where(SourceErasure.subject_key == key)).one()
     assert row.purge_not_before <= req.due_at - delta.PURGE_MARGIN
     session.rollback()
+
+
+@sqlite_only
+def test_an_index_row_a_concurrent_repin_brought_back_does_not_hold_the_delete_forever(
+        session: Session, settings, table: str) -> None:  # noqa: ANN001
+    # QA (PostgreSQL, a burst of 10 while earlier DELETEs repinned): a repin that read the index before
+    # the completing job dropped the subjects wrote their rows back (deleted flag kept); _still_held
+    # then saw the model "still holding" people whose erasure of it had completed: the rows stayed
+    # pending for ever and the people stayed in the organisation's table.
+    from app.db.models import ErasureTarget
+
+    _register(session, settings, table)
+    key = subject_key(settings.subject_key_secret, SUBJECT)
+    req, _ = erasure.create_request(session, subject_key=key)
+    model = session.get(Model, "toyd")
+    delta.schedule(session, model, [key])
+    for t in session.exec(select(ErasureTarget).where(ErasureTarget.request_id == req.id)).all():
+        t.status = "done"  # the job completed the erasure for every model
+        session.add(t)
+    req.status = "completed"
+    session.add(req)
+    session.add(SubjectRows(model_name="toyd", subject_key=key, part=0, offset=0, count=10, deleted=True))
+    session.commit()
+    source_erasure.drain(db.new_session, secret=settings.subject_key_secret)
+    row = session.exec(select(SourceErasure).where(SourceErasure.subject_key == key)).one()
+    session.refresh(row)
+    assert row.status in ("deleted", "purged") and _rows_of(table, SUBJECT) == 0
+
+
+@sqlite_only
+def test_a_second_model_with_an_open_erasure_of_the_subject_defers_the_delete(
+        session: Session, settings, table: str) -> None:  # noqa: ANN001
+    from app.db.models import ErasureTarget
+
+    _register(session, settings, table)
+    registration.register(session, name="toyd2", spec="toy", secret=settings.subject_key_secret,
+                          artifacts_dir=settings.artifacts_dir, device="cpu", config={
+                              "store": "delta", "purge_after_s": 0.0,
+                              "source": {"uri": table, "subject_column": "user", "split_column": "split"}})
+    session.commit()
+    key = subject_key(settings.subject_key_secret, SUBJECT)
+    req, _ = erasure.create_request(session, subject_key=key)
+    targets = {t.model_name: t for t in session.exec(select(ErasureTarget).where(ErasureTarget.request_id == req.id))}
+    assert {"toyd", "toyd2"} <= set(targets)
+    delta.schedule(session, session.get(Model, "toyd"), [key])
+    targets["toyd"].status = "done"
+    session.add(targets["toyd"])
+    session.commit()
+    source_erasure.drain(db.new_session, secret=settings.subject_key_secret)
+    row = session.exec(select(SourceErasure).where(SourceErasure.subject_key == key)).one()
+    session.refresh(row)
+    assert row.status == "pending" and _rows_of(table, SUBJECT) == 10  # toyd2 still owes its erasure
+    session.execute(delete(SubjectRows).where(SubjectRows.model_name == "toyd2", SubjectRows.subject_key == key))
+    targets["toyd2"].status = "done"
+    session.add(targets["toyd2"])
+    session.commit()
+    source_erasure.drain(db.new_session, secret=settings.subject_key_secret)
+    session.refresh(row)
+    assert row.status in ("deleted", "purged") and _rows_of(table, SUBJECT) == 0
 
 
 @sqlite_only
@@ -297,6 +373,39 @@ def test_the_purge_delay_is_a_policy_setting_of_delta_models_only(
     assert r.status_code == 422 and "delta store only" in r.json()["detail"]
     r = client.put("/v1/models/toyd/policy", json={"purge_after_s": -1}, headers=admin_headers)
     assert r.status_code == 422 and r.headers["content-type"].startswith("application/problem+json")
+
+
+@sqlite_only
+def test_a_purge_delay_too_long_for_a_timedelta_is_refused_not_stored(
+        session: Session, settings, table: str, toy_model, client, admin_headers) -> None:  # noqa: ANN001
+    # QA: 1e300 or 1e999 (JSON for infinity) passed `ge=0` and was stored; the completing job's
+    # timedelta(seconds=...) then raised OverflowError, so every erasure of the model failed.
+    _register(session, settings, table, purge_after_s=60)
+    for raw in ('{"purge_after_s": 1e300}', '{"purge_after_s": 1e999}'):
+        r = client.put("/v1/models/toyd/policy", content=raw,
+                       headers={**admin_headers, "content-type": "application/json"})
+        assert r.status_code == 422 and r.headers["content-type"].startswith("application/problem+json")
+    session.expire_all()
+    assert session.get(Model, "toyd").config["purge_after_s"] == 60
+    r = client.put("/v1/models/toyd/policy", json={"purge_after_s": delta.MAX_PURGE_AFTER_S}, headers=admin_headers)
+    assert r.status_code == 200 and r.json()["purge_after_s"] == delta.MAX_PURGE_AFTER_S
+    for bad in (float("inf"), float("nan"), 1e300, delta.MAX_PURGE_AFTER_S + 1):
+        with pytest.raises(Unprocessable):
+            delta.Source.of({"store": "delta", "purge_after_s": bad,
+                             "source": {"uri": table, "subject_column": "user"}})
+
+
+@sqlite_only
+def test_a_null_purge_delay_resets_it_to_the_default(
+        session: Session, settings, table: str, toy_model, client, admin_headers) -> None:  # noqa: ANN001
+    # PolicyBody: "null resets to the spec default"; purge_after_s: null was ignored (QA).
+    _register(session, settings, table, purge_after_s=60)
+    r = client.put("/v1/models/toyd/policy", json={"purge_after_s": None}, headers=admin_headers)
+    assert r.status_code == 200 and r.json()["purge_after_s"] == delta.DEFAULT_PURGE_AFTER_S
+    session.expire_all()
+    assert delta.Source.of(session.get(Model, "toyd").config).purge_after_s == delta.DEFAULT_PURGE_AFTER_S
+    r = client.put("/v1/models/toy/policy", json={"purge_after_s": None}, headers=admin_headers)
+    assert r.status_code == 200 and r.json()["purge_after_s"] is None
 
 
 @sqlite_only

@@ -185,6 +185,32 @@ def test_policy_methods_match_the_worker_registry() -> None:
     assert policy.METHODS == {name: m.exact for name, m in METHODS.items()}
 
 
+def test_policy_method_fields_match_the_worker_configs() -> None:
+    import dataclasses
+    import importlib
+
+    from workers.unlearning import METHODS
+
+    for name in METHODS:
+        mod = importlib.import_module(f"workers.unlearning.{name}")
+        configs = [v for k, v in vars(mod).items() if k.endswith("Config") and dataclasses.is_dataclass(v)
+                   and v.__module__ == mod.__name__]
+        fields = {f.name: str(f.type) for c in configs for f in dataclasses.fields(c)}
+        assert policy.METHOD_FIELDS[name] == fields, name
+    assert set(policy.METHOD_FIELDS) == set(METHODS)
+
+
+def test_method_overrides_the_worker_would_refuse_are_a_422(client, admin_headers, toy_model) -> None:  # noqa: ANN001
+    # QA: these answered 200 and were stored; resolve_config then raised in every job of the model.
+    for bad in ({"finetune": {"bogus": 1}}, {"finetune": {"steps": "x"}}, {"finetune": {"steps": 1.5}},
+                {"reinit_repair": {"reinit_head": 1}}, {"retrain": {"epochs": 3}}, {"finetune": {"lr_scale": None}}):
+        r = client.put("/v1/models/toy/policy", json={"methods": bad}, headers=admin_headers)
+        assert r.status_code == 422 and r.json()["code"] == "invalid_policy", (bad, r.text)
+    ok = {"finetune": {"steps": 150, "lr_scale": 5, "batch_size": None}, "reinit_repair": {"reinit_head": False}}
+    r = client.put("/v1/models/toy/policy", json={"methods": ok}, headers=admin_headers)
+    assert r.status_code == 200 and r.json()["methods"]["finetune"]["steps"] == 150
+
+
 def test_a_model_chain_is_what_auto_runs() -> None:
     from workers.unlearning.engine import method_chain
 

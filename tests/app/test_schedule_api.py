@@ -87,3 +87,39 @@ def test_follow_prints_the_interim_and_the_exact_step_once_each() -> None:
             "result": {**scheduled["result"], "models": {"movielens": {"version_after": 4, "method": "retrain"}}}}
     second = steps(done, shown)
     assert len(second) == 1 and "step 2/2" in second[0] and "movielens v4 (retrain)" in second[0]
+
+
+def test_no_rollback_behind_the_interim_of_a_scheduled_erasure(client: TestClient, admin_headers,  # noqa: ANN001
+                                                               session: Session, settings, toy_model) -> None:
+    # QA: while a request was `scheduled` (its interim version v2 served, its own parameters cleared),
+    # a rollback to v1 -- not tainted, since nothing was completed yet -- was accepted, and every
+    # replica served the subject's own parameters again (MovieLens: the user's row was back).
+    from app.db.models import ModelVersion, UnlearningJob
+    from app.services import models as model_service
+
+    v1 = model_service.get_version(session, "toy", 1)
+    session.add(ModelVersion(model_name="toy", number=2, parent=1, artifact_path=v1.artifact_path, sha256=v1.sha256,
+                             method="params", metrics={"interim": True}, free_of=list(v1.free_of)))
+    model_service.set_serving(session, name="toy", number=2, actor="test")
+    req, _ = erasure.create_request(session, subject_key=subject_key(settings.subject_key_secret, "toy-02"))
+    job = UnlearningJob(model_name="toy", status="completed", stage="completed", request_ids=[req.id],
+                        phase="interim", method="params", version_before=1, version_after=2)
+    session.add(job)
+    session.flush()
+    req.status = "scheduled"  # as lifecycle.interim_served leaves it: the target free, the version in the result
+    req.result = {"interim": {"toy": {"job_id": job.id, "version": 2, "method": "params"}}}
+    for t in session.exec(select(ErasureTarget).where(ErasureTarget.request_id == req.id)).all():
+        t.status, t.job_id = "scheduled", None
+        session.add(t)
+    session.add(req)
+    session.commit()
+    r = client.post("/v1/models/toy/rollback", json={"version": 1}, headers=admin_headers)
+    assert r.status_code == 409 and r.json()["code"] == "tainted_version", r.text
+    assert client.get("/v1/models/toy", headers=admin_headers).json()["serving_version"] == 2
+    r = client.post("/v1/models/toy/rollback", json={"version": 2}, headers=admin_headers)
+    assert r.status_code == 200
+    for t in session.exec(select(ErasureTarget).where(ErasureTarget.request_id == req.id)).all():
+        t.status = "cancelled"  # nothing scheduled any more: v1 carries no completed erasure
+        session.add(t)
+    session.commit()
+    assert client.post("/v1/models/toy/rollback", json={"version": 1}, headers=admin_headers).status_code == 200

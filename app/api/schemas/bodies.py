@@ -101,7 +101,9 @@ class PolicyBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
     chain: list[str] | None = Field(None, max_length=20, description="Methods `auto` tries in order; ends exact.")
     methods: dict[str, dict[str, Any]] | None = Field(None, description="Config overrides per method name.")
-    purge_after_s: float | None = Field(None, ge=0, description="Delta store only: seconds between the DELETE in "
+    # le: app.data.delta.MAX_PURGE_AFTER_S (366 days); a larger value overflowed the completing job.
+    purge_after_s: float | None = Field(None, ge=0, le=366 * 86400, allow_inf_nan=False,
+                                        description="Delta store only: seconds between the DELETE in "
                                         "the table and its physical purge (capped before the legal due_at).")
     publish: list[dict[str, Any]] | None = Field(None, max_length=10, description=(
         'Publish targets, e.g. [{"kind": "mlflow", "tracking_uri": "https://mlflow.internal", "registered_model": '

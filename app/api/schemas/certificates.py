@@ -37,6 +37,19 @@ class CertModel(Out):
     version_after: CertVersion | None
     methods_tried: list[str | None]
     verification: list[CertVerification] = Field(description="Evidence per attempt (EDPB Opinion 28/2024).")
+    # Open JSON, as the request's result.models.<model>.registry: per publish target (issue 19).
+    registries: dict[str, Any] = absent("Each model registry's state for this erasure; absent without targets.")
+
+
+class CertDataSource(Out):
+    """The organisation's Delta table (issue 18): when the person was deleted there and purged."""
+    model: str
+    table: str
+    status: str
+    absent_after_version: int | None
+    deleted_at: str | None
+    purged_at: str | None
+    purge_due_by: str
 
 
 class ChainPosition(Out):
@@ -57,6 +70,7 @@ class Certificate(Out):
     completed_at: Rfc3339 | None
     models: list[CertModel]
     audit_chain_head: ChainPosition | None = Field(description="The audit event that recorded the completion.")
+    data_sources: list[CertDataSource] = absent("Delta-store tables that held the person; absent for other stores.")
 
 
 class Signature(Out):

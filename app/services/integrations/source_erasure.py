@@ -34,12 +34,22 @@ def delta_models(session: Session, uri: str | None = None) -> list[Model]:
 
 
 def _still_held(session: Session, uri: str, keys: set[str]) -> set[str]:
-    """Keys another model reading the same table has not finished erasing (its index keeps them)."""
+    """Keys another model reading the same table has not finished erasing: its index keeps them and
+    its erasure of them is still open. The open target is what counts: a repin that read the index
+    before a completing job dropped the subjects writes their rows back (PostgreSQL, read committed),
+    and such a row alone held the DELETE for ever."""
+    from app.db.models import ErasureTarget
+
     names = [m.name for m in delta_models(session, uri)]
     if not names or not keys:
         return set()
-    return set(session.exec(select(SubjectRows.subject_key).where(
-        col(SubjectRows.model_name).in_(names), col(SubjectRows.subject_key).in_(keys))).all())
+    indexed = session.exec(select(SubjectRows.subject_key, SubjectRows.model_name).where(
+        col(SubjectRows.model_name).in_(names), col(SubjectRows.subject_key).in_(keys))).all()
+    open_ = set(session.exec(select(ErasureRequest.subject_key, ErasureTarget.model_name).join(
+        ErasureTarget, col(ErasureTarget.request_id) == ErasureRequest.id).where(
+        col(ErasureRequest.subject_key).in_(keys), col(ErasureTarget.model_name).in_(names),
+        col(ErasureTarget.status).not_in(("done", "cancelled")))).all())
+    return {key for key, name in indexed if (key, name) in open_}
 
 
 def _owed(session: Session, status: str, now: Any) -> dict[str, list[SourceErasure]]:

@@ -160,10 +160,26 @@ def rollback(session: Session, *, name: str, number: int, actor: str) -> ModelVe
     if taint:
         raise Conflict(f"Version {number} still carries {len(taint)} completed erasure(s); it may never be "
                        "served again.", code="tainted_version")
+    floor = interim_floor(session, name)
+    if floor is not None and number < floor:
+        raise Conflict(f"Version {number} predates v{floor}, the interim forget that scheduled erasures rely on "
+                       "until their exact version serves; it would serve their own parameters again.",
+                       code="tainted_version")
     set_serving(session, name=name, number=number, actor=actor, event="model_rolled_back")
     if targets := get_model(session, name).config.get("publish"):  # the alias follows once replicas swap
         registry_outbox.enqueue(session, model_name=name, targets=targets, reason="rolled_back")
     return version
+
+
+def interim_floor(session: Session, name: str) -> int | None:
+    """The newest interim version a ``scheduled`` erasure of ``name`` relies on (its subjects' own
+    parameters are cleared from it and every later version); None when nothing is scheduled."""
+    from app.db.models import ErasureRequest
+
+    reqs = session.exec(select(ErasureRequest).join(ErasureTarget, col(ErasureTarget.request_id) == ErasureRequest.id)
+                        .where(ErasureTarget.model_name == name, ErasureTarget.status == "scheduled")).all()
+    versions = [(((r.result or {}).get("interim") or {}).get(name) or {}).get("version") for r in reqs]
+    return max((v for v in versions if isinstance(v, int)), default=None)
 
 
 def set_recipients(session: Session, *, name: str, recipients: list[dict[str, Any]], actor: str) -> Model:
@@ -228,7 +244,9 @@ def set_policy(session: Session, *, name: str, changes: dict[str, Any], actor: s
             else:
                 config[field] = changes[field]
     problems = policy.validate(config.get("chain"), config.get("methods")) + schedule.validate(config.get("schedule"))
-    if changes.get("purge_after_s") is not None:
+    if "purge_after_s" in changes and changes["purge_after_s"] is None:  # null resets to the default
+        config.pop("purge_after_s", None)
+    elif changes.get("purge_after_s") is not None:
         if config.get("store") != "delta":
             problems.append("purge_after_s applies to models of the delta store only")
         config["purge_after_s"] = float(changes["purge_after_s"])

@@ -95,7 +95,7 @@ def test_no_rollback_behind_the_interim_of_a_scheduled_erasure(client: TestClien
     # a rollback to v1 -- not tainted, since nothing was completed yet -- was accepted, and every
     # replica served the subject's own parameters again (MovieLens: the user's row was back).
     from app.db.models import ModelVersion, UnlearningJob
-    from app.services import models as model_service
+    from app.services.models import catalog as model_service
 
     v1 = model_service.get_version(session, "toy", 1)
     session.add(ModelVersion(model_name="toy", number=2, parent=1, artifact_path=v1.artifact_path, sha256=v1.sha256,

@@ -29,8 +29,9 @@ class Silent:
 
 
 class LogLines:
-    """Plain lines for a log: ``<desc>: <percent>% <stage>`` on a stage change, every ``step`` points
-    or every ``every_s`` seconds, whichever comes first; the last state once more on close."""
+    """Plain lines for a log: ``<desc>: <percent>% <stage>`` on a stage change, every ``step`` points,
+    or after ``every_s`` seconds when the percent moved less than that; the last state once more on
+    close. Nothing while nothing changes: a request ``scheduled`` for a day is one line, not 8,640."""
 
     def __init__(self, desc: str, *, stream: TextIO, step: float = 10.0, every_s: float = 10.0,
                  clock: Callable[[], float] = time.monotonic) -> None:
@@ -41,8 +42,8 @@ class LogLines:
 
     def update(self, percent: float, stage: str = "") -> None:
         self.last = (percent, stage)
-        if (self.printed is None or stage != self.printed[1] or percent >= self.printed[0] + self.step
-                or self.clock() - self.printed_at >= self.every_s):
+        if (self.printed is None or stage != self.printed[1] or abs(percent - self.printed[0]) >= self.step
+                or (percent != self.printed[0] and self.clock() - self.printed_at >= self.every_s)):
             self._print()
 
     def _print(self) -> None:

@@ -33,13 +33,19 @@ def test_log_lines_print_on_stage_change_every_ten_points_and_at_the_end() -> No
         "job: 90% verifying", "job: 97% verifying"]
 
 
-def test_log_lines_print_every_ten_seconds_when_nothing_else_moves() -> None:
+def test_log_lines_print_slow_progress_every_ten_seconds_and_nothing_while_nothing_moves() -> None:
     out, now = io.StringIO(), [0.0]
     lines = LogLines("job", stream=out, clock=lambda: now[0])
-    for second in range(0, 35):
+    for second in range(0, 35):  # creeping: 0.1 points a second
         now[0] = float(second)
-        lines.update(5, "training")
-    assert out.getvalue().splitlines() == ["job: 5% training"] * 4  # at 0, 10, 20 and 30 s
+        lines.update(second / 10, "training")
+    assert out.getvalue().splitlines() == ["job: 0% training", "job: 1% training", "job: 2% training",
+                                           "job: 3% training"]  # at 0, 10, 20 and 30 s
+    out.truncate(0), out.seek(0)
+    for second in range(35, 86_400, 5):  # a request scheduled for a day: nothing moves
+        now[0] = float(second)
+        lines.update(50, "scheduled")
+    assert out.getvalue().splitlines() == ["job: 50% scheduled"]  # the stage change, then silence
 
 
 def test_the_reporter_fits_the_stream() -> None:

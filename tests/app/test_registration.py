@@ -157,6 +157,11 @@ def test_register_api_refuses_bad_requests_with_problems(client, admin_headers, 
     assert post({"name": "Bad Name!", "spec": "toy"})[1]["code"] == "invalid_model_name"
     assert post({"name": "x2", "spec": "missing"}) [0] == 503
     assert post({"name": "x3", "spec": "toy", "weights_base64": "%%%"})[1]["code"] == "invalid_weights"
+    # The policy a registration carries is checked as PUT /policy checks it: else every job would fail.
+    for config in ({"methods": {"finetune": {"bogus": 1}}}, {"chain": ["nope"]},
+                   {"schedule": {"exact_within_s": -5}}):
+        status, problem = post({"name": "x5", "spec": "toy", "config": config})
+        assert (status, problem["code"]) == (422, "invalid_policy"), config
     status, view = post({"name": "x4", "spec": "toy"})
     assert status == 202 and view["status"] == "queued" and view["status_url"].endswith(f"/registrations/{view['id']}")
     assert post({"name": "x4", "spec": "toy"})[1]["code"] == "registration_in_progress"

@@ -261,6 +261,14 @@ def open_registration(session: Session, *, name: str, spec: str, config: dict[st
         raise Unprocessable("Give weights_base64 or weights_uri, not both.", code="invalid_weights")
     if (config or {}).get("publish") is not None:
         registry_outbox.validate(config["publish"], session=session, model_name=name)
+    # The same policy checks as PUT /policy: a bad chain, method field or schedule would otherwise
+    # register fine and then fail every erasure job of the model.
+    from app.ml import policy, schedule
+
+    problems = policy.validate((config or {}).get("chain"), (config or {}).get("methods")) \
+        + schedule.validate((config or {}).get("schedule"))
+    if problems:
+        raise Unprocessable("; ".join(problems), code="invalid_policy")
     reg = ModelRegistration(name=name, spec=spec, config=dict(config or {}), actor=actor)
     if weights_uri is not None:  # fetched by the worker (issue 19: adopt from a model registry)
         reg.weights_path = weights_uri

@@ -19,19 +19,26 @@ and ``interim: params``. Printed: completed, exact jobs, compute seconds per com
 (from the jobs' own ``compute_s``: interim work included) and the ratio, time to interim p50/p95,
 time to completion p50/max against ``exact_within_s``, the final model's test accuracy, and whether
 every erased user is then predicted exactly like a never-seen id. The issue's full recipe
-(``movielens-30s``, 60 users over 10 minutes) is ``--users 60 --window 600 --within 300`` with a
-30-second model; the default is scaled down to the demo model so it fits a shared 2-core machine.
+(``movielens-30s``, 60 users over 10 minutes) is ``--model movielens-30s --users 60 --window 600
+--within 300``; the default is scaled down to the demo model so it fits a shared 2-core machine.
+``--model movielens-30s`` publishes the unlearning bench's >= 30 s configuration to each fresh stack
+as a spec plugin, which the stack registers at its start (trained and calibrated: a few minutes each).
 
     python bench/schedule.py [--quick] [--months 3] [--fail-rate 0.1]   (or: lethe bench schedule)
-    python bench/schedule.py --real [--users 12 --window 120 --within 180]
+    python bench/schedule.py --real [--users 12 --window 120 --within 180] [--model movielens-30s]
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
 import random
 import statistics
 import sys
+from collections import Counter
+import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -39,7 +46,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from common import arg_parser, md_table, write_results  # noqa: E402
+from common import arg_parser, md_table, percentile, write_results  # noqa: E402
 
 from app.ml import schedule as sch  # noqa: E402
 
@@ -156,6 +163,35 @@ def summarise(o: Outcome, months: int) -> dict[str, Any]:
 NEVER_SEEN_USER = 10**6
 
 
+# ``--model``: the models a replay can run on. ``movielens`` is the demo model the stack registers
+# itself; the others are the unlearning benchmark's scaled-up MovieLens configurations
+# (``bench/unlearning_parts/configs.py``), published to the stack as a spec plugin (below).
+REAL_MODELS = {"movielens": None, "movielens-30s": "MovieLens30s", "movielens-large": "MovieLensLarge"}
+
+
+@contextlib.contextmanager
+def spec_plugin(model: str) -> Iterator[dict[str, str]]:
+    """Extra stack environment that makes ``model`` a registered model of the stack's first start.
+
+    A bench configuration's spec class is published under the entry-point group ``lethe.models``
+    the way a pip-installed plugin is (a ``.dist-info`` with ``entry_points.txt`` on ``PYTHONPATH``,
+    as ``tests/app/test_registration.py`` does), so nothing is installed into the environment; the
+    stack then registers it at bootstrap (``LETHE_MODELS=name=spec``): trained, calibrated (the
+    exact-retrain reference whose ``retrain_seconds`` the scheduler plans with) and served."""
+    cls = REAL_MODELS[model]
+    if cls is None:
+        yield {"LETHE_DEMO_MODELS": model}
+        return
+    root = Path(__file__).resolve().parents[1]
+    with tempfile.TemporaryDirectory(prefix="lethe-bench-spec-") as tmp:
+        info = Path(tmp) / "lethe_bench_specs-0.0.dist-info"
+        info.mkdir()
+        (info / "METADATA").write_text("Metadata-Version: 2.1\nName: lethe-bench-specs\nVersion: 0.0\n")
+        (info / "entry_points.txt").write_text(f"[lethe.models]\n{model} = bench.unlearning_parts.configs:{cls}\n")
+        path = os.pathsep.join([tmp, str(root), *filter(None, [os.environ.get("PYTHONPATH")])])
+        yield {"LETHE_DEMO_MODELS": f"{model}={model}", "PYTHONPATH": path}
+
+
 def real_run(a: Any, users: list[str], offsets: list[float], movies: dict[str, list[int]],
              schedule: dict[str, Any]) -> dict[str, Any]:
     """One replay of the trace on a fresh stack with ``schedule``; numbers from the API and the DB."""
@@ -163,11 +199,16 @@ def real_run(a: Any, users: list[str], offsets: list[float], movies: dict[str, l
 
     from common import bench_stack
 
-    with bench_stack(backend=a.backend, redis_db=a.redis_db, demo_models="movielens",
-                     extra_env={"LETHE_BATCH_WINDOW_S": "1", "LETHE_SCHEDULE_TICK_S": "2",
-                                "LETHE_RETRY_BACKOFF_S": "5", "LETHE_JOB_LEASE_S": "60"}) as stack:
+    name = a.model
+    with spec_plugin(name) as env, bench_stack(
+            backend=a.backend, redis_db=a.redis_db, demo_models=env.pop("LETHE_DEMO_MODELS"),
+            ready_timeout=240.0 if REAL_MODELS[name] is None else 1800.0,  # bootstrap trains and calibrates it
+            extra_env={"LETHE_BATCH_WINDOW_S": "1", "LETHE_SCHEDULE_TICK_S": "2",
+                       "LETHE_RETRY_BACKOFF_S": "5", "LETHE_JOB_LEASE_S": "60", **env}) as stack:
+        ready_at = _time.monotonic()
+        retrain_s = _reference_retrain_s(stack, name)
         with stack.client() as c:
-            r = c.put("/v1/models/movielens/policy", json={"schedule": schedule})
+            r = c.put(f"/v1/models/{name}/policy", json={"schedule": schedule})
             r.raise_for_status()
             start, ids = _time.monotonic(), {}
             for user, at in zip(users, offsets, strict=True):
@@ -181,26 +222,32 @@ def real_run(a: Any, users: list[str], offsets: list[float], movies: dict[str, l
                 raise
             inputs = [{"user_id": uid, "movie_id": m} for u in users for m in movies[u][:2]
                       for uid in (int(u), NEVER_SEEN_USER)]
-            preds = c.post("/v1/models/movielens/predict", json={"inputs": inputs}).json()["predictions"]
+            preds = c.post(f"/v1/models/{name}/predict", json={"inputs": inputs}).json()["predictions"]
             stranger = all(abs(preds[i]["probability"] - preds[i + 1]["probability"]) <= 1e-6
                            and preds[i]["label"] == preds[i + 1]["label"] for i in range(0, len(preds), 2))
-            model = c.get("/v1/models/movielens").json()
-        jobs = stack.db_query("SELECT phase, status, compute_s FROM unlearningjob")
+            model = c.get(f"/v1/models/{name}").json()
+        jobs = stack.db_query("SELECT phase, status, compute_s, method FROM unlearningjob")
+        replay_s = _time.monotonic() - ready_at
     completed = [b for b in done.values() if b["status"] == "completed"]
     compute = sum(float(j[2] or 0) for j in jobs)
     interim = [b["result"].get("time_to_interim_s") for b in completed if b["result"].get("time_to_interim_s")]
     forget = [b["result"]["time_to_forget_s"] for b in completed]
     final = next(v for v in model["versions"] if v["version"] == model["serving_version"])
-    reports = [v for b in completed for v in [((b["result"].get("interim") or {}).get("movielens") or {})
+    reports = [v for b in completed for v in [((b["result"].get("interim") or {}).get(name) or {})
                                              .get("verification")] if v]
     ref = (reports[0].get("reference_acc") or {}) if reports else {}
-    return {"completed": len(completed), "requests": len(users),
-            "exact_jobs": sum(1 for j in jobs if j[0] == "exact" and j[1] == "completed"),
+    exact = [float(j[2] or 0) for j in jobs if j[0] == "exact" and j[1] == "completed"]
+    return {"model": name, "reference_retrain_s": retrain_s, "replay_wall_s": round(replay_s, 1),
+            "completed": len(completed), "requests": len(users),
+            "exact_jobs": len(exact), "exact_job_compute_mean_s": round(statistics.mean(exact), 2) if exact else None,
+            # What served the "exact" phase: today's auto may serve an audited approximate method.
+            "exact_phase_methods": dict(sorted(Counter(str(j[3]) for j in jobs
+                                                       if j[0] == "exact" and j[1] == "completed").items())),
             "interim_jobs": sum(1 for j in jobs if j[0] == "interim"),
             "failed_jobs": sum(1 for j in jobs if j[1] == "failed"), "compute_s": round(compute, 2),
             "compute_per_erasure_s": round(compute / max(len(completed), 1), 3),
             "time_to_interim_p50_s": statistics.median(interim) if interim else None,
-            "time_to_interim_p95_s": sorted(interim)[int(0.95 * (len(interim) - 1))] if interim else None,
+            "time_to_interim_p95_s": percentile(interim, 95),
             "time_to_forget_p50_s": statistics.median(forget) if forget else None,
             "time_to_forget_max_s": max(forget) if forget else None,
             "test_acc": (final.get("metrics") or {}).get("test_acc"), "predicted_like_a_stranger": stranger,
@@ -212,9 +259,18 @@ def real_run(a: Any, users: list[str], offsets: list[float], movies: dict[str, l
             "missed_exact_due": sum(1 for b in completed if b.get("exact_due_at") and b["completed_at"] > b["exact_due_at"])}
 
 
-def real_main(a: Any) -> int:
-    from collections import Counter
+def _reference_retrain_s(stack: Any, name: str) -> float | None:
+    """The model's exact-retrain seconds measured at registration (``reference["retrain_seconds"]``)."""
+    import json as _json
 
+    rows = stack.db_query("SELECT config FROM model WHERE name = %s", (name,))
+    config = rows[0][0] if rows else None
+    config = _json.loads(config) if isinstance(config, str) else (config or {})
+    value = (config.get("reference") or {}).get("retrain_seconds")
+    return round(float(value), 1) if value is not None else None
+
+
+def real_main(a: Any) -> int:
     from app.ml.specs import get_spec
 
     train = [e for e in get_spec("movielens").load_examples() if e.split == "train"]
@@ -229,18 +285,25 @@ def real_main(a: Any) -> int:
     today = real_run(a, users, offsets, movies, {"exact_within_s": 0})
     scheduled = real_run(a, users, offsets, movies, {"exact_within_s": a.within, "interim": "params"})
     gain = today["compute_per_erasure_s"] / scheduled["compute_per_erasure_s"] if scheduled["compute_per_erasure_s"] else None
-    keys = ["completed", "exact_jobs", "interim_jobs", "failed_jobs", "compute_s", "compute_per_erasure_s",
+    keys = ["model", "reference_retrain_s", "replay_wall_s", "completed", "exact_jobs", "exact_phase_methods",
+            "exact_job_compute_mean_s",
+            "interim_jobs", "failed_jobs", "compute_s", "compute_per_erasure_s",
             "time_to_interim_p50_s", "time_to_interim_p95_s", "time_to_forget_p50_s", "time_to_forget_max_s",
             "missed_exact_due", "test_acc", "predicted_like_a_stranger", "interim_forget_acc_mean",
             "interim_holdout_acc_mean", "interim_mia_auc_mean", "interim_gate_passed", "reference_forget_acc"]
     rows = [[k, today[k], scheduled[k]] for k in keys]
     rows.append(["compute per erasure, today / scheduled", "", f"{gain:.2f}x" if gain else "n/a"])
     table = md_table(["", "today (exact_within_s 0)", f"scheduled ({a.within:g} s, params)"], rows)
+    what = ("demo movielens model" if REAL_MODELS[a.model] is None else
+            f"{a.model}: the unlearning bench's configuration, registered at each stack's start")
     notes = [f"{a.users} random trained MovieLens users (seed {a.seed}) at random times over {a.window:g} s, the same "
-             "trace on two fresh stacks (demo movielens model, batch window 1 s, beat tick 2 s).",
+             f"trace on two fresh stacks ({what}; batch window 1 s, beat tick 2 s).",
+             "reference_retrain_s: the model's exact-retrain seconds measured by the stack at registration (the "
+             "scheduler plans with it); exact_job_compute_mean_s: the mean compute of the replay's exact jobs.",
              "Compute = the jobs' unlearning + verification seconds (UnlearningJob.compute_s), interim jobs included; "
              "on a shared 2-core machine, so absolute seconds are inflated by other work."]
-    write_results(a.out, "schedule-real" + ("-quick" if a.quick else ""), title="Scheduled erasures: compressed real run",
+    suffix = "" if a.model == "movielens" else f"-{a.model}"
+    write_results(a.out, "schedule-real" + suffix + ("-quick" if a.quick else ""), title="Scheduled erasures: compressed real run",
                   table=table, notes=notes, data={"today": today, "scheduled": scheduled, "ratio": gain,
                                                   "args": {k: str(v) for k, v in vars(a).items()}})
     return 0 if today["completed"] == scheduled["completed"] == a.users and scheduled["missed_exact_due"] == 0 else 1
@@ -257,6 +320,8 @@ def main() -> int:
     p.add_argument("--users", type=int, default=12, help="--real: erasures (distinct real users)")
     p.add_argument("--window", type=float, default=120.0, help="--real: arrivals spread over this many seconds")
     p.add_argument("--within", type=float, default=180.0, help="--real: exact_within_s of the scheduled replay")
+    p.add_argument("--model", choices=sorted(REAL_MODELS), default="movielens",
+                   help="--real: the model (movielens-30s: the >= 30 s retrain of the unlearning bench)")
     a = p.parse_args()
     if a.real:
         if a.quick:

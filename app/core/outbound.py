@@ -35,7 +35,7 @@ import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -207,10 +207,6 @@ def policy_for(settings: Settings) -> Policy:
     production = settings.env == "production"
     allow = settings.callback_allow if settings.callback_allow is not None else ("" if production else LOOPBACK_ALLOW)
     nets, hosts = parse_allowlist(allow)
-    if settings.fides_url and (fides_host := urlsplit(settings.fides_url).hostname):
-        hosts = (*hosts, fides_host.lower())  # the operator's own Fides, configured on purpose
-    if settings.mlflow_tracking_uri and (registry_host := urlsplit(settings.mlflow_tracking_uri).hostname):
-        hosts = (*hosts, registry_host.lower())  # the operator's own model registry (issue 19), likewise
     allow_http = settings.callback_allow_http if settings.callback_allow_http is not None else not production
     return Policy(allow_http=allow_http, allow_networks=nets, allow_hosts=hosts,
                   connect_timeout_s=settings.callback_connect_timeout_s, read_timeout_s=settings.callback_timeout_s,
@@ -384,6 +380,16 @@ class Outbound:
     @classmethod
     def from_settings(cls, settings: Settings, **kw: Any) -> Outbound:
         return cls(policy_for(settings), **kw)
+
+    def admitting(self, operator_url: str | None) -> Outbound:
+        """This client with the host of an operator-configured URL admitted (``LETHE_FIDES_URL`` for the
+        Fides resume, ``LETHE_MLFLOW_TRACKING_URI`` for the registry): for that delivery only. The
+        policy every caller-chosen URL is checked against (native callbacks, OpenDSR, recipients) never
+        admits it, so nobody who may submit an erasure can aim a callback at the operator's Fides."""
+        host = urlsplit(operator_url).hostname if operator_url else None
+        if not host:
+            return self
+        return replace(self, policy=replace(self.policy, allow_hosts=(*self.policy.allow_hosts, host.lower())))
 
     def post(self, url: str, *, content: bytes, headers: dict[str, str],
              read_timeout_s: float | None = None) -> Response:

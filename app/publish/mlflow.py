@@ -95,7 +95,7 @@ class MlflowClient:
         # Through the outbound guard like every other outbound call (issue 17): the registry's host must
         # be public, allowlisted (LETHE_CALLBACK_ALLOW) or LETHE_MLFLOW_TRACKING_URI's; no redirects (a
         # credential must not follow one to another host), no proxies from the environment.
-        self.http = outbound.Outbound.from_settings(settings)
+        self.http = outbound.Outbound.from_settings(settings).admitting(settings.mlflow_tracking_uri)
 
     def close(self) -> None:
         pass  # the guard opens one pinned connection per call

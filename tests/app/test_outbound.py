@@ -181,12 +181,24 @@ def test_scheme_policy_and_allowlist_from_settings() -> None:
     assert outbound.admit("http://[::1]:8080/cb", dev).port == 8080
     with pytest.raises(Refused, match="RFC 1918"):  # the embedded default admits loopback only
         outbound.admit("http://10.0.0.5/cb", dev)
-    ops = outbound.policy_for(Settings(env="production", subject_key_secret="s", callback_hmac_secret="h",
-                                       callback_allow="10.20.0.0/16, hooks.corp.example, *.svc.example",
-                                       callback_allow_http=True, fides_url="http://fides.internal:8080"))
+    ops_settings = Settings(env="production", subject_key_secret="s", callback_hmac_secret="h",
+                            callback_allow="10.20.0.0/16, hooks.corp.example, *.svc.example",
+                            callback_allow_http=True, fides_url="http://10.9.0.5:8080",
+                            mlflow_tracking_uri="http://10.9.0.6:5000")
+    ops = outbound.policy_for(ops_settings)
     assert outbound.admit("http://10.20.3.4/cb", ops) and outbound.admit("http://[::ffff:10.20.3.4]/", ops)
     assert outbound.admit("http://hooks.corp.example/", ops) and outbound.admit("http://a.b.svc.example/", ops)
-    assert outbound.admit("http://fides.internal:8080/privacy-request/1/resume", ops)  # the configured Fides
+    # The operator's Fides and registry are admitted for their own calls only: a callback URL a caller
+    # submits (native, OpenDSR, recipients) is never let in because it points at them.
+    client = outbound.Outbound.from_settings(ops_settings)
+    assert outbound.admit("http://10.9.0.5:8080/api/v1/privacy-request/1/resume",
+                          client.admitting(ops_settings.fides_url).policy)
+    assert outbound.admit("http://10.9.0.6:5000/api/2.0/mlflow/x", client.admitting(ops_settings.mlflow_tracking_uri).policy)
+    for url in ("http://10.9.0.5:8080/cb", "http://10.9.0.6:5000/cb"):
+        with pytest.raises(Refused, match="RFC 1918"):
+            outbound.check_at_door(url, ops_settings)
+        with pytest.raises(Refused, match="RFC 1918"):
+            outbound.admit(url, client.policy)
     with pytest.raises(Refused):
         outbound.admit("http://10.21.0.1/", ops)
     with pytest.raises(ValueError, match="10.0.0.0/33"):  # a mistyped CIDR stops the start, not a delivery
@@ -321,18 +333,21 @@ def test_ipv6_literals_and_international_names_are_pinned_as_the_client_dials_th
 
 def test_system_resolver_dedupes_and_times_out(monkeypatch: pytest.MonkeyPatch) -> None:
     import socket
-    import time as _time
 
     answers = [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("10.0.0.1", 80)),
                (socket.AF_INET6, socket.SOCK_STREAM, 6, "", ("fe80::1%2", 80, 0, 2)),
                (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("10.0.0.1", 80))]
     monkeypatch.setattr(socket, "getaddrinfo", lambda *a, **kw: answers)  # never the real DNS
     assert outbound.system_resolver("any.example.com", 80) == ["10.0.0.1", "fe80::1%2"]
-    monkeypatch.setattr(socket, "getaddrinfo", lambda *a, **kw: _time.sleep(1.0) or answers)
-    t0 = _time.monotonic()
-    with pytest.raises(outbound.DNSError, match="took over"):
-        outbound.system_resolver("slow.example.com", 80, timeout_s=0.1)
-    assert _time.monotonic() - t0 < 0.9
+    import threading
+
+    release = threading.Event()  # a lookup that answers only once the test lets it: without the timeout,
+    monkeypatch.setattr(socket, "getaddrinfo", lambda *a, **kw: release.wait(30) and answers)  # it would answer
+    try:
+        with pytest.raises(outbound.DNSError, match="took over"):
+            outbound.system_resolver("slow.example.com", 80, timeout_s=0.1)
+    finally:
+        release.set()
 
 
 def test_no_other_module_makes_outbound_http_calls() -> None:

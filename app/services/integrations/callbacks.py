@@ -295,6 +295,7 @@ def deliver_due(session_factory: Callable[[], Session], *, settings: Settings,
     and refused attempts."""
     now = as_utc(now) if now else utcnow()
     client = client or outbound.Outbound.from_settings(settings)
+    fides_client = client.admitting(settings.fides_url)  # the operator's Fides: its resume only
     counts = {"delivered": 0, "failed": 0, "refused": 0}
     lease_s = (max(settings.callback_timeout_s, settings.fides_resume_timeout_s) * 2
                + settings.callback_connect_timeout_s + 30)
@@ -303,7 +304,7 @@ def deliver_due(session_factory: Callable[[], Session], *, settings: Settings,
             row = s.get(CallbackDelivery, row_id)
             s.expunge(row)
         try:
-            code, error, answer = _attempt(row, settings, client)
+            code, error, answer = _attempt(row, settings, fides_client if row.kind == "fides" else client)
         except outbound.Refused as exc:
             with session_factory() as s:
                 counts[_refuse(s, s.get(CallbackDelivery, row_id), reason=exc.detail)] += 1

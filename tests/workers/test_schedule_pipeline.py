@@ -190,10 +190,20 @@ def test_a_halted_fides_request_is_due_before_its_reply_token_dies(session: Sess
     req = _get(session, rid)
     model = session.get(Model, "toy")
     assert as_utc(schedule_service.exact_due_for(session, req, model, settings)) == as_utc(req.received_at) + timedelta(days=7)
-    session.add(FidesResume(privacy_request_id="pri_1", request_id=rid, reply_to="http://127.0.0.1:9/resume",
-                            token="t", created_at=as_utc(req.received_at)))
+    ttl = timedelta(seconds=settings.fides_token_ttl_s)
+    row = FidesResume(privacy_request_id="pri_1", request_id=rid, reply_to="http://127.0.0.1:9/resume",  # as
+                      token="t", created_at=as_utc(req.received_at),  # the webhook records a halted request
+                      token_expires_at=as_utc(req.received_at) + ttl)
+    session.add(row)
     session.commit()
     margin = sch.margin_s(schedule_service.expected_exact_s(model), attempts=settings.max_request_attempts,
                           backoff_s=settings.retry_backoff_s)
     due = schedule_service.exact_due_for(session, req, model, settings)
-    assert as_utc(due) == as_utc(req.received_at) + timedelta(seconds=settings.fides_token_ttl_s - margin)
+    assert as_utc(due) == as_utc(req.received_at) + ttl - timedelta(seconds=margin)
+    # Fides halted it again a day later with a fresh token: the deadline follows the new token, not the
+    # first halt's time.
+    row.token_expires_at = as_utc(req.received_at) + timedelta(days=1) + ttl
+    session.add(row)
+    session.commit()
+    due = schedule_service.exact_due_for(session, req, model, settings)
+    assert as_utc(due) == as_utc(req.received_at) + timedelta(days=1) + ttl - timedelta(seconds=margin)

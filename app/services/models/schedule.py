@@ -10,7 +10,7 @@ exact attempt queues it again with backoff): it never gets a second interim.
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from sqlmodel import Session, col, select
@@ -20,6 +20,7 @@ from app.db.models import ErasureRequest, ErasureTarget, FidesResume, Model, as_
 from app.ml import policy
 from app.ml import schedule as sch
 from app.services import audit
+from app.services.integrations import fides_state
 from app.services.models import jobs
 from app.services.requests import lifecycle
 from app.services.models import catalog as model_service
@@ -75,11 +76,13 @@ def exact_method(model: Model) -> str:
     return next((m for m in reversed(chain) if policy.METHODS.get(m)), "retrain")
 
 
-def token_expiry(session: Session, request_id: str, settings: Settings) -> datetime | None:
-    """When the reply-to-token of a halted Fides request for this erasure dies (the earliest)."""
-    created = session.exec(select(FidesResume.created_at).where(FidesResume.request_id == request_id,
-                                                                col(FidesResume.resumed_at).is_(None))).all()
-    return min((as_utc(c) + timedelta(seconds=settings.fides_token_ttl_s) for c in created), default=None)
+def token_expiry(session: Session, request_id: str) -> datetime | None:
+    """When the reply-to-token of a halted Fides request for this erasure dies (the earliest owed one):
+    the expiry stored when Fides last halted it, which a re-halt with a fresh token moves."""
+    stored = session.exec(select(FidesResume.token_expires_at).where(
+        FidesResume.request_id == request_id, col(FidesResume.state).in_(fides_state.OWING),
+        col(FidesResume.token_expires_at).is_not(None))).all()
+    return min((as_utc(t) for t in stored), default=None)
 
 
 def exact_due_for(session: Session, req: ErasureRequest, model: Model, settings: Settings) -> datetime:
@@ -87,7 +90,7 @@ def exact_due_for(session: Session, req: ErasureRequest, model: Model, settings:
                           backoff_s=settings.retry_backoff_s)
     return sch.exact_due_at(received_at=as_utc(req.received_at), due_at=as_utc(req.due_at),
                             schedule=schedule_of(model), margin=margin,
-                            token_expires_at=token_expiry(session, req.id, settings))
+                            token_expires_at=token_expiry(session, req.id))
 
 
 def _due(q: Any, now: datetime) -> Any:

@@ -353,11 +353,15 @@ def schedule(session: Session, model: Model, keys: list[str], *, reason: str = "
     open_keys = set(session.exec(select(SourceErasure.subject_key).where(
         SourceErasure.uri == source.uri, col(SourceErasure.subject_key).in_(keys),
         SourceErasure.status != "purged")).all())
-    for key in sorted(set(keys) - open_keys):
-        req = session.exec(select(ErasureRequest).where(ErasureRequest.subject_key == key,
-                                                        col(ErasureRequest.status).in_(SUPPRESSING))
-                           .order_by(col(ErasureRequest.due_at))).first()
-        purge_at = now + timedelta(seconds=source.purge_after_s)
+    new = sorted(set(keys) - open_keys)
+    earliest: dict[str, ErasureRequest] = {}  # each subject's owed request with the nearest due_at
+    for req in session.exec(select(ErasureRequest).where(col(ErasureRequest.subject_key).in_(new),
+                                                         col(ErasureRequest.status).in_(SUPPRESSING))
+                            .order_by(col(ErasureRequest.due_at))).all():
+        earliest.setdefault(req.subject_key, req)
+    default_at = now + timedelta(seconds=source.purge_after_s)
+    for key in new:
+        req, purge_at = earliest.get(key), default_at
         if req is not None and req.due_at is not None:
             purge_at = max(now, min(purge_at, as_utc(req.due_at) - PURGE_MARGIN))
         session.add(SourceErasure(model_name=model.name, uri=source.uri, subject_column=source.subject_column,

@@ -78,13 +78,12 @@ from torch import nn
 from app.ml.checkpoint import ChecksumMismatch, load_checkpoint, save_checkpoint
 # The ensemble's structure lives below this trainer and the checkpoint format (both use it).
 from app.ml.ensemble import SISAEnsemble, base_meta, is_sisa
-from app.ml.loop import train_epochs
+from app.ml.loop import Progress, train_epochs
 from app.ml.data import make_loader
 from app.ml.spec import Example, ModelSpec, TrainRecipe
 from app.ml.specs.common import stable_fraction
 
 log = logging.getLogger("lethe.sisa")
-Progress = Callable[[float], None]
 SALT = "sisa"
 
 

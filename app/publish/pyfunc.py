@@ -58,9 +58,7 @@ class LethePyfunc:
 
 
 def _load_pyfunc(data_path: str) -> LethePyfunc:
-    import struct
-
-    from app.ml.checkpoint import SPEC_KEY, load_checkpoint
+    from app.ml.checkpoint import load_checkpoint, read_meta
     from app.ml.specs import get_spec
 
     weights = Path(data_path)
@@ -68,9 +66,6 @@ def _load_pyfunc(data_path: str) -> LethePyfunc:
         weights = weights / WEIGHTS
     info_file = weights.parent / INFO
     info = json.loads(info_file.read_text()) if info_file.exists() else {}
-    with open(weights, "rb") as f:
-        (size,) = struct.unpack("<Q", f.read(8))
-        header = json.loads(f.read(size)).get("__metadata__", {})
-    spec = get_spec(info.get("spec") or header[SPEC_KEY])
+    spec = get_spec(info.get("spec") or read_meta(weights)["spec"])
     model, meta, _ = load_checkpoint(weights, spec, expected_sha256=info.get("sha256"))
     return LethePyfunc(spec, model, meta, info.get("version"))

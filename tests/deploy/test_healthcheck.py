@@ -20,7 +20,7 @@ from tests.conftest import REDIS, redis_available
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "deploy" / "healthcheck.py"
-BROKER = f"{REDIS}/6"  # a Redis DB index no other test uses
+BROKER = f"{REDIS}/6"  # DB 6: test_example_plugin uses it too, but only in the integration phase, never at once
 
 
 def env(tmp_path: Path) -> dict[str, str]:

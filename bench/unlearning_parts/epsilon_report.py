@@ -224,8 +224,8 @@ def interim_section(rows: list[dict], info: dict) -> list[str]:
             f"gate) for the `+noise` rows: {', '.join(f'{x:g}' for x in spec['noise']) or 'none'}. `forget_acc`: "
             "accuracy on every forget example, against the retrains' (`retrain_forget_acc`); `cleared`: runs whose "
             "subjects' own parameters were cleared (`ModelSpec.subject_params_cleared`); `stranger_gap`: largest "
-            "|logit| difference between a forget example and the same item for a never-seen id (0: scored like a "
-            "stranger); `cpu_seconds`: per run, the interim's verification included.", "",
+            "|logit| difference, over the first 200 forget examples, between the example and the same item for a "
+            "never-seen id (0: scored like a stranger); `cpu_seconds`: per run, the interim's verification included.", "",
             table(rows, INTERIM_COLS), "", "What the interims tried (`(fail)`: the product's gate refused it):", "",
             *(f"- {r['forget_set']}, {r['method']}: {'; '.join(r.get('decisions') or [])}" for r in rows
               if r["method"] in {f"interim {k}" for k in spec["kinds"]}), ""]

@@ -40,6 +40,7 @@ from workers.problem import ForgetProblem
 
 INTERIMS = ("params", "auto")
 INTERIM_SEED = 3000  # interim runs' seeds (approximate methods, noise): none of the retrains' or auto's
+STRANGER_CHECKED = 200  # forget examples predicted twice per run (as themselves, as a stranger)
 
 
 def row_name(kind: str, noise: float | None = None) -> str:
@@ -113,7 +114,8 @@ def run(kind: str, st: Stage, served, meta: dict[str, Any], baseline: dict[str, 
     p = problem(st, baseline, reference)
     torch.manual_seed(seed)
     started, cpu = time.perf_counter(), time.process_time()
-    name, candidate, new_meta, attempts = step(kind, p, served, meta, st.device, seed, budget_s(st.spec.name, reference))
+    budget = budget_s(st.spec.name, reference)
+    name, candidate, new_meta, attempts = step(kind, p, served, meta, st.device, seed, budget)
     seconds, cpu_s = time.perf_counter() - started, time.process_time() - cpu
     deterministic = name == "params"
     return {
@@ -121,7 +123,7 @@ def run(kind: str, st: Stage, served, meta: dict[str, Any], baseline: dict[str, 
         "gate": bool(attempts[-1]["passed"]),
         "decision": ">".join(f"{a['method']}{'' if a['passed'] else '(fail)'}" for a in attempts),
         "cleared": bool(st.spec.subject_params_cleared(candidate, new_meta, p.subject_ids)),
-        "stranger_gap": stranger_gap(st.spec, candidate, new_meta, [e.features for e in st.fs.forget[:200]],
-                                     st.device),
+        "stranger_gap": stranger_gap(st.spec, candidate, new_meta,
+                                     [e.features for e in st.fs.forget[:STRANGER_CHECKED]], st.device),
         "noised": {s: (with_noise(candidate, s, seed) if deterministic else candidate) for s in noises},
     }

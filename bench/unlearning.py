@@ -22,6 +22,10 @@ and the spec allows it; otherwise their rows say ``skipped`` and why.
     lethe bench unlearning --configs toy --quick --out /tmp/x
     lethe bench unlearning --model NAME [--db-url URL] [--record-chain [--url URL --key KEY]]
 
+``--epsilon N`` scores with the NeurIPS 2023 competition's metric instead (N runs per side, the
+retrain floor); ``--interim params,auto [--interim-noise 0.01,0.03]`` adds the scheduler's interim
+forget, run by ``workers/interim.py``'s own functions (``bench/unlearning_parts/interim.py``).
+
 ``--model`` measures a model registered in a Lethe database instead (its serving version, its
 live registry samples, its recorded reference, chain and method overrides); ``--record-chain``
 then sets its ``auto`` chain to the cheapest methods that passed every run, ending with the

@@ -9,5 +9,7 @@ list the parts as benchmarks of their own:
 - ``registered``: a model registered in a Lethe database (``--model``, ``--record-chain``);
 - ``summary``: means, DESIGN.md section 8 targets, chains the runs support;
 - ``report``: unlearning.md / .csv / .json / .png;
+- ``epsilon*``: the competition metric (``--epsilon N``); ``interim``: the scheduler's interim forget
+  scored through the worker's own code (``--interim params,auto``, issue 16);
 - ``cli``: arguments and the run.
 """

@@ -59,6 +59,11 @@ def build_parser() -> argparse.ArgumentParser:
                    "for auto (0: try approximate methods even where a retrain is cheap, as on a dearer model)")
     e.add_argument("--jobs", type=int, default=1, help="worker processes of one torch thread each (CPU; runs are "
                    "independent, so times stay per run: use at most one per free core)")
+    e.add_argument("--interim", help="comma list of params, auto: also score the scheduler's interim forget "
+                   "(issue 16) as the worker runs it (bench/unlearning_parts/interim.py)")
+    e.add_argument("--interim-noise", default="", help="comma list of relative weight-noise levels: one more row per "
+                   "interim and level, so that a deterministic interim (params) gets a score other than the peaky "
+                   "guard's 0 (e.g. 0.01)")
     e.add_argument("--epsilon-seed", type=int, default=0, help="seed of the original model and the random "
                                                                "forget-set draws (a new one re-measures out of sample)")
     m = p.add_argument_group("a registered model (instead of the bundled configs)")
@@ -106,6 +111,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.epsilon_sets = [s.strip() for s in args.epsilon_sets.split(",")]
     if args.epsilon is not None and (args.epsilon < 3 or any(s not in EPSILON_SETS for s in args.epsilon_sets)):
         p.error(f"--epsilon needs N >= 3 and --epsilon-sets from {', '.join(EPSILON_SETS)}")
+    from bench.unlearning_parts.interim import INTERIMS
+
+    args.interim = [k.strip() for k in args.interim.split(",")] if args.interim else []
+    if any(k not in INTERIMS for k in args.interim) or (args.interim and not args.epsilon):
+        p.error(f"--interim needs --epsilon and a comma list of {', '.join(INTERIMS)}")
+    try:
+        args.interim_noise = [float(x) for x in args.interim_noise.split(",") if x.strip()]
+    except ValueError:
+        p.error("--interim-noise: a comma list of numbers")
+    if any(not 0 < x < 1 for x in args.interim_noise):
+        p.error("--interim-noise: each level in (0, 1)")
     args.seeds = args.seeds or (1 if q else 2)
     args.n_shadow = (2 if q else 4) if args.n_shadow is None else args.n_shadow
     if args.out is None:

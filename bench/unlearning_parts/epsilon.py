@@ -67,11 +67,14 @@ class Sample:
     outputs: list[np.ndarray] = field(default_factory=list)
     retain_acc: list[float] = field(default_factory=list)
     test_acc: list[float] = field(default_factory=list)
+    forget_acc: list[float] = field(default_factory=list)  # accuracy on every forget example
     gate: list[bool | None] = field(default_factory=list)
     served: list[str] = field(default_factory=list)
     decisions: list[str] = field(default_factory=list)
     shift: list[float | None] = field(default_factory=list)  # the gate's shift from the served model
     gate_quick: list[bool] = field(default_factory=list)  # passed every gate but the audit admission
+    cleared: list[bool] = field(default_factory=list)  # interim rows: subjects' own parameters cleared
+    stranger_gap: list[float] = field(default_factory=list)  # interim rows: |subject - stranger| logits
     quality: dict | None = None  # forget_quality against the retrains, once the sample is complete
 
     def quality_against(self, retrained: "Sample") -> dict:
@@ -88,6 +91,7 @@ class Sample:
         self.outputs.append(run["outputs"])
         self.retain_acc.append(run["retain_acc"])
         self.test_acc.append(run["test_acc"])
+        self.forget_acc.append(run.get("forget_acc", float("nan")))
         self.gate.append(run.get("gate"))
         self.served.append(run.get("served") or self.method)
         self.decisions.append(run.get("decision", ""))
@@ -95,6 +99,10 @@ class Sample:
             self.shift.append(run["shift"])
         if "gate_quick" in run:
             self.gate_quick.append(run["gate_quick"])
+        if "cleared" in run:
+            self.cleared.append(run["cleared"])
+        if run.get("stranger_gap") is not None:
+            self.stranger_gap.append(run["stranger_gap"])
 
 
 @dataclass
@@ -106,6 +114,7 @@ class Evaluator:
     scored: list[Example]  # forget examples scored by the metric (all, or a fixed subsample)
     retain: list[Example]
     test: list[Example]
+    forget: list[Example]  # every forget example (forget accuracy)
 
     def outputs(self, model, meta) -> np.ndarray:
         logits = predict_logits(self.spec, model, meta, [e.features for e in self.scored], device=self.device)
@@ -115,7 +124,7 @@ class Evaluator:
 def evaluator(st: Stage, max_examples: int) -> Evaluator:
     """Forget examples scored (a fixed subsample of at most ``max_examples``), retain and test."""
     return Evaluator(st.spec, st.device, _subsample(st.fs.forget, max_examples, 1),
-                     _subsample(st.fs.retain, MAX_RETAIN_EVAL, 2), st.test)
+                     _subsample(st.fs.retain, MAX_RETAIN_EVAL, 2), st.test, st.fs.forget)
 
 
 def _subsample(xs: list[Example], n: int, seed: int) -> list[Example]:

@@ -22,6 +22,7 @@ from typing import Any
 from tqdm import tqdm
 
 from bench.unlearning_parts import epsilon_tasks as tasks
+from bench.unlearning_parts import interim
 from bench.unlearning_parts.configs import CONFIGS
 from bench.unlearning_parts.epsilon import AUTO_SEED, FLOOR_SEED, Sample, evaluator, stage_for
 from bench.unlearning_parts.epsilon_summary import false_pass, summarise
@@ -30,8 +31,11 @@ from bench.unlearning_parts.summary import fmt
 from workers.verify.epsilon import epsilon_ceiling
 
 COLUMNS = ["config", "forget_set", "n_forget", "n_scored", "n_models", "method", "F", "floor", "share_of_floor",
-           "final_score", "seconds", "retrain_seconds", "speedup", "cpu_speedup", "retain_acc", "test_acc", "d_retain_acc",
-           "d_test_acc", "gate_passed", "quick_passed", "gate_runs", "peaky", "shift", "served"]
+           "final_score", "seconds", "cpu_seconds", "retrain_seconds", "speedup", "cpu_speedup", "retain_acc", "test_acc",
+           "forget_acc", "retrain_forget_acc", "d_retain_acc", "d_test_acc", "d_forget_acc", "gate_passed", "quick_passed",
+           "gate_runs", "peaky", "shift", "served", "cleared", "stranger_gap"]
+INTERIM_COLS = ["forget_set", "method", "served", "F", "share_of_floor", "peaky", "forget_acc", "retrain_forget_acc",
+                "test_acc", "d_test_acc", "cpu_seconds", "gate_passed", "gate_runs", "cleared", "stranger_gap"]
 TARGET_SHARE = 0.8  # auto's F >= 0.8 x floor (issue 10)
 TARGET_TEST_POINTS = 0.005  # test accuracy within 0.5 points of retrain's
 
@@ -62,10 +66,12 @@ def run_config(key: str, args, device, argv: list[str], log) -> str:
         log(f"{key} {label}: {len(st.fs.subjects)} subjects, {len(st.fs.forget)} samples")
     tasks.prepare(spec, examples, stages, {label: evaluator(st, args.epsilon_examples) for label, st in stages.items()},
                   device)
-    names = ["retrain", "retrain_floor", *args.methods_eps, "auto"]
+    kinds, noises = tuple(getattr(args, "interim", None) or ()), tuple(getattr(args, "interim_noise", None) or ())
+    rows_of = {kind: [interim.row_name(kind)] + [interim.row_name(kind, s) for s in noises] for kind in kinds}
+    names = ["retrain", "retrain_floor", *args.methods_eps, "auto", *(r for k in kinds for r in rows_of[k])]
     samples = {label: {name: Sample(name) for name in names} for label in stages}
     pending: list[tuple[str, str, Any]] = []
-    total = len(stages) * n * len(names) + 1
+    total = len(stages) * n * (len(names) - sum(len(r) - 1 for r in rows_of.values())) + 1
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="lethe-eps-") as tmp, tasks.executor(args.jobs, device) as pool, \
             tqdm(total=total, file=sys.stderr, unit="run", dynamic_ncols=True) as bar:
@@ -91,6 +97,9 @@ def run_config(key: str, args, device, argv: list[str], log) -> str:
                 "auto_min_exact_seconds": getattr(args, "auto_min_exact_seconds", None),
                 "floor_B": epsilon_ceiling(n), "reference": {k: v for k, v in reference.items()
                                                               if k != "utility_runs"}}
+        if kinds:
+            info["interim"] = {"kinds": list(kinds), "noise": list(noises),
+                               "budget_s": interim.budget_s(spec.name, reference)}
         rule = escalation(spec.name, args)
         for label in stages:
             pending += [] if label in early else retrains(label)
@@ -99,10 +108,14 @@ def run_config(key: str, args, device, argv: list[str], log) -> str:
                         for seed in range(AUTO_SEED + 1, AUTO_SEED + n + 1)]
             pending += [(label, name, pool.submit(tasks.method_task, label, name, seed, orig))
                         for name in args.methods_eps for seed in range(1, n + 1)]
+            pending += [(label, kind, pool.submit(tasks.interim_task, label, kind, seed, orig, noises))
+                        for kind in kinds for seed in range(interim.INTERIM_SEED + 1, interim.INTERIM_SEED + n + 1)]
         left = {label: sum(p[0] == label for p in pending) for label in stages}
         # In submission order: each sample's runs keep their seed order, and sets complete in turn.
         for label, name, future in pending:
-            samples[label][name].record(future.result())
+            result = future.result()
+            for row, run in (result["rows"].items() if "rows" in result else ((name, result),)):
+                samples[label][row].record(run)
             bar.update(1)
             left[label] -= 1
             if not left[label]:
@@ -157,7 +170,8 @@ def write(out: Path, key: str, rows: list[dict], info: dict, args, argv: list[st
     base = out / stem(key)
     fp, fq = false_pass(rows), false_pass(rows, "quick_passed")
     cols = ["forget_set", "method", "F", "floor", "share_of_floor", "final_score", "speedup", "cpu_speedup", "seconds",
-            "retain_acc", "d_retain_acc", "test_acc", "d_test_acc", "gate_passed", "quick_passed", "gate_runs", "peaky", "shift"]
+            "retain_acc", "d_retain_acc", "test_acc", "d_test_acc", "forget_acc", "gate_passed", "quick_passed", "gate_runs",
+            "peaky", "shift"]
     md = [f"# Unlearning benchmark, competition metric (epsilon mode): `{key}`", "",
           f"Command: `python bench/unlearning.py {' '.join(argv)}`  ",
           f"Machine: {machine()}; device {args.device}; {info.get('jobs', 1)} worker process(es) of one torch "
@@ -184,6 +198,7 @@ def write(out: Path, key: str, rows: list[dict], info: dict, args, argv: list[st
     served = [f"- {r['forget_set']}: {r['served']}; {'; '.join(r.get('decisions') or [])}" for r in rows
               if r["method"] == "auto"]
     md += ["## What auto served", "", *served, ""]
+    md += interim_section(rows, info)
     text = "\n".join(md)
     base.with_suffix(".md").write_text(text)
     with base.with_suffix(".csv").open("w", newline="") as f:
@@ -195,6 +210,25 @@ def write(out: Path, key: str, rows: list[dict], info: dict, args, argv: list[st
         indent=1, default=lambda v: None if isinstance(v, float) and not math.isfinite(v) else str(v)))
     plot(rows, base.with_suffix(".png"), key)
     return text
+
+
+def interim_section(rows: list[dict], info: dict) -> list[str]:
+    """The interim rows beside retrain and the methods (``--interim``), or nothing."""
+    if "interim" not in info:
+        return []
+    spec = info["interim"]
+    return ["## Interim forget of a scheduled model (issue 16)", "",
+            f"Interims {', '.join(spec['kinds'])}, run by the worker's own functions (`workers/interim.py`, see "
+            f"`bench/unlearning_parts/interim.py`); auto's budget {fmt(spec['budget_s'])} s (approx_budget_share x the "
+            "expected exact cost). Weight noise (relative, non-zero weights only, after the product's step and its "
+            f"gate) for the `+noise` rows: {', '.join(f'{x:g}' for x in spec['noise']) or 'none'}. `forget_acc`: "
+            "accuracy on every forget example, against the retrains' (`retrain_forget_acc`); `cleared`: runs whose "
+            "subjects' own parameters were cleared (`ModelSpec.subject_params_cleared`); `stranger_gap`: largest "
+            "|logit| difference, over the first 200 forget examples, between the example and the same item for a "
+            "never-seen id (0: scored like a stranger); `cpu_seconds`: per run, the interim's verification included.", "",
+            table(rows, INTERIM_COLS), "", "What the interims tried (`(fail)`: the product's gate refused it):", "",
+            *(f"- {r['forget_set']}, {r['method']}: {'; '.join(r.get('decisions') or [])}" for r in rows
+              if r["method"] in {f"interim {k}" for k in spec["kinds"]}), ""]
 
 
 def plot(rows: list[dict], path: Path, key: str) -> None:

@@ -26,6 +26,7 @@ import torch
 from app.ml.device import set_cpu_threads
 from app.ml.spec import ModelSpec
 from app.ml.train import evaluate, train_from_scratch
+from bench.unlearning_parts import interim
 from bench.unlearning_parts.epsilon import Evaluator
 from bench.unlearning_parts.measure import Stage
 from workers.unlearning import METHODS, engine
@@ -46,7 +47,8 @@ def measured(ev: Evaluator, model, meta) -> dict[str, Any]:
     """What the metric and the accuracy ratios read of one model."""
     return {"outputs": ev.outputs(model, meta),
             "retain_acc": evaluate(ev.spec, model, meta, ev.retain, device=ev.device),
-            "test_acc": evaluate(ev.spec, model, meta, ev.test, device=ev.device)}
+            "test_acc": evaluate(ev.spec, model, meta, ev.test, device=ev.device),
+            "forget_acc": evaluate(ev.spec, model, meta, ev.forget, device=ev.device)}
 
 
 def _timed(fn: Callable[[], Any]) -> tuple[Any, float, float]:
@@ -119,6 +121,19 @@ def auto_task(label: str, seed: int, orig: dict[str, Any], escalation) -> dict[s
     rule = (getattr(outcome, "decision", None) or {}).get("rule", "")
     return {"seconds": seconds, "cpu_seconds": cpu, **measured(ev, outcome.model, outcome.meta),
             "gate": outcome.passed, "served": outcome.method, "decision": f"{rule}: {tried}" if rule else tried}
+
+
+def interim_task(label: str, kind: str, seed: int, orig: dict[str, Any], noises: tuple[float, ...]) -> dict[str, Any]:
+    """One interim step of a scheduled model (``bench/unlearning_parts/interim.py``): one measured run
+    per row it feeds (``rows``: the candidate as published, then with each weight-noise level)."""
+    st, ev = STATE["stages"][label], STATE["evaluators"][label]
+    st.reference = orig["reference"]
+    r = interim.run(kind, st, _original(orig), orig["meta"], orig["base"][label], orig["reference"], seed, noises)
+    common = {k: r[k] for k in ("seconds", "cpu_seconds", "gate", "served", "decision", "cleared", "stranger_gap")}
+    rows = {interim.row_name(kind): {**common, **measured(ev, r["model"], r["meta"])}}
+    for sigma, model in r["noised"].items():
+        rows[interim.row_name(kind, sigma)] = {**common, **measured(ev, model, r["meta"])}
+    return {"rows": rows}
 
 
 class Inline:

@@ -75,3 +75,12 @@ def wait_paused(hook_dir: Path, step: str, timeout: float = 120) -> int:
             return int(paused[0].name.rsplit(".", 1)[1])
         time.sleep(0.1)
     raise AssertionError(f"no worker reached step {step!r} within {timeout:.0f} s")
+
+
+def wait_new_workers(pgid: int, killed: list[int], timeout: float = 60) -> list[int]:
+    """The PIDs of the worker ``lethe run`` started after ``killed`` died, once there is one."""
+    deadline = time.monotonic() + timeout
+    while not (fresh := [p for p in worker_pids(pgid) if p not in killed]):
+        assert time.monotonic() < deadline, "lethe run did not start a new worker"
+        time.sleep(0.2)
+    return fresh

@@ -16,7 +16,9 @@ import httpx
 import pytest
 
 from tests.conftest import REDIS, redis_available
-from tests.integration.conftest import ADMIN_KEY, ROOT, free_port
+from tests.integration.conftest import ADMIN_KEY, ROOT, free_port, start_stack
+from tests.integration.consistency import disagreements, wait_agree
+from tests.integration.procs import arm, kill_workers, wait_new_workers, wait_paused
 
 pytestmark = pytest.mark.integration
 
@@ -114,9 +116,6 @@ def test_a_deadline_passing_while_failed_keeps_the_request_owed_until_a_retry_co
     the 80 % warning audited once; once the cause is gone an operator retry completes it (late, and
     recorded so). The failure: the worker's ``collect`` step raises ``Unavailable`` (what an unreadable
     data source raises) for as long as the test hook's file exists."""
-    from tests.integration.conftest import start_stack
-    from tests.integration.procs import arm
-
     hooks = tmp_path / "hooks"
     cause = arm(hooks, "collect", "fail")
     stack, cleanup = start_stack(tmp_path, "postgresql", redis_db=10, extra_env={
@@ -178,10 +177,6 @@ def test_worker_killed_at_completion_completes_once_and_leaves_disk_and_database
     on the to-delete list. ``lethe run`` starts a fresh worker; the request ends ``completed`` exactly
     once, every version the database can serve or roll back to has its files, the purged one's are
     gone, the to-delete list is drained, no orphan is left and the audit chain verifies."""
-    from tests.integration.conftest import start_stack
-    from tests.integration.consistency import disagreements, wait_agree
-    from tests.integration.procs import arm, kill_workers, wait_new_workers, wait_paused
-
     hooks = tmp_path / "hooks"
     arm(hooks, step, "pause")
     stack, cleanup = start_stack(tmp_path, backend, redis_db=10, extra_env={

@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 
 from tests.integration.conftest import Stack, start_stack
+from tests.integration.consistency import wait_agree
+from tests.integration.procs import arm, kill_workers, wait_new_workers, wait_paused
 from tests.integration.test_erasure_sequence import NEVER_SEEN_USER, heavy_users, p_like
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -116,9 +118,6 @@ def test_an_exact_job_killed_or_failed_still_completes_every_request_before_exac
     out — or fails its first attempt (the hook's ``collect`` step raises ``Unavailable``) and is
     retried by the scheduler after its backoff once the cause is gone. Either way both requests end
     ``completed`` by one exact version before their ``exact_due_at``, and disk and database agree."""
-    from tests.integration.consistency import wait_agree
-    from tests.integration.procs import arm, kill_workers, wait_new_workers, wait_paused
-
     hooks = tmp_path / "hooks"
     hooks.mkdir()
     # Same Redis DB as the test above: tests of one file never run at once (--dist loadfile).
@@ -157,6 +156,7 @@ def test_an_exact_job_killed_or_failed_still_completes_every_request_before_exac
                 assert _ts(body["completed_at"]) <= _ts(body["exact_due_at"]), body
             finished = {b["result"]["models"]["movielens"]["job_id"] for b in done}
             assert len(finished) == 1, finished  # one exact job completed both
+            assert {b["result"]["models"]["movielens"]["method"] for b in done} == {"retrain"}
             if trouble == "killed":
                 resumed = stack.events("job_resumed", at_least=1)
                 assert [e["payload"]["job_id"] for e in resumed] == list(finished), resumed  # the same job, resumed

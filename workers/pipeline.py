@@ -24,6 +24,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 from sqlmodel import Session
 
+from app.core import testhook
 from app.core.config import Settings
 from app.core.errors import Unavailable, database_unavailable
 from app.core.logging import log_context
@@ -222,12 +223,14 @@ def _run_job(w: Worker, job_id: str) -> None:
     if not published:
         set_progress(w, job_id, "deleting_data")
         try:
+            testhook.step("collect")
             problem = collect(w, job_id)
         except Unavailable as exc:  # e.g. the organisation's Delta table cannot be read: retried with backoff
             with w.session() as s:
                 jobs.fail_job(s, jobs.get_job(s, job_id=job_id), exc.detail, w.settings)
                 s.commit()
             return
+        testhook.step("unlearn")
         if not unlearn_and_publish(w, job_id, problem, progress=throttled_progress(w, job_id)):
             return
     deploy_and_complete(w, job_id)
@@ -264,7 +267,9 @@ def deploy_and_complete(w: Worker, job_id: str) -> None:
         job = jobs.get_job(s, job_id=job_id)
         if holds_fence(s, w, job, serving=target_version):
             complete(s, job, w.settings, deploy_s=time.monotonic() - t0)
+        testhook.step("complete")
         s.commit()
+    testhook.step("drain_deletions")
     drain_deletions(w)
     if w.engine is not None:  # the deleted rows leave the database files too (app/data/physical.py)
         physical.compact(w.engine)

@@ -115,6 +115,14 @@ class Settings(BaseSettings):
         0, ge=0, description="Keep the N newest versions that carry a completed erasure un-purged (their weights "
                              "stay on disk; rollback and loading still refuse them). For tests that must show "
                              "those refusals on a real stack; refused in production (issue 23).")
+    test_hook_dir: Path | None = Field(
+        None, description="Folder where a drill arms the worker's named pause/fail steps (app/core/testhook.py), so "
+                          "a test kills or fails a worker at an exact step of a job on a running stack. Tests only; "
+                          "refused in production (issue 23).")
+    deadline_override_s: float | None = Field(
+        None, gt=0, description="New requests are due this many seconds after receipt instead of Art. 12(3)'s one "
+                                "month, so a test sees a deadline pass on a running stack. Tests only; refused in "
+                                "production (issue 23).")
     log_level: str = Field("INFO", description="Python log level.")
     audit_sequence_interval_s: float = Field(0.5, description="How often each API process chains pending audit events.")
     # --- signatures, callbacks, deadlines, audit checkpoints (issue 5) ---
@@ -224,6 +232,9 @@ class Settings(BaseSettings):
                 raise ValueError(f"set {', '.join('LETHE_' + n.upper() for n in defaults)} in production")
             if self.keep_tainted_versions:
                 raise ValueError("LETHE_KEEP_TAINTED_VERSIONS must be 0 in production: tainted weights are deleted")
+            if self.test_hook_dir is not None or self.deadline_override_s is not None:
+                raise ValueError("LETHE_TEST_HOOK_DIR and LETHE_DEADLINE_OVERRIDE_S are for tests; unset them in "
+                                 "production")
         return self
 
     @property

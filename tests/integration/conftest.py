@@ -46,6 +46,18 @@ class Stack:
                 time.sleep(0.3)
         raise AssertionError(f"request {request_id} did not reach {statuses}; last: {body}")
 
+    def events(self, type_: str, request_id: str | None = None, *, at_least: int = 0, timeout: float = 30) -> list[dict]:
+        """The chained audit events of one type (of one request), oldest first; waits (bounded) until
+        there are ``at_least`` of them, since an event is listed once an API process chained it."""
+        params = {"type": type_, "limit": 1000, **({"request_id": request_id} if request_id else {})}
+        deadline = time.monotonic() + timeout
+        with self.client() as c:
+            while len(items := c.get("/v1/audit/events", params=params).json()["items"]) < at_least:
+                if time.monotonic() > deadline:
+                    break
+                time.sleep(0.3)
+        return items
+
     def logs(self) -> str:
         return "".join((self.data_dir / f"{n}.log").read_text(errors="replace")[-4000:] for n in ("run",)
                        if (self.data_dir / f"{n}.log").exists())

@@ -20,6 +20,7 @@ from tests.integration.conftest import ROOT, Stack, free_port, start_stack
 
 pytestmark = pytest.mark.integration
 X = {"inputs": [{"x": [0.5] * 16}]}
+REPLICA_TTL_S = 10  # of the replica the DB-cut test starts (the stack's own replicas: 4 s)
 
 
 @pytest.fixture(scope="module")
@@ -255,7 +256,9 @@ def test_new_replica_is_not_ready_until_it_serves_the_current_version(stack2: St
            "LETHE_DATA_DIR": str(stack2.data_dir),
            "LETHE_REDIS_URL": f"{REDIS}/13", "LETHE_BROKER_URL": f"{REDIS}/13",
            "LETHE_SUBJECT_KEY_SECRET": "integration-secret", "LETHE_POLL_INTERVAL_S": "1",
-           "LETHE_REPLICA_TTL_S": "4", "LETHE_HEARTBEAT_INTERVAL_S": "0.5",
+           # This replica's own TTL: long against its 1 s DB poll and the 0.2 s probe interval, so the
+           # probes right after the cut certainly fall before it runs out (they must see 200, not 503).
+           "LETHE_REPLICA_TTL_S": str(REPLICA_TTL_S), "LETHE_HEARTBEAT_INTERVAL_S": "0.5",
            # The API key stays cached through the outage, so the 503 seen is the model's, not auth's.
            "LETHE_KEY_CACHE_TTL_S": "600"}
     proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "app.main:app", "--port", str(port)], cwd=ROOT,
@@ -294,17 +297,25 @@ def test_new_replica_is_not_ready_until_it_serves_the_current_version(stack2: St
         p = httpx.post(f"{url}/v1/models/toy/predict", json=X, headers=stack2.headers, timeout=30)
         assert p.status_code == 200 and p.json()["model_version"] == current, p.text
 
-        proxy.cut()  # this replica alone loses the database; the stack keeps it
-
         def stale() -> bool | tuple:
             p = httpx.post(f"{url}/v1/models/toy/predict", json=X, headers=stack2.headers, timeout=10)
             ready = httpx.get(f"{url}/readyz", timeout=10).status_code
             code = p.json().get("code") if p.status_code != 200 else None
             return (p.status_code, code, ready) == (503, "model_not_ready", 503) or (p.status_code, code, ready)
 
+        assert stale() == (200, None, 200)  # fresh right before the cut
+        proxy.cut()  # this replica alone loses the database; the stack keeps it
+        cut_at = time.monotonic()
+        first = stale()  # right after the cut: it synced <= 1 s ago, the TTL is 10 s
+        first_s = time.monotonic() - cut_at
+        assert first_s < REPLICA_TTL_S / 2, f"the first probe took {first_s:.1f} s: the machine stalled"
+        assert first == (200, None, 200), first  # still answers while its last sync is within the TTL
         trail = until(stale, 60)
+        stale_after_s = time.monotonic() - cut_at
         assert trail and trail[-1] is True, trail[-5:]
-        assert (200, None, 200) in trail or trail[0] is True  # answered until the TTL ran out (or the first probe came late)
+        # ...and stops once the TTL ran out, not at the first failed sync (its last sync was about a
+        # poll, 1 s, before the cut; half the TTL leaves room for a starved poll thread)
+        assert stale_after_s >= REPLICA_TTL_S / 2, (stale_after_s, trail[:3])
 
         proxy.restore()
 
@@ -325,24 +336,9 @@ def test_after_every_erasure_on_this_stack_disk_and_database_agree(stack2: Stack
     """Runs last in this module: after its erasures (a silent replica, a replica cut off from the
     DB, a kept tainted version...), every version the database can still serve or roll back to has
     its weights, the to-delete list is drained and no file is left that no row references."""
-    from sqlmodel import Session, create_engine, select
+    from tests.integration.consistency import disagreements
 
-    from app.db.models import ModelVersion
-    from app.ml.checkpoint import companion_dirs, file_sha256, read_meta
-    from app.services.storage import deletions, orphans
-
-    engine = create_engine(stack2.db_url)
-    try:
-        with Session(engine) as s:
-            live = s.exec(select(ModelVersion).where(ModelVersion.state != "purged")).all()
-            purged = s.exec(select(ModelVersion).where(ModelVersion.state == "purged")).all()
-            assert live and purged
-            for v in live:
-                assert file_sha256(v.artifact_path) == v.sha256
-                assert all(d.is_dir() for d in companion_dirs(read_meta(v.artifact_path)))
-            assert not any(Path(v.artifact_path).exists() for v in purged)
-            assert deletions.pending(s) == []
-            assert orphans.find(s, data_dir=stack2.data_dir, artifacts_dir=stack2.data_dir / "artifacts",
-                                older_than_s=0) == []
-    finally:
-        engine.dispose()
+    with stack2.client() as c:
+        states = {v["state"] for v in c.get("/v1/models/toy").json()["versions"]}
+    assert "purged" in states and states - {"purged"}, states
+    assert disagreements(stack2.db_url, stack2.data_dir) == []

@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 
 from tests.integration.conftest import Stack, start_stack
+from tests.integration.consistency import wait_agree
+from tests.integration.procs import arm, kill_workers, wait_new_workers, wait_paused
 from tests.integration.test_erasure_sequence import NEVER_SEEN_USER, heavy_users, p_like
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -105,3 +107,64 @@ def test_burst_and_spread_are_scheduled_then_completed_by_one_exact_job(schedule
         assert 'lethe_compute_seconds_total{method="retrain",model="movielens",phase="exact"}' in metrics
         assert "lethe_time_to_interim_seconds_count 4.0" in metrics
         assert c.get("/v1/audit/verify").json()["ok"] is True
+
+
+@pytest.mark.parametrize(("trouble", "backend"), [("killed", "sqlite"), ("failed", "postgresql")])
+def test_an_exact_job_killed_or_failed_still_completes_every_request_before_exact_due_at(
+        tmp_path: Path, trouble: str, backend: str) -> None:
+    """Two scheduled erasures (interim serving), then the operator's exact job, which either has its
+    worker SIGKILLed mid-job (held by the test hook after the data deletion, before training: not a
+    timer) — ``lethe run`` starts a new worker, whose reconciler resumes the job once its lease ran
+    out — or fails its first attempt (the hook's ``collect`` step raises ``Unavailable``) and is
+    retried by the scheduler after its backoff once the cause is gone. Either way both requests end
+    ``completed`` by one exact version before their ``exact_due_at``, and disk and database agree."""
+    hooks = tmp_path / "hooks"
+    hooks.mkdir()
+    # Same Redis DB as the test above: tests of one file never run at once (--dist loadfile).
+    stack, cleanup = start_stack(tmp_path, backend, redis_db=14, extra_env={
+        "LETHE_DEMO_MODELS": "movielens", "LETHE_BATCH_WINDOW_S": "0.2", "LETHE_SCHEDULE_TICK_S": "1",
+        "LETHE_RETRY_BACKOFF_S": "1", "LETHE_MAX_REQUEST_ATTEMPTS": "5", "LETHE_JOB_LEASE_S": "15",
+        "LETHE_TEST_HOOK_DIR": str(hooks), "LETHE_ORPHAN_GRACE_S": "5"})
+    try:
+        users = heavy_users()[0][:2]
+        with stack.client() as c:
+            r = c.put("/v1/models/movielens/policy",
+                      json={"schedule": {"exact_within_s": EXACT_WITHIN_S, "max_owed": None, "interim": "params"}})
+            assert r.status_code == 200, r.text
+            ids = [c.post("/v1/erasure-requests", json={"subject_id": u}).json()["id"] for u in users]
+            for rid in ids:
+                body = stack.wait_status(rid, ("scheduled", "completed", "failed"), 90)
+                assert body["status"] == "scheduled" and body["forgotten_at"], body
+            cause = arm(hooks, "unlearn" if trouble == "killed" else "collect",
+                        "pause" if trouble == "killed" else "fail")
+            assert c.post("/v1/models/movielens/exact-now").status_code == 202
+            if trouble == "killed":
+                wait_paused(hooks, "unlearn")
+                assert all(c.get(f"/v1/erasure-requests/{rid}").json()["status"] != "completed" for rid in ids)
+                wait_new_workers(stack.proc.pid, kill_workers(stack.proc.pid))  # lethe run starts a new one
+            else:
+                deadline = time.monotonic() + 90
+                while not (retries := stack.events("erasure_retry_scheduled", ids[0])):
+                    assert time.monotonic() < deadline, c.get(f"/v1/erasure-requests/{ids[0]}").json()
+                    time.sleep(0.3)
+                assert "injected failure" in retries[0]["payload"]["error"], retries
+                cause.unlink()
+                failed_job = retries[0]["payload"]["job_id"]
+            done = [stack.wait_status(rid, ("completed", "failed"), EXACT_WITHIN_S) for rid in ids]
+            for body in done:
+                assert body["status"] == "completed", body
+                assert _ts(body["completed_at"]) <= _ts(body["exact_due_at"]), body
+            finished = {b["result"]["models"]["movielens"]["job_id"] for b in done}
+            assert len(finished) == 1, finished  # one exact job completed both
+            assert {b["result"]["models"]["movielens"]["method"] for b in done} == {"retrain"}
+            if trouble == "killed":
+                resumed = stack.events("job_resumed", at_least=1)
+                assert [e["payload"]["job_id"] for e in resumed] == list(finished), resumed  # the same job, resumed
+            else:
+                assert failed_job not in finished  # the failed attempt's job ended; a new exact job completed
+            for rid in ids:
+                assert len(stack.events("erasure_completed", rid, at_least=1)) == 1
+            wait_agree(stack.db_url, stack.data_dir)
+            assert c.get("/v1/audit/verify").json()["ok"] is True
+    finally:
+        cleanup()

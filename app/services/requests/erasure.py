@@ -23,6 +23,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
+from app.core.config import get_settings
 from app.core.errors import Conflict, LetheError, NotFound, Unprocessable
 from app.db.models import ErasureRequest, ErasureTarget, OpenDsrRequest, Suppression, as_utc, utcnow
 from app.data import registry
@@ -45,6 +46,12 @@ def add_months(dt: datetime, months: int = 1) -> datetime:
 
 def add_one_month(dt: datetime) -> datetime:
     return add_months(dt, 1)
+
+
+def legal_due_at(received: datetime) -> datetime:
+    """Art. 12(3): one month after receipt (``LETHE_DEADLINE_OVERRIDE_S`` shortens it in tests only)."""
+    override = get_settings().deadline_override_s
+    return received + timedelta(seconds=override) if override else add_one_month(received)
 
 
 def extend_deadline(session: Session, *, request_id: str, reason: str, actor: str) -> ErasureRequest:
@@ -177,7 +184,7 @@ def create_requests(session: Session, items: list[IntakeItem]) -> list[Intake | 
             continue
         req = ErasureRequest(subject_key=item.subject_key, source=item.source, external_id=item.external_id,
                              idempotency_key=item.idempotency_key, api_key_id=item.api_key_id, reason=item.reason,
-                             policy=item.policy, received_at=now, due_at=add_one_month(now),
+                             policy=item.policy, received_at=now, due_at=legal_due_at(now),
                              callback_url=item.callback_url)
         # Decide the outcome before the INSERT: intake writes each row once, no UPDATE after it.
         models = sorted(holding.get(item.subject_key, []))

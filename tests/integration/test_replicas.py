@@ -134,7 +134,8 @@ def test_rollback_to_tainted_version_is_refused(stack2: Stack) -> None:
         assert r.status_code == 409 and r.json()["code"] == "version_purged"
         purged = c.get("/v1/audit/events", params={"type": "artifact_purged"}).json()["items"]
         assert any(e["payload"]["version"] == before and len(e["payload"]["sha256"]) == 64 for e in purged)
-    assert not (stack2.data_dir / "artifacts" / "toy" / f"v{before}.safetensors").exists()
+    weights = sorted((stack2.data_dir / "artifacts" / "toy").glob("v*.safetensors"))
+    assert weights and not [p for p in weights if p.name.startswith(f"v{before}-")], weights
 
 
 def test_opendsr_completed_callback_reaches_a_real_receiver_signed(stack2: Stack) -> None:

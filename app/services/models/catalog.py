@@ -8,6 +8,7 @@ served or rolled back to (DESIGN.md section 5).
 from __future__ import annotations
 
 import logging
+import secrets
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -70,7 +71,11 @@ def register_trained(session: Session, *, name: str, model_obj: Any, meta: dict[
     last = session.exec(select(ModelVersion).where(ModelVersion.model_name == name)
                         .order_by(col(ModelVersion.number).desc())).first()
     number = (last.number + 1) if last else 1
-    path = artifacts_dir / name / f"v{number}.safetensors"
+    # A fresh name per write, never v<N>.safetensors alone: a job whose commit was lost (killed
+    # worker, DB blip) leaves its file as an orphan, and the retry reuses the number N. If the
+    # reconciler had already put that orphan on the to-delete list, a shared name would let the
+    # drain delete the retry's committed weights (the list's contract: a pending path is never reused).
+    path = artifacts_dir / name / f"v{number}-{secrets.token_hex(4)}.safetensors"
     path.parent.mkdir(parents=True, exist_ok=True)
     info = {"model": name, "version": number, "parent": parent, "method": method, "metrics": metrics,
             "data_manifest": manifest or {}}

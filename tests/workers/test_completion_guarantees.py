@@ -198,3 +198,29 @@ def test_a_deadline_passing_while_failed_is_overdue_and_a_retry_still_completes(
     done = session.get(ErasureRequest, req.id)
     assert done.status == "completed" and done.completed_at > done.due_at  # late, and recorded as such
     assert erasure.list_requests(session, overdue=True) == []
+
+
+def test_a_lost_commits_orphan_and_the_retrys_weights_never_share_a_path(session: Session, settings,
+                                                                          toy_model) -> None:  # noqa: ANN001
+    """A version whose commit was lost leaves its weights as an orphan, and the retry takes the same
+    number. The reconciler may already have put that orphan on the to-delete list: the retry's
+    committed file must not be the path the drain will delete."""
+    from app.ml.checkpoint import load_checkpoint
+    from app.ml.specs import get_spec
+    from app.services.storage import deletions
+
+    v1 = _versions(session)[1]
+    net, meta, _ = load_checkpoint(v1.artifact_path, get_spec("toy"))
+    lost = model_service.register_trained(session, name="toy", model_obj=net, meta=meta, metrics=v1.metrics,
+                                          artifacts_dir=settings.artifacts_dir, method="operator_copy", parent=1)
+    orphan = Path(lost.artifact_path)
+    session.rollback()  # the commit never happened: v2's file is an orphan
+    assert orphan.exists()
+    deletions.schedule_deletion(session, orphan, reason="orphan")  # the reconciler found it
+    session.commit()
+    retry = model_service.register_trained(session, name="toy", model_obj=net, meta=meta, metrics=v1.metrics,
+                                           artifacts_dir=settings.artifacts_dir, method="operator_copy", parent=1)
+    session.commit()
+    assert retry.number == 2 and Path(retry.artifact_path) != orphan
+    assert deletions.drain(db.new_session) == [str(orphan.resolve())]
+    assert not orphan.exists() and Path(retry.artifact_path).exists()

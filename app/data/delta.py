@@ -186,14 +186,45 @@ def subjects(table: Any, column: str, secret: str) -> Subjects:
     return found
 
 
-def _rows_of(table: Any, column: str, values: pa.Array) -> Iterator[pa.RecordBatch]:
-    """The rows whose subject is one of ``values``, batch by batch. Filtered per batch, not pushed
-    down: files that delta-rs rewrote may hold ``string_view`` where others hold ``string``, and
-    pyarrow's statistics pruning has no kernel comparing the two."""
-    for batch in _batches(table):
+def _row_groups(table: Any) -> tuple[Any, list[Any]]:
+    """The pinned version's dataset and its row groups (as fragments), in file order."""
+    dataset = table.to_pyarrow_dataset()
+    return dataset, [group for fragment in dataset.get_fragments() for group in fragment.split_by_row_group()]
+
+
+def _masks(group: Any, dataset: Any, column: str, wanted: dict[str, pa.Array],
+           split_column: str | None = None) -> dict[str, np.ndarray]:
+    """For each ``wanted`` name, which rows of one row group have their subject in its values (and,
+    with ``split_column``, that split): a bool per row, from the subject (and split) column alone,
+    read in batches of at most BATCH_ROWS. Filtered here, not pushed down: files that delta-rs
+    rewrote may hold ``string_view`` where others hold ``string``, and pyarrow's statistics
+    pruning has no kernel comparing the two."""
+    columns = [column] + ([split_column] if split_column else [])
+    masks: dict[str, list[np.ndarray]] = {name: [] for name in wanted}
+    for batch in group.to_batches(schema=dataset.schema, columns=columns, batch_size=BATCH_ROWS,
+                                  use_threads=False, memory_pool=POOL):
         subject = batch.column(column)
-        mask = pc.is_in(subject, value_set=values.cast(subject.type))
-        yield batch.filter(mask)
+        split_of = pc.cast(batch.column(split_column), pa.string()) if split_column else None
+        found: dict[int, pa.Array] = {}  # the splits of a table with a split column share one value set
+        for name, values in wanted.items():
+            if id(values) not in found:
+                found[id(values)] = pc.is_in(subject, value_set=values.cast(subject.type))
+            mask = found[id(values)]
+            if split_of is not None:
+                mask = pc.and_(mask, pc.equal(split_of, name))
+            masks[name].append(pc.fill_null(mask, False).to_numpy(zero_copy_only=False))
+    return {name: np.concatenate(m) if m else np.zeros(0, bool) for name, m in masks.items()}
+
+
+def _rows_of(table: Any, column: str, values: pa.Array) -> Iterator[pa.Table]:
+    """The rows whose subject is one of ``values``, row group by row group: the subject column is
+    scanned everywhere, the other columns decoded only in the row groups that hold such rows."""
+    dataset, groups = _row_groups(table)
+    for group in groups:
+        mask = _masks(group, dataset, column, {"": values})[""]
+        if mask.any():
+            rows = group.to_table(schema=dataset.schema, use_threads=False, memory_pool=POOL)
+            yield rows.take(pa.array(np.flatnonzero(mask)))
 
 
 def counts(table: Any, column: str, secret: str, skip: set[str] | frozenset[str] = frozenset()) -> dict[str, int]:
@@ -205,7 +236,7 @@ def _split_of(key: str) -> str:
     return "holdout" if int(key[:8], 16) % HOLDOUT_SHARE == 0 else "train"
 
 
-def _examples(spec: ModelSpec, batch: pa.RecordBatch, keys: list[str], source: Source) -> Iterator[Example]:
+def _examples(spec: ModelSpec, batch: pa.RecordBatch | pa.Table, keys: list[str], source: Source) -> Iterator[Example]:
     for row, key in zip(batch.to_pylist(), keys, strict=True):
         e = spec.example_from_row(row)
         split = str(row[source.split_column]) if source.split_column else _split_of(key)
@@ -313,23 +344,6 @@ class LiveView(RowsView):
         return Example(self.key_of[row[self.source.subject_column]], self.split_only, e.features, int(e.label))
 
 
-def _live_bits(fragment: Any, dataset: Any, source: Source, wanted: dict[str, pa.Array]) -> dict[str, np.ndarray]:
-    """Per split, which rows of one row group are live (a bool per row), from the subject (and
-    split) column read in batches of at most BATCH_ROWS."""
-    columns = [source.subject_column] + ([source.split_column] if source.split_column else [])
-    masks: dict[str, list[np.ndarray]] = {split: [] for split in wanted}
-    for batch in fragment.to_batches(schema=dataset.schema, columns=columns, batch_size=BATCH_ROWS,
-                                     use_threads=False, memory_pool=POOL):
-        subject = batch.column(source.subject_column)
-        split_of = pc.cast(batch.column(source.split_column), pa.string()) if source.split_column else None
-        for split, values in wanted.items():
-            mask = pc.is_in(subject, value_set=values.cast(subject.type))
-            if split_of is not None:
-                mask = pc.and_(mask, pc.equal(split_of, split))
-            masks[split].append(pc.fill_null(mask, False).to_numpy(zero_copy_only=False))
-    return {split: np.concatenate(m) if m else np.zeros(0, bool) for split, m in masks.items()}
-
-
 def live_views(session: Session, model: Model, spec: ModelSpec, splits: Sequence[str], exclude: set[str],
                secret: str) -> dict[str, LiveView]:
     """The live rows of each split of the pinned version minus ``exclude`` (and the deleted and
@@ -348,13 +362,12 @@ def live_views(session: Session, model: Model, spec: ModelSpec, splits: Sequence
     else:
         wanted = {split: who.values_where(lambda k, split=split: k not in out and _split_of(k) == split)
                   for split in splits}
-    dataset = table.to_pyarrow_dataset()
-    segments = [group for fragment in dataset.get_fragments() for group in fragment.split_by_row_group()]
+    dataset, segments = _row_groups(table)
     bits: dict[str, list[np.ndarray]] = {split: [] for split in splits}
     counts: dict[str, list[int]] = {split: [] for split in splits}
     sizes: list[int] = []
-    for fragment in segments:
-        masks = _live_bits(fragment, dataset, source, wanted)
+    for group in segments:
+        masks = _masks(group, dataset, source.subject_column, wanted, source.split_column)
         sizes.append(len(next(iter(masks.values()))) if masks else 0)
         for split, mask in masks.items():
             bits[split].append(np.packbits(mask))

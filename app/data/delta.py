@@ -134,10 +134,24 @@ def check_schema(table: Any, source: Source) -> None:
                                 f"{names}.", code="invalid_source")
 
 
+def _row_groups(table: Any) -> tuple[Any, list[Any]]:
+    """The pinned version's dataset and its row groups (as fragments), in file order."""
+    dataset = table.to_pyarrow_dataset()
+    return dataset, [group for fragment in dataset.get_fragments() for group in fragment.split_by_row_group()]
+
+
+def _group_batches(group: Any, dataset: Any, columns: list[str] | None = None) -> Iterator[pa.RecordBatch]:
+    """One row group's rows (only ``columns``) in record batches of at most BATCH_ROWS, in file
+    order. The batches are slices of the group's decoded columns: a caller that keeps one keeps them."""
+    return group.to_batches(schema=dataset.schema, columns=columns, batch_size=BATCH_ROWS, use_threads=False,
+                            memory_pool=POOL, batch_readahead=0)
+
+
 def _batches(table: Any, columns: list[str] | None = None) -> Iterator[pa.RecordBatch]:
-    """The table's rows (only ``columns``) in record batches of at most BATCH_ROWS, in file order."""
-    return table.to_pyarrow_dataset().to_batches(columns=columns, batch_size=BATCH_ROWS, use_threads=False,
-                                                 memory_pool=POOL)
+    """The table's rows, row group by row group (a dataset-wide scan reads ahead into the next files)."""
+    dataset, groups = _row_groups(table)
+    for group in groups:
+        yield from _group_batches(group, dataset, columns)
 
 
 def _keys_of(values: pa.Array, secret: str, memo: dict[Any, str]) -> list[str]:
@@ -154,11 +168,15 @@ class Subjects:
 
     def __init__(self, table: Any, column: str, secret: str) -> None:
         rows: dict[Any, int] = {}  # one entry per person, whatever the table's size
-        for batch in _batches(table, [column]):
-            counted = pc.value_counts(batch.column(column))
-            for v, n in zip(counted.field("values").to_pylist(), counted.field("counts").to_pylist(), strict=True):
-                if v is not None:  # a row without a subject is nobody's
-                    rows[v] = rows.get(v, 0) + n
+        dataset, groups = _row_groups(table)
+        for group in groups:
+            for batch in _group_batches(group, dataset, [column]):
+                counted = pc.value_counts(batch.column(column))
+                for v, n in zip(counted.field("values").to_pylist(), counted.field("counts").to_pylist(),
+                                strict=True):
+                    if v is not None:  # a row without a subject is nobody's
+                        rows[v] = rows.get(v, 0) + n
+            batch = None  # noqa: F841 - this group's decoded column goes before the next is read
         self.values = pa.array(list(rows))
         self.rows = list(rows.values())
         self.keys = [subject_key(secret, str(v)) for v in rows]
@@ -186,12 +204,6 @@ def subjects(table: Any, column: str, secret: str) -> Subjects:
     return found
 
 
-def _row_groups(table: Any) -> tuple[Any, list[Any]]:
-    """The pinned version's dataset and its row groups (as fragments), in file order."""
-    dataset = table.to_pyarrow_dataset()
-    return dataset, [group for fragment in dataset.get_fragments() for group in fragment.split_by_row_group()]
-
-
 def _masks(group: Any, dataset: Any, column: str, wanted: dict[str, pa.Array],
            split_column: str | None = None) -> dict[str, np.ndarray]:
     """For each ``wanted`` name, which rows of one row group have their subject in its values (and,
@@ -201,8 +213,7 @@ def _masks(group: Any, dataset: Any, column: str, wanted: dict[str, pa.Array],
     pruning has no kernel comparing the two."""
     columns = [column] + ([split_column] if split_column else [])
     masks: dict[str, list[np.ndarray]] = {name: [] for name in wanted}
-    for batch in group.to_batches(schema=dataset.schema, columns=columns, batch_size=BATCH_ROWS,
-                                  use_threads=False, memory_pool=POOL):
+    for batch in _group_batches(group, dataset, columns):
         subject = batch.column(column)
         split_of = pc.cast(batch.column(split_column), pa.string()) if split_column else None
         found: dict[int, pa.Array] = {}  # the splits of a table with a split column share one value set
@@ -222,9 +233,9 @@ def _rows_of(table: Any, column: str, values: pa.Array) -> Iterator[pa.Table]:
     dataset, groups = _row_groups(table)
     for group in groups:
         mask = _masks(group, dataset, column, {"": values})[""]
-        if mask.any():
-            rows = group.to_table(schema=dataset.schema, use_threads=False, memory_pool=POOL)
-            yield rows.take(pa.array(np.flatnonzero(mask)))
+        if mask.any():  # no reference to the decoded group survives the yield
+            yield group.to_table(schema=dataset.schema, use_threads=False, memory_pool=POOL).take(
+                pa.array(np.flatnonzero(mask)))
 
 
 def counts(table: Any, column: str, secret: str, skip: set[str] | frozenset[str] = frozenset()) -> dict[str, int]:

@@ -54,8 +54,9 @@ def first_batch(retain) -> dict:  # noqa: ANN001
     cache). Measured after the collection's own time and peak were taken."""
     import random
 
+    indices = random.Random(0).sample(range(len(retain)), min(256, len(retain)))
     t0 = time.perf_counter()
-    batch = retain.take(random.Random(0).sample(range(len(retain)), min(256, len(retain))))
+    batch = retain.take(indices) if hasattr(retain, "take") else [retain[i] for i in indices]  # a view, or a list
     return {"batch_s": time.perf_counter() - t0, "batch_rows": len(batch), "peak_after_batch_mb": _peak_mb()}
 
 

@@ -61,7 +61,9 @@ HOLDOUT_SHARE = 10  # a table without a split column: 1 subject in 10 (by key) i
 BATCH_ROWS = 65536
 # What a job keeps of decoded row groups while a method draws batches (shared by its train, test and
 # held-out views; least recently used out first). A row group of the benchmark's table (1M rows,
-# five columns) decodes to ~40 MB, so this holds a few; a larger table adds row groups, not memory.
+# five columns) decodes to tens of MB, so this holds a few; a larger table adds row groups, not
+# memory. The price: a random training batch over more row groups than fit decodes some again
+# (bench/delta_scale.py, "one training batch").
 CACHE_BYTES = 256 << 20
 POOL: pa.MemoryPool | None = None  # the Arrow pool scans allocate from (None: the default; tests measure with a proxy)
 COMMIT_RETRIES = 5  # a conflicting concurrent writer: reload and retry the conditional delete

@@ -11,9 +11,11 @@ Each phase runs in its own process (so each peak RSS is that phase's alone) on a
            subject's rows read and flagged, train / test / held-out views, the manifest)
   erase    the DELETE in the table and the physical purge (VACUUM, log cut at a checkpoint) for 1
            subject, then for 1,000 subjects at once
+  half     setup and collect again on a table of N/2 rows: the collection's peak memory should not
+           follow the table's size (the job keeps one bit per row and split, not the rows)
 The columnar store's setup / ingest / collect phases are those of ``bench/data_scale.py`` at the
-same N (its JSON-Lines bulk ingest is the columnar store's way in). Prints a table and writes
-bench/results/delta_scale.{md,json}.
+same N, in the same run (its JSON-Lines bulk ingest is the columnar store's way in). Prints a table
+and writes bench/results/delta_scale.{md,json}.
 
     python bench/delta_scale.py [--rows 10000000] [--quick] [--out DIR]
 """
@@ -82,7 +84,7 @@ def phase(name: str, rows: int, workdir: Path) -> dict:
     from workers.problem import collect
     install_subscribers()  # transitions write their outbox rows here as in the worker
 
-    from bench.data_scale import _peak_mb, _rss_mb, _settings
+    from bench.data_scale import _peak_mb, _rss_mb, _settings, first_batch
 
     settings = _settings(workdir)
     engine = make_engine(settings.db_url)
@@ -116,6 +118,8 @@ def phase(name: str, rows: int, workdir: Path) -> dict:
         t0 = time.perf_counter()
         problem = collect(worker, job_id)
         out.update(retain=len(problem.retain), forget=len(problem.forget), manifest=problem.manifest)
+        out["seconds"], out["peak_rss_mb"] = time.perf_counter() - t0, _peak_mb()
+        out.update(first_batch(problem.retain))
     elif name == "erase":  # DELETE + purge of 1 subject, then of 1,000 at once
         # train-split users (u % 10 not in 0, 1); user-5 is the collect phase's
         train = [u for u in range(2, n_users) if u % 10 not in (0, 1) and u != 5]
@@ -127,13 +131,13 @@ def phase(name: str, rows: int, workdir: Path) -> dict:
             removed = len(delta.vacuum(uri))
             out[label] = {"delete_s": t2 - t1, "purge_s": time.perf_counter() - t2, "rows_deleted": deleted,
                           "subjects": len(present), "version": version, "files_removed": removed}
-    out["seconds"] = time.perf_counter() - t0
-    out["peak_rss_mb"] = _peak_mb()
+    out.setdefault("seconds", time.perf_counter() - t0)
+    out.setdefault("peak_rss_mb", _peak_mb())
     out["peak_above_start_mb"] = out["peak_rss_mb"] - out["rss_start_mb"]
     return out
 
 
-def run_phase(name: str, rows: int, workdir: Path) -> dict:
+def run_phase(name: str, rows: int, workdir: Path, label: str = "delta") -> dict:
     env = {**os.environ, "LETHE_DATA_DIR": str(workdir), "LETHE_DATABASE_URL": f"sqlite:///{workdir / 'lethe.db'}",
            "LETHE_SUBJECT_KEY_SECRET": "bench-secret", "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, __file__, "--phase", name, "--rows", str(rows), "--workdir", str(workdir)],
@@ -141,24 +145,30 @@ def run_phase(name: str, rows: int, workdir: Path) -> dict:
     if proc.returncode != 0:
         raise SystemExit(f"phase {name} (delta) failed:\n{proc.stderr[-3000:]}")
     result = json.loads(proc.stdout.strip().splitlines()[-1])
-    print(f"  delta    {name:<9} {result['seconds']:8.1f} s  peak {result['peak_rss_mb']:7.0f} MB "
+    print(f"  {label:<8} {name:<9} {result['seconds']:8.1f} s  peak {result['peak_rss_mb']:7.0f} MB "
           f"(+{result['peak_above_start_mb']:.0f} MB over the process after imports)", flush=True)
     return result
 
 
-def table(d: dict[str, dict], c: dict[str, dict], rows: int) -> str:
+def table(d: dict[str, dict], c: dict[str, dict], half: dict[str, dict], rows: int) -> str:
+    sample = int(os.environ.get("LETHE_DELTA_SCALE_SAMPLE", SAMPLE))  # --quick sets a smaller one
     def mb(x: dict) -> str:
         return f"{x['peak_rss_mb']:,.0f} (+{x['peak_above_start_mb']:,.0f})"
 
     lines = ["| | delta store | columnar store (same rows) |", "|---|---|---|",
-             f"| samples | {rows + SAMPLE:,} | {rows + SAMPLE:,} |",
-             f"| registration of the {SAMPLE:,}-row sample, v1 trained (s) | {d['setup']['register_s']:.1f} | "
+             f"| samples | {rows + sample:,} | {rows + sample:,} |",
+             f"| registration of the {sample:,}-row sample, v1 trained (s) | {d['setup']['register_s']:.1f} | "
              f"{c['setup']['seconds']:.1f} |",
              f"| getting {rows:,} new rows in (s) | upstream append {d['setup']['append_s']:.1f} (not Lethe's); "
              f"pin + index {d['setup']['pin_s']:.1f} | bulk ingest {c['ingest']['seconds']:.1f} |",
              f"| job data collection (s) | {d['collect']['seconds']:.1f} | {c['collect']['seconds']:.1f} |",
              f"| its peak RSS, MB (above the process after imports) | {mb(d['collect'])} | {mb(c['collect'])} |",
-             f"| retain rows read | {d['collect']['retain']:,} | {c['collect']['retain']:,} |"]
+             f"| retain rows read | {d['collect']['retain']:,} | {c['collect']['retain']:,} |",
+             f"| then one training batch, 256 random retain rows (s); peak RSS after it, MB | "
+             f"{d['collect']['batch_s']:.2f}; {d['collect']['peak_after_batch_mb']:,.0f} | "
+             f"{c['collect']['batch_s']:.2f}; {c['collect']['peak_after_batch_mb']:,.0f} |",
+             f"| the same collection on a table of {rows // 2 + sample:,} rows: s, peak RSS MB | "
+             f"{half['collect']['seconds']:.1f}, {mb(half['collect'])} | n/a |"]
     for n in ("1", "1000"):
         e = d["erase"][n]
         lines.append(f"| DELETE + purge, {e['subjects']:,} subject(s) at once (s) | {e['delete_s']:.1f} + "
@@ -185,6 +195,9 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="lethe-delta-scale-") as tmp:
         print(f"delta: {rows:,} rows in {tmp}", flush=True)
         d = {name: run_phase(name, rows, Path(tmp)) for name in ("setup", "collect", "erase")}
+    with tempfile.TemporaryDirectory(prefix="lethe-delta-scale-half-") as tmp:
+        print(f"delta: {rows // 2:,} rows in {tmp}", flush=True)
+        half = {name: run_phase(name, rows // 2, Path(tmp), "delta/2") for name in ("setup", "collect")}
     c: dict[str, dict] = {}
     if not args.no_columnar:
         from bench import data_scale
@@ -192,11 +205,11 @@ def main() -> int:
         with tempfile.TemporaryDirectory(prefix="lethe-delta-scale-columnar-") as tmp:
             print(f"columnar: {rows:,} rows in {tmp}", flush=True)
             c = {name: data_scale.run_phase(name, "columnar", rows, Path(tmp)) for name in ("setup", "ingest", "collect")}
-    md = table(d, c, rows) if c else json.dumps(d, indent=2, default=str)
+    md = table(d, c, half, rows) if c else json.dumps({"delta": d, "half": half}, indent=2, default=str)
     print("\n" + md)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "delta_scale.md").write_text(md + "\n")
-    (args.out / "delta_scale.json").write_text(json.dumps({"rows": rows, "delta": d, "columnar": c}, indent=2,
+    (args.out / "delta_scale.json").write_text(json.dumps({"rows": rows, "delta": d, "half": half, "columnar": c}, indent=2,
                                                           default=str))
     return 0
 

@@ -263,6 +263,8 @@ def deploy_and_complete(w: Worker, job_id: str) -> None:
                 s.commit()
             return
         w.sleep(0.2)
+    if phase != "interim" and not purge_samples(w, job_id, target_version):
+        return
     with w.session() as s:
         job = jobs.get_job(s, job_id=job_id)
         if holds_fence(s, w, job, serving=target_version):
@@ -271,9 +273,25 @@ def deploy_and_complete(w: Worker, job_id: str) -> None:
         s.commit()
     testhook.step("drain_deletions")
     drain_deletions(w)
+    source_erasure.after_job(w.session, secret=w.settings.subject_key_secret)  # the table changes after commit
+
+
+def purge_samples(w: Worker, job_id: str, target_version: int) -> bool:
+    """The batch's rows hard-deleted and committed, the files that held them deleted, and the
+    database compacted (SQLite: truncating WAL checkpoint; PostgreSQL: VACUUM), all *before* the
+    commit that turns the requests ``completed`` (issue 18, item 5). False when fenced off."""
+    with w.session() as s:
+        job = jobs.get_job(s, job_id=job_id)
+        fenced = not holds_fence(s, w, job, serving=target_version)
+        if not fenced:
+            jobs.purge_samples(s, job, w.settings)
+        s.commit()
+    if fenced:
+        return False
+    drain_deletions(w)
     if w.engine is not None:  # the deleted rows leave the database files too (app/data/physical.py)
         physical.compact(w.engine)
-    source_erasure.after_job(w.session, secret=w.settings.subject_key_secret)  # the table changes after commit
+    return True
 
 
 def drain_deletions(w: Worker) -> None:

@@ -80,7 +80,7 @@ def collect(w: Worker, job_id: str, *, manifest: bool = True) -> ForgetProblem:
                          payload={"model": job.model_name, "samples": n, "job_id": job.id})
         s.commit()  # the deletion flags hold before any training starts
         owed = jobs.owed_subjects(s, job.model_name) | set(keys)
-        live = {split: registry.live(s, model, split, owed, root) for split in ("train", "test", "holdout")}
+        live = registry.live_splits(s, model, ("train", "test", "holdout"), owed, root)
         serving = model_service.get_version(s, model.name, model.serving_version)
         first = model_service.get_version(s, model.name, 1) if serving.number != 1 else serving
         job.version_before = serving.number

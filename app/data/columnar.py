@@ -14,13 +14,13 @@ rows: nothing is materialised until a method draws a batch.
 
 from __future__ import annotations
 
-import bisect
 import hashlib
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from sqlalchemy import delete, insert, update
@@ -28,6 +28,7 @@ from sqlmodel import Session, col, select
 
 from app.db.models import SubjectRows
 from app.services.storage import deletions
+from app.data.view import RowsView
 from app.ml.spec import Example
 
 PART_ROWS = 1_000_000  # rows per part: ~1 s to rewrite one when a subject in it is purged
@@ -186,62 +187,28 @@ def purge(session: Session, root: Path, model_name: str, keys: list[str]) -> int
     return removed
 
 
-class LiveView(Sequence[Example]):
-    """The live rows of one split, minus ``exclude`` (deleted and owed subjects), lazily."""
+class LiveView(RowsView):
+    """The live rows of one split, minus ``exclude`` (deleted and owed subjects), lazily: the parts
+    are memory-mapped and only the positions of their live rows are kept."""
 
     def __init__(self, session: Session, root: Path, model_name: str, split: str, exclude: set[str]) -> None:
         deleted = set(session.exec(select(SubjectRows.subject_key).where(
             SubjectRows.model_name == model_name, col(SubjectRows.deleted).is_(True))).all())
         out = pa.array(sorted(exclude | deleted), pa.string())
-        parts = referenced_parts(session, model_name)
         self.tables: list[pa.Table] = []
         self.rows: list[pa.Array] = []
-        self.starts: list[int] = []
-        total = 0
-        for part in parts:
+        for part in referenced_parts(session, model_name):
             table = _open(_part_path(root, model_name, part))
             mask = pc.and_(pc.equal(table["split"], split), pc.invert(pc.is_in(table["subject_key"], value_set=out)))
-            rows = pc.indices_nonzero(mask)
-            if len(rows):
-                self.tables.append(table)
-                self.rows.append(rows)
-                self.starts.append(total)
-                total += len(rows)
-        self.total = total
-        self.split_only = split  # every row is of this split (train_from_scratch need not filter)
+            self.tables.append(table)
+            self.rows.append(pc.indices_nonzero(mask))
+        super().__init__([len(r) for r in self.rows], split)
 
-    def __len__(self) -> int:
-        return self.total
+    def _rows(self, k: int, local: np.ndarray) -> list[dict[str, Any]]:
+        return self.tables[k].take(pc.take(self.rows[k], pa.array(local))).to_pylist()
 
-    def __getitem__(self, i: int) -> Example:  # type: ignore[override]
-        if isinstance(i, slice):
-            return [self[j] for j in range(*i.indices(self.total))]
-        if i < 0:
-            i += self.total
-        if not 0 <= i < self.total:
-            raise IndexError(i)
-        k = bisect.bisect_right(self.starts, i) - 1
-        r = self.tables[k].slice(self.rows[k][i - self.starts[k]].as_py(), 1).to_pylist()[0]
+    def _example(self, r: dict[str, Any]) -> Example:
         return Example(r["subject_key"], r["split"], r["features"], int(r["label"]))
-
-    def take(self, indices: list[int]) -> list[Example]:
-        """Many rows in one read per part (a training batch), in the order asked."""
-        by_part: dict[int, list[tuple[int, int]]] = {}
-        for pos, i in enumerate(indices):
-            k = bisect.bisect_right(self.starts, i) - 1
-            by_part.setdefault(k, []).append((pos, i - self.starts[k]))
-        out: list[Example | None] = [None] * len(indices)
-        for k, items in by_part.items():
-            rows = pc.take(self.rows[k], pa.array([j for _, j in items], pa.int64()))
-            for (pos, _), r in zip(items, self.tables[k].take(rows).to_pylist(), strict=True):
-                out[pos] = Example(r["subject_key"], r["split"], r["features"], int(r["label"]))
-        return out  # type: ignore[return-value]
-
-    def __iter__(self) -> Iterator[Example]:
-        for table, rows in zip(self.tables, self.rows, strict=True):
-            for start in range(0, len(rows), 65536):
-                for r in table.take(rows.slice(start, 65536)).to_pylist():
-                    yield Example(r["subject_key"], r["split"], r["features"], int(r["label"]))
 
 
 def manifest(root: Path, model_name: str, session: Session, exclude: set[str]) -> dict[str, Any]:

@@ -24,16 +24,17 @@ an error message (errors are recorded by type name only).
 
 from __future__ import annotations
 
-import bisect
 import hashlib
 import logging
 import math
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from sqlalchemy import delete, func, insert
@@ -41,6 +42,7 @@ from sqlmodel import Session, col, select
 
 from app.core.errors import Unavailable, Unprocessable
 from app.core.security import subject_key
+from app.data.view import RowsView
 from app.db.models import ErasureRequest, Model, SourceErasure, SubjectRows, Suppression, as_utc, utcnow
 from app.ml.spec import Example, ModelSpec
 
@@ -57,6 +59,13 @@ MAX_PURGE_AFTER_S = 366 * 86400.0
 PURGE_MARGIN = timedelta(days=2)
 HOLDOUT_SHARE = 10  # a table without a split column: 1 subject in 10 (by key) is held out for the MIA gate
 BATCH_ROWS = 65536
+# What a job keeps of decoded row groups while a method draws batches (shared by its train, test and
+# held-out views; least recently used out first). A row group of the benchmark's table (1M rows,
+# five columns) decodes to tens of MB, so this holds a few; a larger table adds row groups, not
+# memory. The price: a random training batch over more row groups than fit decodes some again
+# (bench/delta_scale.py, "one training batch").
+CACHE_BYTES = 256 << 20
+POOL: pa.MemoryPool | None = None  # the Arrow pool scans allocate from (None: the default; tests measure with a proxy)
 COMMIT_RETRIES = 5  # a conflicting concurrent writer: reload and retry the conditional delete
 RETRY_BACKOFF_S = 60.0  # an unreachable table: the next drain after this long
 # Statuses of erasure requests whose subjects may never be trained on again from the table
@@ -127,8 +136,24 @@ def check_schema(table: Any, source: Source) -> None:
                                 f"{names}.", code="invalid_source")
 
 
+def _row_groups(table: Any) -> tuple[Any, list[Any]]:
+    """The pinned version's dataset and its row groups (as fragments), in file order."""
+    dataset = table.to_pyarrow_dataset()
+    return dataset, [group for fragment in dataset.get_fragments() for group in fragment.split_by_row_group()]
+
+
+def _group_batches(group: Any, dataset: Any, columns: list[str] | None = None) -> Iterator[pa.RecordBatch]:
+    """One row group's rows (only ``columns``) in record batches of at most BATCH_ROWS, in file
+    order. The batches are slices of the group's decoded columns: a caller that keeps one keeps them."""
+    return group.to_batches(schema=dataset.schema, columns=columns, batch_size=BATCH_ROWS, use_threads=False,
+                            memory_pool=POOL, batch_readahead=0)
+
+
 def _batches(table: Any, columns: list[str] | None = None) -> Iterator[pa.RecordBatch]:
-    return table.to_pyarrow_dataset().to_batches(columns=columns, batch_size=BATCH_ROWS)
+    """The table's rows, row group by row group (a dataset-wide scan reads ahead into the next files)."""
+    dataset, groups = _row_groups(table)
+    for group in groups:
+        yield from _group_batches(group, dataset, columns)
 
 
 def _keys_of(values: pa.Array, secret: str, memo: dict[Any, str]) -> list[str]:
@@ -144,13 +169,20 @@ class Subjects:
     (which never leave this process). Cached per (uri, version): a version never changes."""
 
     def __init__(self, table: Any, column: str, secret: str) -> None:
-        counted = (table.to_pyarrow_dataset().to_table(columns=[column])
-                   .group_by(column).aggregate([([], "count_all")]))
-        counted = counted.filter(pc.is_valid(counted.column(column)))  # a row without a subject is nobody's
-        self.values = counted.column(column).combine_chunks()
-        self.rows = counted.column("count_all").to_pylist()
-        self.keys = [subject_key(secret, str(v)) for v in self.values.to_pylist()]
-        self.key_of = dict(zip(self.values.to_pylist(), self.keys, strict=True))
+        rows: dict[Any, int] = {}  # one entry per person, whatever the table's size
+        dataset, groups = _row_groups(table)
+        for group in groups:
+            for batch in _group_batches(group, dataset, [column]):
+                counted = pc.value_counts(batch.column(column))
+                for v, n in zip(counted.field("values").to_pylist(), counted.field("counts").to_pylist(),
+                                strict=True):
+                    if v is not None:  # a row without a subject is nobody's
+                        rows[v] = rows.get(v, 0) + n
+            batch = None  # noqa: F841 - this group's decoded column goes before the next is read
+        self.values = pa.array(list(rows))
+        self.rows = list(rows.values())
+        self.keys = [subject_key(secret, str(v)) for v in rows]
+        self.key_of = dict(zip(rows, self.keys, strict=True))
 
     def values_where(self, keep: Any) -> pa.Array:
         """The clear values whose key satisfies ``keep`` (an Arrow array for ``is_in``)."""
@@ -174,14 +206,38 @@ def subjects(table: Any, column: str, secret: str) -> Subjects:
     return found
 
 
-def _rows_of(table: Any, column: str, values: pa.Array) -> Iterator[pa.RecordBatch]:
-    """The rows whose subject is one of ``values``, batch by batch. Filtered per batch, not pushed
-    down: files that delta-rs rewrote may hold ``string_view`` where others hold ``string``, and
-    pyarrow's statistics pruning has no kernel comparing the two."""
-    for batch in _batches(table):
+def _masks(group: Any, dataset: Any, column: str, wanted: dict[str, pa.Array],
+           split_column: str | None = None) -> dict[str, np.ndarray]:
+    """For each ``wanted`` name, which rows of one row group have their subject in its values (and,
+    with ``split_column``, that split): a bool per row, from the subject (and split) column alone,
+    read in batches of at most BATCH_ROWS. Filtered here, not pushed down: files that delta-rs
+    rewrote may hold ``string_view`` where others hold ``string``, and pyarrow's statistics
+    pruning has no kernel comparing the two."""
+    columns = [column] + ([split_column] if split_column else [])
+    masks: dict[str, list[np.ndarray]] = {name: [] for name in wanted}
+    for batch in _group_batches(group, dataset, columns):
         subject = batch.column(column)
-        mask = pc.is_in(subject, value_set=values.cast(subject.type))
-        yield batch.filter(mask)
+        split_of = pc.cast(batch.column(split_column), pa.string()) if split_column else None
+        found: dict[int, pa.Array] = {}  # the splits of a table with a split column share one value set
+        for name, values in wanted.items():
+            if id(values) not in found:
+                found[id(values)] = pc.is_in(subject, value_set=values.cast(subject.type))
+            mask = found[id(values)]
+            if split_of is not None:
+                mask = pc.and_(mask, pc.equal(split_of, name))
+            masks[name].append(pc.fill_null(mask, False).to_numpy(zero_copy_only=False))
+    return {name: np.concatenate(m) if m else np.zeros(0, bool) for name, m in masks.items()}
+
+
+def _rows_of(table: Any, column: str, values: pa.Array) -> Iterator[pa.Table]:
+    """The rows whose subject is one of ``values``, row group by row group: the subject column is
+    scanned everywhere, the other columns decoded only in the row groups that hold such rows."""
+    dataset, groups = _row_groups(table)
+    for group in groups:
+        mask = _masks(group, dataset, column, {"": values})[""]
+        if mask.any():  # no reference to the decoded group survives the yield
+            yield group.to_table(schema=dataset.schema, use_threads=False, memory_pool=POOL).take(
+                pa.array(np.flatnonzero(mask)))
 
 
 def counts(table: Any, column: str, secret: str, skip: set[str] | frozenset[str] = frozenset()) -> dict[str, int]:
@@ -193,7 +249,7 @@ def _split_of(key: str) -> str:
     return "holdout" if int(key[:8], 16) % HOLDOUT_SHARE == 0 else "train"
 
 
-def _examples(spec: ModelSpec, batch: pa.RecordBatch, keys: list[str], source: Source) -> Iterator[Example]:
+def _examples(spec: ModelSpec, batch: pa.RecordBatch | pa.Table, keys: list[str], source: Source) -> Iterator[Example]:
     for row, key in zip(batch.to_pylist(), keys, strict=True):
         e = spec.example_from_row(row)
         split = str(row[source.split_column]) if source.split_column else _split_of(key)
@@ -253,74 +309,85 @@ def forget_examples(session: Session, model: Model, spec: ModelSpec, keys: list[
     return out
 
 
-class LiveView(Sequence[Example]):
-    """The live rows of one split of the pinned version minus ``exclude`` (deleted, owed and
-    suppressed subjects). The scan streams record batches and keeps only the split's rows, as
-    Arrow columns (not Python objects); examples are built when a method draws them."""
+class _RowGroups:
+    """Decoded row groups of one pinned version and the live positions in them, least recently
+    used out first once they pass ``budget`` bytes (one is always kept: the one being read)."""
 
-    def __init__(self, session: Session, model: Model, spec: ModelSpec, split: str, exclude: set[str],
-                 secret: str) -> None:
-        source = Source.of(model.config)
-        deleted = set(session.exec(select(SubjectRows.subject_key).where(
-            SubjectRows.model_name == model.name, col(SubjectRows.deleted).is_(True))).all())
-        out = exclude | deleted | suppressed(session)
-        self.spec, self.source, self.split_only = spec, source, split
-        table = open_table(source.uri, source.version)
-        who = subjects(table, source.subject_column, secret)
-        self.memo = who.key_of  # subject value -> key: rows carry keys only once drawn
-        if source.split_column:
-            values = who.values_where(lambda k: k not in out)
-        else:
-            values = who.values_where(lambda k: k not in out and _split_of(k) == split)
-        self.parts: list[pa.RecordBatch] = []
-        self.starts: list[int] = []
-        total = 0
-        for batch in _rows_of(table, source.subject_column, values):
-            if source.split_column:
-                batch = batch.filter(pc.equal(pc.cast(batch.column(source.split_column), pa.string()), split))
-            if batch.num_rows:
-                self.parts.append(batch)
-                self.starts.append(total)
-                total += batch.num_rows
-        self.total = total
+    def __init__(self, dataset: Any, budget: int) -> None:
+        self.dataset, self.budget = dataset, budget
+        self.items: OrderedDict[tuple[str, int], tuple[Any, int]] = OrderedDict()
+        self.bytes = 0
 
-    def __len__(self) -> int:
-        return self.total
+    def get(self, key: tuple[str, int], load: Callable[[], Any]) -> Any:
+        if key in self.items:
+            self.items.move_to_end(key)
+            return self.items[key][0]
+        value = load()
+        size = int(value.nbytes)
+        self.items[key] = (value, size)
+        self.bytes += size
+        while self.bytes > self.budget and len(self.items) > 1:
+            _, (_, n) = self.items.popitem(last=False)
+            self.bytes -= n
+        return value
+
+
+class LiveView(RowsView):
+    """The live rows of one split of the pinned version minus the excluded subjects. It keeps one
+    bit per table row (live in this split or not) per row group, and reads a row group (all
+    columns, for ``example_from_row``) only when a method draws rows from it."""
+
+    def __init__(self, segments: list[Any], bits: list[np.ndarray], sizes: list[int], counts: list[int],
+                 cache: _RowGroups, spec: ModelSpec, source: Source, key_of: dict[Any, str], split: str) -> None:
+        super().__init__(counts, split)
+        self.fragments, self.bits, self.sizes, self.cache = segments, bits, sizes, cache
+        self.spec, self.source, self.key_of = spec, source, key_of
+
+    def _positions(self, k: int) -> np.ndarray:
+        return np.flatnonzero(np.unpackbits(self.bits[k], count=self.sizes[k])).astype(np.uint32)
+
+    def _rows(self, k: int, local: np.ndarray) -> list[dict[str, Any]]:
+        group = self.cache.get(("", k), lambda: self.fragments[k].to_table(
+            schema=self.cache.dataset.schema, use_threads=False, memory_pool=POOL))
+        positions = self.cache.get((self.split_only, k), lambda: self._positions(k))
+        return group.take(pa.array(positions[local])).to_pylist()
 
     def _example(self, row: dict[str, Any]) -> Example:
         e = self.spec.example_from_row(row)
-        return Example(self.memo[row[self.source.subject_column]], self.split_only, e.features, int(e.label))
+        return Example(self.key_of[row[self.source.subject_column]], self.split_only, e.features, int(e.label))
 
-    def _one(self, k: int, j: int) -> Example:
-        return self._example(self.parts[k].slice(j, 1).to_pylist()[0])
 
-    def __getitem__(self, i: int) -> Example:  # type: ignore[override]
-        if isinstance(i, slice):
-            return [self[j] for j in range(*i.indices(self.total))]
-        if i < 0:
-            i += self.total
-        if not 0 <= i < self.total:
-            raise IndexError(i)
-        k = bisect.bisect_right(self.starts, i) - 1
-        return self._one(k, i - self.starts[k])
-
-    def take(self, indices: list[int]) -> list[Example]:
-        """Many rows in one read per batch (a training batch), in the order asked."""
-        by_part: dict[int, list[tuple[int, int]]] = {}
-        for pos, i in enumerate(indices):
-            k = bisect.bisect_right(self.starts, i) - 1
-            by_part.setdefault(k, []).append((pos, i - self.starts[k]))
-        out: list[Example | None] = [None] * len(indices)
-        for k, items in by_part.items():
-            rows = self.parts[k].take(pa.array([j for _, j in items], pa.int64())).to_pylist()
-            for (pos, _), row in zip(items, rows, strict=True):
-                out[pos] = self._example(row)
-        return out  # type: ignore[return-value]
-
-    def __iter__(self) -> Iterator[Example]:
-        for batch in self.parts:
-            for row in batch.to_pylist():
-                yield self._example(row)
+def live_views(session: Session, model: Model, spec: ModelSpec, splits: Sequence[str], exclude: set[str],
+               secret: str) -> dict[str, LiveView]:
+    """The live rows of each split of the pinned version minus ``exclude`` (and the deleted and
+    suppressed subjects), from **one** pass over the subject (and split) column, row group by
+    row group; no row is decoded until a method draws it. Memory: one bit per table row and
+    split, plus :data:`CACHE_BYTES` of decoded row groups once training reads."""
+    source = Source.of(model.config)
+    deleted = set(session.exec(select(SubjectRows.subject_key).where(
+        SubjectRows.model_name == model.name, col(SubjectRows.deleted).is_(True))).all())
+    out = exclude | deleted | suppressed(session)
+    table = open_table(source.uri, source.version)
+    who = subjects(table, source.subject_column, secret)
+    if source.split_column:
+        live = who.values_where(lambda k: k not in out)
+        wanted = {split: live for split in splits}
+    else:
+        wanted = {split: who.values_where(lambda k, split=split: k not in out and _split_of(k) == split)
+                  for split in splits}
+    dataset, segments = _row_groups(table)
+    bits: dict[str, list[np.ndarray]] = {split: [] for split in splits}
+    counts: dict[str, list[int]] = {split: [] for split in splits}
+    sizes: list[int] = []
+    for group in segments:
+        masks = _masks(group, dataset, source.subject_column, wanted, source.split_column)
+        sizes.append(len(next(iter(masks.values()))) if masks else 0)
+        for split, mask in masks.items():
+            bits[split].append(np.packbits(mask))
+            counts[split].append(int(np.count_nonzero(mask)))
+    cache = _RowGroups(dataset, CACHE_BYTES)
+    return {split: LiveView(segments, bits[split], sizes, counts[split], cache, spec, source, who.key_of, split)
+            for split in splits}
 
 
 def manifest(session: Session, model: Model, exclude: set[str]) -> dict[str, Any]:

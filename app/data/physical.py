@@ -5,7 +5,8 @@ Measured on the embedded default before this: after the erasure of MovieLens use
 bytes and its WAL 4,782, until something checkpointed. So:
   * SQLite runs with ``secure_delete`` (``app/core/db.py``): a deleted row's bytes are overwritten
     with zeros in the page that held them;
-  * after the commit that hard-deletes a completing erasure's rows, :func:`compact` runs a
+  * after the commit that hard-deletes a completing erasure's rows, and before the commit that
+    turns its requests ``completed`` (``workers.pipeline.purge_samples``), :func:`compact` runs a
     truncating WAL checkpoint: the WAL's frames (old page images with the rows) are copied back,
     zeroed pages included, and the WAL file is truncated to 0 bytes. It needs a moment without
     readers on an old snapshot; it retries briefly and otherwise reports ``busy`` (the next

@@ -119,16 +119,22 @@ def take_forget(session: Session, model: Model, keys: list[str], root: Path) -> 
 
 def live(session: Session, model: Model, split: str, exclude: set[str], root: Path) -> Sequence[Example]:
     """The live rows of a split minus ``exclude``: a list (rows) or a lazy view (columnar, delta)."""
+    return live_splits(session, model, (split,), exclude, root)[split]
+
+
+def live_splits(session: Session, model: Model, splits: Sequence[str], exclude: set[str],
+                root: Path) -> dict[str, Sequence[Example]]:
+    """:func:`live` for several splits; the delta store finds them all in one pass over its table."""
     if store_of(model) == "delta":
-        return delta.LiveView(session, model, _spec(model), split, exclude, _secret())
+        return dict(delta.live_views(session, model, _spec(model), splits, exclude, _secret()))
     if store_of(model) == "columnar":
-        return columnar.LiveView(session, root, model.name, split, exclude)
+        return {split: columnar.LiveView(session, root, model.name, split, exclude) for split in splits}
     # Columns, not ORM objects: building 100k Sample instances cost more than reading them (issue 16:
     # this load is most of an interim job's time on the demo model).
-    return [Example(key, split_, features, label) for key, split_, features, label in session.exec(
+    return {split: [Example(key, split_, features, label) for key, split_, features, label in session.exec(
         select(Sample.subject_key, Sample.split, Sample.features, Sample.label).where(
             Sample.model_name == model.name, Sample.split == split, col(Sample.deleted).is_(False))).all()
-        if key not in exclude]
+        if key not in exclude] for split in splits}
 
 
 def manifest(session: Session, model: Model, retain: Sequence[Example], exclude: set[str], root: Path) -> dict[str, Any]:

@@ -416,3 +416,56 @@ def test_a_job_that_cannot_read_the_table_fails_and_the_erasure_stays_owed(
     req = _erase(session, settings, worker)
     assert req.status == "queued" and req.stage == "retry_scheduled"  # retried with backoff, never dropped
     assert "cannot be read" in req.error and SUBJECT not in req.error
+
+
+def _collect_peak(session: Session, model: Model, exclude: set[str], monkeypatch: pytest.MonkeyPatch):  # noqa: ANN202
+    """A job's reads of the pinned version (the subjects, the forget rows, the views), and the peak
+    of Arrow memory their scans allocated."""
+    pool = pa.proxy_memory_pool(pa.default_memory_pool())
+    monkeypatch.setattr(delta, "POOL", pool)
+    monkeypatch.setattr(delta, "_subjects", {})  # the scan of the subject column, counted too
+    forget = delta.forget_examples(session, model, get_spec("toy"), sorted(exclude), "k")
+    assert forget and {e.subject_id for e in forget} == exclude
+    views = delta.live_views(session, model, get_spec("toy"), ("train", "test", "holdout"), exclude, "k")
+    return views, pool.max_memory()
+
+
+@sqlite_only
+def test_a_jobs_views_hold_bits_not_rows_and_their_memory_does_not_grow_with_the_table(
+        session: Session, settings, table: str, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
+    """Issue 18 item 2: a job's reads of 100k and of 200k rows peak at the same Arrow memory (about
+    one row group: the forget rows decode the groups that hold them, one at a time), and its views keep
+    one bit per row and split; reading every row back through a cache of one row group's size
+    stays bounded too, and gives exactly the live rows of the split."""
+    _register(session, settings, table)
+    model = session.get(Model, "toyd")
+    chunk = pa.concat_tables([_rows()] * 50)  # 20,000 rows per commit: one file, one row group
+    gone = subject_key("k", SUBJECT)
+    peaks, sizes = [], []
+    for _ in range(2):
+        for _ in range(5):
+            write_deltalake(table, chunk, mode="append")
+        t = delta.open_table(table)
+        source_erasure.repin(session, model, t, "k")
+        sizes.append(t.to_pyarrow_table().nbytes)
+        views, peak = _collect_peak(session, model, {gone}, monkeypatch)
+        peaks.append(peak)
+        rows = sum(v.sizes[k] for v in views.values() for k in range(len(v.sizes))) // 3
+        assert sum(b.nbytes for v in views.values() for b in v.bits) <= 3 * (rows // 8 + len(views["train"].bits))
+    assert sizes[1] > 1.9 * sizes[0]
+    assert peaks[1] <= 1.1 * peaks[0], peaks  # not proportional to the rows
+    assert peaks[1] < min(3 * chunk.nbytes, sizes[0] / 2), (peaks, sizes)  # about a row group (forget rows)
+    # Reading the whole train split back: one decoded row group at a time (the cache's budget).
+    monkeypatch.setattr(delta, "CACHE_BYTES", 1)
+    views, _ = _collect_peak(session, model, {gone}, monkeypatch)
+    train = views["train"]
+    pool = pa.proxy_memory_pool(pa.default_memory_pool())
+    monkeypatch.setattr(delta, "POOL", pool)
+    seen = [(e.subject_id, e.features["x"][0]) for e in train]
+    assert pool.max_memory() < min(3 * chunk.nbytes, sizes[1] / 4), (pool.max_memory(), chunk.nbytes)
+    full = delta.open_table(table).to_pyarrow_table()
+    expected = [(subject_key("k", u), x[0]) for u, x, s in zip(full.column("user").to_pylist(),
+                full.column("x").to_pylist(), full.column("split").to_pylist(), strict=True)
+                if s == "train" and u != SUBJECT]
+    assert len(train) == len(seen) == len(expected) and sorted(seen) == sorted(expected)
+    assert train.take([len(train) - 1, 0]) == [train[-1], train[0]]

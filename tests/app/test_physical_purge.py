@@ -19,7 +19,7 @@ from app.core.security import subject_key
 from app.db.models import ErasureRequest
 from app.ml.specs import get_spec
 from app.services.models import registration
-from app.services.requests import erasure
+from app.services.requests import erasure, lifecycle
 from workers import pipeline
 
 SUBJECT = "toy-07"  # a train subject
@@ -43,8 +43,8 @@ def _found(root: Path, needles: list[bytes]) -> list[str]:
     return hits
 
 
-@pytest.mark.parametrize("store", ["rows", "columnar"])
-def test_no_file_holds_the_erased_subjects_feature_bytes_after_completed(tmp_path: Path, settings, store) -> None:  # noqa: ANN001
+def _erasure(tmp_path: Path, settings, store: str):  # noqa: ANN001, ANN202
+    """A model of ``store`` on its own SQLite file, one erasure request for SUBJECT, and a worker."""
     local = settings.model_copy(update={"data_dir": tmp_path, "database_url": f"sqlite:///{tmp_path / 'lethe.db'}",
                                         "deploy_timeout_s": 2, "batch_window_s": 0, "job_lease_s": 3600})
     engine = make_engine(local.db_url)
@@ -53,17 +53,43 @@ def test_no_file_holds_the_erased_subjects_feature_bytes_after_completed(tmp_pat
         registration.register(s, name="toy", spec="toy", secret=local.subject_key_secret,
                               artifacts_dir=local.artifacts_dir, device="cpu", config={"store": store})
         s.commit()
-    needles = _needles(store)
-    assert _found(tmp_path, needles), "the scan must see the rows before the erasure"
+    assert _found(tmp_path, _needles(store)), "the scan must see the rows before the erasure"
     with Session(engine) as s:
         req, _ = erasure.create_request(s, subject_key=subject_key(local.subject_key_secret, SUBJECT), policy="retrain")
         s.commit()
         rid = req.id
-    worker = pipeline.Worker(settings=local, engine=engine, device=torch.device("cpu"), sleep=lambda s: None)
+    return engine, rid, pipeline.Worker(settings=local, engine=engine, device=torch.device("cpu"), sleep=lambda s: None)
+
+
+@pytest.mark.parametrize("store", ["rows", "columnar"])
+def test_no_file_holds_the_erased_subjects_feature_bytes_after_completed(tmp_path: Path, settings, store) -> None:  # noqa: ANN001
+    engine, rid, worker = _erasure(tmp_path, settings, store)
     assert len(pipeline.drain(worker, "toy")) == 1
     with Session(engine) as s:
         assert s.get(ErasureRequest, rid).status == "completed"
-    assert _found(tmp_path, needles) == []
+    assert _found(tmp_path, _needles(store)) == []
+    engine.dispose()
+
+
+@pytest.mark.parametrize("store", ["rows", "columnar"])
+def test_the_files_are_already_clean_when_the_request_turns_completed(
+        tmp_path: Path, settings, store, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
+    """Issue 18 item 5: the hard delete is committed and the WAL checkpointed (and a columnar
+    store's rewritten parts deleted) *before* the completion: a subscriber of the ``complete``
+    transition, inside the transaction that turns the request ``completed``, scans every file under
+    the data directory (DB, WAL, Arrow parts, artifacts) and finds none of the subject's bytes."""
+    engine, rid, worker = _erasure(tmp_path, settings, store)
+    seen: list[tuple[str, list[str]]] = []
+
+    def scan(session: Session, req: ErasureRequest, transition: lifecycle.Transition) -> None:
+        if transition.name == "complete":
+            seen.append((req.id, _found(tmp_path, _needles(store))))
+
+    monkeypatch.setattr(lifecycle, "_subscribers", [*lifecycle._subscribers, scan])
+    assert len(pipeline.drain(worker, "toy")) == 1
+    assert seen == [(rid, [])]
+    with Session(engine) as s:
+        assert s.get(ErasureRequest, rid).status == "completed"
     engine.dispose()
 
 

@@ -39,15 +39,18 @@ class Crash(BaseException):
 
 
 # Toy subjects with training rows (toy-00, -01, -05, -06 are holdout/test only: nothing to purge).
-TRAINED = ["toy-02", "toy-03", "toy-04", "toy-07", "toy-08", "toy-09"]
+TRAINED = ["toy-02", "toy-03", "toy-04", "toy-07", "toy-08", "toy-09", "toy-12"]
 # name -> (where it fires, what it simulates)
 POINTS = {
     "part_written": "columnar: the new part is on disk, the index not yet changed (kill)",
     "index_updated": "the store's purge is done in the session, nothing committed (kill)",
-    "commit_failed": "completion fully staged, the commit never happens (kill before COMMIT)",
-    "commit_db_error": "the commit fails with a dropped connection (the worker waits and resumes)",
-    "committed": "committed; killed before the to-delete list is drained",
-    "first_deletion": "committed; killed right after the first file is deleted, before its entry goes",
+    "commit_failed": "the rows' purge committed (issue 18: before the completion, so that the database can be "
+                     "compacted first); the completion fully staged, its commit never happens (kill before COMMIT)",
+    "commit_db_error": "the completion's commit fails with a dropped connection (the worker waits and resumes)",
+    "purge_committed": "the purge committed; killed before its files are drained, the database compacted and the "
+                       "requests completed",
+    "committed": "the completion committed; killed before the to-delete list is drained",
+    "first_deletion": "the purge committed; killed right after the first file is deleted, before its entry goes",
 }
 STORES = {
     "rows": {},
@@ -93,8 +96,13 @@ def inject(point: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
                                        connection_invalidated=True)
 
             m.setattr(jobs, "complete_job", complete)
-        elif point == "committed":
+        elif point in ("purge_committed", "committed"):
+            real_drain, calls = deletions.drain, []
+
             def drain(*a, **k) -> list[str]:  # noqa: ANN002, ANN003
+                calls.append(1)  # the first drain follows the purge's commit, the second the completion's
+                if fired or len(calls) < (1 if point == "purge_committed" else 2):
+                    return real_drain(*a, **k)
                 fired.append(point)
                 raise Crash(point)
 
@@ -167,9 +175,10 @@ def test_completion_survives_a_crash_at_every_step(store: str, session: Session,
             with contextlib.suppress(Crash):
                 pipeline.drain(w, name)
         assert fired == [point], f"crash point {point} did not fire"
-        rolled_back = point in ("part_written", "index_updated", "commit_failed")
-        # The crash broke nothing; before the commit, the subject's own rows are all still there too.
+        rolled_back = point in ("part_written", "index_updated")
+        # The crash broke nothing; before the purge's commit, the subject's own rows are all still there too.
         assert_consistent(session, model, tmp_path, before, gone if rolled_back else gone | {key})
+        left = deletions.pending(session)  # files the crash left on the to-delete list
         pipeline.drain(w, name)  # the retry: the job is resumed (re-delivery / reconciler)
         report = reconcile_files(w, older_than_s=0)
         gone.add(key)
@@ -179,8 +188,8 @@ def test_completion_survives_a_crash_at_every_step(store: str, session: Session,
         assert_consistent(session, model, tmp_path, before, gone)
         assert deletions.pending(session) == [], point
         assert orphans.find(session, data_dir=tmp_path, artifacts_dir=w.settings.artifacts_dir, older_than_s=0) == []
-        if point in ("part_written", "committed", "first_deletion"):
-            assert report["drained"] or report["orphans"], f"{point}: the reconciler had nothing to do"
+        if point in ("part_written", "committed", "first_deletion"):  # the crash left work, the retry and
+            assert left or report["orphans"], f"{point}: the crash left nothing to clean up"  # reconciler did it
     # What is left on disk is exactly what the database references.
     referenced = {columnar._part_path(tmp_path, name, p).resolve() for p in columnar.referenced_parts(session, name)}
     live, dirs = orphans.live_files(session, name)

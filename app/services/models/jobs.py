@@ -126,14 +126,29 @@ def fail_job(session: Session, job: UnlearningJob, error: str, settings: Setting
                                  backoff_s=settings.retry_backoff_s, actor=ACTOR)
 
 
-def complete_job(session: Session, job: UnlearningJob, settings: Settings, *, deploy_s: float) -> None:
-    """Every live replica serves a version free of the batch: purge the raw samples and the
-    tainted artifacts, complete the targets and (through ``lifecycle``) the requests."""
-    requests = requests_of(session, job)
-    keys = sorted({r.subject_key for r in requests})
+def purge_samples(session: Session, job: UnlearningJob, settings: Settings) -> int:
+    """Every live replica serves a version free of the batch: remove its raw samples for good. The
+    worker commits this on its own, *before* the completion, so that the database files can be
+    compacted (``app/data/physical.py``) before the request says ``completed`` (issue 18); the rows
+    were excluded from all training since the job started, so nothing needs them. Once per job
+    (``timings["samples_purged"]``): a retry after a crash between the two commits skips it."""
+    if "samples_purged" in job.timings:
+        return int(job.timings["samples_purged"])
+    keys = sorted({r.subject_key for r in requests_of(session, job)})
     purged = registry.purge(session, model_service.get_model(session, job.model_name), keys, settings.data_dir)
     audit.append(session, type="samples_purged", actor=ACTOR,
                  payload={"job_id": job.id, "model": job.model_name, "samples": purged})
+    job.timings = {**job.timings, "samples_purged": purged}
+    session.add(job)
+    return purged
+
+
+def complete_job(session: Session, job: UnlearningJob, settings: Settings, *, deploy_s: float) -> None:
+    """Every live replica serves a version free of the batch: purge the raw samples (unless
+    :func:`purge_samples` did already) and the tainted artifacts, complete the targets and
+    (through ``lifecycle``) the requests."""
+    requests = requests_of(session, job)
+    purge_samples(session, job, settings)
     now = utcnow()
     job.status, job.stage, job.finished_at = "completed", "completed", now
     job.timings = {**job.timings, "deploy_s": round(deploy_s, 3),

@@ -48,6 +48,9 @@ def _rss_mb() -> float:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
+TRAIN_BATCHES = 64  # batches timed in training order (the first ones pay their window's reads)
+
+
 def first_batch(retain) -> dict:  # noqa: ANN001
     """One training batch (256 random retain rows) drawn through a job's view: what a method's
     first step reads (the delta view decodes the row groups the batch touches, into a bounded
@@ -57,7 +60,19 @@ def first_batch(retain) -> dict:  # noqa: ANN001
     indices = random.Random(0).sample(range(len(retain)), min(256, len(retain)))
     t0 = time.perf_counter()
     batch = retain.take(indices) if hasattr(retain, "take") else [retain[i] for i in indices]  # a view, or a list
-    return {"batch_s": time.perf_counter() - t0, "batch_rows": len(batch), "peak_after_batch_mb": _peak_mb()}
+    out = {"batch_s": time.perf_counter() - t0, "batch_rows": len(batch), "peak_after_batch_mb": _peak_mb()}
+    # What training actually draws: the loader's seeded order (app/ml/data.make_loader), which for a
+    # view larger than one window reads each segment once per epoch (RowsView.shuffled_order).
+    windowed = getattr(retain, "shuffled_order", None)
+    if windowed is not None and windowed(None, probe=True):
+        import torch
+
+        order = windowed(torch.Generator().manual_seed(0))
+        t0 = time.perf_counter()
+        for k in range(TRAIN_BATCHES):
+            retain.take(order[k * 256:(k + 1) * 256].tolist())
+        out["train_batch_s"] = (time.perf_counter() - t0) / TRAIN_BATCHES
+    return out
 
 
 def phase(name: str, store: str, rows: int, workdir: Path) -> dict:

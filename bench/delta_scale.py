@@ -167,6 +167,9 @@ def table(d: dict[str, dict], c: dict[str, dict], half: dict[str, dict], rows: i
              f"| then one training batch, 256 random retain rows (s); peak RSS after it, MB | "
              f"{d['collect']['batch_s']:.2f}; {d['collect']['peak_after_batch_mb']:,.0f} | "
              f"{c['collect']['batch_s']:.2f}; {c['collect']['peak_after_batch_mb']:,.0f} |",
+             f"| training batches in the loader's windowed order, mean of the first 64 (s) | "
+             f"{d['collect'].get('train_batch_s', float('nan')):.3f} | "
+             f"{c['collect'].get('train_batch_s', float('nan')):.3f} |",
              f"| the same collection on a table of {rows // 2 + sample:,} rows: s, peak RSS MB | "
              f"{half['collect']['seconds']:.1f}, {mb(half['collect'])} | n/a |"]
     for n in ("1", "1000"):

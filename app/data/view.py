@@ -19,6 +19,10 @@ import numpy as np
 from app.ml.spec import Example
 
 CHUNK = 65536  # rows per read when iterating
+# A shuffled epoch over a large view draws its batches from a window of this many rows (whole
+# segments, chosen at random) before moving on: each segment is read once per epoch instead of once
+# per batch (a random 256-row batch of a 10M-row Delta table touched ~100 row groups: 7.6 s a batch).
+WINDOW_ROWS = 262_144
 
 
 class RowsView(Sequence[Example]):
@@ -67,6 +71,32 @@ class RowsView(Sequence[Example]):
             for (pos, _), row in zip(items, rows, strict=True):
                 out[pos] = self._example(row)
         return out  # type: ignore[return-value]
+
+    def shuffled_order(self, generator: Any, *, probe: bool = False, window_rows: int | None = None) -> Any:
+        """A seeded epoch order that reads each segment once: segments in random order, grouped
+        into windows of about ``window_rows`` rows, every window's rows shuffled together.
+        ``probe``: only whether the view needs it (more than one window; a smaller view is
+        shuffled whole by the caller, exactly as a list is)."""
+        window_rows = window_rows or WINDOW_ROWS
+        if probe:
+            return self.total > window_rows
+        import torch  # the training side's generator; this module stays importable without it
+
+        order: list[np.ndarray] = []
+        window: list[np.ndarray] = []
+        size = 0
+        for s in torch.randperm(len(self.segments), generator=generator).tolist():
+            n = self.counts[self.segments[s]]
+            window.append(np.arange(self.starts[s], self.starts[s] + n, dtype=np.int64))
+            size += n
+            if size >= window_rows:
+                rows = np.concatenate(window)
+                order.append(rows[torch.randperm(len(rows), generator=generator).numpy()])
+                window, size = [], 0
+        if window:
+            rows = np.concatenate(window)
+            order.append(rows[torch.randperm(len(rows), generator=generator).numpy()])
+        return np.concatenate(order)
 
     def __iter__(self) -> Iterator[Example]:
         for k in self.segments:

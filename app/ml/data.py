@@ -6,11 +6,11 @@ per-sample Python work; order comes from a ``torch.Generator`` seeded by the cal
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
-from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
+from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, Sampler, SequentialSampler
 
 from app.ml.spec import Example, ModelSpec
 
@@ -47,6 +47,20 @@ class LazyBatches(Dataset):
                 torch.tensor([e.label for e in batch], dtype=torch.long))
 
 
+class WindowedSampler(Sampler[int]):
+    """A fresh windowed order every epoch (as ``RandomSampler`` draws a fresh permutation), from
+    the view's ``shuffled_order`` and the loader's seeded generator."""
+
+    def __init__(self, shuffled_order: Any, n: int, generator: torch.Generator) -> None:
+        self.shuffled_order, self.n, self.generator = shuffled_order, n, generator
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.shuffled_order(self.generator).tolist())
+
+
 def collate_examples(spec: ModelSpec, meta: dict[str, Any], examples: list[Example]) -> TensorBatches:
     tensors = spec.collate([e.features for e in examples], meta)
     labels = torch.tensor([e.label for e in examples], dtype=torch.long)
@@ -60,8 +74,14 @@ def make_loader(
     data = collate_examples(spec, meta, examples) if isinstance(examples, (list, tuple)) else \
         LazyBatches(spec, meta, examples)
     positions = range(len(data))
-    if shuffle:
-        order = RandomSampler(positions, generator=torch.Generator().manual_seed(seed))
+    generator = torch.Generator().manual_seed(seed)
+    # A large lazy view (a store's segments) shuffles window by window, reading each segment once
+    # per epoch (``RowsView.shuffled_order``); a list, or a view that fits one window, whole.
+    windowed = getattr(examples, "shuffled_order", None)
+    if shuffle and windowed is not None and windowed(None, probe=True):
+        order: Any = WindowedSampler(windowed, len(data), generator)
+    elif shuffle:
+        order = RandomSampler(positions, generator=generator)
     else:
         order = SequentialSampler(positions)
     return DataLoader(data, sampler=BatchSampler(order, batch_size, drop_last=False), batch_size=None)

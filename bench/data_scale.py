@@ -150,7 +150,7 @@ def run_phase(name: str, store: str, rows: int, workdir: Path) -> dict:
     proc = subprocess.run([sys.executable, __file__, "--phase", name, "--store", store, "--rows", str(rows),
                            "--workdir", str(workdir)], env=env, capture_output=True, text=True)
     if proc.returncode != 0:
-        raise SystemExit(f"phase {name} ({store}) failed:\n{proc.stderr[-3000:]}")
+        raise SystemExit(f"phase {name} ({store}) failed ({proc.returncode}):\n{proc.stdout[-1000:]}\n{proc.stderr[-3000:]}")
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     print(f"  {store:<8} {name:<8} {result['seconds']:8.1f} s  peak {result['peak_rss_mb']:7.0f} MB "
           f"(+{result['peak_above_start_mb']:.0f} MB over the process after imports)", flush=True)
@@ -196,8 +196,11 @@ def main() -> int:
     p.add_argument("--workdir", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.phase:
-        print(json.dumps(phase(args.phase, args.store, args.rows, Path(args.workdir)), default=str))
-        return 0
+        print(json.dumps(phase(args.phase, args.store, args.rows, Path(args.workdir)), default=str), flush=True)
+        # The result is out: leave without interpreter teardown, where a native thread pool
+        # (Arrow's, torch's) being joined has aborted the process once in CI ("terminate called
+        # without an active exception") after a phase had finished its work.
+        os._exit(0)
     sizes = {"columnar": 20_000 if args.quick else args.rows, "rows": 10_000 if args.quick else args.baseline_rows}
     if args.quick:
         os.environ["LETHE_INTERACTIONS_EXAMPLES"] = "5000"  # a smaller registration sample: seconds, not tens

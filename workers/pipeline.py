@@ -53,6 +53,12 @@ def queued_count(w: Worker, model_name: str) -> int:
         return jobs.due_count(s, model_name)
 
 
+def next_wake_s(w: Worker, model_name: str) -> float | None:
+    """Seconds until a scheduled model's exact job is due to start (``schedule_service.wake_in_s``)."""
+    with w.session() as s:
+        return schedule_service.wake_in_s(s, model_name, w.settings)
+
+
 def drain(w: Worker, model_name: str) -> list[str]:
     """Run jobs for ``model_name`` until nothing is due. Returns the job ids run.
 
@@ -122,6 +128,9 @@ def next_job(w: Worker, model_name: str) -> str | None:
     if outcome is not None:
         return outcome
     with w.session() as s:
+        # A request for a subject already owed the exact job joins it without an interim of its own.
+        if schedule_service.join_owed(s, model_name, w.settings):
+            s.commit()
         # What the model's schedule runs next (issue 16): today's job, a scheduled model's
         # interim step, or its exact job for every owed subject; None: nothing is due now.
         phase = schedule_service.next_phase(s, model_name, w.settings)

@@ -9,7 +9,7 @@ from app.core.config import get_settings
 from app.core.db import create_schema, get_engine
 from app.core.queue import (
     TASK_RECONCILE, TASK_REGISTER, TASK_SISA_SHARD, TASK_UNLEARN, UNLEARN_QUEUE, enqueue_registration, enqueue_unlearn,
-    get_celery,
+    enqueue_wake, get_celery,
 )
 from app.serving.holder import publish_update
 from workers import pipeline
@@ -42,6 +42,8 @@ def unlearn_model(model_name: str) -> list[str]:
     """Run every queued erasure of one model (batched, one job at a time per model)."""
     jobs = pipeline.drain(worker(), model_name)
     log.info("model %s: ran %d job(s)", model_name, len(jobs))
+    if (wake := pipeline.next_wake_s(worker(), model_name)) is not None:
+        enqueue_wake(model_name, in_s=wake + 0.5)  # a scheduled model's exact job, at its wake time
     return jobs
 
 

@@ -207,3 +207,46 @@ def test_a_halted_fides_request_is_due_before_its_reply_token_dies(session: Sess
     session.commit()
     due = schedule_service.exact_due_for(session, req, model, settings)
     assert as_utc(due) == as_utc(req.received_at) + timedelta(days=1) + ttl - timedelta(seconds=margin)
+
+
+def test_a_new_request_for_a_scheduled_subject_joins_the_owed_set_without_an_interim(  # noqa: ANN001
+        session: Session, settings, toy_model, worker) -> None:
+    _schedule(session, exact_within_s=86400, interim="params")
+    first = _request(session, settings, "toy-02")
+    pipeline.drain(worker, "toy")
+    interim = model_service.serving_version(session, "toy")
+    assert interim.method == "params" and _get(session, first).status == "scheduled"
+    again = _request(session, settings, "toy-02")  # the same person asks again (another channel)
+    pipeline.drain(worker, "toy")
+    assert len(session.exec(select(UnlearningJob)).all()) == 1  # no second interim job
+    assert model_service.serving_version(session, "toy").number == interim.number
+    req = _get(session, again)
+    assert req.status == "scheduled" and req.forgotten_at is not None  # the serving interim clears their row
+    assert req.result["interim"]["toy"]["joined"] == first and req.result["interim"]["toy"]["version"] == interim.number
+    assert as_utc(req.exact_due_at) == as_utc(req.received_at) + timedelta(days=1)
+    # the worker sends itself a wake for the exact job (the beat tick only backs it up)
+    wake = schedule_service.wake_in_s(session, "toy", worker.settings)
+    assert wake is not None and 0 < wake < 86400
+
+    # the join is checked, not assumed: were the serving version not built from that interim (rollback
+    # refuses to go back past it; here the pointer is moved under it), a new request of the subject
+    # would not be covered and gets an interim of its own
+    with pytest.raises(Conflict):
+        model_service.rollback(session, name="toy", number=interim.parent, actor="test")
+    model = session.get(Model, "toy")
+    model.serving_version = interim.parent
+    session.add(model)
+    session.commit()
+    third = _request(session, settings, "toy-02")
+    pipeline.drain(worker, "toy")
+    assert len(session.exec(select(UnlearningJob).where(UnlearningJob.phase == "interim")).all()) == 2
+    assert "joined" not in _get(session, third).result["interim"]["toy"]
+
+    schedule_service.request_exact_now(session, name="toy", actor="test")
+    session.commit()
+    pipeline.drain(worker, "toy")
+    exact = session.exec(select(UnlearningJob).where(UnlearningJob.phase == "exact")).one()
+    assert sorted(exact.request_ids) == sorted([first, again, third])
+    assert all(_get(session, r).status == "completed" for r in (first, again, third))
+    # the exact job's wall time is recorded for the lead's history
+    assert len(schedule_service.recent_exact_s(session.get(Model, "toy"))) == 1

@@ -15,8 +15,9 @@ time to completion, misses of ``exact_due_at`` and of the legal ``due_at`` (both
 
 Part 2, ``--real``: a compressed month on real stacks. The same arrival trace (``--users`` distinct
 real MovieLens users of the demo model at seeded random times over ``--window`` seconds) is replayed
-twice on fresh stacks: once with ``exact_within_s: 0`` (today), once with ``exact_within_s: --within``
-and ``interim: --interim`` (the issue's recipe, ``auto``, by default). Printed: completed, exact jobs, compute seconds per completed erasure
+on fresh stacks: once with ``exact_within_s: 0`` (today), then once per ``--interim`` (comma-separated;
+the issue's recipe, ``auto``, by default) with ``exact_within_s: --within``. Printed: completed,
+exact jobs, compute seconds per completed erasure
 (from the jobs' own ``compute_s``: interim work included) and the ratio, time to interim p50/p95,
 time to completion p50/max against ``exact_within_s``, the final model's test accuracy, and whether
 every erased user is then predicted exactly like a never-seen id. The issue's full recipe
@@ -249,6 +250,8 @@ def real_run(a: Any, users: list[str], offsets: list[float], movies: dict[str, l
             "exact_phase_methods": dict(sorted(Counter(str(j[3]) for j in jobs
                                                        if j[0] == "exact" and j[1] == "completed").items())),
             "interim_jobs": sum(1 for j in jobs if j[0] == "interim"),
+            "interim_compute_s": round(sum(float(j[2] or 0) for j in jobs if j[0] == "interim"), 2),
+            "interim_methods": dict(sorted(Counter(str(j[3]) for j in jobs if j[0] == "interim").items())),
             "failed_jobs": sum(1 for j in jobs if j[1] == "failed"), "compute_s": round(compute, 2),
             "compute_per_erasure_s": round(compute / max(len(completed), 1), 3),
             "time_to_interim_p50_s": statistics.median(interim) if interim else None,
@@ -287,31 +290,45 @@ def real_main(a: Any) -> int:
         if e.subject_id in movies and len(movies[e.subject_id]) < 2:
             movies[e.subject_id].append(int(e.features["movie_id"]))
     offsets = sorted(rng.uniform(0, a.window) for _ in users)
+    arms = [i.strip() for i in a.interim.split(",") if i.strip()]
+    if not arms or any(i not in sch.INTERIMS for i in arms):
+        raise SystemExit(f"--interim: a comma-separated list of {', '.join(sch.INTERIMS)}")
     today = real_run(a, users, offsets, movies, {"exact_within_s": 0})
-    scheduled = real_run(a, users, offsets, movies, {"exact_within_s": a.within, "interim": a.interim})
-    gain = today["compute_per_erasure_s"] / scheduled["compute_per_erasure_s"] if scheduled["compute_per_erasure_s"] else None
+    scheduled: dict[str, dict[str, Any]] = {}
+    ok = True
+    for interim in arms:  # one fresh stack per arm; the tables are written after each (a long run keeps what it has)
+        scheduled[interim] = real_run(a, users, offsets, movies, {"exact_within_s": a.within, "interim": interim})
+        ok = _write_real(a, today, scheduled) and ok
+    return 0 if ok else 1
+
+
+def _write_real(a: Any, today: dict[str, Any], scheduled: dict[str, dict[str, Any]]) -> bool:
+    gains = {i: today["compute_per_erasure_s"] / r["compute_per_erasure_s"] if r["compute_per_erasure_s"] else None
+             for i, r in scheduled.items()}
     keys = ["model", "reference_retrain_s", "replay_wall_s", "completed", "exact_jobs", "exact_phase_methods",
             "exact_job_compute_mean_s",
-            "interim_jobs", "failed_jobs", "compute_s", "compute_per_erasure_s",
+            "interim_jobs", "interim_compute_s", "failed_jobs", "compute_s", "compute_per_erasure_s",
             "time_to_interim_p50_s", "time_to_interim_p95_s", "time_to_forget_p50_s", "time_to_forget_max_s",
-            "missed_exact_due", "test_acc", "predicted_like_a_stranger", "interim_forget_acc_mean",
+            "missed_exact_due", "test_acc", "predicted_like_a_stranger", "interim_methods", "interim_forget_acc_mean",
             "interim_holdout_acc_mean", "interim_mia_auc_mean", "interim_gate_passed", "reference_forget_acc"]
-    rows = [[k, today[k], scheduled[k]] for k in keys]
-    rows.append(["compute per erasure, today / scheduled", "", f"{gain:.2f}x" if gain else "n/a"])
-    table = md_table(["", "today (exact_within_s 0)", f"scheduled ({a.within:g} s, {a.interim})"], rows)
+    rows = [[k, today[k], *(r[k] for r in scheduled.values())] for k in keys]
+    rows.append(["compute per erasure, today / scheduled", "",
+                 *(f"{g:.2f}x" if g else "n/a" for g in gains.values())])
+    table = md_table(["", "today (exact_within_s 0)", *(f"scheduled ({a.within:g} s, {i})" for i in scheduled)], rows)
     what = ("demo movielens model" if REAL_MODELS[a.model] is None else
             f"{a.model}: the unlearning bench's configuration, registered at each stack's start")
     notes = [f"{a.users} random trained MovieLens users (seed {a.seed}) at random times over {a.window:g} s, the same "
-             f"trace on two fresh stacks ({what}; batch window 1 s, beat tick 2 s).",
+             f"trace on {1 + len(scheduled)} fresh stacks ({what}; batch window 1 s, beat tick 2 s).",
              "reference_retrain_s: the model's exact-retrain seconds measured by the stack at registration (the "
              "scheduler plans with it); exact_job_compute_mean_s: the mean compute of the replay's exact jobs.",
              "Compute = the jobs' unlearning + verification seconds (UnlearningJob.compute_s), interim jobs included; "
              "on a shared 2-core machine, so absolute seconds are inflated by other work."]
-    suffix = ("" if a.model == "movielens" else f"-{a.model}") + ("" if a.interim == "auto" else f"-{a.interim}")
+    suffix = ("" if a.model == "movielens" else f"-{a.model}") + ("" if a.interim == "auto" else f"-{a.interim.replace(',', '-')}")
     write_results(a.out, "schedule-real" + suffix + ("-quick" if a.quick else ""), title="Scheduled erasures: compressed real run",
-                  table=table, notes=notes, data={"today": today, "scheduled": scheduled, "ratio": gain,
+                  table=table, notes=notes, data={"today": today, "scheduled": scheduled, "ratio": gains,
                                                   "args": {k: str(v) for k, v in vars(a).items()}})
-    return 0 if today["completed"] == scheduled["completed"] == a.users and scheduled["missed_exact_due"] == 0 else 1
+    return today["completed"] == a.users and all(
+        r["completed"] == a.users and r["missed_exact_due"] == 0 for r in scheduled.values())
 
 
 def main() -> int:
@@ -326,8 +343,9 @@ def main() -> int:
     p.add_argument("--users", type=int, default=12, help="--real: erasures (distinct real users)")
     p.add_argument("--window", type=float, default=120.0, help="--real: arrivals spread over this many seconds")
     p.add_argument("--within", type=float, default=180.0, help="--real: exact_within_s of the scheduled replay")
-    p.add_argument("--interim", choices=sch.INTERIMS, default="auto",
-                   help="--real: the scheduled replay's interim (the issue's recipe: auto)")
+    p.add_argument("--interim", default="auto",
+                   help="--real: the scheduled replays' interims, comma-separated, one fresh stack each "
+                        "(the issue's recipe: auto; e.g. auto,params)")
     p.add_argument("--model", choices=sorted(REAL_MODELS), default="movielens",
                    help="--real: the model (movielens-30s: the >= 30 s retrain of the unlearning bench)")
     a = p.parse_args()

@@ -250,3 +250,39 @@ def test_a_new_request_for_a_scheduled_subject_joins_the_owed_set_without_an_int
     assert all(_get(session, r).status == "completed" for r in (first, again, third))
     # the exact job's wall time is recorded for the lead's history
     assert len(schedule_service.recent_exact_s(session.get(Model, "toy"))) == 1
+
+
+def test_auto_interims_share_one_approximate_budget_per_exact_cycle(session: Session, settings, toy_model,  # noqa: ANN001
+                                                                     worker) -> None:
+    _schedule(session, exact_within_s=86400, interim="auto")
+    model = session.get(Model, "toy")
+    model.config = {**model.config, "reference": {**(model.config.get("reference") or {}), "retrain_seconds": 100.0},
+                    schedule_service.COSTS_KEY: {"overhead_s": 0.0}}
+    session.add(model)
+    session.commit()
+    assert schedule_service.interim_budget_s(session, model) == pytest.approx(50.0)  # half the 100 s exact job
+    _request(session, settings, "toy-02")
+    pipeline.drain(worker, "toy")
+    first = session.exec(select(UnlearningJob)).one()
+    approx = sum(a["seconds"] + a["verify_seconds"] for a in first.attempts if a["method"] != "params")
+    assert first.attempts[0]["method"] == "neggrad_plus" and approx > 0
+    session.refresh(model)
+    left = schedule_service.interim_budget_s(session, model)
+    assert left == pytest.approx(max(0.0, 0.5 * schedule_service.expected_exact_s(model) - approx))
+    # a cycle whose budget is spent: the next interim clears params only, no approximate attempt
+    model.config = {**model.config, "reference": {**model.config["reference"], "retrain_seconds": approx / 2}}
+    model.config = {**model.config, schedule_service.COSTS_KEY: {"overhead_s": 0.0}}
+    session.add(model)
+    session.commit()
+    assert schedule_service.interim_budget_s(session, model) == 0.0
+    _request(session, settings, "toy-03")
+    pipeline.drain(worker, "toy")
+    second = session.exec(select(UnlearningJob).order_by(UnlearningJob.started_at.desc())).first()  # type: ignore[attr-defined]
+    assert [a["method"] for a in second.attempts] == ["params"] and second.method == "params"
+    # an exact job opens a new cycle with the whole budget again
+    schedule_service.request_exact_now(session, name="toy", actor="test")
+    session.commit()
+    pipeline.drain(worker, "toy")
+    session.refresh(model)
+    assert schedule_service.interim_budget_s(session, model) == pytest.approx(
+        0.5 * schedule_service.expected_exact_s(model))

@@ -10,13 +10,14 @@ exact attempt queues it again with backoff): it never gets a second interim.
 
 from __future__ import annotations
 
+import math
 from datetime import datetime
 from typing import Any
 
 from sqlmodel import Session, col, select
 
 from app.core.config import Settings
-from app.db.models import ErasureRequest, ErasureTarget, FidesResume, Model, as_utc, utcnow
+from app.db.models import ErasureRequest, ErasureTarget, FidesResume, Model, UnlearningJob, as_utc, utcnow
 from app.ml import policy
 from app.ml import schedule as sch
 from app.services import audit
@@ -69,6 +70,28 @@ def observe_job(session: Session, job: Any) -> None:
 def recent_exact_s(model: Model) -> list[float]:
     """Wall times of the model's last ``sch.RECENT_EXACT`` completed exact jobs (collect to deploy)."""
     return list((model.config.get(COSTS_KEY) or {}).get("exact_recent_s") or [])
+
+
+def interim_budget_s(session: Session, model: Model) -> float:
+    """Seconds the model's next ``interim: auto`` job may spend on approximate methods: one exact
+    cycle's interims share ``approx_budget_share`` x the expected exact job (the rule ``auto`` follows
+    for a single erasure, ``policy.Escalation``), less what the cycle's interims since the last exact
+    job already spent on approximate attempts. Past it, interims are ``params``: an approximate
+    attempt per interim (~12 s on movielens-30s, one per request cluster) would cost more than the
+    retrains the schedule saves. No recorded exact cost: unbounded (``inf``), as ``policy.plan``'s
+    ``no_cost_data`` rule runs the chain."""
+    if (expected := expected_exact_s(model)) is None:
+        return math.inf
+    share = policy.DEFAULT_ESCALATION.get(model.spec, policy.FALLBACK_ESCALATION).approx_budget_share
+    last_exact = session.exec(select(UnlearningJob.started_at).where(
+        UnlearningJob.model_name == model.name, UnlearningJob.phase == "exact",
+        UnlearningJob.status == "completed").order_by(col(UnlearningJob.started_at).desc())).first()
+    q = select(UnlearningJob.attempts).where(UnlearningJob.model_name == model.name, UnlearningJob.phase == "interim")
+    if last_exact is not None:
+        q = q.where(col(UnlearningJob.started_at) > last_exact)
+    spent = sum(float(a.get("seconds") or 0) + float(a.get("verify_seconds") or 0)
+                for attempts in session.exec(q).all() for a in attempts or [] if a.get("method") != "params")
+    return max(0.0, share * expected - spent)
 
 
 def schedule_of(model: Model) -> sch.Schedule:

@@ -11,8 +11,8 @@ Deadline arithmetic (all times aware UTC)::
 
     margin        = floor_s + attempts x safety x expected_exact_s + sum of retry backoffs
     exact_due_at  = min(received_at + exact_within_s, due_at - margin, token_expires_at - margin)
-    attempt       = history_factor x max(recent exact jobs)   (>= MIN_HISTORY of them recorded)
-                    safety x expected_exact_s                  (otherwise)
+    attempt       = history_factor x max(recent exact jobs)   (1.25; 1.5 / 1.75 with 2 / 1 recorded)
+                    safety x expected_exact_s                  (no exact job recorded yet)
     lead          = (1 + reserve_retries) x attempt + backoff_s
     wake_at       = earliest exact_due_at of the owed subjects - lead
 
@@ -50,13 +50,14 @@ FLOOR_S = 300.0
 UNKNOWN_EXACT_S = 3600.0
 # Failed exact attempts the wake time leaves room for before ``exact_due_at``.
 RESERVE_RETRIES = 1
-# Recorded exact-job wall times a model keeps (Model.config.job_costs.exact_recent_s), and how many
-# it needs before they, not SAFETY x the mean, size one attempt: two jobs can both be quick by luck.
+# Recorded exact-job wall times a model keeps (Model.config.job_costs.exact_recent_s).
 RECENT_EXACT = 8
-MIN_HISTORY = 3
 # On the worst recorded exact job: a job in the recent window already ran under the machine's
 # real load; 25 % covers a somewhat bigger retain set or a noisier neighbour than the worst seen.
+# With fewer than MIN_HISTORY jobs the factor is larger (one or two jobs can both be quick by luck):
+# +0.25 per missing job, so 1.75 after one job, 1.5 after two; none: SAFETY x the expected cost.
 HISTORY_FACTOR = 1.25
+MIN_HISTORY = 3
 
 
 @dataclass(frozen=True)
@@ -140,11 +141,11 @@ def exact_due_at(*, received_at: datetime, due_at: datetime, schedule: Schedule,
 
 def attempt_s(expected_exact_s: float | None, recent_s: Sequence[float] = ()) -> float:
     """One exact attempt, planned: ``HISTORY_FACTOR`` x the worst of the model's recent exact jobs
-    once ``MIN_HISTORY`` are recorded, else ``SAFETY`` x the expected cost (``UNKNOWN_EXACT_S``
-    when there is none)."""
+    (a larger factor while fewer than ``MIN_HISTORY`` are recorded), else ``SAFETY`` x the expected
+    cost (``UNKNOWN_EXACT_S`` when there is none)."""
     recent = [x for x in recent_s if x and x > 0]
-    if len(recent) >= MIN_HISTORY:
-        return HISTORY_FACTOR * max(recent)
+    if recent:
+        return (HISTORY_FACTOR + 0.25 * max(0, MIN_HISTORY - len(recent))) * max(recent)
     cost = expected_exact_s if expected_exact_s and expected_exact_s > 0 else UNKNOWN_EXACT_S
     return SAFETY * cost
 

@@ -114,9 +114,13 @@ def test_valid_schedules_and_defaults_from_cost() -> None:
 def test_the_lead_is_planned_from_the_models_recorded_exact_jobs() -> None:
     s = Schedule(exact_within_s=DAY)
     owed = [Owed("a", T0 + timedelta(hours=5))]
-    # too little history (two jobs can both be quick by luck): SAFETY x the expected cost
+    # no exact job recorded yet: SAFETY x the expected cost
+    none = sch.decide(now=T0, owed=owed, schedule=s, expected_exact_s=60.0, backoff_s=30)
+    assert none.wake_at == T0 + timedelta(hours=5) - timedelta(seconds=2 * 2 * 60 + 30)
+    # little history (two jobs can both be quick by luck): a larger factor on the worst of them
     few = sch.decide(now=T0, owed=owed, schedule=s, expected_exact_s=60.0, backoff_s=30, recent_s=[40.0, 45.0])
-    assert few.wake_at == T0 + timedelta(hours=5) - timedelta(seconds=2 * 2 * 60 + 30)
+    assert few.wake_at == T0 + timedelta(hours=5) - timedelta(seconds=2 * 1.5 * 45 + 30)
+    assert sch.attempt_s(60.0, [40.0]) == pytest.approx(1.75 * 40)
     # enough: HISTORY_FACTOR x the worst recorded job, for the job and one retry, plus one backoff
     recent = [40.0, 52.0, 45.0]
     d = sch.decide(now=T0, owed=owed, schedule=s, expected_exact_s=60.0, backoff_s=30, recent_s=recent)

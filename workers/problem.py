@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from app.core.db import reading
 from app.data import registry
 from app.db.models import Model, UnlearningJob
 from app.ml import policy
@@ -78,14 +79,17 @@ def collect(w: Worker, job_id: str, *, manifest: bool = True) -> ForgetProblem:
             n = sum(1 for r in forget_rows if r.subject_id == req.subject_key)
             audit.append(s, type="samples_deleted", actor=ACTOR, request_id=req.id, subject_key=req.subject_key,
                          payload={"model": job.model_name, "samples": n, "job_id": job.id})
-        s.commit()  # the deletion flags hold before any training starts
-        owed = jobs.owed_subjects(s, job.model_name) | set(keys)
-        live = {split: registry.live(s, model, split, owed, root) for split in ("train", "test", "holdout")}
         serving = model_service.get_version(s, model.name, model.serving_version)
         first = model_service.get_version(s, model.name, 1) if serving.number != 1 else serving
         job.version_before = serving.number
         s.add(job)
-        s.commit()
+        s.commit()  # the deletion flags hold before any training starts
+        # Every live sample is read in a reader's transaction: on SQLite a write transaction held for
+        # these seconds (BEGIN IMMEDIATE) stalled the model's lease renewal past a short lease (a 1.5 s
+        # lease went unrenewed for 4.9 s while the demo model's rows loaded) and another worker took it.
+        reading(s)
+        owed = jobs.owed_subjects(s, job.model_name) | set(keys)
+        live = {split: registry.live(s, model, split, owed, root) for split in ("train", "test", "holdout")}
         return ForgetProblem(
             model_name=job.model_name, spec=spec, request_ids=list(job.request_ids), policy=job.policy,
             forget=[r for r in forget_rows if r.split == "train"],

@@ -286,3 +286,31 @@ def test_auto_interims_share_one_approximate_budget_per_exact_cycle(session: Ses
     session.refresh(model)
     assert schedule_service.interim_budget_s(session, model) == pytest.approx(
         0.5 * schedule_service.expected_exact_s(model))
+
+
+def test_a_scheduled_erasures_percent_only_moves_forward_across_both_steps(session: Session, settings,  # noqa: ANN001
+                                                                           toy_model, worker,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    from app.services.requests import lifecycle
+
+    _schedule(session, exact_within_s=86400, interim="auto")  # auto: an approximate attempt, then its verification
+    seen: list[tuple[str, float]] = []
+    real = lifecycle.progress
+
+    def recorded(s, req, *, stage, percent):  # noqa: ANN001, ANN202
+        real(s, req, stage=stage, percent=percent)
+        seen.append((stage, req.percent))
+
+    monkeypatch.setattr(lifecycle, "progress", recorded)
+    rid = _request(session, settings, "toy-02")
+    pipeline.drain(worker, "toy")
+    interim = list(seen)
+    assert interim and all(p <= 50 for _, p in interim) and _get(session, rid).percent == 50.0
+    schedule_service.request_exact_now(session, name="toy", actor="test")
+    session.commit()
+    pipeline.drain(worker, "toy")
+    exact = seen[len(interim):]
+    assert exact and all(p >= 50 for _, p in exact)
+    percents = [p for _, p in seen]
+    assert percents == sorted(percents)  # never backwards, across the steps and within each
+    assert _get(session, rid).percent == 100.0

@@ -210,6 +210,26 @@ def join_owed(session: Session, model_name: str, settings: Settings) -> int:
     return joined
 
 
+def interims_on(session: Session, model_name: str, since: int) -> tuple[int, list[str]]:
+    """``(serving version, request ids)`` when every version the model published after ``since`` on
+    its serving line is an interim (``metrics.interim``; ``pipeline.InterimsAlongside`` ran them while
+    an exact job trained): the exact job publishes on top of the last and keeps their subjects'
+    parameters cleared. Anything else -- another job's version, a rollback -- gives ``(since, [])``
+    and the exact job's fence refuses as before."""
+    model = model_service.get_model(session, model_name)
+    number, ids = model.serving_version, []
+    while number is not None and number != since:
+        version = model_service.get_version(session, model_name, number)
+        if not (version.metrics or {}).get("interim") or version.parent is None:
+            return since, []
+        job = session.exec(select(UnlearningJob).where(UnlearningJob.model_name == model_name,
+                                                       UnlearningJob.phase == "interim",
+                                                       UnlearningJob.version_after == number)).first()
+        ids.extend(job.request_ids if job is not None else [])
+        number = version.parent
+    return (model.serving_version, sorted(set(ids))) if number == since else (since, [])
+
+
 def next_phase(session: Session, model_name: str, settings: Settings) -> str | None:
     """``interim`` or ``exact`` (what the model's next job does), or None: nothing to run now."""
     model = model_service.get_model(session, model_name)

@@ -96,14 +96,14 @@ def test_deadline_wakes_the_exact_job_and_a_failed_one_retries(session: Session,
     real = pipeline.unlearn_and_publish
     failures = []
 
-    def flaky(w, job_id, problem, *, progress):  # noqa: ANN001, ANN202
+    def flaky(w, job_id, problem, *, progress, settle=None):  # noqa: ANN001, ANN202
         if not failures:
             failures.append(job_id)
             with w.session() as s:
                 jobs.fail_job(s, s.get(UnlearningJob, job_id), "simulated exact failure", w.settings)
                 s.commit()
             return False
-        return real(w, job_id, problem, progress=progress)
+        return real(w, job_id, problem, progress=progress, settle=settle)
 
     monkeypatch.setattr(pipeline, "unlearn_and_publish", flaky)
     rid = _request(session, settings, "toy-05")

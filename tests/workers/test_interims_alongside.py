@@ -6,39 +6,19 @@ free of them. Real database files / PostgreSQL: the interim thread needs connect
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 import torch
 from sqlmodel import Session, select
 
-from app.core.db import create_schema, make_engine
 from app.core.security import subject_key
 from app.db.models import ErasureRequest, Model, UnlearningJob, as_utc
 from app.services.models import catalog as model_service
-from app.services.models import registration
 from app.services.models import schedule as schedule_service
 from app.services.requests import erasure
-from tests.conftest import fresh_pg_database
 from workers import pipeline, problem
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator:  # noqa: ANN201
-    if request.param == "sqlite":
-        eng = make_engine(f"sqlite:///{tmp_path / 'alongside.db'}")
-        create_schema(eng)
-        yield eng
-        eng.dispose()
-        return
-    with fresh_pg_database() as url:
-        eng = make_engine(url)
-        create_schema(eng)
-        yield eng
-        eng.dispose()
 
 
 def _request(engine, settings, subject: str) -> str:  # noqa: ANN001
@@ -55,13 +35,12 @@ def _status(engine, rid: str) -> ErasureRequest:  # noqa: ANN001
         return req
 
 
-def test_an_interim_runs_while_the_exact_job_trains(engine, settings, tmp_path,  # noqa: ANN001
+def test_an_interim_runs_while_the_exact_job_trains(own_toy, settings, tmp_path,  # noqa: ANN001
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     from workers.unlearning import engine as unlearning_engine
 
+    engine = own_toy
     with Session(engine) as s:
-        registration.register_demo_model(s, name="toy", secret=settings.subject_key_secret, artifacts_dir=tmp_path,
-                                         device="cpu")
         model_service.set_policy(s, name="toy", changes={"schedule": {"exact_within_s": 86400, "interim": "params"}},
                                  actor="test")
         s.commit()

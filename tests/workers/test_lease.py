@@ -10,45 +10,24 @@ another connection *while* ``collect`` reads, on a real database file and on Pos
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 import torch
 from sqlmodel import Session
 
-from app.core.db import create_schema, make_engine
 from app.core.security import subject_key
 from app.data import registry
-from app.services.models import registration
 from app.services.requests import erasure
-from tests.conftest import fresh_pg_database
 from workers import pipeline, problem
 from workers.lease import acquire_lock
 
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator:  # noqa: ANN201
-    if request.param == "sqlite":
-        eng = make_engine(f"sqlite:///{tmp_path / 'lease.db'}")
-        create_schema(eng)
-        yield eng
-        eng.dispose()
-        return
-    with fresh_pg_database() as url:
-        eng = make_engine(url)
-        create_schema(eng)
-        yield eng
-        eng.dispose()
-
-
-def test_the_lease_renews_while_the_job_reads_every_live_sample(engine, settings, tmp_path,  # noqa: ANN001
+def test_the_lease_renews_while_the_job_reads_every_live_sample(own_toy, settings, tmp_path,  # noqa: ANN001
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    engine = own_toy
     with Session(engine) as s:
-        registration.register_demo_model(s, name="toy", secret=settings.subject_key_secret, artifacts_dir=tmp_path,
-                                         device="cpu")
         erasure.create_request(s, subject_key=subject_key(settings.subject_key_secret, "toy-02"))
         s.commit()
     cfg = settings.model_copy(update={"data_dir": tmp_path, "batch_window_s": 0.0, "job_lease_s": 6})

@@ -55,10 +55,14 @@ def queued_count(w: Worker, model_name: str) -> int:
         return jobs.due_count(s, model_name)
 
 
-def next_wake_s(w: Worker, model_name: str) -> float | None:
-    """Seconds until a scheduled model's exact job is due to start (``schedule_service.wake_in_s``)."""
+def arm_wake(w: Worker, model_name: str) -> float | None:
+    """After a drain that held the lease: ask to be woken when a scheduled model's exact job is due
+    (``schedule_service.wake_in_s``; half a second late rather than early). Returns the seconds."""
     with w.session() as s:
-        return schedule_service.wake_in_s(s, model_name, w.settings)
+        wake = schedule_service.wake_in_s(s, model_name, w.settings)
+    if wake is not None:
+        w.wake(model_name, wake + 0.5)
+    return wake
 
 
 def drain(w: Worker, model_name: str) -> list[str]:
@@ -78,6 +82,9 @@ def drain(w: Worker, model_name: str) -> list[str]:
             finally:
                 release_lock(w, model_name)
             if queued_count(w, model_name) == 0:  # a request may have arrived while we held the lease
+                # Only a drain that held the lease arms the wake: one turned away would otherwise
+                # poll the lease holder's model every half second while its exact job runs.
+                arm_wake(w, model_name)
                 return done
 
 

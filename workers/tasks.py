@@ -34,7 +34,8 @@ def worker() -> pipeline.Worker:
                                 claim_timeout_s=settings.sisa_claim_timeout_s,
                                 stale_s=2 * settings.sisa_claim_timeout_s))
     return pipeline.Worker(settings=settings, engine=get_engine(), device=pick_device(settings.device),
-                           publish=functools.partial(publish_update, settings.redis_url))
+                           publish=functools.partial(publish_update, settings.redis_url),
+                           wake=lambda name, in_s: enqueue_wake(name, in_s=in_s))
 
 
 @celery.task(name=TASK_UNLEARN, acks_late=True, reject_on_worker_lost=True)
@@ -42,8 +43,6 @@ def unlearn_model(model_name: str) -> list[str]:
     """Run every queued erasure of one model (batched, one job at a time per model)."""
     jobs = pipeline.drain(worker(), model_name)
     log.info("model %s: ran %d job(s)", model_name, len(jobs))
-    if (wake := pipeline.next_wake_s(worker(), model_name)) is not None:
-        enqueue_wake(model_name, in_s=wake + 0.5)  # a scheduled model's exact job, at its wake time
     return jobs
 
 

@@ -224,9 +224,22 @@ def test_a_new_request_for_a_scheduled_subject_joins_the_owed_set_without_an_int
     assert req.status == "scheduled" and req.forgotten_at is not None  # the serving interim clears their row
     assert req.result["interim"]["toy"]["joined"] == first and req.result["interim"]["toy"]["version"] == interim.number
     assert as_utc(req.exact_due_at) == as_utc(req.received_at) + timedelta(days=1)
-    # the worker sends itself a wake for the exact job (the beat tick only backs it up)
+    # the drain asked to be woken when the exact job is due (the beat tick only backs it up)
+    wakes: list[tuple[str, float]] = []
+    worker.wake = lambda name, in_s: wakes.append((name, in_s))
+    pipeline.drain(worker, "toy")
     wake = schedule_service.wake_in_s(session, "toy", worker.settings)
     assert wake is not None and 0 < wake < 86400
+    assert len(wakes) == 1 and wakes[0][0] == "toy" and wake < wakes[0][1] <= wake + 1
+    # a drain turned away by another worker's lease arms nothing (the lease holder does)
+    import dataclasses
+
+    from workers.lease import acquire_lock, release_lock
+
+    other = dataclasses.replace(worker, owner="other-worker")
+    assert acquire_lock(other, "toy")
+    assert pipeline.drain(worker, "toy") == [] and len(wakes) == 1
+    release_lock(other, "toy")
 
     # the join is checked, not assumed: were the serving version not built from that interim (rollback
     # refuses to go back past it; here the pointer is moved under it), a new request of the subject

@@ -49,8 +49,12 @@ def run_interim(w: Worker, job_id: str, *, progress: Callable[[str, float], None
         model = s.get(Model, s.get(UnlearningJob, job_id).model_name)
         sched = schedule_service.schedule_of(model)
         budget = schedule_service.interim_budget_s(s, model) if sched.interim == "auto" else 0.0
-    # params trains nothing: the interim keeps its parent's data manifest (no retain hash to compute)
-    p = collect(w, job_id, manifest=sched.interim == "auto")
+    # params trains nothing: the interim keeps its parent's data manifest (no retain hash to compute),
+    # and its verification measures a random 2 x ``Gates.max_retain`` retain rows, not all of them
+    # (on the demo model, loading the 80k retain rows was 3 of an interim job's 5 s under load).
+    from workers.verify.report import Gates
+
+    p = collect(w, job_id, manifest=budget > 0, retain_sample=None if budget > 0 else 2 * Gates().max_retain)
     if sched.interim == "none" or (not p.forget and not p.subject_ids):
         with w.session() as s:
             job = s.get(UnlearningJob, job_id)

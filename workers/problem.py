@@ -64,10 +64,11 @@ class ForgetProblem:
     failed_streak: int = 0
 
 
-def collect(w: Worker, job_id: str, *, manifest: bool = True) -> ForgetProblem:
+def collect(w: Worker, job_id: str, *, manifest: bool = True, retain_sample: int | None = None) -> ForgetProblem:
     """``manifest=False`` (an interim job, issue 16): the new version keeps the serving version's
     manifest -- its weights are the serving ones with per-subject rows cleared, trained on nothing
-    new -- and the retain set is not hashed."""
+    new -- and the retain set is not hashed. ``retain_sample``: a job that trains nothing reads only
+    that many retain rows, at random (its verification subsamples them anyway)."""
     root = Path(w.settings.data_dir)
     with w.session() as s:
         job = s.get(UnlearningJob, job_id)
@@ -90,7 +91,8 @@ def collect(w: Worker, job_id: str, *, manifest: bool = True) -> ForgetProblem:
         # lease went unrenewed for 4.9 s while the demo model's rows loaded) and another worker took it.
         reading(s)
         owed = jobs.owed_subjects(s, job.model_name) | set(keys)
-        live = {split: registry.live(s, model, split, owed, root) for split in ("train", "test", "holdout")}
+        live = {split: registry.live(s, model, split, owed, root, sample=retain_sample if split == "train" else None)
+                for split in ("train", "test", "holdout")}
         return ForgetProblem(
             model_name=job.model_name, spec=spec, request_ids=list(job.request_ids), policy=job.policy,
             forget=[r for r in forget_rows if r.split == "train"],

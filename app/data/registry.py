@@ -23,7 +23,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import delete, insert, union
+from sqlalchemy import delete, func, insert, union
 from sqlmodel import Session, col, select
 
 from app.core.config import get_settings
@@ -117,18 +117,23 @@ def take_forget(session: Session, model: Model, keys: list[str], root: Path) -> 
     return [Example(r.subject_key, r.split, r.features, r.label) for r in samples]
 
 
-def live(session: Session, model: Model, split: str, exclude: set[str], root: Path) -> Sequence[Example]:
-    """The live rows of a split minus ``exclude``: a list (rows) or a lazy view (columnar, delta)."""
+def live(session: Session, model: Model, split: str, exclude: set[str], root: Path,
+         sample: int | None = None) -> Sequence[Example]:
+    """The live rows of a split minus ``exclude``: a list (rows) or a lazy view (columnar, delta).
+    ``sample``: at most that many rows, drawn at random (rows store; the lazy views read only what
+    their caller indexes anyway) -- for a caller that only measures, never trains."""
     if store_of(model) == "delta":
         return delta.LiveView(session, model, _spec(model), split, exclude, _secret())
     if store_of(model) == "columnar":
         return columnar.LiveView(session, root, model.name, split, exclude)
     # Columns, not ORM objects: building 100k Sample instances cost more than reading them (issue 16:
     # this load is most of an interim job's time on the demo model).
-    return [Example(key, split_, features, label) for key, split_, features, label in session.exec(
-        select(Sample.subject_key, Sample.split, Sample.features, Sample.label).where(
-            Sample.model_name == model.name, Sample.split == split, col(Sample.deleted).is_(False))).all()
-        if key not in exclude]
+    q = select(Sample.subject_key, Sample.split, Sample.features, Sample.label).where(
+        Sample.model_name == model.name, Sample.split == split, col(Sample.deleted).is_(False))
+    if sample is not None:
+        q = q.order_by(func.random()).limit(sample)
+    return [Example(key, split_, features, label) for key, split_, features, label in session.exec(q).all()
+            if key not in exclude]
 
 
 def manifest(session: Session, model: Model, retain: Sequence[Example], exclude: set[str], root: Path) -> dict[str, Any]:

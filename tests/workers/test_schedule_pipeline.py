@@ -327,3 +327,29 @@ def test_a_scheduled_erasures_percent_only_moves_forward_across_both_steps(sessi
     percents = [p for _, p in seen]
     assert percents == sorted(percents)  # never backwards, across the steps and within each
     assert _get(session, rid).percent == 100.0
+
+
+def test_a_params_interim_reads_a_random_sample_of_the_retain_rows(session: Session, settings, toy_model,  # noqa: ANN001
+                                                                   worker, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pathlib import Path
+
+    from app.data import registry
+    from workers.verify.report import Gates
+
+    calls: list[tuple[str, int | None]] = []
+    real = registry.live
+
+    def spy(s, model, split, exclude, root, sample=None):  # noqa: ANN001, ANN202
+        calls.append((split, sample))
+        return real(s, model, split, exclude, root, sample=sample)
+
+    monkeypatch.setattr(registry, "live", spy)
+    _schedule(session, exact_within_s=86400, interim="params")
+    _request(session, settings, "toy-02")
+    pipeline.drain(worker, "toy")
+    # it trains nothing: the verification's retain subsample (max_retain) is drawn from 2x that many rows
+    assert sorted(calls) == [("holdout", None), ("test", None), ("train", 2 * Gates().max_retain)]
+    model = session.get(Model, "toy")
+    full = {(e.subject_id, str(e.features)) for e in real(session, model, "train", set(), Path(settings.data_dir))}
+    few = real(session, model, "train", set(), Path(settings.data_dir), sample=5)
+    assert len(few) == 5 and {(e.subject_id, str(e.features)) for e in few} <= full and len(full) > 5

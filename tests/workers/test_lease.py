@@ -37,8 +37,8 @@ def test_the_lease_renews_while_the_job_reads_every_live_sample(own_toy, setting
     renewed: list[bool] = []
     real_live = registry.live
 
-    def live_while_renewing(session, model, split, exclude, root):  # noqa: ANN001, ANN202
-        rows = real_live(session, model, split, exclude, root)  # the read's transaction is open now
+    def live_while_renewing(session, model, split, exclude, root, sample=None):  # noqa: ANN001, ANN202
+        rows = real_live(session, model, split, exclude, root, sample=sample)  # the read's transaction is open now
         if not renewed:
             # what the LeaseKeeper thread does every lease/3, from its own connection
             t = threading.Thread(target=lambda: renewed.append(acquire_lock(w, "toy")), daemon=True)

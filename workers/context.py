@@ -29,6 +29,9 @@ class Worker:
     # be shared by every prefork child of one Celery worker, and the lease could not tell them apart.
     owner: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}")
     publish: Callable[[str, int], Any] = lambda name, version: None
+    # Ask to be woken for this model in so many seconds (Celery: a delayed message); a scheduled
+    # model's exact job starts at its wake time, the beat tick being the backstop (issue 16).
+    wake: Callable[[str, float], Any] = lambda name, in_s: None
     sleep: Callable[[float], None] = time.sleep
     # Jobs this worker saw interrupted by a database outage: resuming them is not a re-delivery
     # (``max_job_attempts`` is there to stop a job that kills its worker, not to punish DB blips).

@@ -6,8 +6,9 @@ training sees them. Then, by the model's ``schedule.interim``:
 - ``params``: clear the subjects' own parameters (``ModelSpec.forget_subjects``: the MovieLens
   user row) -- no training -- and publish the result as a new version;
 - ``auto``: the model's approximate methods, cheapest first (the order of its ``auto`` chain),
-  under the usual gates and the audited admission, within ``approx_budget_share`` of the exact
-  cost; the first that passes is published, else ``params``;
+  under the usual gates and the audited admission, within what is left of the exact cycle's
+  approximate budget (``schedule.interim_budget_s``: ``approx_budget_share`` of the exact cost per
+  exact cycle, all its interims together); the first that passes is published, else ``params``;
 - ``none``: nothing is published; the requests wait for the exact job with their samples excluded.
 
 The interim version is a real version, hot-swapped like any other, but it is *not* ``free_of``
@@ -21,6 +22,7 @@ with the job and shown on each request, whether or not it passes.
 from __future__ import annotations
 
 import copy
+import math
 import random
 import time
 from collections.abc import Callable
@@ -46,10 +48,13 @@ def run_interim(w: Worker, job_id: str, *, progress: Callable[[str, float], None
     with w.session() as s:
         model = s.get(Model, s.get(UnlearningJob, job_id).model_name)
         sched = schedule_service.schedule_of(model)
-        budget = policy.DEFAULT_ESCALATION.get(model.spec, policy.FALLBACK_ESCALATION).approx_budget_share * (
-            schedule_service.expected_exact_s(model) or 0.0)
-    # params trains nothing: the interim keeps its parent's data manifest (no retain hash to compute)
-    p = collect(w, job_id, manifest=sched.interim == "auto")
+        budget = schedule_service.interim_budget_s(s, model) if sched.interim == "auto" else 0.0
+    # params trains nothing: the interim keeps its parent's data manifest (no retain hash to compute),
+    # and its verification measures a random 2 x ``Gates.max_retain`` retain rows, not all of them
+    # (on the demo model, loading the 80k retain rows was 3 of an interim job's 5 s under load).
+    from workers.verify.report import Gates
+
+    p = collect(w, job_id, manifest=budget > 0, retain_sample=None if budget > 0 else 2 * Gates().max_retain)
     if sched.interim == "none" or (not p.forget and not p.subject_ids):
         with w.session() as s:
             job = s.get(UnlearningJob, job_id)
@@ -64,7 +69,7 @@ def run_interim(w: Worker, job_id: str, *, progress: Callable[[str, float], None
     t0 = time.monotonic()
     seed = w.settings.job_seed if w.settings.job_seed is not None else random.SystemRandom().randrange(2**31)
     attempts: list[dict[str, Any]] = []
-    chosen = _cheapest_passing(p, served, meta, w.device, seed, budget, attempts) if sched.interim == "auto" else None
+    chosen = _cheapest_passing(p, served, meta, w.device, seed, budget, attempts) if budget > 0 else None
     if chosen is None:
         chosen = _clear_params(p, served, meta, w.device, attempts)
     name, candidate, new_meta = chosen
@@ -114,19 +119,19 @@ def _clear_params(p: ForgetProblem, served: Any, meta: dict[str, Any], device: A
 
 def _cheapest_passing(p: ForgetProblem, served: Any, meta: dict[str, Any], device: Any, seed: int, budget: float,
                       attempts: list[dict[str, Any]]) -> tuple[str, Any, dict[str, Any]] | None:
-    """``auto``: the model's approximate methods in chain order, each gated, within ``budget`` seconds."""
+    """``auto``: the model's approximate methods in chain order, each gated, within ``budget`` (> 0) seconds."""
     from workers.unlearning import get_method
     from workers.unlearning.base import UnlearnContext
 
     chain = p.chain or list(policy.effective(p.spec.name, {})["chain"])
     spent = 0.0
     for name in [m for m in chain if not policy.METHODS.get(m, True)]:
-        if budget and spent >= budget:
+        if spent >= budget:
             break
         started = time.perf_counter()
         ctx = UnlearnContext(spec=p.spec, model=served, meta=meta, forget=p.forget, retain=p.retain,
                              forget_subject_ids=list(p.subject_ids), recipe=p.spec.recipe, device=device, seed=seed,
-                             time_budget_s=(budget - spent) if budget else None,
+                             time_budget_s=None if math.isinf(budget) else budget - spent,
                              config={**policy.DEFAULT_CONFIGS.get(p.spec.name, {}).get(name, {}),
                                      **(p.methods or {}).get(name, {})}, calibration=list(p.test))
         result = get_method(name)(ctx)

@@ -16,7 +16,9 @@ status in ``app/services/requests/lifecycle.py``, the forget problem and its unl
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import threading
 import time
 from collections.abc import Callable
 
@@ -54,6 +56,16 @@ def queued_count(w: Worker, model_name: str) -> int:
         return jobs.due_count(s, model_name)
 
 
+def arm_wake(w: Worker, model_name: str) -> float | None:
+    """After a drain that held the lease: ask to be woken when a scheduled model's exact job is due
+    (``schedule_service.wake_in_s``; half a second late rather than early). Returns the seconds."""
+    with w.session() as s:
+        wake = schedule_service.wake_in_s(s, model_name, w.settings)
+    if wake is not None:
+        w.wake(model_name, wake + 0.5)
+    return wake
+
+
 def drain(w: Worker, model_name: str) -> list[str]:
     """Run jobs for ``model_name`` until nothing is due. Returns the job ids run.
 
@@ -71,6 +83,9 @@ def drain(w: Worker, model_name: str) -> list[str]:
             finally:
                 release_lock(w, model_name)
             if queued_count(w, model_name) == 0:  # a request may have arrived while we held the lease
+                # Only a drain that held the lease arms the wake: one turned away would otherwise
+                # poll the lease holder's model every half second while its exact job runs.
+                arm_wake(w, model_name)
                 return done
 
 
@@ -123,6 +138,9 @@ def next_job(w: Worker, model_name: str) -> str | None:
     if outcome is not None:
         return outcome
     with w.session() as s:
+        # A request for a subject already owed the exact job joins it without an interim of its own.
+        if schedule_service.join_owed(s, model_name, w.settings):
+            s.commit()
         # What the model's schedule runs next (issue 16): today's job, a scheduled model's
         # interim step, or its exact job for every owed subject; None: nothing is due now.
         phase = schedule_service.next_phase(s, model_name, w.settings)
@@ -201,10 +219,63 @@ def run_job(w: Worker, job_id: str) -> None:
         _run_job(w, job_id)
 
 
+class InterimsAlongside:
+    """While a scheduled model's exact job trains (minutes to hours), requests that arrive get their
+    interim at once instead of after it: on movielens-30s the p95 time to interim was 59 s, the exact
+    job's length (issue 16). Same worker, same lease: a thread that runs interim jobs one at a time
+    until the exact job is about to publish. ``stop`` joins it first, so the two never publish at
+    once; the exact job then publishes on top of those interims and clears their subjects' own
+    parameters as well (``problem.unlearn_and_publish``), without being ``free_of`` them."""
+
+    POLL_S = 0.5
+
+    def __init__(self, w: Worker, model_name: str) -> None:
+        self.w, self.model_name, self._stop = w, model_name, threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True, name="lethe-interims")
+
+    def __enter__(self) -> InterimsAlongside:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        """No new interim from now on; returns once the one under way (if any) has ended."""
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.POLL_S):
+            job_id = None
+            try:
+                if (job_id := self._open()) is not None:
+                    run_job(self.w, job_id)
+            except Exception:  # noqa: BLE001 - the job stays open: the drain resumes it after the exact job
+                log.warning("interim job alongside the exact job of %s failed", self.model_name, exc_info=True,
+                            extra={"job_id": job_id})
+
+    def _open(self) -> str | None:
+        w = self.w
+        with w.session() as s:
+            if schedule_service.join_owed(s, self.model_name, w.settings):
+                s.commit()
+            targets = schedule_service.take(s, self.model_name, "interim", limit=w.settings.batch_max,
+                                            lock=s.get_bind().dialect.name == "postgresql")
+            if not targets:
+                return None
+            job = jobs.open_job(s, model_name=self.model_name, targets=targets, worker=w.owner, device=str(w.device),
+                                phase="interim")
+            s.commit()
+            return job.id
+
+
 def _run_job(w: Worker, job_id: str) -> None:
     with w.session() as s:
         job = jobs.get_job(s, job_id=job_id)
         serving = model_service.serving_version(s, job.model_name)
+        deferred = schedule_service.schedule_of(model_service.get_model(s, job.model_name)).deferred
         job.lease_until = utcnow()
         if set(job.request_ids) <= set(serving.free_of) and job.version_after is None and job.phase != "interim":
             # The serving version is already free of the batch (an earlier attempt published
@@ -231,8 +302,14 @@ def _run_job(w: Worker, job_id: str) -> None:
                 s.commit()
             return
         testhook.step("unlearn")
-        if not unlearn_and_publish(w, job_id, problem, progress=throttled_progress(w, job_id)):
-            return
+        # (its thread needs connections of its own: a Worker on the app's rebindable session factory,
+        # as unit tests run it on one rolled-back connection, goes without)
+        alongside = (InterimsAlongside(w, problem.model_name) if deferred and w.engine is not None
+                     else contextlib.nullcontext())
+        with alongside:
+            if not unlearn_and_publish(w, job_id, problem, progress=throttled_progress(w, job_id),
+                                       settle=getattr(alongside, "stop", None)):
+                return
     deploy_and_complete(w, job_id)
 
 

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from app.core.db import reading
 from app.data import registry
 from app.db.models import Model, UnlearningJob
 from app.ml import policy
@@ -30,6 +31,7 @@ from app.ml.spec import Example, ModelSpec
 from app.services import audit
 from app.services.models import jobs
 from app.services.models import catalog as model_service
+from app.services.models import schedule as schedule_service
 from app.services.models.jobs import ACTOR
 from workers.lease import holds_fence
 
@@ -62,10 +64,11 @@ class ForgetProblem:
     failed_streak: int = 0
 
 
-def collect(w: Worker, job_id: str, *, manifest: bool = True) -> ForgetProblem:
+def collect(w: Worker, job_id: str, *, manifest: bool = True, retain_sample: int | None = None) -> ForgetProblem:
     """``manifest=False`` (an interim job, issue 16): the new version keeps the serving version's
     manifest -- its weights are the serving ones with per-subject rows cleared, trained on nothing
-    new -- and the retain set is not hashed."""
+    new -- and the retain set is not hashed. ``retain_sample``: a job that trains nothing reads only
+    that many retain rows, at random (its verification subsamples them anyway)."""
     root = Path(w.settings.data_dir)
     with w.session() as s:
         job = s.get(UnlearningJob, job_id)
@@ -78,14 +81,18 @@ def collect(w: Worker, job_id: str, *, manifest: bool = True) -> ForgetProblem:
             n = sum(1 for r in forget_rows if r.subject_id == req.subject_key)
             audit.append(s, type="samples_deleted", actor=ACTOR, request_id=req.id, subject_key=req.subject_key,
                          payload={"model": job.model_name, "samples": n, "job_id": job.id})
-        s.commit()  # the deletion flags hold before any training starts
-        owed = jobs.owed_subjects(s, job.model_name) | set(keys)
-        live = registry.live_splits(s, model, ("train", "test", "holdout"), owed, root)
         serving = model_service.get_version(s, model.name, model.serving_version)
         first = model_service.get_version(s, model.name, 1) if serving.number != 1 else serving
         job.version_before = serving.number
         s.add(job)
-        s.commit()
+        s.commit()  # the deletion flags hold before any training starts
+        # Every live sample is read in a reader's transaction: on SQLite a write transaction held for
+        # these seconds (BEGIN IMMEDIATE) stalled the model's lease renewal past a short lease (a 1.5 s
+        # lease went unrenewed for 4.9 s while the demo model's rows loaded) and another worker took it.
+        reading(s)
+        owed = jobs.owed_subjects(s, job.model_name) | set(keys)
+        live = registry.live_splits(s, model, ("train", "test", "holdout"), owed, root,
+                                    samples={"train": retain_sample} if retain_sample else None)
         return ForgetProblem(
             model_name=job.model_name, spec=spec, request_ids=list(job.request_ids), policy=job.policy,
             forget=[r for r in forget_rows if r.split == "train"],
@@ -99,8 +106,14 @@ def collect(w: Worker, job_id: str, *, manifest: bool = True) -> ForgetProblem:
             failed_streak=int((model.config.get("escalation") or {}).get("approx_failed_streak", 0)))
 
 
-def unlearn_and_publish(w: Worker, job_id: str, p: ForgetProblem, *, progress: Callable[[str, float], None]) -> bool:
-    """Unlearn, verify, publish. False when the job ended here (failed, or fenced off)."""
+def unlearn_and_publish(w: Worker, job_id: str, p: ForgetProblem, *, progress: Callable[[str, float], None],
+                        settle: Callable[[], None] | None = None) -> bool:
+    """Unlearn, verify, publish. False when the job ended here (failed, or fenced off).
+
+    ``settle`` (a scheduled model's exact job, ``pipeline.InterimsAlongside.stop``): called before
+    publishing; interim versions published meanwhile on top of ``p.serving`` stay in the history --
+    the new version is built on the last of them and clears their subjects' own parameters too, as
+    they did (their requests are still owed: the new version is not ``free_of`` them)."""
     from app.ml.checkpoint import load_checkpoint
     from workers.unlearning.engine import forget
     from workers.verify.calibrate import absorb_exact
@@ -129,9 +142,12 @@ def unlearn_and_publish(w: Worker, job_id: str, p: ForgetProblem, *, progress: C
                      chains={p.spec.name: tuple(p.chain)} if p.chain else None)
     seconds = time.monotonic() - t0
     progress("publishing", 0.0)
+    if settle is not None:
+        settle()
     with w.session() as s:
         job = s.get(UnlearningJob, job_id)
-        if not holds_fence(s, w, job, serving=p.serving):
+        parent, interim_ids = schedule_service.interims_on(s, p.model_name, p.serving)
+        if not holds_fence(s, w, job, serving=parent):
             s.commit()  # the job_fenced audit event
             return False
         job.timings = {**job.timings, "seed": seed, "decision": outcome.decision}
@@ -151,9 +167,13 @@ def unlearn_and_publish(w: Worker, job_id: str, p: ForgetProblem, *, progress: C
         report = outcome.attempts[-1]["report"]
         new_metrics = {k: report.get(k) for k in ("retain_acc", "test_acc", "forget_acc", "mia_auc") if k in report}
         new_metrics["train_acc"] = new_metrics.get("retain_acc")
+        meta = outcome.meta
+        if interim_ids:  # subjects whose interim served while this job trained: their rows stay cleared
+            meta = p.spec.forget_subjects(outcome.model, dict(meta), _subject_ids(s, p, interim_ids, w.settings))
+            job.timings = {**job.timings, "interims_alongside": len(interim_ids)}
         version = model_service.register_trained(
-            s, name=p.model_name, model_obj=outcome.model, meta=outcome.meta, metrics=new_metrics,
-            artifacts_dir=Path(w.settings.artifacts_dir), method=outcome.method, parent=p.serving,
+            s, name=p.model_name, model_obj=outcome.model, meta=meta, metrics=new_metrics,
+            artifacts_dir=Path(w.settings.artifacts_dir), method=outcome.method, parent=parent,
             free_of=sorted(set(p.free_of) | set(p.request_ids)), actor=ACTOR, manifest=p.manifest)
         model_service.set_serving(s, name=p.model_name, number=version.number, actor=ACTOR)
         jobs.record_outcome(s, job, method=outcome.method, attempts=outcome.attempts, version_after=version.number,
@@ -171,6 +191,16 @@ def unlearn_and_publish(w: Worker, job_id: str, p: ForgetProblem, *, progress: C
         s.commit()
         w.publish(p.model_name, version.number)
     return True
+
+
+def _subject_ids(s: Any, p: ForgetProblem, request_ids: list[str], settings: Any) -> list[str]:
+    """The spec's subject ids (e.g. MovieLens user ids) of these requests, from their rows (flagged
+    deleted by their interim's collect, kept until their erasure completes)."""
+    from app.db.models import ErasureRequest
+
+    keys = sorted({r.subject_key for rid in request_ids if (r := s.get(ErasureRequest, rid)) is not None})
+    rows = registry.take_forget(s, model_service.get_model(s, p.model_name), keys, Path(settings.data_dir))
+    return sorted({sid for r in rows if (sid := p.spec.subject_id_of(r.features))})
 
 
 def _failed_gates(attempt: dict[str, Any]) -> list[str]:

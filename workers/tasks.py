@@ -9,7 +9,7 @@ from app.core.config import get_settings
 from app.core.db import create_schema, get_engine
 from app.core.queue import (
     TASK_RECONCILE, TASK_REGISTER, TASK_SISA_SHARD, TASK_UNLEARN, UNLEARN_QUEUE, enqueue_registration, enqueue_unlearn,
-    get_celery,
+    enqueue_wake, get_celery,
 )
 from app.serving.holder import publish_update
 from workers import pipeline
@@ -34,7 +34,8 @@ def worker() -> pipeline.Worker:
                                 claim_timeout_s=settings.sisa_claim_timeout_s,
                                 stale_s=2 * settings.sisa_claim_timeout_s))
     return pipeline.Worker(settings=settings, engine=get_engine(), device=pick_device(settings.device),
-                           publish=functools.partial(publish_update, settings.redis_url))
+                           publish=functools.partial(publish_update, settings.redis_url),
+                           wake=lambda name, in_s: enqueue_wake(name, in_s=in_s))
 
 
 @celery.task(name=TASK_UNLEARN, acks_late=True, reject_on_worker_lost=True)

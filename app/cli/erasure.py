@@ -69,13 +69,16 @@ def poll(c: httpx.Client, view: dict[str, Any], timeout_s: float | None,
          show: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
     settled = statuses()[1]
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    best = view.get("percent") or 0.0
     show(view)
     while view["status"] not in settled:
         if deadline is not None and time.monotonic() > deadline:
             break
         time.sleep(POLL_S)
         view = call(c, "GET", f"/v1/erasure-requests/{view['id']}")
-        show(view)
+        # the bar only moves forward, whatever a server that predates monotonic percents reports
+        best = max(best, view.get("percent") or 0.0)
+        show({**view, "percent": best})
     return view
 
 
@@ -99,7 +102,10 @@ def steps(view: dict[str, Any], shown: set[str]) -> list[str]:
 
 
 def stage_text(view: dict[str, Any]) -> str:
-    return view["status"] + (f" / {view['stage']}" if view.get("stage") and view["stage"] != view["status"] else "")
+    """``status / stage``; while a scheduled erasure's exact job runs, prefixed ``exact``, so that a log
+    reads ``... 50% scheduled`` then ``... 62% exact: running / unlearning``."""
+    text = view["status"] + (f" / {view['stage']}" if view.get("stage") and view["stage"] != view["status"] else "")
+    return f"exact: {text}" if view.get("exact_due_at") and view["status"] not in ("scheduled", "completed") else text
 
 
 def request_table(view: dict[str, Any]) -> Any:

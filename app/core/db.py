@@ -19,6 +19,19 @@ from sqlmodel import Session, SQLModel, create_engine
 from app.core.config import get_settings
 
 
+READER = "lethe_reader"
+
+
+def reading(session: Session) -> Session:
+    """Begin ``session``'s transaction as a reader: on SQLite a deferred ``BEGIN`` instead of
+    ``BEGIN IMMEDIATE``, so a long read (a job loading every live sample) does not hold the write
+    lock that the model's lease renewal and the API's writes wait for. Call before the first statement
+    of the transaction, and write nothing in it. PostgreSQL: no change (readers never block writers)."""
+    if not session.in_transaction():
+        session.connection(execution_options={READER: True})
+    return session
+
+
 def make_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
         path = url.split("///", 1)[-1]
@@ -41,7 +54,9 @@ def make_engine(url: str) -> Engine:
 
         @event.listens_for(engine, "begin")
         def _sqlite_begin(conn):  # noqa: ANN001
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            # A reader (``reading``) begins deferred: under WAL it blocks no writer. Everything else
+            # takes the write lock at once (see the module docstring).
+            conn.exec_driver_sql("BEGIN" if conn.get_execution_options().get(READER) else "BEGIN IMMEDIATE")
 
         return engine
     return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)

@@ -137,6 +137,33 @@ def enqueue_unlearn(model_name: str, *, dedup_s: float = ENQUEUE_DEDUP_S) -> boo
         return False
 
 
+_wakes: dict[str, float] = {}
+# A delayed message is held, unacknowledged, by the worker that reserved it; past the broker's
+# visibility timeout (6 h above) Redis would hand it out again. A wake further away is sent for
+# this long and re-armed by the drain it starts (the beat tick backs both up).
+MAX_WAKE_COUNTDOWN_S = 3600.0
+
+
+def enqueue_wake(model_name: str, *, in_s: float) -> bool:
+    """Send "look at this model" due ``in_s`` seconds from now: a scheduled model's exact job starts
+    at its wake time, not at the next beat tick after it (issue 16). One pending wake per model and
+    process: a wake already due no later than this one is enough (it re-decides and re-arms)."""
+    import time
+
+    countdown = min(max(in_s, 0.0), MAX_WAKE_COUNTDOWN_S)
+    now = time.monotonic()
+    pending = _wakes.get(model_name)
+    if pending is not None and now < pending <= now + countdown:
+        return True
+    try:
+        get_celery().send_task(TASK_UNLEARN, args=[model_name], queue=UNLEARN_QUEUE, countdown=countdown)
+    except Exception:  # noqa: BLE001
+        log.warning("could not send the scheduled wake of model %s; the beat tick will", model_name, exc_info=True)
+        return False
+    _wakes[model_name] = now + countdown
+    return True
+
+
 def enqueue_registration(registration_id: str) -> bool:
     """Send "run this model registration". Call only after commit; the reconciler re-sends a
     registration still queued whose message was lost."""

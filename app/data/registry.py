@@ -23,7 +23,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import delete, insert, union
+from sqlalchemy import delete, func, insert, union
 from sqlmodel import Session, col, select
 
 from app.core.config import get_settings
@@ -117,24 +117,33 @@ def take_forget(session: Session, model: Model, keys: list[str], root: Path) -> 
     return [Example(r.subject_key, r.split, r.features, r.label) for r in samples]
 
 
-def live(session: Session, model: Model, split: str, exclude: set[str], root: Path) -> Sequence[Example]:
-    """The live rows of a split minus ``exclude``: a list (rows) or a lazy view (columnar, delta)."""
-    return live_splits(session, model, (split,), exclude, root)[split]
+def live(session: Session, model: Model, split: str, exclude: set[str], root: Path,
+         sample: int | None = None) -> Sequence[Example]:
+    """The live rows of a split minus ``exclude``: a list (rows) or a lazy view (columnar, delta).
+    ``sample``: at most that many rows, drawn at random (rows store; the lazy views read only what
+    their caller indexes anyway) -- for a caller that only measures, never trains."""
+    return live_splits(session, model, (split,), exclude, root, samples={split: sample} if sample else None)[split]
 
 
 def live_splits(session: Session, model: Model, splits: Sequence[str], exclude: set[str],
-                root: Path) -> dict[str, Sequence[Example]]:
-    """:func:`live` for several splits; the delta store finds them all in one pass over its table."""
+                root: Path, samples: dict[str, int] | None = None) -> dict[str, Sequence[Example]]:
+    """:func:`live` for several splits (``samples``: split -> at most that many rows, as ``sample``);
+    the delta store finds them all in one pass over its table."""
     if store_of(model) == "delta":
         return dict(delta.live_views(session, model, _spec(model), splits, exclude, _secret()))
     if store_of(model) == "columnar":
         return {split: columnar.LiveView(session, root, model.name, split, exclude) for split in splits}
     # Columns, not ORM objects: building 100k Sample instances cost more than reading them (issue 16:
     # this load is most of an interim job's time on the demo model).
-    return {split: [Example(key, split_, features, label) for key, split_, features, label in session.exec(
-        select(Sample.subject_key, Sample.split, Sample.features, Sample.label).where(
-            Sample.model_name == model.name, Sample.split == split, col(Sample.deleted).is_(False))).all()
-        if key not in exclude] for split in splits}
+    def rows(split: str) -> list[Example]:
+        q = select(Sample.subject_key, Sample.split, Sample.features, Sample.label).where(
+            Sample.model_name == model.name, Sample.split == split, col(Sample.deleted).is_(False))
+        if (samples or {}).get(split):
+            q = q.order_by(func.random()).limit(samples[split])
+        return [Example(key, split_, features, label) for key, split_, features, label in session.exec(q).all()
+                if key not in exclude]
+
+    return {split: rows(split) for split in splits}
 
 
 def manifest(session: Session, model: Model, retain: Sequence[Example], exclude: set[str], root: Path) -> dict[str, Any]:

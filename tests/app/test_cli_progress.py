@@ -98,3 +98,41 @@ def test_erase_follow_into_a_log_prints_plain_lines(monkeypatch: pytest.MonkeyPa
     err = capsys.readouterr().err
     assert err.splitlines() == ["erasure req-1: 0% queued", "erasure req-1: 20% running",
                                 "erasure req-1: 80% verifying", "erasure req-1: 100% completed"]
+
+
+def test_erase_follow_of_a_scheduled_erasure_reads_forward_in_a_log(monkeypatch: pytest.MonkeyPatch,
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    due = "2026-12-07T10:00:00Z"
+    interim = {"toy": {"version": 3, "method": "params"}}
+    polls = iter([
+        {"status": "running", "stage": "unlearning", "percent": 20.0},
+        {"status": "scheduled", "stage": "scheduled", "percent": 50.0, "exact_due_at": due,
+         "forgotten_at": "2026-12-06T10:00:03Z", "result": {"interim": interim}},
+        # a server from before monotonic percents restarted the bar for the exact job
+        {"status": "running", "stage": "collecting", "percent": 0.0, "exact_due_at": due,
+         "result": {"interim": interim}},
+        {"status": "running", "stage": "unlearning", "percent": 75.0, "exact_due_at": due,
+         "result": {"interim": interim}},
+        {"status": "completed", "stage": "completed", "percent": 100.0, "exact_due_at": due,
+         "completed_at": "2026-12-06T10:05:00Z",
+         "result": {"interim": interim, "models": {"toy": {"version_after": 4, "method": "retrain"}}}},
+    ])
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        body = {"status": "queued", "stage": "queued", "percent": 0.0} if request.method == "POST" else next(polls)
+        return httpx.Response(202 if request.method == "POST" else 200, json={"id": "req-1", "models": [], **body})
+
+    client = httpx.Client(base_url="http://stack", transport=httpx.MockTransport(handler))
+    monkeypatch.setattr(cli_models, "client", lambda args: client)
+    monkeypatch.setattr(cli_erasure, "POLL_S", 0.0)
+    import app.cli as cli
+
+    assert cli.main(["erase", "15", "--follow"]) == 0
+    lines = capsys.readouterr().err.splitlines()
+    progress = [line for line in lines if line.startswith("erasure req-1: ")]
+    assert progress == ["erasure req-1: 0% queued", "erasure req-1: 20% running / unlearning",
+                        "erasure req-1: 50% scheduled", "erasure req-1: 50% exact: running / collecting",
+                        "erasure req-1: 75% exact: running / unlearning", "erasure req-1: 100% completed"]
+    steps = [line for line in lines if line.startswith("step ")]
+    assert len(steps) == 2 and steps[0].startswith("step 1/2 interim forget: toy v3 (params)")
+    assert steps[1].startswith("step 2/2 exact erasure: toy v4 (retrain)")

@@ -30,9 +30,7 @@ MAX_OWED = 4
 def scheduled_stack(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Stack]:
     stack, cleanup = start_stack(tmp_path, request.param, redis_db=14, extra_env={
         "LETHE_DEMO_MODELS": "movielens", "LETHE_BATCH_WINDOW_S": "0.2", "LETHE_SCHEDULE_TICK_S": "1",
-        "LETHE_RETRY_BACKOFF_S": "1",
-        # a job longer than the 6 s default lease on a loaded 2-core machine must not be taken over
-        "LETHE_JOB_LEASE_S": "30"})
+        "LETHE_RETRY_BACKOFF_S": "1"})  # start_stack's short 6 s lease (tests/workers/test_lease.py)
     try:
         yield stack
     finally:

@@ -46,14 +46,14 @@ def test_a_fides_token_expiry_shortens_the_wait() -> None:
 
 
 def _decide(now: datetime, owed: list[Owed], s: Schedule, **kw) -> sch.Decision:
-    return sch.decide(now=now, owed=owed, schedule=s, expected_exact_s=kw.pop("cost", 60.0), tick_s=10,
+    return sch.decide(now=now, owed=owed, schedule=s, expected_exact_s=kw.pop("cost", 60.0),
                       backoff_s=30, **kw)
 
 
 def test_wakes_at_earliest_exact_due_less_the_lead() -> None:
     s = Schedule(exact_within_s=DAY)
     owed = [Owed("b", T0 + timedelta(hours=20)), Owed("a", T0 + timedelta(hours=5))]
-    lead = 10 + 2 * 2 * 60 + 30  # tick + (job + one retry) at 2x a 60 s cost + one backoff
+    lead = 2 * 2 * 60 + 30  # (job + one retry) at 2x a 60 s cost + one backoff (no history yet)
     d = _decide(T0, owed, s)
     assert (d.run, d.reason, d.owed) == (False, "waiting", 2)
     assert d.wake_at == T0 + timedelta(hours=5) - timedelta(seconds=lead)
@@ -109,3 +109,29 @@ def test_valid_schedules_and_defaults_from_cost() -> None:
     assert sch.default_for(3600)[0].exact_within_s == DAY
     assert sch.default_for(36000)[0].exact_within_s == 3 * DAY <= sch.MAX_EXACT_WITHIN_S
     assert sch.parse({"exact_within_s": 300, "interim": "none"}, 1.5) == (Schedule(300.0, None, "none"), "model")
+
+
+def test_the_lead_is_planned_from_the_models_recorded_exact_jobs() -> None:
+    s = Schedule(exact_within_s=DAY)
+    owed = [Owed("a", T0 + timedelta(hours=5))]
+    # no exact job recorded yet: SAFETY x the expected cost
+    none = sch.decide(now=T0, owed=owed, schedule=s, expected_exact_s=60.0, backoff_s=30)
+    assert none.wake_at == T0 + timedelta(hours=5) - timedelta(seconds=2 * 2 * 60 + 30)
+    # little history (two jobs can both be quick by luck): a larger factor on the worst of them
+    few = sch.decide(now=T0, owed=owed, schedule=s, expected_exact_s=60.0, backoff_s=30, recent_s=[40.0, 45.0])
+    assert few.wake_at == T0 + timedelta(hours=5) - timedelta(seconds=2 * 1.5 * 45 + 30)
+    assert sch.attempt_s(60.0, [40.0]) == pytest.approx(1.75 * 40)
+    # enough: HISTORY_FACTOR x the worst recorded job, for the job and one retry, plus one backoff
+    recent = [40.0, 52.0, 45.0]
+    d = sch.decide(now=T0, owed=owed, schedule=s, expected_exact_s=60.0, backoff_s=30, recent_s=recent)
+    assert d.wake_at == T0 + timedelta(hours=5) - timedelta(seconds=2 * 1.25 * 52 + 30)
+    # a failed attempt that took the worst recorded time, its backoff and a retry as slow still fit
+    assert 52 + 30 + 52 <= sch.lead_s(60.0, backoff_s=30, recent_s=recent)
+    # the legal margin does not shrink with history: it stays SAFETY x the expected cost per attempt
+    assert sch.margin_s(60.0, attempts=3, backoff_s=30) == pytest.approx(300 + 3 * 2 * 60 + 90)
+
+
+def test_at_risk_uses_the_planned_attempt() -> None:
+    due = T0 + timedelta(seconds=100)
+    assert sch.at_risk(now=T0, exact_due=due, expected_exact_s=60.0)  # 2 x 60 s > 100 s
+    assert not sch.at_risk(now=T0, exact_due=due, expected_exact_s=60.0, recent_s=[50.0, 60.0, 70.0])  # 87.5 s

@@ -96,14 +96,14 @@ def test_deadline_wakes_the_exact_job_and_a_failed_one_retries(session: Session,
     real = pipeline.unlearn_and_publish
     failures = []
 
-    def flaky(w, job_id, problem, *, progress):  # noqa: ANN001, ANN202
+    def flaky(w, job_id, problem, *, progress, settle=None):  # noqa: ANN001, ANN202
         if not failures:
             failures.append(job_id)
             with w.session() as s:
                 jobs.fail_job(s, s.get(UnlearningJob, job_id), "simulated exact failure", w.settings)
                 s.commit()
             return False
-        return real(w, job_id, problem, progress=progress)
+        return real(w, job_id, problem, progress=progress, settle=settle)
 
     monkeypatch.setattr(pipeline, "unlearn_and_publish", flaky)
     rid = _request(session, settings, "toy-05")
@@ -207,3 +207,149 @@ def test_a_halted_fides_request_is_due_before_its_reply_token_dies(session: Sess
     session.commit()
     due = schedule_service.exact_due_for(session, req, model, settings)
     assert as_utc(due) == as_utc(req.received_at) + timedelta(days=1) + ttl - timedelta(seconds=margin)
+
+
+def test_a_new_request_for_a_scheduled_subject_joins_the_owed_set_without_an_interim(  # noqa: ANN001
+        session: Session, settings, toy_model, worker) -> None:
+    _schedule(session, exact_within_s=86400, interim="params")
+    first = _request(session, settings, "toy-02")
+    pipeline.drain(worker, "toy")
+    interim = model_service.serving_version(session, "toy")
+    assert interim.method == "params" and _get(session, first).status == "scheduled"
+    again = _request(session, settings, "toy-02")  # the same person asks again (another channel)
+    pipeline.drain(worker, "toy")
+    assert len(session.exec(select(UnlearningJob)).all()) == 1  # no second interim job
+    assert model_service.serving_version(session, "toy").number == interim.number
+    req = _get(session, again)
+    assert req.status == "scheduled" and req.forgotten_at is not None  # the serving interim clears their row
+    assert req.result["interim"]["toy"]["joined"] == first and req.result["interim"]["toy"]["version"] == interim.number
+    assert as_utc(req.exact_due_at) == as_utc(req.received_at) + timedelta(days=1)
+    # the drain asked to be woken when the exact job is due (the beat tick only backs it up)
+    wakes: list[tuple[str, float]] = []
+    worker.wake = lambda name, in_s: wakes.append((name, in_s))
+    pipeline.drain(worker, "toy")
+    wake = schedule_service.wake_in_s(session, "toy", worker.settings)
+    assert wake is not None and 0 < wake < 86400
+    assert len(wakes) == 1 and wakes[0][0] == "toy" and wake < wakes[0][1] <= wake + 1
+    # a drain turned away by another worker's lease arms nothing (the lease holder does)
+    import dataclasses
+
+    from workers.lease import acquire_lock, release_lock
+
+    other = dataclasses.replace(worker, owner="other-worker")
+    assert acquire_lock(other, "toy")
+    assert pipeline.drain(worker, "toy") == [] and len(wakes) == 1
+    release_lock(other, "toy")
+
+    # the join is checked, not assumed: were the serving version not built from that interim (rollback
+    # refuses to go back past it; here the pointer is moved under it), a new request of the subject
+    # would not be covered and gets an interim of its own
+    with pytest.raises(Conflict):
+        model_service.rollback(session, name="toy", number=interim.parent, actor="test")
+    model = session.get(Model, "toy")
+    model.serving_version = interim.parent
+    session.add(model)
+    session.commit()
+    third = _request(session, settings, "toy-02")
+    pipeline.drain(worker, "toy")
+    assert len(session.exec(select(UnlearningJob).where(UnlearningJob.phase == "interim")).all()) == 2
+    assert "joined" not in _get(session, third).result["interim"]["toy"]
+
+    schedule_service.request_exact_now(session, name="toy", actor="test")
+    session.commit()
+    pipeline.drain(worker, "toy")
+    exact = session.exec(select(UnlearningJob).where(UnlearningJob.phase == "exact")).one()
+    assert sorted(exact.request_ids) == sorted([first, again, third])
+    assert all(_get(session, r).status == "completed" for r in (first, again, third))
+    # the exact job's wall time is recorded for the lead's history
+    assert len(schedule_service.recent_exact_s(session.get(Model, "toy"))) == 1
+
+
+def test_auto_interims_share_one_approximate_budget_per_exact_cycle(session: Session, settings, toy_model,  # noqa: ANN001
+                                                                     worker) -> None:
+    _schedule(session, exact_within_s=86400, interim="auto")
+    model = session.get(Model, "toy")
+    model.config = {**model.config, "reference": {**(model.config.get("reference") or {}), "retrain_seconds": 100.0},
+                    schedule_service.COSTS_KEY: {"overhead_s": 0.0}}
+    session.add(model)
+    session.commit()
+    assert schedule_service.interim_budget_s(session, model) == pytest.approx(50.0)  # half the 100 s exact job
+    _request(session, settings, "toy-02")
+    pipeline.drain(worker, "toy")
+    first = session.exec(select(UnlearningJob)).one()
+    approx = sum(a["seconds"] + a["verify_seconds"] for a in first.attempts if a["method"] != "params")
+    assert first.attempts[0]["method"] == "neggrad_plus" and approx > 0
+    session.refresh(model)
+    left = schedule_service.interim_budget_s(session, model)
+    assert left == pytest.approx(max(0.0, 0.5 * schedule_service.expected_exact_s(model) - approx))
+    # a cycle whose budget is spent: the next interim clears params only, no approximate attempt
+    model.config = {**model.config, "reference": {**model.config["reference"], "retrain_seconds": approx / 2}}
+    model.config = {**model.config, schedule_service.COSTS_KEY: {"overhead_s": 0.0}}
+    session.add(model)
+    session.commit()
+    assert schedule_service.interim_budget_s(session, model) == 0.0
+    _request(session, settings, "toy-03")
+    pipeline.drain(worker, "toy")
+    second = session.exec(select(UnlearningJob).order_by(UnlearningJob.started_at.desc())).first()  # type: ignore[attr-defined]
+    assert [a["method"] for a in second.attempts] == ["params"] and second.method == "params"
+    # an exact job opens a new cycle with the whole budget again
+    schedule_service.request_exact_now(session, name="toy", actor="test")
+    session.commit()
+    pipeline.drain(worker, "toy")
+    session.refresh(model)
+    assert schedule_service.interim_budget_s(session, model) == pytest.approx(
+        0.5 * schedule_service.expected_exact_s(model))
+
+
+def test_a_scheduled_erasures_percent_only_moves_forward_across_both_steps(session: Session, settings,  # noqa: ANN001
+                                                                           toy_model, worker,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    from app.services.requests import lifecycle
+
+    _schedule(session, exact_within_s=86400, interim="auto")  # auto: an approximate attempt, then its verification
+    seen: list[tuple[str, float]] = []
+    real = lifecycle.progress
+
+    def recorded(s, req, *, stage, percent):  # noqa: ANN001, ANN202
+        real(s, req, stage=stage, percent=percent)
+        seen.append((stage, req.percent))
+
+    monkeypatch.setattr(lifecycle, "progress", recorded)
+    rid = _request(session, settings, "toy-02")
+    pipeline.drain(worker, "toy")
+    interim = list(seen)
+    assert interim and all(p <= 50 for _, p in interim) and _get(session, rid).percent == 50.0
+    schedule_service.request_exact_now(session, name="toy", actor="test")
+    session.commit()
+    pipeline.drain(worker, "toy")
+    exact = seen[len(interim):]
+    assert exact and all(p >= 50 for _, p in exact)
+    percents = [p for _, p in seen]
+    assert percents == sorted(percents)  # never backwards, across the steps and within each
+    assert _get(session, rid).percent == 100.0
+
+
+def test_a_params_interim_reads_a_random_sample_of_the_retain_rows(session: Session, settings, toy_model,  # noqa: ANN001
+                                                                   worker, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pathlib import Path
+
+    from app.data import registry
+    from workers.verify.report import Gates
+
+    calls: list[tuple[str, int | None]] = []
+    real = registry.live
+
+    def spy(s, model, split, exclude, root, sample=None):  # noqa: ANN001, ANN202
+        calls.append((split, sample))
+        return real(s, model, split, exclude, root, sample=sample)
+
+    monkeypatch.setattr(registry, "live", spy)
+    _schedule(session, exact_within_s=86400, interim="params")
+    _request(session, settings, "toy-02")
+    pipeline.drain(worker, "toy")
+    # it trains nothing: the verification's retain subsample (max_retain) is drawn from 2x that many rows
+    assert sorted(calls) == [("holdout", None), ("test", None), ("train", 2 * Gates().max_retain)]
+    model = session.get(Model, "toy")
+    full = {(e.subject_id, str(e.features)) for e in real(session, model, "train", set(), Path(settings.data_dir))}
+    few = real(session, model, "train", set(), Path(settings.data_dir), sample=5)
+    assert len(few) == 5 and {(e.subject_id, str(e.features)) for e in few} <= full and len(full) > 5

@@ -101,8 +101,18 @@ def set_stage(session: Session, job: UnlearningJob, stage: str, fraction: float 
     lo, hi = STAGE_SPAN.get(stage, (0, 100))
     job.stage = stage
     session.add(job)
+    within = lo + (hi - lo) * max(0.0, min(1.0, fraction))
     for req in requests_of(session, job):
-        lifecycle.progress(session, req, stage=stage, percent=lo + (hi - lo) * max(0.0, min(1.0, fraction)))
+        lifecycle.progress(session, req, stage=stage, percent=request_percent(job.phase, req, within))
+
+
+def request_percent(phase: str, req: ErasureRequest, within: float) -> float:
+    """A job's percent (0-100) on its request's bar: a scheduled erasure's two steps (issue 16) share
+    it, the interim job 0-50 (``scheduled`` is 50) and the exact job 50-100; an erasure done in one
+    job uses the whole bar."""
+    if phase == "interim":
+        return within / 2
+    return 50 + within / 2 if req.exact_due_at is not None else within
 
 
 def owed_subjects(session: Session, model_name: str) -> set[str]:

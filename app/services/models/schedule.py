@@ -10,13 +10,14 @@ exact attempt queues it again with backoff): it never gets a second interim.
 
 from __future__ import annotations
 
+import math
 from datetime import datetime
 from typing import Any
 
 from sqlmodel import Session, col, select
 
 from app.core.config import Settings
-from app.db.models import ErasureRequest, ErasureTarget, FidesResume, Model, as_utc, utcnow
+from app.db.models import ErasureRequest, ErasureTarget, FidesResume, Model, UnlearningJob, as_utc, utcnow
 from app.ml import policy
 from app.ml import schedule as sch
 from app.services import audit
@@ -30,7 +31,7 @@ from app.services.requests.lifecycle import OPEN, TargetStatus
 OPERATOR_KEY = "exact_requested_at"  # Model.config: an operator's exact-now, cleared by the exact job
 
 
-COSTS_KEY = "job_costs"  # Model.config: {"overhead_s", "exact_total_s"} observed by completed jobs
+COSTS_KEY = "job_costs"  # Model.config: {"overhead_s", "exact_total_s", "exact_recent_s"} observed by completed jobs
 
 
 def expected_exact_s(model: Model) -> float | None:
@@ -60,8 +61,37 @@ def observe_job(session: Session, job: Any) -> None:
     costs["overhead_s"] = fold(costs.get("overhead_s"), max(total - spent, 0.0))
     if job.phase == "exact":
         costs["exact_total_s"] = fold(costs.get("exact_total_s"), total)
+        # the wall times themselves, newest last: the lead plans one attempt from their worst
+        costs["exact_recent_s"] = [*(costs.get("exact_recent_s") or []), round(total, 3)][-sch.RECENT_EXACT:]
     model.config = {**model.config, COSTS_KEY: costs}
     session.add(model)
+
+
+def recent_exact_s(model: Model) -> list[float]:
+    """Wall times of the model's last ``sch.RECENT_EXACT`` completed exact jobs (collect to deploy)."""
+    return list((model.config.get(COSTS_KEY) or {}).get("exact_recent_s") or [])
+
+
+def interim_budget_s(session: Session, model: Model) -> float:
+    """Seconds the model's next ``interim: auto`` job may spend on approximate methods: one exact
+    cycle's interims share ``approx_budget_share`` x the expected exact job (the rule ``auto`` follows
+    for a single erasure, ``policy.Escalation``), less what the cycle's interims since the last exact
+    job already spent on approximate attempts. Past it, interims are ``params``: an approximate
+    attempt per interim (~12 s on movielens-30s, one per request cluster) would cost more than the
+    retrains the schedule saves. No recorded exact cost: unbounded (``inf``), as ``policy.plan``'s
+    ``no_cost_data`` rule runs the chain."""
+    if (expected := expected_exact_s(model)) is None:
+        return math.inf
+    share = policy.DEFAULT_ESCALATION.get(model.spec, policy.FALLBACK_ESCALATION).approx_budget_share
+    last_exact = session.exec(select(UnlearningJob.started_at).where(
+        UnlearningJob.model_name == model.name, UnlearningJob.phase == "exact",
+        UnlearningJob.status == "completed").order_by(col(UnlearningJob.started_at).desc())).first()
+    q = select(UnlearningJob.attempts).where(UnlearningJob.model_name == model.name, UnlearningJob.phase == "interim")
+    if last_exact is not None:
+        q = q.where(col(UnlearningJob.started_at) > last_exact)
+    spent = sum(float(a.get("seconds") or 0) + float(a.get("verify_seconds") or 0)
+                for attempts in session.exec(q).all() for a in attempts or [] if a.get("method") != "params")
+    return max(0.0, share * expected - spent)
 
 
 def schedule_of(model: Model) -> sch.Schedule:
@@ -121,11 +151,83 @@ def decision(session: Session, model: Model, settings: Settings, *, now: datetim
                     for t, _ in rows)
     d = sch.decide(now=now, owed=[sch.Owed(r.id, as_utc(r.exact_due_at)) for _, r in rows],
                    schedule=schedule_of(model), expected_exact_s=expected_exact_s(model),
-                   tick_s=settings.schedule_tick_s, backoff_s=settings.retry_backoff_s,
+                   recent_s=recent_exact_s(model), backoff_s=settings.retry_backoff_s,
                    operator_asked=bool(model.config.get(OPERATOR_KEY)))
     if retry_due and not d.run:
         return sch.Decision(True, "retry", now, d.owed)
     return d
+
+
+def wake_in_s(session: Session, model_name: str, settings: Settings) -> float | None:
+    """Seconds until the model's exact job should start (0: now), or None when nothing is owed or the
+    model is not deferred: the worker sends itself a message due then, the beat tick is the backstop."""
+    model = session.get(Model, model_name)
+    if model is None or not schedule_of(model).deferred:
+        return None
+    now = utcnow()
+    d = decision(session, model, settings, now=now)
+    if d.wake_at is None:
+        return None
+    return max(0.0, (d.wake_at - now).total_seconds())
+
+
+def _descends_from(session: Session, model_name: str, serving: int | None, ancestor: int) -> bool:
+    """Whether version ``serving`` is ``ancestor`` or was built from it (parent links; a rollback to
+    an older branch is not a descendant)."""
+    number = serving
+    while number is not None and number > ancestor:
+        number = model_service.get_version(session, model_name, number).parent
+    return number == ancestor
+
+
+def join_owed(session: Session, model_name: str, settings: Settings) -> int:
+    """New requests for a subject whom the model already owes an exact job (an earlier request of the
+    same subject is ``scheduled`` on it) join that owed set at once, without an interim job of their
+    own: the subject's samples are already out of every training run (an open request excludes them)
+    and, when that request's interim version or a version built from it serves, their own parameters
+    are already cleared there, so ``forgotten_at`` is now and true. Returns how many targets joined."""
+    model = model_service.get_model(session, model_name)
+    if not schedule_of(model).deferred:
+        return 0
+    joined = 0
+    for target in session.exec(interim_query(model_name, utcnow())).all():
+        req = session.get(ErasureRequest, target.request_id)
+        earlier = session.exec(select(ErasureRequest).join(
+            ErasureTarget, col(ErasureTarget.request_id) == col(ErasureRequest.id)).where(
+            ErasureRequest.subject_key == req.subject_key, ErasureRequest.id != req.id,
+            ErasureTarget.model_name == model_name, ErasureTarget.status == TargetStatus.SCHEDULED)
+            .order_by(col(ErasureRequest.received_at))).first()
+        detail = ((earlier.result or {}).get("interim") or {}).get(model_name) if earlier is not None else None
+        if detail is None:
+            continue
+        version = detail.get("version")
+        if version is not None and not _descends_from(session, model_name, model.serving_version, version):
+            continue  # the serving version may carry the subject's parameters again: a fresh interim
+        lifecycle.interim_served(session, req, [target], model_name=model_name,
+                                 detail={**detail, "joined": earlier.id},
+                                 exact_due_at=exact_due_for(session, req, model, settings), actor=jobs.ACTOR)
+        joined += 1
+    return joined
+
+
+def interims_on(session: Session, model_name: str, since: int) -> tuple[int, list[str]]:
+    """``(serving version, request ids)`` when every version the model published after ``since`` on
+    its serving line is an interim (``metrics.interim``; ``pipeline.InterimsAlongside`` ran them while
+    an exact job trained): the exact job publishes on top of the last and keeps their subjects'
+    parameters cleared. Anything else -- another job's version, a rollback -- gives ``(since, [])``
+    and the exact job's fence refuses as before."""
+    model = model_service.get_model(session, model_name)
+    number, ids = model.serving_version, []
+    while number is not None and number != since:
+        version = model_service.get_version(session, model_name, number)
+        if not (version.metrics or {}).get("interim") or version.parent is None:
+            return since, []
+        job = session.exec(select(UnlearningJob).where(UnlearningJob.model_name == model_name,
+                                                       UnlearningJob.phase == "interim",
+                                                       UnlearningJob.version_after == number)).first()
+        ids.extend(job.request_ids if job is not None else [])
+        number = version.parent
+    return (model.serving_version, sorted(set(ids))) if number == since else (since, [])
 
 
 def next_phase(session: Session, model_name: str, settings: Settings) -> str | None:
@@ -191,20 +293,20 @@ def at_risk_ids(session: Session, *, now: datetime | None = None) -> list[str]:
 
 
 def _at_risk(session: Session, now: datetime) -> dict[str, set[str]]:
-    """Per model, open requests whose exact erasure, started now at the safety factor, would end
+    """Per model, open requests whose exact erasure, one planned attempt (``sch.attempt_s``) started now, would end
     after ``exact_due_at`` (or that are past it): visible before they are late."""
     rows = session.exec(select(ErasureRequest.id, ErasureRequest.exact_due_at, ErasureTarget.model_name).join(
         ErasureTarget, col(ErasureTarget.request_id) == col(ErasureRequest.id)).where(
         col(ErasureRequest.exact_due_at).is_not(None), col(ErasureRequest.status).in_(sorted(OPEN)),
         col(ErasureTarget.status).in_((TargetStatus.SCHEDULED, TargetStatus.QUEUED, TargetStatus.RUNNING,
                                        TargetStatus.FAILED)))).all()
-    cost: dict[str, float | None] = {}
+    cost: dict[str, tuple[float | None, list[float]]] = {}
     out: dict[str, set[str]] = {}
     for rid, due, name in rows:
         if name not in cost:
             model = session.get(Model, name)
-            cost[name] = expected_exact_s(model) if model else None
-        if sch.at_risk(now=now, exact_due=as_utc(due), expected_exact_s=cost[name]):
+            cost[name] = (expected_exact_s(model), recent_exact_s(model)) if model else (None, [])
+        if sch.at_risk(now=now, exact_due=as_utc(due), expected_exact_s=cost[name][0], recent_s=cost[name][1]):
             out.setdefault(name, set()).add(rid)
     return out
 

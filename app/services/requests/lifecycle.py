@@ -165,16 +165,18 @@ def reject(session: Session, req: ErasureRequest, *, error: str) -> None:
 
 
 def start(session: Session, req: ErasureRequest, *, job_id: str) -> None:
-    req.percent = 0.0
+    req.percent = req.percent or 0.0  # a scheduled erasure's exact job starts where its interim ended
     _move(session, req, S.RUNNING, "start", stage="collecting", context={"job_id": job_id})
 
 
 def progress(session: Session, req: ErasureRequest, *, stage: str, percent: float) -> None:
-    """A job's stage and percent; announced only when the status itself changes."""
+    """A job's stage and percent; announced only when the status itself changes. The percent never
+    goes back (an escalation from an approximate method to a retrain starts ``unlearning`` again, a
+    retried job its stages): ``lethe erase --follow`` and the console show progress, not the stage."""
     if req.status not in IN_JOB:
         return
     status = STAGE_STATUS.get(stage, S.RUNNING)
-    req.percent = percent
+    req.percent = max(req.percent or 0.0, percent)
     _move(session, req, status, "progress", stage=stage, announce=req.status != status)
 
 

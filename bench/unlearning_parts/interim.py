@@ -25,6 +25,7 @@ candidate of a seeded approximate method is scored as it is in both rows. The ga
 from __future__ import annotations
 
 import copy
+import math
 import time
 from typing import Any
 
@@ -50,10 +51,12 @@ def row_name(kind: str, noise: float | None = None) -> str:
 
 def budget_s(spec_name: str, reference: dict[str, Any] | None) -> float:
     """``auto``'s budget as ``run_interim`` computes it, for a model whose only cost record is the
-    reference's retrain time (``expected_exact_s``; 0 = no budget, as in the worker)."""
+    reference's retrain time (``expected_exact_s``; none recorded: unbounded, as
+    ``schedule.interim_budget_s`` answers for a model without a cost record)."""
     model = Model(name="bench", spec=spec_name, config={"reference": reference or {}})
     rule = policy.DEFAULT_ESCALATION.get(spec_name, policy.FALLBACK_ESCALATION)
-    return rule.approx_budget_share * (schedule_service.expected_exact_s(model) or 0.0)
+    expected = schedule_service.expected_exact_s(model)
+    return math.inf if expected is None else rule.approx_budget_share * expected
 
 
 def problem(st: Stage, baseline: dict[str, Any], reference: dict[str, Any] | None) -> ForgetProblem:

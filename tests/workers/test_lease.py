@@ -35,10 +35,10 @@ def test_the_lease_renews_while_the_job_reads_every_live_sample(own_toy, setting
     assert acquire_lock(w, "toy")
     job_id = pipeline.next_job(w, "toy")
     renewed: list[bool] = []
-    real_live = registry.live
+    real_live = registry.live_splits
 
-    def live_while_renewing(session, model, split, exclude, root, sample=None):  # noqa: ANN001, ANN202
-        rows = real_live(session, model, split, exclude, root, sample=sample)  # the read's transaction is open now
+    def live_while_renewing(session, model, splits, exclude, root, samples=None):  # noqa: ANN001, ANN202
+        rows = real_live(session, model, splits, exclude, root, samples=samples)  # the read's transaction is open now
         if not renewed:
             # what the LeaseKeeper thread does every lease/3, from its own connection
             t = threading.Thread(target=lambda: renewed.append(acquire_lock(w, "toy")), daemon=True)
@@ -47,6 +47,6 @@ def test_the_lease_renews_while_the_job_reads_every_live_sample(own_toy, setting
             assert renewed == [True], "the lease renewal waited for the job's own read"
         return rows
 
-    monkeypatch.setattr(registry, "live", live_while_renewing)
+    monkeypatch.setattr(registry, "live_splits", live_while_renewing)
     p = problem.collect(w, job_id)
     assert renewed == [True] and p.retain and p.forget

@@ -337,13 +337,13 @@ def test_a_params_interim_reads_a_random_sample_of_the_retain_rows(session: Sess
     from workers.verify.report import Gates
 
     calls: list[tuple[str, int | None]] = []
-    real = registry.live
+    real, real_splits = registry.live, registry.live_splits
 
-    def spy(s, model, split, exclude, root, sample=None):  # noqa: ANN001, ANN202
-        calls.append((split, sample))
-        return real(s, model, split, exclude, root, sample=sample)
+    def spy(s, model, splits, exclude, root, samples=None):  # noqa: ANN001, ANN202
+        calls.extend((split, (samples or {}).get(split)) for split in splits)
+        return real_splits(s, model, splits, exclude, root, samples=samples)
 
-    monkeypatch.setattr(registry, "live", spy)
+    monkeypatch.setattr(registry, "live_splits", spy)
     _schedule(session, exact_within_s=86400, interim="params")
     _request(session, settings, "toy-02")
     pipeline.drain(worker, "toy")

@@ -140,7 +140,7 @@ def write(out: Path, key: str, rows: list[dict[str, Any]], info: dict[str, Any])
              "", f"{info.get('model', 'Demo `movielens`')} as a SISA ensemble {info['layout']}: trained in {info['sisa']['seconds']:.1f} s, "
                  f"test acc {info['sisa']['test_acc']:.3f}; one network {info['one_network']['seconds']:.1f} s, test acc "
                  f"{info['one_network']['test_acc']:.3f} (cost {100 * (info['one_network']['test_acc'] - info['sisa']['test_acc']):.1f} points). "
-                 (f"N = {info['n']} per side (marginal protocol)." if info["n"] else
+                 + (f"N = {info['n']} per side (marginal protocol)." if info["n"] else
                   "Marginal protocol not run for this model (see `MODELS`): F and floor are n/a.")
                  + f" Erasure times: median of {info.get('reps', 2)} run(s).", "",
              "| forget set | samples | shards touched | 1 worker s | 2 workers s | 1 / 2 | F | floor | share of floor |",

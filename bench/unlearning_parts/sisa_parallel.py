@@ -94,7 +94,9 @@ def run_config(key: str, args, device, argv: list[str], log) -> str:
             touched = 0
             for rep in range(reps):
                 for mode in times:
-                    runner = FanOut(lambda p: pool.submit(run_shard_file, p), claim_timeout_s=60, stale_s=60,
+                    # The claim timeout outlasts the queue: the 2 workers train every shard and the job
+                    # only waits (at 60 s it took queued shards over and ran as a third worker).
+                    runner = FanOut(lambda p: pool.submit(run_shard_file, p), claim_timeout_s=3600, stale_s=60,
                                     poll_s=0.05) if mode == "2 workers" else None
                     previous = set_shard_runner(runner)
                     try:

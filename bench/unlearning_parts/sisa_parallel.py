@@ -36,10 +36,10 @@ from workers.verify.epsilon import forget_quality, logit_scaled_confidence
 SETS = ("1 heavy user", "10 random users")
 CONFIGS = ("movielens-sisa", "movielens-large-sisa", "movielens-large-sisa-marginal")
 # config -> (spec, its description in the table's header, timed repetitions, marginal protocol run).
-# -large: ``configs.MovieLensLarge`` (dim 128, hidden 256, 24 epochs: one network trains in about
-# 2 minutes on a busy 2-core machine, its 8 x 4 ensemble in 7.6). The protocol's 3 N ensemble
-# trainings per forget set (>= 2 x 9 x 7.6 min at N = 3) do not fit a run here, so -large is timed
-# (one repetition) and its F is the demo model's (``movielens-sisa``), same layout rules.
+# -large: ``configs.MovieLensLarge`` (dim 128, hidden 256, 24 epochs: one network trained in 3.5-6
+# minutes on this busy 2-core machine, its 8 x 4 ensemble in 2.3-7.6). The protocol's 3 N ensemble
+# trainings per forget set for both sets do not fit a run here, so -large is timed (one repetition)
+# and -large-marginal runs the protocol for the heavy user alone.
 # -large-marginal: the protocol on -large for the heavy user alone (N = 3: about 25 minutes here).
 LARGE = "`movielens-large` (dim 128 / hidden 256, 24 epochs)"
 MODELS = {"movielens-sisa": (lambda: get_spec("movielens"), "Demo `movielens`", 2, True, SETS),

@@ -96,7 +96,8 @@ class WordPiece:
     ``[CLS]``/``[SEP]``, truncated to ``max_tokens``."""
 
     def __init__(self, vocab_file: Path, max_tokens: int = MAX_TOKENS) -> None:
-        self.vocab = {line.rstrip("\n"): i for i, line in enumerate(vocab_file.read_text(encoding="utf-8").splitlines())}
+        lines = vocab_file.read_text(encoding="utf-8").splitlines()
+        self.vocab = {line.rstrip("\n"): i for i, line in enumerate(lines)}
         self.unk, self.cls, self.sep = self.vocab["[UNK]"], self.vocab["[CLS]"], self.vocab["[SEP]"]
         self.max_tokens = max_tokens
         self.encode = functools.lru_cache(maxsize=1 << 16)(self._encode)

@@ -120,7 +120,8 @@ class _Through:
         return head(self.features(model, meta, examples).to(self.device)).float().cpu()
 
     def outputs(self, model, meta, examples) -> np.ndarray:
-        return logit_scaled_confidence(self.logits(model, meta, examples).numpy(), np.array([e.label for e in examples]))
+        labels = np.array([e.label for e in examples])
+        return logit_scaled_confidence(self.logits(model, meta, examples).numpy(), labels)
 
     def accuracy(self, model, meta, examples) -> float:
         labels = torch.tensor([e.label for e in examples])
@@ -253,7 +254,8 @@ def write(out: Path, key: str, rows: list[dict[str, Any]], info: dict[str, Any])
         f01 = info["full_finetune"][0.1]
         full = (f"Full fine-tune of the same network (backbone trainable, same recipe): {f1['seconds']:.2f} s wall / "
                 f"{f1['cpu_seconds']:.2f} s CPU at the recipe's rate (test acc {f1['test_acc']:.3f}), "
-                f"{f01['seconds']:.2f} s / {f01['cpu_seconds']:.2f} s CPU at 0.1x the rate (test acc {f01['test_acc']:.3f}).")
+                f"{f01['seconds']:.2f} s / {f01['cpu_seconds']:.2f} s CPU at 0.1x the rate "
+                f"(test acc {f01['test_acc']:.3f}).")
     lines = [f"# Exact by design: `{key}` (issue 20)", "",
              f"{info['machine']}; {info['elapsed_s']:.0f} s in all; `lethe bench unlearning "
              f"{' '.join(info['argv'])}`", "",

@@ -132,7 +132,8 @@ def run_config(key: str, args, device, argv: list[str], log) -> str:
                          "F": f, "floor": floor, "share": f / floor if floor else float("nan")})
             log(f"  {label}: {touched} shard(s), 1 worker {one_w:.2f} s, 2 workers {two_w:.2f} s; F {f:.3f} / floor "
                 f"{floor:.3f}")
-    info = {"model": what, "layout": layout, "n": n if protocol else 0, "reps": reps, "one_network": {"seconds": one_s, "test_acc": one_acc},
+    info = {"model": what, "layout": layout, "n": n if protocol else 0, "reps": reps,
+            "one_network": {"seconds": one_s, "test_acc": one_acc},
             "sisa": {"seconds": sisa_s, "test_acc": sisa_acc}, "machine": machine(), "argv": argv,
             "elapsed_s": time.perf_counter() - started}
     return write(Path(args.out), key, rows, info)
@@ -142,7 +143,8 @@ def write(out: Path, key: str, rows: list[dict[str, Any]], info: dict[str, Any])
     out.mkdir(parents=True, exist_ok=True)
     lines = [f"# SISA shards fanned out: `{key}` (issue 20)", "",
              f"{info['machine']}; {info['elapsed_s']:.0f} s in all; `lethe bench unlearning {' '.join(info['argv'])}`",
-             "", f"{info.get('model', 'Demo `movielens`')} as a SISA ensemble {info['layout']}: trained in {info['sisa']['seconds']:.1f} s, "
+             "", f"{info.get('model', 'Demo `movielens`')} as a SISA ensemble {info['layout']}: "
+                 f"trained in {info['sisa']['seconds']:.1f} s, "
                  f"test acc {info['sisa']['test_acc']:.3f}; one network {info['one_network']['seconds']:.1f} s, test acc "
                  f"{info['one_network']['test_acc']:.3f} (cost {100 * (info['one_network']['test_acc'] - info['sisa']['test_acc']):.1f} points). "
                  + (f"N = {info['n']} per side (marginal protocol)." if info["n"] else

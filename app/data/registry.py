@@ -147,11 +147,16 @@ def live_splits(session: Session, model: Model, splits: Sequence[str], exclude: 
 
 
 def manifest(session: Session, model: Model, retain: Sequence[Example], exclude: set[str], root: Path) -> dict[str, Any]:
+    """What a version trains on: the store's record of the retain rows, and for a model with a public
+    backbone the feature cache (``feature_cache.manifest``) its head trains from."""
     if store_of(model) == "delta":
-        return {**delta.manifest(session, model, exclude), "rows": len(retain)}
-    if store_of(model) == "columnar":
-        return {**columnar.manifest(root, model.name, session, exclude), "rows": len(retain)}
-    return rows_manifest(retain)
+        out = {**delta.manifest(session, model, exclude), "rows": len(retain)}
+    elif store_of(model) == "columnar":
+        out = {**columnar.manifest(root, model.name, session, exclude), "rows": len(retain)}
+    else:
+        out = rows_manifest(retain)
+    cache = feature_cache.manifest(root, model.name, retain)
+    return {**out, "feature_cache": cache} if cache is not None else out
 
 
 def purge(session: Session, model: Model, keys: list[str], root: Path) -> int:

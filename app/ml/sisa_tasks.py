@@ -15,9 +15,10 @@ A single touched shard is trained in the job (a task would add only its hand-ove
 sent them keeps its lease meanwhile and alone publishes (its fence check is unchanged),
 so the group publishes once. A shard nobody claimed within ``claim_timeout_s`` (every worker busy:
 the embedded default's single worker is running this very job) or whose claim went stale (its task
-died mid-way and the broker has not redelivered it) is trained by the job itself. A shard is
-deterministic and writes each file atomically, so a late or redelivered duplicate writes the same
-bytes and changes nothing. Cost: about one shard's time when each shard finds a free worker, plus
+died mid-way and the broker has not redelivered it) is trained by the job itself. A shard has one
+claimant at a time (the claim file is created exclusively; a silent one is taken over), so a task
+that reaches a worker after the job took its shard over does nothing, and a redelivered one after
+the group ended finds no task file. Cost: about one shard's time when each shard finds a free worker, plus
 the polling interval; the erasure scheduler's estimate of an exact job's cost is
 ``policy.sisa_job_seconds`` (the slowest touched shard, not their sum, when fanned out).
 """
@@ -39,6 +40,7 @@ from app.ml.spec import Example
 
 log = logging.getLogger("lethe.sisa")
 HEARTBEAT_S = 2.0
+STALE_S = 30.0  # a claim silent this long belongs to a dead run (15 missed heartbeats)
 
 
 def _paths(out_dir: Path, k: int) -> tuple[Path, Path, Path]:
@@ -80,9 +82,30 @@ class _Heartbeat:
         self.stop.set()
 
 
-def run_shard_file(task_file: str | os.PathLike[str], *, device: Any = "cpu") -> dict[str, Any] | None:
+def _claim(path: Path, stale_s: float) -> bool:
+    """Take the shard's claim: create the file exclusively, or replace one silent for ``stale_s``
+    (its claimant died). False while another live claimant holds it."""
+    for _ in range(2):
+        try:
+            os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+            return True
+        except FileExistsError:
+            try:
+                if time.time() - path.stat().st_mtime < stale_s:
+                    return False
+            except FileNotFoundError:
+                continue  # released meanwhile: try again
+            path.unlink(missing_ok=True)
+    return False
+
+
+def run_shard_file(task_file: str | os.PathLike[str], *, device: Any = "cpu",
+                   stale_s: float = STALE_S) -> dict[str, Any] | None:
     """Train the shard a task file describes (what the Celery task runs). Returns its report; ``None``
-    when the group is already over (a redelivery after the job collected every shard)."""
+    when the group is already over (a redelivery after the job collected every shard) or another
+    live claimant is training it (the job took it over while this task waited in the queue: two
+    runs of one shard would race on its files, and bytes are equal only on identical hardware and
+    thread counts)."""
     from app.ml.specs import get_spec
 
     task = Path(task_file)
@@ -90,9 +113,13 @@ def run_shard_file(task_file: str | os.PathLike[str], *, device: Any = "cpu") ->
     _, claim, done = _paths(task.parent, k)
     if done.exists():
         return json.loads(done.read_text())
+    if not task.exists() or not _claim(claim, stale_s):
+        log.info("SISA shard %d: claimed by another run or already collected; nothing to do", k)
+        return None
     try:
         payload = json.loads(task.read_text())
     except FileNotFoundError:
+        claim.unlink(missing_ok=True)
         log.info("SISA shard %d: task file gone, the job collected its group already", k)
         return None
     spec = get_spec(payload["spec"])
@@ -109,7 +136,7 @@ def run_shard_file(task_file: str | os.PathLike[str], *, device: Any = "cpu") ->
 class FanOut:
     """A ``sisa.ShardRunner`` that sends one task per touched shard and waits for all of them."""
 
-    def __init__(self, send: Callable[[str], Any], *, claim_timeout_s: float = 15.0, stale_s: float = 30.0,
+    def __init__(self, send: Callable[[str], Any], *, claim_timeout_s: float = 15.0, stale_s: float = STALE_S,
                  poll_s: float = 0.25, sleep: Callable[[float], None] = time.sleep) -> None:
         self.send, self.claim_timeout_s, self.stale_s, self.poll_s, self.sleep = (
             send, claim_timeout_s, stale_s, poll_s, sleep)
@@ -136,8 +163,9 @@ class FanOut:
                             continue
                         log.warning("SISA shard %d %s for %.0f s: training it in the job", k,
                                     "went silent" if claimed else "was not picked up", idle)
+                        if run_shard_file(f, device=work.device, stale_s=self.stale_s) is None and not done.exists():
+                            continue  # a worker claimed it meanwhile: wait for it
                         self.took_over.append(k)
-                        run_shard_file(f, device=work.device)
                     report = json.loads(done.read_text())
                     results[k] = ShardResult(report["shas"], report["counts"])
                     work.tick()

@@ -45,6 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "without calibration: the gate centres on AUC 0.5 and the held-out accuracy band)")
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: shared cores, see set_cpu_threads)")
+    p.add_argument("--finetune-epochs", type=int, default=1,
+                   help="--epsilon on a pretrained-encoder config (sotu): epochs of its full fine-tune arm")
     p.add_argument("--methods", help="comma list of methods to run beside retrain and auto (default: all registered)")
     p.add_argument("--render", type=Path, help="only re-render outputs from this saved unlearning.json")
     p.add_argument("--note", action="append", default=[], help="a line of context for the report (repeatable)")

@@ -15,7 +15,7 @@ from app.core.security import subject_key
 from app.db.models import ErasureRequest, ModelVersion
 from app.ml import sisa
 from app.ml.checkpoint import load_checkpoint
-from app.ml.sisa_tasks import FanOut
+from app.ml.sisa_tasks import FanOut, run_shard_file
 from app.services.models import registration
 from app.services.models import catalog as models
 from app.services.requests import erasure
@@ -93,3 +93,47 @@ def test_shard_tasks_with_one_killed_mid_way_publish_once_and_complete(session, 
     assert not list(out.glob("shard-*"))  # task files (the shards' samples), claims and reports are gone
     assert set(meta["sisa"]["slice_sha256"]) == {sisa.slice_name(k, r) for k in range(4) for r in (None, 0, 1, 2)}
     assert fanned.members and len(fanned.members) == 4
+
+
+def test_a_shard_has_one_claimant_and_a_silent_claim_is_taken_over(tmp_path) -> None:
+    """A task that reaches a worker while another run holds the shard's claim does nothing (two runs
+    would race on the shard's files, equal in bytes only on identical hardware and thread counts);
+    a claim silent for ``stale_s`` (its claimant died) is taken over; the ensemble then equals the
+    one trained in process."""
+    import os
+    import time
+
+    from app.ml.sisa_tasks import _paths
+    from app.ml.specs import get_spec
+
+    spec = get_spec("toy")
+    train = [e for e in spec.load_examples() if e.split == "train"]
+    orig, meta = sisa.train_sisa(spec, train, out_dir=tmp_path / "orig", device="cpu", shards=4, slices=2)
+    by_shard: dict[int, str] = {}
+    for e in train:
+        by_shard.setdefault(sisa.assign(e.subject_id, 4, 2)[0], e.subject_id)
+    keys = {by_shard[k] for k in sorted(by_shard)[:2]}
+    retain = [e for e in train if e.subject_id not in keys]
+    seen: list[str] = []
+
+    def send(task_file: str) -> None:
+        path = Path(task_file)
+        _, claim, done = _paths(path.parent, int(path.name.split("-")[1].split(".")[0]))
+        if not seen:  # the first shard: another run holds it, then dies
+            claim.touch()
+            assert run_shard_file(task_file, stale_s=30) is None and not done.exists()
+            os.utime(claim, (time.time() - 60, time.time() - 60))
+        seen.append(task_file)
+        assert run_shard_file(task_file, stale_s=30) is not None and done.exists()
+
+    previous = sisa.set_shard_runner(FanOut(send, claim_timeout_s=60, poll_s=0.05))
+    try:
+        fanned, fanned_meta, starts = sisa.unlearn_sisa(spec, orig, meta, retain=retain, forget_keys=keys,
+                                                        device="cpu", out_dir=tmp_path / "fanned")
+    finally:
+        sisa.set_shard_runner(previous)
+    inline, _, _ = sisa.unlearn_sisa(spec, orig, meta, retain=retain, forget_keys=keys, device="cpu",
+                                     out_dir=tmp_path / "inline")
+    assert len(seen) == len(starts) == 2
+    for (name, a), b in zip(fanned.state_dict().items(), inline.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name

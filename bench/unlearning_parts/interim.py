@@ -1,12 +1,13 @@
 """Epsilon mode's interim rows (``--interim params,auto``): the scheduler's interim forget, scored.
 
 Issue 16: the interim version a scheduled model publishes at once must be honest about how much it
-forgets. This module runs the interim step *as the product runs it*: the worker's own functions
-(``workers.interim._clear_params``: ``ModelSpec.forget_subjects`` and the quick verification;
+forgets. This module runs the interim step *as the product runs it*: the worker's own
+``workers.interim.interim_forget`` (the heavy-forget rule, then its functions
+``workers.interim._clear_params``: ``ModelSpec.forget_subjects`` and the quick verification;
 ``workers.interim._cheapest_passing``: the model's approximate methods in chain order, gated,
 within ``approx_budget_share`` x the expected exact cost) on a ``workers.problem.ForgetProblem``
 built from the benchmark's forget set instead of from the database, composed as
-``workers.interim.run_interim`` composes them (``auto`` falls back to ``params``). Only
+``workers.interim.run_interim`` does (``auto`` falls back to ``params``). Only
 ``collect`` (database reads, deletion flags) and the publish step are left out; the budget comes
 from ``app.services.models.schedule.expected_exact_s`` on the reference the benchmark calibrated,
 as it would for a freshly registered model (no job history, so no observed job overhead).
@@ -76,10 +77,8 @@ def step(kind: str, p: ForgetProblem, served, meta: dict[str, Any], device, seed
     if kind not in INTERIMS:
         raise ValueError(f"unknown interim {kind!r}; known: {', '.join(INTERIMS)}")
     attempts: list[dict[str, Any]] = []
-    chosen = product._cheapest_passing(p, served, meta, device, seed, budget, attempts) if kind == "auto" else None
-    if chosen is None:
-        chosen = product._clear_params(p, served, meta, device, attempts)
-    name, candidate, new_meta = chosen
+    name, candidate, new_meta = product.interim_forget(p, served, meta, device, seed,
+                                                       budget if kind == "auto" else 0.0, attempts)
     return name, candidate, new_meta, attempts
 
 

@@ -5,12 +5,14 @@ to train in well under a second (the first 30 users of the demo data)."""
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
 
 import pytest
 import torch
 
+from app.ml import policy
 from app.ml.specs.movielens import MovieLensSpec
 from app.ml.train import evaluate, predict_logits, train_from_scratch
 from bench.unlearning_parts import interim
@@ -35,6 +37,14 @@ def tiny():
     examples = spec.load_examples()
     model, meta = train_from_scratch(spec, examples, device=CPU, seed=0)
     return spec, examples, model, meta
+
+
+@pytest.fixture
+def any_forget_share(monkeypatch):
+    """The tiny data set has 30 users, so any one of them is above movielens' 2 % heavy-forget
+    share, where ``auto`` (and the interim) skip the approximate methods: lift it to see the chain."""
+    rule = policy.DEFAULT_ESCALATION["movielens"]
+    monkeypatch.setitem(policy.DEFAULT_ESCALATION, "movielens", dataclasses.replace(rule, max_forget_share=1.0))
 
 
 @pytest.fixture
@@ -79,7 +89,15 @@ def test_params_interim_is_the_workers_and_scores_the_user_like_a_stranger(tiny,
     assert not torch.equal(noised.movie_emb.weight, r["model"].movie_emb.weight)
 
 
-def test_auto_interim_tries_the_chain_within_budget_then_falls_back(tiny, worker_calls):
+def test_auto_interim_skips_the_approximate_methods_for_a_heavy_forget_set(tiny, worker_calls):
+    spec, examples, model, meta = tiny
+    st = stage_for("movielens", spec, examples, "1 heavy user", CPU, None)  # above 2 % of the samples
+    r = interim.run("auto", st, model, meta, {"retain_acc": 1.0, "test_acc": 1.0}, None, seed=3001, noises=())
+    assert worker_calls == {"_clear_params": 1, "_cheapest_passing": 0}  # as the ordinary auto: no attempt
+    assert r["served"] == "params" and r["decision"].startswith("params") and r["cleared"] is True
+
+
+def test_auto_interim_tries_the_chain_within_budget_then_falls_back(tiny, worker_calls, any_forget_share):
     spec, examples, model, meta = tiny
     st = stage_for("movielens", spec, examples, "1 heavy user", CPU, None)
     baseline = {"retain_acc": 1.0, "test_acc": 1.0}  # an unreachable bar: every approximate candidate fails
@@ -91,7 +109,7 @@ def test_auto_interim_tries_the_chain_within_budget_then_falls_back(tiny, worker
     assert interim.budget_s("movielens", {"retrain_seconds": 2.0}) == pytest.approx(1.0)  # 0.5 x the retrain
 
 
-def test_epsilon_mode_reports_the_interims(tmp_path, monkeypatch, worker_calls):
+def test_epsilon_mode_reports_the_interims(tmp_path, monkeypatch, worker_calls, any_forget_share):
     monkeypatch.setitem(CONFIGS, "movielens-tiny", BenchConfig("movielens-tiny", TinyMovieLens, "demo net, 30 users"))
     out = tmp_path / "eps"
     assert main(["--epsilon", "3", "--configs", "movielens-tiny", "--epsilon-sets", "1 heavy user", "--methods",

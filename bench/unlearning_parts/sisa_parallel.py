@@ -34,17 +34,20 @@ from bench.unlearning_parts.report import machine
 from workers.verify.epsilon import forget_quality, logit_scaled_confidence
 
 SETS = ("1 heavy user", "10 random users")
-CONFIGS = ("movielens-sisa", "movielens-large-sisa", "movielens-large-sisa-marginal")
+CONFIGS = ("movielens-sisa", "movielens-large-sisa", "movielens-large-sisa-marginal",
+           "movielens-large-sisa-marginal-10")
 # config -> (spec, its description in the table's header, timed repetitions, marginal protocol run).
 # -large: ``configs.MovieLensLarge`` (dim 128, hidden 256, 24 epochs: one network trained in 3.5-6
 # minutes on this busy 2-core machine, its 8 x 4 ensemble in 2.3-7.6). The protocol's 3 N ensemble
 # trainings per forget set for both sets do not fit a run here, so -large is timed (one repetition)
 # and -large-marginal runs the protocol for the heavy user alone.
-# -large-marginal: the protocol on -large for the heavy user alone (N = 3: about 25 minutes here).
+# -large-marginal: the protocol on -large for the heavy user alone (N = 3: about 25 minutes here);
+# -large-marginal-10: the same for 10 random users alone (a run of its own).
 LARGE = "`movielens-large` (dim 128 / hidden 256, 24 epochs)"
 MODELS = {"movielens-sisa": (lambda: get_spec("movielens"), "Demo `movielens`", 2, True, SETS),
           "movielens-large-sisa": (MovieLensLarge, LARGE, 1, False, SETS),
-          "movielens-large-sisa-marginal": (MovieLensLarge, LARGE, 1, True, SETS[:1])}
+          "movielens-large-sisa-marginal": (MovieLensLarge, LARGE, 1, True, SETS[:1]),
+          "movielens-large-sisa-marginal-10": (MovieLensLarge, LARGE, 1, True, SETS[1:])}
 
 
 def _init_worker() -> None:

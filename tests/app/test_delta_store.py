@@ -116,6 +116,14 @@ def test_registration_pins_the_version_and_indexes_subjects_without_copying_rows
     assert len(live) == 240 and all(len(e.features["x"]) == 16 for e in live.take([0, 239]))
 
 
+def _drained(session: Session, settings, key: str) -> SourceErasure:  # noqa: ANN001
+    """Drain the owed source erasures, then the subject's row as the database now has it."""
+    source_erasure.drain(db.new_session, secret=settings.subject_key_secret)
+    row = session.exec(select(SourceErasure).where(SourceErasure.subject_key == key)).one()
+    session.refresh(row)
+    return row
+
+
 @sqlite_only
 def test_a_source_without_the_subject_column_is_a_422_naming_it(
         session: Session, table: str, client, admin_headers) -> None:  # noqa: ANN001
@@ -248,9 +256,7 @@ def test_an_index_row_a_concurrent_repin_brought_back_does_not_hold_the_delete_f
     session.add(req)
     session.add(SubjectRows(model_name="toyd", subject_key=key, part=0, offset=0, count=10, deleted=True))
     session.commit()
-    source_erasure.drain(db.new_session, secret=settings.subject_key_secret)
-    row = session.exec(select(SourceErasure).where(SourceErasure.subject_key == key)).one()
-    session.refresh(row)
+    row = _drained(session, settings, key)
     assert row.status in ("deleted", "purged") and _rows_of(table, SUBJECT) == 0
 
 
@@ -273,9 +279,7 @@ def test_a_second_model_with_an_open_erasure_of_the_subject_defers_the_delete(
     targets["toyd"].status = "done"
     session.add(targets["toyd"])
     session.commit()
-    source_erasure.drain(db.new_session, secret=settings.subject_key_secret)
-    row = session.exec(select(SourceErasure).where(SourceErasure.subject_key == key)).one()
-    session.refresh(row)
+    row = _drained(session, settings, key)
     assert row.status == "pending" and _rows_of(table, SUBJECT) == 10  # toyd2 still owes its erasure
     session.execute(delete(SubjectRows).where(SubjectRows.model_name == "toyd2", SubjectRows.subject_key == key))
     targets["toyd2"].status = "done"

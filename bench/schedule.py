@@ -133,8 +133,12 @@ def simulate(*, per_month: int, exact_s: float, exact_within_s: float, interim_s
                 out.interim_jobs += 1
                 out.compute_s += interim_s
                 continue
+            # as schedule_service.planning_history_s: the calibration's three retrains (at the model's
+            # cost) come before the recorded exact jobs until three are recorded, once a job has run
+            history = recent if len(recent) >= sch.MIN_HISTORY or not out.interim_jobs else \
+                [exact_s] * 3 + recent
             d = sch.decide(now=_at(now), owed=[sch.Owed(str(r.rid), _at(r.exact_due)) for r in owed],
-                           schedule=schedule, expected_exact_s=exact_s, backoff_s=backoff_s, recent_s=recent)
+                           schedule=schedule, expected_exact_s=exact_s, backoff_s=backoff_s, recent_s=history)
             if d.run:
                 job, job_kind, owed = owed, "exact", []
                 busy_until = now + exact_s
@@ -199,8 +203,9 @@ def spec_plugin(model: str) -> Iterator[dict[str, str]]:
 
 
 def real_run(a: Any, users: list[str], offsets: list[float], movies: dict[str, list[int]],
-             schedule: dict[str, Any]) -> dict[str, Any]:
-    """One replay of the trace on a fresh stack with ``schedule``; numbers from the API and the DB."""
+             schedule: dict[str, Any], policy: str | None = None) -> dict[str, Any]:
+    """One replay of the trace on a fresh stack with ``schedule``; numbers from the API and the DB.
+    ``policy``: what each request names (``None``: the model's own, ``auto``)."""
     import time as _time
 
     from common import bench_stack
@@ -219,7 +224,8 @@ def real_run(a: Any, users: list[str], offsets: list[float], movies: dict[str, l
             start, ids = _time.monotonic(), {}
             for user, at in zip(users, offsets, strict=True):
                 _time.sleep(max(0.0, at - (_time.monotonic() - start)))
-                ids[user] = c.post("/v1/erasure-requests", json={"subject_id": user}).json()["id"]
+                body = {"subject_id": user, **({"policy": policy} if policy else {})}
+                ids[user] = c.post("/v1/erasure-requests", json=body).json()["id"]
             try:
                 done = {u: stack.wait_status(ids[u], ("completed", "failed"), timeout=a.window + a.within + 600)
                         for u in users}
@@ -232,7 +238,8 @@ def real_run(a: Any, users: list[str], offsets: list[float], movies: dict[str, l
             stranger = all(abs(preds[i]["probability"] - preds[i + 1]["probability"]) <= 1e-6
                            and preds[i]["label"] == preds[i + 1]["label"] for i in range(0, len(preds), 2))
             model = c.get(f"/v1/models/{name}").json()
-        jobs = stack.db_query("SELECT phase, status, compute_s, method FROM unlearningjob")
+        jobs = stack.db_query("SELECT phase, status, compute_s, method, timings, started_at, finished_at, "
+                              "request_ids FROM unlearningjob ORDER BY started_at")
         replay_s = _time.monotonic() - ready_at
     completed = [b for b in done.values() if b["status"] == "completed"]
     compute = sum(float(j[2] or 0) for j in jobs)
@@ -243,7 +250,7 @@ def real_run(a: Any, users: list[str], offsets: list[float], movies: dict[str, l
                                              .get("verification")] if v]
     ref = (reports[0].get("reference_acc") or {}) if reports else {}
     exact = [float(j[2] or 0) for j in jobs if j[0] == "exact" and j[1] == "completed"]
-    return {"model": name, "reference_retrain_s": retrain_s, "replay_wall_s": round(replay_s, 1),
+    return {"model": name, "request_policy": policy or "auto", "reference_retrain_s": retrain_s, "replay_wall_s": round(replay_s, 1),
             "completed": len(completed), "requests": len(users),
             "exact_jobs": len(exact), "exact_job_compute_mean_s": round(statistics.mean(exact), 2) if exact else None,
             # What served the "exact" phase: today's auto may serve an audited approximate method.
@@ -264,7 +271,17 @@ def real_run(a: Any, users: list[str], offsets: list[float], movies: dict[str, l
             "interim_mia_auc_mean": round(statistics.mean(r["mia_auc"] for r in reports), 3) if reports else None,
             "interim_gate_passed": f"{sum(1 for r in reports if r.get('passed'))}/{len(reports)}" if reports else None,
             "reference_forget_acc": round(ref["forget"], 3) if ref.get("forget") is not None else None,
+            # one row per job (JSON only): what each cost and when, to see where a replay's seconds went
+            "jobs": [{"phase": j[0], "status": j[1], "compute_s": j[2], "method": j[3], "requests": len(_js(j[7]) or []),
+                      "started": str(j[5]), "finished": str(j[6]), "timings": _js(j[4])} for j in jobs],
             "missed_exact_due": sum(1 for b in completed if b.get("exact_due_at") and b["completed_at"] > b["exact_due_at"])}
+
+
+def _js(value: Any) -> Any:
+    """A JSON column as read back: PostgreSQL returns it parsed, SQLite as text."""
+    import json as _json
+
+    return _json.loads(value) if isinstance(value, str) else value
 
 
 def _reference_retrain_s(stack: Any, name: str) -> float | None:
@@ -293,7 +310,13 @@ def real_main(a: Any) -> int:
     arms = [i.strip() for i in a.interim.split(",") if i.strip()]
     if not arms or any(i not in sch.INTERIMS for i in arms):
         raise SystemExit(f"--interim: a comma-separated list of {', '.join(sch.INTERIMS)}")
-    today = real_run(a, users, offsets, movies, {"exact_within_s": 0})
+    baselines = [t.strip() for t in a.today.split(",") if t.strip()]
+    if not baselines or any(t not in ("auto", "retrain") for t in baselines):
+        raise SystemExit("--today: a comma-separated list of auto, retrain")
+    # today: exact_within_s 0, each request with the model's policy (auto) and/or naming retrain --
+    # today's cost of an exact erasure, the like-for-like baseline where auto serves approximate methods
+    today = {t: real_run(a, users, offsets, movies, {"exact_within_s": 0}, None if t == "auto" else t)
+             for t in baselines}
     scheduled: dict[str, dict[str, Any]] = {}
     ok = True
     for interim in arms:  # one fresh stack per arm; the tables are written after each (a long run keeps what it has)
@@ -308,40 +331,47 @@ def _per_retrain(run: dict[str, Any]) -> float | None:
     return round(run["compute_per_erasure_s"] / retrain, 4) if retrain else None
 
 
-def _write_real(a: Any, today: dict[str, Any], scheduled: dict[str, dict[str, Any]]) -> bool:
-    gains = {i: today["compute_per_erasure_s"] / r["compute_per_erasure_s"] if r["compute_per_erasure_s"] else None
-             for i, r in scheduled.items()}
-    keys = ["model", "reference_retrain_s", "replay_wall_s", "completed", "exact_jobs", "exact_phase_methods",
-            "exact_job_compute_mean_s",
+def _write_real(a: Any, today: dict[str, dict[str, Any]], scheduled: dict[str, dict[str, Any]]) -> bool:
+    keys = ["model", "request_policy", "reference_retrain_s", "replay_wall_s", "completed", "exact_jobs",
+            "exact_phase_methods", "exact_job_compute_mean_s",
             "interim_jobs", "interim_compute_s", "failed_jobs", "compute_s", "compute_per_erasure_s",
             "time_to_interim_p50_s", "time_to_interim_p95_s", "time_to_forget_p50_s", "time_to_forget_max_s",
             "missed_exact_due", "test_acc", "predicted_like_a_stranger", "interim_methods", "interim_forget_acc_mean",
             "interim_holdout_acc_mean", "interim_mia_auc_mean", "interim_gate_passed", "reference_forget_acc"]
-    rows = [[k, today[k], *(r[k] for r in scheduled.values())] for k in keys]
-    rows.append(["compute per erasure, today / scheduled", "",
-                 *(f"{g:.2f}x" if g else "n/a" for g in gains.values())])
-    # The stacks run one after another on a shared machine: a busier hour inflates every second of one
-    # replay. In units of the stack's own measured retrain the replays compare under the same load.
-    norm = {i: _per_retrain(today) / _per_retrain(r) if _per_retrain(today) and _per_retrain(r) else None
-            for i, r in scheduled.items()}
-    rows.append(["compute per erasure / reference_retrain_s", _per_retrain(today),
-                 *(_per_retrain(r) for r in scheduled.values())])
-    rows.append(["same, today / scheduled (load-normalised)", "", *(f"{g:.2f}x" if g else "n/a" for g in norm.values())])
-    table = md_table(["", "today (exact_within_s 0)", *(f"scheduled ({a.within:g} s, {i})" for i in scheduled)], rows)
+    runs = [*today.values(), *scheduled.values()]
+    rows = [[k, *(r[k] for r in runs)] for k in keys]
+    gains: dict[str, dict[str, float | None]] = {}
+    norm: dict[str, dict[str, float | None]] = {}
+    rows.append(["compute per erasure / reference_retrain_s", *(_per_retrain(r) for r in runs)])
+    for t, base in today.items():
+        gains[t] = {i: base["compute_per_erasure_s"] / r["compute_per_erasure_s"] if r["compute_per_erasure_s"] else None
+                    for i, r in scheduled.items()}
+        rows.append([f"compute per erasure, today ({t}) / scheduled", *([""] * len(today)),
+                     *(f"{g:.2f}x" if g else "n/a" for g in gains[t].values())])
+        # The stacks run one after another: a busier hour inflates every second of one replay. In units
+        # of the stack's own measured retrain the replays compare under the same load.
+        norm[t] = {i: _per_retrain(base) / _per_retrain(r) if _per_retrain(base) and _per_retrain(r) else None
+                   for i, r in scheduled.items()}
+        rows.append([f"same in retrain units (load-normalised), today ({t}) / scheduled", *([""] * len(today)),
+                     *(f"{g:.2f}x" if g else "n/a" for g in norm[t].values())])
+    table = md_table(["", *(f"today ({t}, exact_within_s 0)" for t in today),
+                      *(f"scheduled ({a.within:g} s, {i})" for i in scheduled)], rows)
     what = ("demo movielens model" if REAL_MODELS[a.model] is None else
             f"{a.model}: the unlearning bench's configuration, registered at each stack's start")
     notes = [f"{a.users} random trained MovieLens users (seed {a.seed}) at random times over {a.window:g} s, the same "
-             f"trace on {1 + len(scheduled)} fresh stacks ({what}; batch window 1 s, beat tick 2 s).",
+             f"trace on {len(runs)} fresh stacks, one after another ({what}; batch window 1 s, beat tick 2 s).",
+             "today (auto): every request with the model's policy, as today; today (retrain): every request names "
+             "retrain -- today's cost of an exact erasure, the like-for-like baseline of the scheduled exact job.",
              "reference_retrain_s: the model's exact-retrain seconds measured by the stack at registration (the "
              "scheduler plans with it); exact_job_compute_mean_s: the mean compute of the replay's exact jobs.",
              "Compute = the jobs' unlearning + verification seconds (UnlearningJob.compute_s), interim jobs included; "
-             "on a shared 2-core machine, so absolute seconds are inflated by other work."]
+             "per-job rows (phase, method, compute, timings) are in the JSON."]
     suffix = ("" if a.model == "movielens" else f"-{a.model}") + ("" if a.interim == "auto" else f"-{a.interim.replace(',', '-')}")
     write_results(a.out, "schedule-real" + suffix + ("-quick" if a.quick else ""), title="Scheduled erasures: compressed real run",
                   table=table, notes=notes, data={"today": today, "scheduled": scheduled, "ratio": gains,
                                                   "ratio_load_normalised": norm,
                                                   "args": {k: str(v) for k, v in vars(a).items()}})
-    return today["completed"] == a.users and all(
+    return all(r["completed"] == a.users for r in today.values()) and all(
         r["completed"] == a.users and r["missed_exact_due"] == 0 for r in scheduled.values())
 
 
@@ -360,6 +390,9 @@ def main() -> int:
     p.add_argument("--interim", default="auto",
                    help="--real: the scheduled replays' interims, comma-separated, one fresh stack each "
                         "(the issue's recipe: auto; e.g. auto,params)")
+    p.add_argument("--today", default="auto",
+                   help="--real: today's baselines (exact_within_s 0), comma-separated, one fresh stack each: auto "
+                        "(the model's policy) and/or retrain (every request names it: today's exact erasure)")
     p.add_argument("--model", choices=sorted(REAL_MODELS), default="movielens",
                    help="--real: the model (movielens-30s: the >= 30 s retrain of the unlearning bench)")
     a = p.parse_args()

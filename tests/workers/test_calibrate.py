@@ -19,6 +19,10 @@ def test_reference_keys_and_values(reference):
     # What auto's cost rule and the shift gate read: a retrain's time and how far it moves the
     # forget samples' outputs from the served model.
     assert reference["retrain_seconds"] > 0 and reference["retrain_shift"] > 0
+    # each retrain's own time (the scheduler's first leads plan from them); their mean is the expected cost
+    runs = reference["retrain_seconds_runs"]
+    assert len(runs) == 3 and all(r > 0 for r in runs)
+    assert abs(sum(runs) / 3 - reference["retrain_seconds"]) < 0.01
     assert 0.3 <= reference["mia_auc"] <= 0.7
     assert 0.0 <= reference["forget_acc"] <= 1.0 and reference["mia_auc_sd"] >= 0
     json.dumps(reference, allow_nan=False)

@@ -10,7 +10,7 @@ from sqlmodel import Session, select
 
 from app.core.errors import Conflict
 from app.core.security import subject_key
-from app.db.models import ErasureRequest, Model, ModelVersion, Sample, UnlearningJob, as_utc
+from app.db.models import ErasureRequest, ErasureTarget, Model, ModelVersion, Sample, UnlearningJob, as_utc
 from app.services.models import compute, jobs
 from app.services.models import schedule as schedule_service
 from app.services.requests import erasure
@@ -353,3 +353,38 @@ def test_a_params_interim_reads_a_random_sample_of_the_retain_rows(session: Sess
     full = {(e.subject_id, str(e.features)) for e in real(session, model, "train", set(), Path(settings.data_dir))}
     few = real(session, model, "train", set(), Path(settings.data_dir), sample=5)
     assert len(few) == 5 and {(e.subject_id, str(e.features)) for e in few} <= full and len(full) > 5
+
+
+def test_the_first_exact_jobs_plan_from_the_calibration_retrains_once_an_overhead_is_observed(  # noqa: ANN001
+        session: Session, settings, toy_model) -> None:
+    _schedule(session, exact_within_s=3600, interim="params")
+    model = session.get(Model, "toy")
+    ref = {**(model.config.get("reference") or {}), "retrain_seconds": 27.0, "retrain_seconds_runs": [26.0, 28.0, 27.0]}
+    model.config = {**model.config, "reference": ref}
+    model.config.pop(schedule_service.COSTS_KEY, None)
+    session.add(model)
+    session.commit()
+    # no job observed yet: no overhead known, so no seeds -- SAFETY x the expected cost, as before
+    assert schedule_service.planning_history_s(model) == []
+    cold = settings.retry_backoff_s + 2 * 2.0 * 27.0
+    model.config = {**model.config, schedule_service.COSTS_KEY: {"overhead_s": 2.0}}
+    # an overhead observed (an interim ran): the three calibration retrains, each plus that overhead
+    assert schedule_service.planning_history_s(model) == [28.0, 30.0, 29.0]
+    seeded = settings.retry_backoff_s + 2 * 1.25 * 30.0
+    rid = _request(session, settings, "toy-02")
+    req = _get(session, rid)
+    req.exact_due_at = req.received_at + timedelta(seconds=3600)
+    session.add(req)
+    target = session.exec(select(ErasureTarget).where(ErasureTarget.request_id == rid)).one()
+    target.status = "scheduled"
+    session.add_all([target, model])
+    session.commit()
+    d = schedule_service.decision(session, model, settings, now=as_utc(req.received_at))
+    assert d.run is False
+    assert abs((as_utc(req.exact_due_at) - d.wake_at).total_seconds() - seeded) < 1e-6 and seeded < cold
+    # recorded exact jobs come after the seeds (the max plans); three of them replace the seeds
+    costs = {"overhead_s": 2.0, "exact_recent_s": [40.0]}
+    model.config = {**model.config, schedule_service.COSTS_KEY: costs}
+    assert schedule_service.planning_history_s(model) == [28.0, 30.0, 29.0, 40.0]
+    model.config = {**model.config, schedule_service.COSTS_KEY: {**costs, "exact_recent_s": [20.0, 21.0, 22.0]}}
+    assert schedule_service.planning_history_s(model) == [20.0, 21.0, 22.0]

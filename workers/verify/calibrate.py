@@ -126,6 +126,9 @@ def calibrate_reference(
         # What an exact retrain costs on this device: ``engine.forget`` weighs approximate attempts
         # against it (an ``auto`` erasure must never cost more than its exact fallback).
         "retrain_seconds": float(np.mean(seconds)),
+        # Each retrain's own seconds: the scheduler's lead plans a model's first exact jobs from
+        # these measurements (``schedule.planning_history_s``) instead of a blind 2x guess.
+        "retrain_seconds_runs": [round(float(s), 3) for s in seconds],
     }
     out.update(_utility(runs))
     if shifts:

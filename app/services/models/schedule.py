@@ -72,6 +72,26 @@ def recent_exact_s(model: Model) -> list[float]:
     return list((model.config.get(COSTS_KEY) or {}).get("exact_recent_s") or [])
 
 
+def planning_history_s(model: Model) -> list[float]:
+    """The wall times the lead plans one exact attempt from (``sch.attempt_s``), newest last: the
+    model's recorded exact jobs, and -- while fewer than ``sch.MIN_HISTORY`` are recorded -- before
+    them the calibration's own retrains on this device (``reference["retrain_seconds_runs"]``,
+    three at registration), each plus the job overhead observed so far (collect, verify, publish,
+    deploy; every completed job, interims included, folds it in). Without them a model's first
+    exact jobs plan on ``SAFETY`` x a mean and then the wider few-jobs factor: on the compressed run
+    (movielens-30s, a 27 s retrain, exact_within_s 300) that cold lead was 117 s instead of 81 s and
+    bought a fourth retrain in ten minutes. The seeds wait for an observed overhead: a model's
+    first job of any kind plans as before (on the demo model under load the overhead, not the 3 s
+    retrain, is most of a 20 s job)."""
+    real = recent_exact_s(model)
+    costs = model.config.get(COSTS_KEY) or {}
+    runs = (model.config.get("reference") or {}).get("retrain_seconds_runs") or []
+    if len(real) >= sch.MIN_HISTORY or costs.get("overhead_s") is None or not runs:
+        return real
+    overhead = float(costs["overhead_s"])
+    return [*(round(float(r) + overhead, 3) for r in runs if r and float(r) > 0), *real][-sch.RECENT_EXACT:]
+
+
 def interim_budget_s(session: Session, model: Model) -> float:
     """Seconds the model's next ``interim: auto`` job may spend on approximate methods: one exact
     cycle's interims share ``approx_budget_share`` x the expected exact job (the rule ``auto`` follows
@@ -151,7 +171,7 @@ def decision(session: Session, model: Model, settings: Settings, *, now: datetim
                     for t, _ in rows)
     d = sch.decide(now=now, owed=[sch.Owed(r.id, as_utc(r.exact_due_at)) for _, r in rows],
                    schedule=schedule_of(model), expected_exact_s=expected_exact_s(model),
-                   recent_s=recent_exact_s(model), backoff_s=settings.retry_backoff_s,
+                   recent_s=planning_history_s(model), backoff_s=settings.retry_backoff_s,
                    operator_asked=bool(model.config.get(OPERATOR_KEY)))
     if retry_due and not d.run:
         return sch.Decision(True, "retry", now, d.owed)
@@ -305,7 +325,7 @@ def _at_risk(session: Session, now: datetime) -> dict[str, set[str]]:
     for rid, due, name in rows:
         if name not in cost:
             model = session.get(Model, name)
-            cost[name] = (expected_exact_s(model), recent_exact_s(model)) if model else (None, [])
+            cost[name] = (expected_exact_s(model), planning_history_s(model)) if model else (None, [])
         if sch.at_risk(now=now, exact_due=as_utc(due), expected_exact_s=cost[name][0], recent_s=cost[name][1]):
             out.setdefault(name, set()).add(rid)
     return out

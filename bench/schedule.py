@@ -15,8 +15,10 @@ time to completion, misses of ``exact_due_at`` and of the legal ``due_at`` (both
 
 Part 2, ``--real``: a compressed month on real stacks. The same arrival trace (``--users`` distinct
 real MovieLens users of the demo model at seeded random times over ``--window`` seconds) is replayed
-on fresh stacks: once with ``exact_within_s: 0`` (today), then once per ``--interim`` (comma-separated;
-the issue's recipe, ``auto``, by default) with ``exact_within_s: --within``. Printed: completed,
+on fresh stacks: once per ``--today`` baseline with ``exact_within_s: 0`` (``auto``: the model's own
+policy, as today; ``retrain``: every request names it -- today's cost of an *exact* erasure, the
+like-for-like baseline where today's ``auto`` serves audited approximate methods), then once per
+``--interim`` (comma-separated; the issue's recipe, ``auto``, by default) with ``exact_within_s: --within``. Printed: completed,
 exact jobs, compute seconds per completed erasure
 (from the jobs' own ``compute_s``: interim work included) and the ratio, time to interim p50/p95,
 time to completion p50/max against ``exact_within_s``, the final model's test accuracy, and whether
@@ -28,6 +30,7 @@ as a spec plugin, which the stack registers at its start (trained and calibrated
 
     python bench/schedule.py [--quick] [--months 3] [--fail-rate 0.1]   (or: lethe bench schedule)
     python bench/schedule.py --real [--users 12 --window 120 --within 180] [--model movielens-30s]
+                             [--today auto,retrain] [--interim auto,params]
 """
 
 from __future__ import annotations

@@ -27,6 +27,7 @@ from sqlalchemy import delete, func, insert, union
 from sqlmodel import Session, col, select
 
 from app.core.config import get_settings
+from app.core.errors import Conflict
 from app.data import columnar, delta, feature_cache
 from app.db.models import Model, Sample, SubjectRows, utcnow
 from app.ml.spec import Example
@@ -61,15 +62,28 @@ def rows_manifest(examples: Iterable[Example]) -> dict[str, Any]:
     return {"store": "rows", "rows": n, "sha256": f"{total:064x}"}
 
 
+def check_ingestible(model: Model) -> None:
+    """409 ``external_store`` for a model whose rows live outside Lethe (a Delta table): samples sent
+    to Lethe for it would be stored nowhere while the index counted them."""
+    if store_of(model) == "delta":
+        raise Conflict(f"Model {model.name!r} reads its training data from a Delta table: add the rows to "
+                       "that table; Lethe reads rows appended there when it next pins a version (after an erasure's "
+                       "DELETE).", code="external_store")
+
+
 class Ingestor:
     """Adds rows ``{subject_key, split, label, features}`` to one model's store in the caller's
-    transaction; ``abort`` undoes what the store wrote outside the database."""
+    transaction; ``abort`` undoes what the store wrote outside the database. A Delta model's rows
+    live in the organisation's table: only registration (``indexing=True``, the rows it read from
+    the pinned version) indexes them; samples sent through the API are a 409 ``external_store``."""
 
-    def __init__(self, session: Session, model: Model, root: Path) -> None:
+    def __init__(self, session: Session, model: Model, root: Path, *, indexing: bool = False) -> None:
         self.session, self.model = session, model
         self.columnar = columnar.Writer(session, root, model.name) if store_of(model) == "columnar" else None
         self.delta = None
         if store_of(model) == "delta":  # the rows stay in the organisation's table: index them only
+            if not indexing:
+                check_ingestible(model)
             self.delta = delta.Indexer(session, model)
         self.rows = 0
 

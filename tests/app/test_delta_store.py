@@ -116,6 +116,30 @@ def test_registration_pins_the_version_and_indexes_subjects_without_copying_rows
     assert len(live) == 240 and all(len(e.features["x"]) == 16 for e in live.take([0, 239]))
 
 
+@sqlite_only
+def test_samples_sent_through_the_api_for_a_delta_model_are_a_409_and_change_nothing(
+        session: Session, settings, table: str, client, admin_headers) -> None:  # noqa: ANN001
+    _register(session, settings, table)
+    before = sorted((r.subject_key, r.part, r.count) for r in session.exec(
+        select(SubjectRows).where(SubjectRows.model_name == "toyd")).all())
+    sample = {"features": {"x": [0.0] * 16}, "label": 1, "split": "train"}
+    # a subject already indexed (would have doubled their count) and a new one (indexed, stored nowhere)
+    for subject in (SUBJECT, "toy-new"):
+        r = client.post(f"/v1/subjects/{subject}/samples", json={"model": "toyd", "samples": [sample]},
+                        headers=admin_headers)
+        assert r.status_code == 409 and r.headers["content-type"].startswith("application/problem+json")
+        assert r.json()["code"] == "external_store" and "Delta table" in r.json()["detail"]
+    line = b'{"subject_id": "toy-new", "features": {"x": [' + b",".join([b"0.0"] * 16) + b'], "label": 1}\n'
+    r = client.post("/v1/models/toyd/samples", content=line,
+                    headers={**admin_headers, "Content-Type": "application/x-ndjson"})
+    assert r.status_code == 409 and r.json()["code"] == "external_store"
+    session.expire_all()
+    after = sorted((r.subject_key, r.part, r.count) for r in session.exec(
+        select(SubjectRows).where(SubjectRows.model_name == "toyd")).all())
+    assert after == before and len(after) == 40
+    assert client.get("/v1/subjects/toy-new", headers=admin_headers).status_code == 404
+
+
 def _drained(session: Session, settings, key: str) -> SourceErasure:  # noqa: ANN001
     """Drain the owed source erasures, then the subject's row as the database now has it."""
     source_erasure.drain(db.new_session, secret=settings.subject_key_secret)

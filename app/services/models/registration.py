@@ -187,7 +187,7 @@ def commit(session: Session, *, name: str, prepared: Prepared, artifacts_dir: Pa
     session.add(model)
     session.flush()
     root = data_root or artifacts_dir.parent
-    ingest = registry.Ingestor(session, model, root)
+    ingest = registry.Ingestor(session, model, root, indexing=True)
     try:
         for i in range(0, len(prepared.rows), 20000):
             ingest.add(prepared.rows[i:i + 20000])

@@ -22,6 +22,7 @@ def ingest(session: Session, *, subject_key: str, model_name: str, samples: list
     model = session.get(Model, model_name)
     if model is None:
         raise NotFound(f"No model named {model_name!r}.")
+    registry.check_ingestible(model)
     if session.get(Suppression, subject_key) is not None:
         raise Conflict("This subject has asked to be erased; their data may not be ingested again.",
                        code="subject_suppressed")

@@ -217,7 +217,7 @@ def real_run(a: Any, users: list[str], offsets: list[float], movies: dict[str, l
     with spec_plugin(name) as env, bench_stack(
             backend=a.backend, redis_db=a.redis_db, demo_models=env.pop("LETHE_DEMO_MODELS"),
             ready_timeout=240.0 if REAL_MODELS[name] is None else 1800.0,  # bootstrap trains and calibrates it
-            extra_env={"LETHE_BATCH_WINDOW_S": "1", "LETHE_SCHEDULE_TICK_S": "2",
+            extra_env={"LETHE_BATCH_WINDOW_S": "1", "LETHE_SCHEDULE_TICK_S": f"{a.real_tick:g}",
                        "LETHE_RETRY_BACKOFF_S": "5", "LETHE_JOB_LEASE_S": "60", **env}) as stack:
         ready_at = _time.monotonic()
         retrain_s = _reference_retrain_s(stack, name)
@@ -362,7 +362,7 @@ def _write_real(a: Any, today: dict[str, dict[str, Any]], scheduled: dict[str, d
     what = ("demo movielens model" if REAL_MODELS[a.model] is None else
             f"{a.model}: the unlearning bench's configuration, registered at each stack's start")
     notes = [f"{a.users} random trained MovieLens users (seed {a.seed}) at random times over {a.window:g} s, the same "
-             f"trace on {len(runs)} fresh stacks, one after another ({what}; batch window 1 s, beat tick 2 s).",
+             f"trace on {len(runs)} fresh stacks, one after another ({what}; batch window 1 s, beat tick {a.real_tick:g} s).",
              "today (auto): every request with the model's policy, as today; today (retrain): every request names "
              "retrain -- today's cost of an exact erasure, the like-for-like baseline of the scheduled exact job.",
              "reference_retrain_s: the model's exact-retrain seconds measured by the stack at registration (the "
@@ -393,6 +393,9 @@ def main() -> int:
     p.add_argument("--interim", default="auto",
                    help="--real: the scheduled replays' interims, comma-separated, one fresh stack each "
                         "(the issue's recipe: auto; e.g. auto,params)")
+    p.add_argument("--real-tick", type=float, default=2.0,
+                   help="--real: the stacks' beat tick (LETHE_SCHEDULE_TICK_S; the product's default is 30 s: "
+                        "with 2 s the first exact jobs of a stack ran up to 2x slower)")
     p.add_argument("--today", default="auto",
                    help="--real: today's baselines (exact_within_s 0), comma-separated, one fresh stack each: auto "
                         "(the model's policy) and/or retrain (every request names it: today's exact erasure)")

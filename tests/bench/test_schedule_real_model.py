@@ -69,7 +69,7 @@ def test_real_tables_print_a_ratio_against_each_baseline(tmp_path: Path) -> None
         return {**dict.fromkeys(keys, 0), "completed": 4, "compute_per_erasure_s": per, "reference_retrain_s": retrain,
                 "request_policy": policy}
 
-    a = argparse.Namespace(model="movielens", users=4, window=20.0, within=60.0, seed=0, interim="params",
+    a = argparse.Namespace(model="movielens", users=4, window=20.0, within=60.0, seed=0, interim="params", real_tick=2.0,
                            quick=True, out=tmp_path)
     today = {"auto": run(3.0, 30.0), "retrain": run(10.0, 25.0, "retrain")}
     assert bench_schedule._write_real(a, today, {"params": run(2.0, 20.0)})

@@ -393,9 +393,9 @@ def main() -> int:
     p.add_argument("--interim", default="auto",
                    help="--real: the scheduled replays' interims, comma-separated, one fresh stack each "
                         "(the issue's recipe: auto; e.g. auto,params)")
-    p.add_argument("--real-tick", type=float, default=2.0,
-                   help="--real: the stacks' beat tick (LETHE_SCHEDULE_TICK_S; the product's default is 30 s: "
-                        "with 2 s the first exact jobs of a stack ran up to 2x slower)")
+    p.add_argument("--real-tick", type=float, default=30.0,
+                   help="--real: the stacks' beat tick (LETHE_SCHEDULE_TICK_S), the product's default 30 s; "
+                        "with 2 s (runs before 2026-12-06 18:25) the first exact jobs of a stack ran up to 2x slower")
     p.add_argument("--today", default="auto",
                    help="--real: today's baselines (exact_within_s 0), comma-separated, one fresh stack each: auto "
                         "(the model's policy) and/or retrain (every request names it: today's exact erasure)")

@@ -49,6 +49,7 @@ def run_interim(w: Worker, job_id: str, *, progress: Callable[[str, float], None
         model = s.get(Model, s.get(UnlearningJob, job_id).model_name)
         sched = schedule_service.schedule_of(model)
         budget = schedule_service.interim_budget_s(s, model) if sched.interim == "auto" else 0.0
+        expected = schedule_service.interim_costs_s(s, model) if budget > 0 else {}
     # params trains nothing: the interim keeps its parent's data manifest (no retain hash to compute),
     # and its verification measures a random 2 x ``Gates.max_retain`` retain rows, not all of them
     # (on the demo model, loading the 80k retain rows was 3 of an interim job's 5 s under load).
@@ -69,7 +70,9 @@ def run_interim(w: Worker, job_id: str, *, progress: Callable[[str, float], None
     t0 = time.monotonic()
     seed = w.settings.job_seed if w.settings.job_seed is not None else random.SystemRandom().randrange(2**31)
     attempts: list[dict[str, Any]] = []
-    name, candidate, new_meta = interim_forget(p, served, meta, w.device, seed, budget, attempts)
+    skipped: list[dict[str, Any]] = []
+    name, candidate, new_meta = interim_forget(p, served, meta, w.device, seed, budget, attempts,
+                                               expected=expected, skipped=skipped)
     seconds = time.monotonic() - t0
     progress("publishing", 0.0)
     with w.session() as s:
@@ -84,7 +87,7 @@ def run_interim(w: Worker, job_id: str, *, progress: Callable[[str, float], None
             artifacts_dir=Path(w.settings.artifacts_dir), method=name, parent=p.serving,
             free_of=list(p.free_of), actor=ACTOR, manifest=p.manifest)  # NOT free of the batch; the parent's data
         model_service.set_serving(s, name=p.model_name, number=version.number, actor=ACTOR)
-        job.timings = {**job.timings, "seed": seed}
+        job.timings = {**job.timings, "seed": seed, **({"interim_skipped": skipped} if skipped else {})}
         jobs.record_outcome(s, job, method=name, attempts=attempts, version_after=version.number, seconds=seconds)
         s.commit()
         w.publish(p.model_name, version.number)
@@ -92,17 +95,22 @@ def run_interim(w: Worker, job_id: str, *, progress: Callable[[str, float], None
 
 
 def interim_forget(p: ForgetProblem, served: Any, meta: dict[str, Any], device: Any, seed: int, budget: float,
-                   attempts: list[dict[str, Any]]) -> tuple[str, Any, dict[str, Any]]:
+                   attempts: list[dict[str, Any]], *, expected: dict[str, float] | None = None,
+                   skipped: list[dict[str, Any]] | None = None) -> tuple[str, Any, dict[str, Any]]:
     """The interim candidate: ``auto``'s approximate methods within ``budget`` seconds (0: none),
     else ``params``. A forget set above the spec's ``max_forget_share`` skips the approximate
     methods, as the ordinary ``auto`` does (``policy.plan``): they are measured to fail there, and an
     interim that pays for a failing attempt before clearing the rows wastes the seconds it exists
-    to save (the heavy MovieLens user: 0.6-1.5 s a job). The bench scores this function."""
+    to save (the heavy MovieLens user: 0.6-1.5 s a job). ``expected``: per method, what an attempt
+    of it has cost on this model (``schedule.interim_costs_s``); a method expected to cost more
+    than the budget left is not started (noted in ``skipped``): cut short, it fails its gates.
+    The bench scores this function."""
     rule = policy.DEFAULT_ESCALATION.get(p.spec.name, policy.FALLBACK_ESCALATION)
     n_train = len(p.forget) + len(p.retain)
     if budget > 0 and n_train and len(p.forget) / n_train > rule.max_forget_share:
         budget = 0.0
-    chosen = _cheapest_passing(p, served, meta, device, seed, budget, attempts) if budget > 0 else None
+    chosen = (_cheapest_passing(p, served, meta, device, seed, budget, attempts, expected or {},
+                                skipped if skipped is not None else []) if budget > 0 else None)
     return chosen if chosen is not None else _clear_params(p, served, meta, device, attempts)
 
 
@@ -130,8 +138,10 @@ def _clear_params(p: ForgetProblem, served: Any, meta: dict[str, Any], device: A
 
 
 def _cheapest_passing(p: ForgetProblem, served: Any, meta: dict[str, Any], device: Any, seed: int, budget: float,
-                      attempts: list[dict[str, Any]]) -> tuple[str, Any, dict[str, Any]] | None:
-    """``auto``: the model's approximate methods in chain order, each gated, within ``budget`` (> 0) seconds."""
+                      attempts: list[dict[str, Any]], expected: dict[str, float],
+                      skipped: list[dict[str, Any]]) -> tuple[str, Any, dict[str, Any]] | None:
+    """``auto``: the model's approximate methods in chain order, each gated, within ``budget`` (> 0)
+    seconds; one whose ``expected`` cost exceeds what is left is skipped, not cut short."""
     from workers.unlearning import get_method
     from workers.unlearning.base import UnlearnContext
 
@@ -140,10 +150,14 @@ def _cheapest_passing(p: ForgetProblem, served: Any, meta: dict[str, Any], devic
     for name in [m for m in chain if not policy.METHODS.get(m, True)]:
         if spent >= budget:
             break
+        left = budget - spent
+        if name in expected and expected[name] > left:
+            skipped.append({"method": name, "expected_s": round(expected[name], 3), "left_s": round(left, 3)})
+            continue
         started = time.perf_counter()
         ctx = UnlearnContext(spec=p.spec, model=served, meta=meta, forget=p.forget, retain=p.retain,
                              forget_subject_ids=list(p.subject_ids), recipe=p.spec.recipe, device=device, seed=seed,
-                             time_budget_s=None if math.isinf(budget) else budget - spent,
+                             time_budget_s=None if math.isinf(budget) else left,
                              config={**policy.DEFAULT_CONFIGS.get(p.spec.name, {}).get(name, {}),
                                      **(p.methods or {}).get(name, {})}, calibration=list(p.test))
         result = get_method(name)(ctx)
@@ -151,7 +165,8 @@ def _cheapest_passing(p: ForgetProblem, served: Any, meta: dict[str, Any], devic
         report = _verify(p, result.model, result.meta, device, method=name, original=(served, meta))
         spent += time.perf_counter() - started
         attempts.append({"method": name, "exact": False, "seed": seed, "seconds": unlearn_s,
-                         "verify_seconds": report.seconds, "passed": report.passed, "report": report.to_dict()})
+                         "verify_seconds": report.seconds, "passed": report.passed, "report": report.to_dict(),
+                         "budget_s": None if math.isinf(left) else round(left, 3)})
         if report.passed:
             return name, result.model, result.meta
     return None

@@ -301,6 +301,48 @@ def test_auto_interims_share_one_approximate_budget_per_exact_cycle(session: Ses
         0.5 * schedule_service.expected_exact_s(model))
 
 
+def test_an_auto_interim_skips_a_method_the_budget_left_cannot_pay_for(session: Session, settings, toy_model,  # noqa: ANN001
+                                                                       worker) -> None:
+    _schedule(session, exact_within_s=86400, interim="auto")
+    model = session.get(Model, "toy")
+    model.config = {**model.config, "reference": {**(model.config.get("reference") or {}), "retrain_seconds": 1000.0},
+                    schedule_service.COSTS_KEY: {"overhead_s": 0.0}}
+    session.add(model)
+    session.commit()
+    assert schedule_service.interim_costs_s(session, model) == {}  # no attempt recorded yet: nothing known
+    _request(session, settings, "toy-02")
+    pipeline.drain(worker, "toy")
+    first = session.exec(select(UnlearningJob)).one()
+    tried = [a for a in first.attempts if a["method"] != "params"]
+    assert tried and tried[0]["budget_s"] == pytest.approx(500.0, abs=1.0)  # what the cycle's budget gave it
+    costs = schedule_service.interim_costs_s(session, model)
+    assert costs[tried[0]["method"]] == pytest.approx(tried[0]["seconds"] + tried[0]["verify_seconds"])
+    # the budget left is now below what each tried method costs: none of them is started again
+    model.config = {**model.config, "reference": {**model.config["reference"],
+                                                  "retrain_seconds": 2 * sum(costs.values()) + 0.01}}
+    session.add(model)
+    session.commit()
+    left = schedule_service.interim_budget_s(session, model)
+    assert 0 < left < min(costs.values())
+    _request(session, settings, "toy-03")
+    pipeline.drain(worker, "toy")
+    second = session.exec(select(UnlearningJob).order_by(UnlearningJob.started_at.desc())).first()  # type: ignore[attr-defined]
+    started = [a["method"] for a in second.attempts if a["method"] != "params"]
+    assert not set(started) & set(costs) and second.method in {"params", *started}
+    assert [x["method"] for x in second.timings["interim_skipped"]][:len(costs)] == [
+        m for m in [a["method"] for a in first.attempts] if m in costs]
+    assert all(x["expected_s"] > x["left_s"] for x in second.timings["interim_skipped"])
+    # an attempt the budget cut short is no measure of the method's cost
+    second.attempts = [*second.attempts, {"method": "cut_short", "seconds": 0.99, "verify_seconds": 0.1,
+                                          "budget_s": 1.0, "passed": False},
+                       {"method": "ran_through", "seconds": 0.5, "verify_seconds": 0.1, "budget_s": 1.0,
+                        "passed": False}]
+    session.add(second)
+    session.commit()
+    costs = schedule_service.interim_costs_s(session, model)
+    assert "cut_short" not in costs and costs["ran_through"] == pytest.approx(0.6)
+
+
 def test_a_scheduled_erasures_percent_only_moves_forward_across_both_steps(session: Session, settings,  # noqa: ANN001
                                                                            toy_model, worker,
                                                                            monkeypatch: pytest.MonkeyPatch) -> None:

@@ -19,6 +19,8 @@ class AttemptOut(Out):
                                                 "before seeds were drawn per job).")
     seconds: float = Field(description="Unlearning time, verification excluded.")
     verify_seconds: float | None = None
+    budget_s: float | None = Field(None, description="An interim's approximate attempt: the seconds of the exact "
+                                                     "cycle's budget it was given (None: unbounded).")
     passed: bool = Field(description="Whether the candidate passed every gate; only a passed one is served.")
     # Open JSON: the verification report (workers/verify/report.py) grows with the gates.
     report: dict[str, Any] = Field(description="Metrics, MIA AUC and band, gate decisions, loss histograms "

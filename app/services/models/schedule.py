@@ -114,6 +114,33 @@ def interim_budget_s(session: Session, model: Model) -> float:
     return max(0.0, share * expected - spent)
 
 
+INTERIM_COST_HISTORY = 3  # full interim attempts per method the expected cost is the median of
+
+
+def interim_costs_s(session: Session, model: Model) -> dict[str, float]:
+    """Per approximate method, what one interim attempt of it costs on this model (run and
+    verification): the median of its last ``INTERIM_COST_HISTORY`` attempts that ran to the end.
+    An attempt the budget cut short (``budget_s`` recorded, and it used nearly all of it) is not
+    counted: it is only a lower bound. ``interim.interim_forget`` starts no attempt whose expected
+    cost exceeds what is left of the cycle's budget: on the compressed run, finetune attempts cut to
+    1-3 s by the remaining budget then failed their gates, compute spent for nothing."""
+    seen: dict[str, list[float]] = {}
+    rows = session.exec(select(UnlearningJob.attempts).where(
+        UnlearningJob.model_name == model.name, UnlearningJob.phase == "interim")
+        .order_by(col(UnlearningJob.started_at).desc()).limit(50)).all()
+    for attempts in rows:
+        for a in attempts or []:
+            name = a.get("method")
+            if name in (None, "params") or len(seen.get(name, [])) >= INTERIM_COST_HISTORY:
+                continue
+            cost = float(a.get("seconds") or 0) + float(a.get("verify_seconds") or 0)
+            given = a.get("budget_s")
+            if given is not None and float(a.get("seconds") or 0) >= 0.95 * float(given):
+                continue  # cut short by the budget
+            seen.setdefault(name, []).append(cost)
+    return {name: sorted(costs)[len(costs) // 2] for name, costs in seen.items()}
+
+
 def schedule_of(model: Model) -> sch.Schedule:
     """The model's schedule; the default is derived from the measured retrain alone (as
     ``GET .../policy`` shows it), never from job wall times that a loaded machine inflates."""

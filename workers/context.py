@@ -33,6 +33,11 @@ class Worker:
     # model's exact job starts at its wake time, the beat tick being the backstop (issue 16).
     wake: Callable[[str, float], Any] = lambda name, in_s: None
     sleep: Callable[[float], None] = time.sleep
+    # Run a scheduled model's interims beside its exact job in a process of their own
+    # (``pipeline.InterimsAlongside``): a thread beside the training loop slows it by the GIL.
+    # That process publishes to ``publish_url`` (Redis; None: it publishes nowhere).
+    alongside_process: bool = False
+    publish_url: str | None = None
     # Jobs this worker saw interrupted by a database outage: resuming them is not a re-delivery
     # (``max_job_attempts`` is there to stop a job that kills its worker, not to punish DB blips).
     db_interrupted: set[str] = field(default_factory=set)

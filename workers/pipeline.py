@@ -17,10 +17,15 @@ status in ``app/services/requests/lifecycle.py``, the forget problem and its unl
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
+import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
@@ -222,16 +227,27 @@ def run_job(w: Worker, job_id: str) -> None:
 class InterimsAlongside:
     """While a scheduled model's exact job trains (minutes to hours), requests that arrive get their
     interim at once instead of after it: on movielens-30s the p95 time to interim was 59 s, the exact
-    job's length (issue 16). Same worker, same lease: a thread that runs interim jobs one at a time
-    until the exact job is about to publish. ``stop`` joins it first, so the two never publish at
-    once; the exact job then publishes on top of those interims and clears their subjects' own
-    parameters as well (``problem.unlearn_and_publish``), without being ``free_of`` them."""
+    job's length (issue 16). Same lease (the worker's ``owner``); ``stop`` waits for the interim under
+    way, so the two never publish at once; the exact job then publishes on top of those interims and
+    clears their subjects' own parameters as well (``problem.unlearn_and_publish``), without being
+    ``free_of`` them.
+
+    The interims run in **a process of their own** (``workers/alongside.py``), started when the first
+    one is due and kept until ``stop``, when ``w.alongside_process`` is set (the Celery worker sets
+    it). In a thread beside the training loop they held the GIL the loop needs between its torch ops
+    (the convoy effect): a small training loop ran at 1 % of its speed beside a busy Python thread
+    (200 -> 2 steps/s, ``bench/gil.py``), and the compressed run's exact retrains took 32 and 39 s
+    with 3 and 6 interims beside them against 24-25 s without. A thread (the poll that decides
+    whether to start the process) stays: it only queries, once every ``POLL_S``. Without
+    ``alongside_process`` (a worker whose ``publish`` another process cannot reproduce, as in unit
+    tests) they run in the thread, as before."""
 
     POLL_S = 0.5
 
     def __init__(self, w: Worker, model_name: str) -> None:
         self.w, self.model_name, self._stop = w, model_name, threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True, name="lethe-interims")
+        self._proc: subprocess.Popen | None = None
 
     def __enter__(self) -> InterimsAlongside:
         self._thread.start()
@@ -245,30 +261,70 @@ class InterimsAlongside:
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join()
+        if self._proc is not None:
+            with contextlib.suppress(OSError):
+                self._proc.stdin.close()  # end of input: finish the job under way, open no other
+            self._proc.wait()
+            self._proc = None
 
     def _run(self) -> None:
         while not self._stop.wait(self.POLL_S):
             job_id = None
             try:
-                if (job_id := self._open()) is not None:
-                    run_job(self.w, job_id)
+                if not self.w.alongside_process:
+                    if (job_id := open_interim(self.w, self.model_name)) is not None:
+                        run_job(self.w, job_id)
+                elif self._proc is None or self._proc.poll() is not None:
+                    if self._proc is not None:
+                        log.warning("the interim process beside the exact job of %s exited (%s); its open job is "
+                                    "resumed after the exact job", self.model_name, self._proc.returncode)
+                        self._proc = None
+                    if self._due():
+                        self._proc = spawn_alongside(self.w, self.model_name)
             except Exception:  # noqa: BLE001 - the job stays open: the drain resumes it after the exact job
                 log.warning("interim job alongside the exact job of %s failed", self.model_name, exc_info=True,
                             extra={"job_id": job_id})
 
-    def _open(self) -> str | None:
-        w = self.w
-        with w.session() as s:
-            if schedule_service.join_owed(s, self.model_name, w.settings):
-                s.commit()
-            targets = schedule_service.take(s, self.model_name, "interim", limit=w.settings.batch_max,
-                                            lock=s.get_bind().dialect.name == "postgresql")
-            if not targets:
-                return None
-            job = jobs.open_job(s, model_name=self.model_name, targets=targets, worker=w.owner, device=str(w.device),
-                                phase="interim")
+    def _due(self) -> bool:
+        with self.w.session() as s:
+            return s.exec(schedule_service.interim_query(self.model_name, utcnow())).first() is not None
+
+
+def spawn_alongside(w: Worker, model_name: str) -> subprocess.Popen:
+    """``python -m workers.alongside``, told on its first stdin line what it needs (the worker's
+    settings, secrets included -- never on its command line --, database, device, owner, where to
+    publish); it runs the model's interim jobs until its stdin closes."""
+    from pydantic import SecretStr
+
+    settings = w.settings.model_dump(mode="json")
+    for name, value in w.settings:
+        if isinstance(value, SecretStr):
+            settings[name] = value.get_secret_value()
+    boot = {"model": model_name, "owner": w.owner, "device": str(w.device), "publish_url": w.publish_url,
+            "db_url": w.engine.url.render_as_string(hide_password=False) if w.engine is not None else None,
+            "settings": settings}
+    root = str(Path(__file__).resolve().parents[1])  # workers/ importable whatever the cwd (relative paths keep it)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
+    proc = subprocess.Popen([sys.executable, "-m", "workers.alongside"], stdin=subprocess.PIPE, text=True, env=env)
+    proc.stdin.write(json.dumps(boot) + "\n")
+    proc.stdin.flush()
+    return proc
+
+
+def open_interim(w: Worker, model_name: str) -> str | None:
+    """Open an interim job for the model's due interim targets (under the lease ``w`` holds), or
+    None; a request for a subject already owed the exact job joins it instead."""
+    with w.session() as s:
+        if schedule_service.join_owed(s, model_name, w.settings):
             s.commit()
-            return job.id
+        targets = schedule_service.take(s, model_name, "interim", limit=w.settings.batch_max,
+                                        lock=s.get_bind().dialect.name == "postgresql")
+        if not targets:
+            return None
+        job = jobs.open_job(s, model_name=model_name, targets=targets, worker=w.owner, device=str(w.device),
+                            phase="interim")
+        s.commit()
+        return job.id
 
 
 def _run_job(w: Worker, job_id: str) -> None:

@@ -35,6 +35,7 @@ def worker() -> pipeline.Worker:
                                 stale_s=2 * settings.sisa_claim_timeout_s))
     return pipeline.Worker(settings=settings, engine=get_engine(), device=pick_device(settings.device),
                            publish=functools.partial(publish_update, settings.redis_url),
+                           alongside_process=True, publish_url=settings.redis_url,
                            wake=lambda name, in_s: enqueue_wake(name, in_s=in_s))
 
 

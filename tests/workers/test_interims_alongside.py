@@ -35,7 +35,8 @@ def _status(engine, rid: str) -> ErasureRequest:  # noqa: ANN001
         return req
 
 
-def test_an_interim_runs_while_the_exact_job_trains(own_toy, settings, tmp_path,  # noqa: ANN001
+@pytest.mark.parametrize("in_process", [True, False], ids=["own-process", "thread"])
+def test_an_interim_runs_while_the_exact_job_trains(own_toy, settings, tmp_path, in_process: bool,  # noqa: ANN001
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     from workers.unlearning import engine as unlearning_engine
 
@@ -47,7 +48,9 @@ def test_an_interim_runs_while_the_exact_job_trains(own_toy, settings, tmp_path,
     cfg = settings.model_copy(update={"data_dir": tmp_path, "artifacts_dir": tmp_path, "batch_window_s": 0.0,
                                       "deploy_timeout_s": 5, "job_lease_s": 60, "retry_backoff_s": 0.0,
                                       "job_seed": 0})
-    w = pipeline.Worker(settings=cfg, engine=engine, device=torch.device("cpu"), owner="w")
+    # own-process: as the Celery worker runs them (workers/alongside.py), out of the training loop's GIL
+    w = pipeline.Worker(settings=cfg, engine=engine, device=torch.device("cpu"), owner="w",
+                        alongside_process=in_process)
     first = _request(engine, settings, "toy-02")
     pipeline.drain(w, "toy")
     assert _status(engine, first).status == "scheduled"
@@ -73,6 +76,14 @@ def test_an_interim_runs_while_the_exact_job_trains(own_toy, settings, tmp_path,
         folded.append(list(request_ids))
         return real_ids(s, p, request_ids, settings_)
 
+    ran_here: list[str] = []
+    real_run_job = pipeline.run_job
+
+    def run_job(w_, job_id: str) -> None:  # noqa: ANN001
+        ran_here.append(job_id)
+        real_run_job(w_, job_id)
+
+    monkeypatch.setattr(pipeline, "run_job", run_job)
     monkeypatch.setattr(unlearning_engine, "forget", forget_while_a_request_arrives)
     monkeypatch.setattr(problem, "_subject_ids", subject_ids)
     pipeline.drain(w, "toy")
@@ -85,6 +96,9 @@ def test_an_interim_runs_while_the_exact_job_trains(own_toy, settings, tmp_path,
         parent = model_service.get_version(s, "toy", serving.parent)
         assert exact.request_ids == [first] and exact.timings["interims_alongside"] == 1
         assert len(interims) == 2 and interims[1].request_ids == late
+        assert interims[1].worker_host == "w"  # the same lease owner, whichever process ran it
+        # ...and in its own process, when asked: this process never ran the interim job
+        assert (interims[1].id in ran_here) is not in_process
         # the exact version is built on the interim that served meanwhile: linear history, no fork
         assert serving.number == exact.version_after and parent.number == interims[1].version_after
         assert first in serving.free_of and late[0] not in serving.free_of  # still owed, and said so

@@ -19,4 +19,5 @@ def test_gil_bench_prints_each_arm_against_the_loop_alone() -> None:
     assert list(by)[0] == "alone" and by["alone"][1] == 1.0
     assert any(k.startswith("beside a busy thread") for k in by) and "beside a busy process (workers/alongside.py)" in by
     assert all(rate > 0 for rate, _ in by.values())
-    assert all(share == round(rate / by["alone"][0], 2) for rate, share in by.values())
+    # the share is computed from the unrounded rates, the rates printed to 0.1: equal within rounding
+    assert all(abs(share - rate / by["alone"][0]) <= 0.01 for rate, share in by.values())
